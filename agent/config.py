@@ -1,0 +1,202 @@
+"""Settings: agent.toml, <name>.toml and the environment become frozen dataclasses.
+
+This is the only module that reads the environment; everything else takes settings.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from agent.errors import ConfigError, UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python < 3.11 only
+    import tomli as tomllib
+
+DEFAULT_CONFIG_DIR = Path("/etc/secrets-agent")
+DEFAULT_RUNTIME_DIR = Path("/run/secrets-agent")
+DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254"
+# Long enough for a late network or a throttled fleet at boot; the unit's TimeoutStartSec
+# is a little longer so that the agent, not systemd, reports what went wrong.
+DEFAULT_DEADLINE_SECONDS = 60.0
+OUTPUT_FORMATS = ("env", "dotenv", "json")
+
+# Instance names end up in paths and unit names: keep them boring.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
+_TRUE = {"1", "true", "yes", "on"}
+
+_AGENT_KEYS = {"imds_endpoint", "ssm_endpoint", "region", "deadline_seconds"}
+_SERVICE_KEYS = {"format", "owner", "group", "allow_persistent", "deadline_seconds"}
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """Host-wide settings: where things live and how to reach AWS."""
+
+    config_dir: Path
+    runtime_dir: Path
+    imds_endpoint: str
+    ssm_endpoint: Optional[str]
+    region: Optional[str]
+    deadline_seconds: float
+    # Outside EC2 (a laptop, CI) boto3's own credential chain is used instead of IMDS.
+    use_default_credential_chain: bool
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """One service's settings: its template, its output and who may read it."""
+
+    name: str
+    template_path: Path
+    output_dir: Path
+    output_path: Path
+    format: str
+    owner: Optional[str]
+    group: Optional[str]
+    allow_persistent: bool
+    deadline_seconds: float
+
+
+def validate_name(name: str) -> str:
+    """Return `name` if it is a valid service name, else raise UsageError."""
+    if not _NAME_RE.match(name) or ".." in name:
+        raise UsageError(
+            f"invalid service name {name!r}: use letters, digits and _ . @ - "
+            "(at most 128 characters, not starting with a symbol)"
+        )
+    return name
+
+
+def _read_toml(path: Path, *, required: bool) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"{path} does not exist") from None
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        table: dict[str, Any] = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return table
+
+
+def _check_keys(path: Path, table: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown setting {', '.join(unknown)}; known settings are {', '.join(sorted(allowed))}"
+        )
+
+
+def _typed(path: Path, table: Mapping[str, Any], key: str, kind: type, kind_name: str) -> Any:
+    value = table.get(key)
+    if value is None:
+        return None
+    # bool is an int in Python: do not let `deadline_seconds = true` through.
+    if isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f"{path}: {key} must be {kind_name}, not a boolean")
+    if kind is float and isinstance(value, int):
+        value = float(value)
+    if not isinstance(value, kind):
+        raise ConfigError(f"{path}: {key} must be {kind_name}, not {type(value).__name__}")
+    return value
+
+
+def _deadline(path: Path, table: Mapping[str, Any]) -> Optional[float]:
+    value: Optional[float] = _typed(path, table, "deadline_seconds", float, "a number of seconds")
+    if value is not None and not 1 <= value <= 3600:
+        raise ConfigError(f"{path}: deadline_seconds must be between 1 and 3600, not {value}")
+    return value
+
+
+def _endpoint(source: str, value: str) -> str:
+    if not re.match(r"^https?://[^\s/]+", value):
+        raise ConfigError(f"{source} must be an http:// or https:// URL, not {value!r}")
+    return value.rstrip("/")
+
+
+def load_agent_settings(
+    env: Mapping[str, str],
+    *,
+    config_dir: Optional[str] = None,
+    runtime_dir: Optional[str] = None,
+) -> AgentSettings:
+    """Build host-wide settings from command-line overrides, `env` and agent.toml."""
+    cfg_dir = Path(config_dir or env.get("SECRETS_AGENT_CONFIG_DIR") or DEFAULT_CONFIG_DIR)
+    run_dir = Path(runtime_dir or env.get("SECRETS_AGENT_RUNTIME_DIR") or DEFAULT_RUNTIME_DIR)
+    path = cfg_dir / "agent.toml"
+    table = _read_toml(path, required=False)
+    _check_keys(path, table, _AGENT_KEYS)
+
+    if env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT"):
+        imds = _endpoint("AWS_EC2_METADATA_SERVICE_ENDPOINT", env["AWS_EC2_METADATA_SERVICE_ENDPOINT"])
+    elif table.get("imds_endpoint") is not None:
+        imds = _endpoint(f"{path}: imds_endpoint", _typed(path, table, "imds_endpoint", str, "a URL"))
+    else:
+        imds = DEFAULT_IMDS_ENDPOINT
+
+    ssm: Optional[str] = None
+    for var in ("AWS_ENDPOINT_URL_SSM", "AWS_ENDPOINT_URL"):
+        if env.get(var):
+            ssm = _endpoint(var, env[var])
+            break
+    else:
+        if table.get("ssm_endpoint") is not None:
+            ssm = _endpoint(f"{path}: ssm_endpoint", _typed(path, table, "ssm_endpoint", str, "a URL"))
+
+    region = (
+        env.get("AWS_REGION")
+        or env.get("AWS_DEFAULT_REGION")
+        or _typed(path, table, "region", str, "a region name such as eu-west-1")
+        or None
+    )
+
+    has_env_credentials = bool(env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"))
+    imds_disabled = env.get("AWS_EC2_METADATA_DISABLED", "").strip().lower() in _TRUE
+    return AgentSettings(
+        config_dir=cfg_dir,
+        runtime_dir=run_dir,
+        imds_endpoint=imds,
+        ssm_endpoint=ssm,
+        region=region,
+        deadline_seconds=_deadline(path, table) or DEFAULT_DEADLINE_SECONDS,
+        use_default_credential_chain=has_env_credentials or imds_disabled,
+    )
+
+
+def load_service_settings(agent: AgentSettings, name: str) -> ServiceSettings:
+    """Build one service's settings from <name>.toml; the template must exist."""
+    validate_name(name)
+    path = agent.config_dir / f"{name}.toml"
+    table = _read_toml(path, required=False)
+    _check_keys(path, table, _SERVICE_KEYS)
+
+    fmt = _typed(path, table, "format", str, "a string") or "env"
+    if fmt not in OUTPUT_FORMATS:
+        raise ConfigError(f"{path}: format must be one of {', '.join(OUTPUT_FORMATS)}, not {fmt!r}")
+    owner = _typed(path, table, "owner", str, "a user name")
+    group = _typed(path, table, "group", str, "a group name")
+    allow_persistent = bool(_typed(path, table, "allow_persistent", bool, "true or false"))
+
+    output_dir = agent.runtime_dir / name
+    return ServiceSettings(
+        name=name,
+        template_path=agent.config_dir / f"{name}.env.j2",
+        output_dir=output_dir,
+        output_path=output_dir / "env",
+        format=fmt,
+        owner=owner,
+        group=group,
+        allow_persistent=allow_persistent,
+        deadline_seconds=_deadline(path, table) or agent.deadline_seconds,
+    )

@@ -1,0 +1,97 @@
+"""The agent's error types: each carries the exit code the CLI returns and a message for the operator.
+
+    AgentError                      1  unexpected failure
+    ├── UsageError                  2  bad command line or name
+    │   └── ConfigError             2  agent.toml / <name>.toml / template file problems
+    ├── TemplateError               3  the template cannot be rendered
+    │   └── ValueNotRepresentable   3  a value systemd cannot carry (NUL, bad UTF-8, > 128 KiB)
+    ├── ParameterNotFound           4  named parameters do not exist in SSM
+    ├── AccessDenied                5  IAM or KMS refused a call
+    ├── CredentialsError            6  no credentials: IMDS blocked, no role attached, ...
+    ├── ServiceUnavailable          7  IMDS or SSM did not answer before the deadline
+    └── OutputError                 8  the rendered file cannot be written safely
+
+Messages name the resource and the fix, and never hold a parameter's value.
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Base of every error the agent reports to an operator."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(AgentError):
+    """The command line names something invalid."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """A settings file or template file is missing, unreadable or invalid."""
+
+    exit_code = 2
+
+
+class TemplateError(AgentError):
+    """The template cannot be parsed or rendered."""
+
+    exit_code = 3
+
+
+class ValueNotRepresentable(TemplateError):
+    """A value cannot be carried by the output format (systemd refuses it)."""
+
+    exit_code = 3
+
+
+class ParameterNotFound(AgentError):
+    """One or more parameters named by the template do not exist."""
+
+    exit_code = 4
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = sorted(set(names))
+        listed = ", ".join(self.names)
+        noun = "parameter" if len(self.names) == 1 else "parameters"
+        super().__init__(
+            f"SSM has no {noun} {listed}: create {'it' if len(self.names) == 1 else 'them'}"
+            " (aws ssm put-parameter) or give the template a default="
+        )
+
+
+class AccessDenied(AgentError):
+    """IAM or KMS refused a call the agent needs."""
+
+    exit_code = 5
+
+
+class CredentialsError(AgentError):
+    """No usable AWS credentials could be obtained."""
+
+    exit_code = 6
+
+
+class ServiceUnavailable(AgentError):
+    """IMDS or SSM kept failing until the deadline ran out."""
+
+    exit_code = 7
+
+
+class OutputError(AgentError):
+    """The rendered file cannot be written (or removed) safely."""
+
+    exit_code = 8
+
+
+EXIT_OK = 0
+EXIT_INTERRUPTED = 130
