@@ -1,0 +1,289 @@
+"""The `secrets-agent` command: argument parsing, wiring and exit codes; no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Optional, TextIO
+
+import structlog
+
+from agent import __version__, envfile
+from agent.config import AgentSettings, ServiceSettings, load_agent_settings, load_service_settings
+from agent.errors import EXIT_INTERRUPTED, AgentError, ConfigError, ParameterNotFound
+from agent.imds import ImdsClient
+from agent.log import REDACTOR, configure_logging
+from agent.output import remove_secret_file, resolve_ownership, write_secret_file
+from agent.retry import Deadline
+from agent.ssm import Parameter, SsmClient
+from agent.template import Assignment, CompiledTemplate, ParamValue, compile_template
+from agent.units import disable_service, enable_service
+
+log = structlog.get_logger("secrets-agent")
+
+_COMMANDS_WITH_UNIT = ("enable", "disable")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config-dir",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="where NAME.env.j2, NAME.toml and agent.toml live (default /etc/secrets-agent)",
+    )
+    common.add_argument(
+        "--runtime-dir",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="where NAME/env is written; must be tmpfs (default /run/secrets-agent)",
+    )
+    common.add_argument(
+        "--log-format",
+        choices=("auto", "json", "console"),
+        default=argparse.SUPPRESS,
+        help="log lines on stderr: JSON unless stderr is a terminal (auto)",
+    )
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log debug events too"
+    )
+    parser = argparse.ArgumentParser(
+        prog="secrets-agent",
+        parents=[common],
+        description="Render SSM Parameter Store values into a systemd EnvironmentFile on tmpfs.",
+    )
+    parser.add_argument("--version", action="version", version=f"secrets-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    helps = {
+        "render": "fetch the parameters NAME.env.j2 names and write RUNTIME_DIR/NAME/env",
+        "check": "fetch and render without writing; list the parameters (never their values)",
+        "clean": "remove RUNTIME_DIR/NAME/env",
+        "enable": "put UNIT (default NAME.service) behind the agent with a systemd drop-in",
+        "disable": "remove the drop-in that `enable` wrote",
+    }
+    for command, text in helps.items():
+        cmd = sub.add_parser(command, parents=[common], help=text, description=text)
+        cmd.add_argument("name", metavar="NAME", help="the service name: /etc/secrets-agent/NAME.env.j2")
+        if command in _COMMANDS_WITH_UNIT:
+            cmd.add_argument("--unit", metavar="UNIT", help="the unit to put behind the agent")
+            cmd.add_argument(
+                "--root",
+                metavar="DIR",
+                default="/",
+                help="operate on the system under DIR (a mounted image) instead of /",
+            )
+    return parser
+
+
+# -- the pipeline: config -> credentials -> parameters -> rendered text -> file ------------------
+
+
+class _FetchedResolver:
+    """Serves prefetched values; anything the template computes at render time is fetched then."""
+
+    def __init__(self, client: SsmClient, found: Mapping[str, Parameter], missing: Sequence[str]) -> None:
+        self._client = client
+        self._found = {selector: self._wrap(p) for selector, p in found.items()}
+        self._missing = set(missing)
+        self._paths: dict[tuple[str, bool], dict[str, ParamValue]] = {}
+        self.parameters: dict[str, Parameter] = dict(found)
+
+    @staticmethod
+    def _wrap(parameter: Parameter) -> ParamValue:
+        REDACTOR.add(parameter.value)
+        return ParamValue(parameter.value, parameter.name)
+
+    def prefetch_path(self, path: str, recursive: bool) -> None:
+        found = self._client.fetch_path(path, recursive=recursive)
+        self._paths[(path, recursive)] = {p.name: self._wrap(p) for p in found}
+        for p in found:
+            self.parameters.setdefault(p.name, p)
+
+    def get(self, selector: str) -> Optional[ParamValue]:
+        if selector not in self._found and selector not in self._missing:
+            log.debug("fetching computed parameter", parameter=selector)
+            found, missing = self._client.fetch([selector])
+            self._missing.update(missing)
+            for key, p in found.items():
+                self._found[key] = self._wrap(p)
+                self.parameters[key] = p
+        return self._found.get(selector)
+
+    def get_path(self, path: str, recursive: bool) -> dict[str, ParamValue]:
+        if (path, recursive) not in self._paths:
+            self.prefetch_path(path, recursive)
+        return self._paths[(path, recursive)]
+
+
+def _read_template(service: ServiceSettings) -> CompiledTemplate:
+    path = service.template_path
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no template for {service.name}: create {path} "
+            f"(`secrets-agent enable {service.name}` writes a starter)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        source = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+    return compile_template(source, str(path))
+
+
+def _ssm_client(settings: AgentSettings, deadline: Deadline) -> SsmClient:
+    region = settings.region
+    credentials: Optional[tuple[str, str, str]] = None
+    role: Optional[str] = None
+    if not settings.use_default_credential_chain:
+        imds = ImdsClient(settings.imds_endpoint, deadline)
+        try:
+            if region is None:
+                region = imds.region()
+            creds = imds.role_credentials()
+        finally:
+            imds.close()
+        for secret in (creds.secret_access_key, creds.token):
+            REDACTOR.add(secret)
+        credentials = (creds.access_key_id, creds.secret_access_key, creds.token)
+        role = creds.role
+        log.info("credentials from IMDSv2", role=role, region=region)
+    elif region is None:
+        raise ConfigError(
+            "no AWS region: set AWS_REGION, or region in agent.toml (IMDS is not used when "
+            "AWS_EC2_METADATA_DISABLED=true or AWS credentials are in the environment)"
+        )
+    return SsmClient(
+        region=region,
+        endpoint_url=settings.ssm_endpoint,
+        credentials=credentials,
+        deadline=deadline,
+        role=role,
+    )
+
+
+def _resolve(
+    settings: AgentSettings, service: ServiceSettings
+) -> tuple[list[Assignment], _FetchedResolver, CompiledTemplate]:
+    template = _read_template(service)
+    needs = template.requirements
+    deadline = Deadline(service.deadline_seconds)
+    client = _ssm_client(settings, deadline)
+    found, missing = client.fetch(needs.names) if needs.names else ({}, [])
+    resolver = _FetchedResolver(client, found, missing)
+    for path, recursive in needs.paths:
+        resolver.prefetch_path(path, recursive)
+    return template.render(resolver, redact=REDACTOR.redact), resolver, template
+
+
+def _encode(service: ServiceSettings, assignments: Sequence[Assignment]) -> bytes:
+    pairs = [(a.key, a.value) for a in assignments]
+    encoders = {"env": envfile.encode_env, "dotenv": envfile.encode_dotenv, "json": envfile.encode_json}
+    return encoders[service.format](pairs).encode("utf-8")
+
+
+def cmd_render(settings: AgentSettings, service: ServiceSettings, out: TextIO) -> int:
+    started = time.monotonic()
+    ownership = resolve_ownership(service.owner, service.group)
+    assignments, resolver, _ = _resolve(settings, service)
+    data = _encode(service, assignments)
+    write_secret_file(
+        service.output_path, data, ownership=ownership, allow_persistent=service.allow_persistent
+    )
+    log.info(
+        "rendered",
+        service=service.name,
+        path=str(service.output_path),
+        variables=len(assignments),
+        parameters=len(resolver.parameters),
+        seconds=round(time.monotonic() - started, 3),
+    )
+    return 0
+
+
+def cmd_check(settings: AgentSettings, service: ServiceSettings, out: TextIO) -> int:
+    assignments, resolver, _ = _resolve(settings, service)
+    _encode(service, assignments)  # the format must be able to carry every value
+    width = max((len(name) for name in resolver.parameters), default=0)
+    for selector, p in sorted(resolver.parameters.items()):
+        label = selector if selector == p.name else f"{selector} -> {p.name}"
+        out.write(f"{label:<{width}}  version {p.version:<4} {p.type}\n")
+    out.write(
+        f"{service.name}: {len(resolver.parameters)} parameters resolved, {len(assignments)} variables "
+        f"would be written to {service.output_path}\n"
+    )
+    return 0
+
+
+def cmd_clean(settings: AgentSettings, service: ServiceSettings, out: TextIO) -> int:
+    removed = remove_secret_file(service.output_path)
+    log.info(
+        "cleaned" if removed else "nothing to clean", service=service.name, path=str(service.output_path)
+    )
+    return 0
+
+
+def cmd_enable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -> int:
+
+    result = enable_service(args.name, args.unit, Path(args.root))
+    out.write(f"{result}\n")
+    return 0
+
+
+def cmd_disable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -> int:
+
+    removed = disable_service(args.name, args.unit, Path(args.root))
+    out.write(
+        ("removed" if removed else "no drop-in to remove for") + f" {args.unit or args.name + '.service'}\n"
+    )
+    return 0
+
+
+def main(
+    argv: Optional[Sequence[str]] = None,
+    *,
+    env: Optional[Mapping[str, str]] = None,
+    stdout: Optional[TextIO] = None,
+    stderr: Optional[TextIO] = None,
+) -> int:
+    """Run one command; returns the exit code (the only place that decides one)."""
+    os.umask(0o077)  # nothing this process creates is readable by anyone else
+    out = stdout if stdout is not None else sys.stdout
+    err = stderr if stderr is not None else sys.stderr
+    args = _build_parser().parse_args(argv)
+    configure_logging(
+        stream=err, fmt=getattr(args, "log_format", "auto"), verbose=getattr(args, "verbose", False)
+    )
+    environ = os.environ if env is None else env
+    try:
+        settings = load_agent_settings(
+            environ,
+            config_dir=getattr(args, "config_dir", None),
+            runtime_dir=getattr(args, "runtime_dir", None),
+        )
+        if args.command == "enable":
+            return cmd_enable(args, settings, out)
+        if args.command == "disable":
+            return cmd_disable(args, settings, out)
+        service = load_service_settings(settings, args.name)
+        commands = {"render": cmd_render, "check": cmd_check, "clean": cmd_clean}
+        return commands[args.command](settings, service, out)
+    except ParameterNotFound as exc:
+        log.error("missing parameters", service=args.name, parameters=exc.names, error=exc.message)
+        return exc.exit_code
+    except AgentError as exc:
+        log.error(f"{args.command} failed", service=args.name, error=exc.message, exit_code=exc.exit_code)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        log.error("interrupted", service=args.name)
+        return EXIT_INTERRUPTED
+    except Exception:
+        # The traceback goes through the redacting logger, never straight to stderr.
+        log.exception("unexpected error: please report it", service=args.name)
+        return 1

@@ -1,0 +1,241 @@
+"""The one module that writes secrets to disk: atomic, 0600 in 0700, on tmpfs, no symlinks.
+
+Every step works on directory file descriptors opened with O_NOFOLLOW, so a symlink planted
+at the folder or the file is refused rather than followed, and a failure at any point leaves
+either the previous good file or nothing, never a partial one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import grp
+import os
+import pwd
+import secrets
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from agent.errors import OutputError
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+TMP_PREFIX = ".env.tmp-"
+# f_type values from linux/magic.h: memory-backed filesystems that vanish with the machine.
+TMPFS_MAGIC = 0x01021994
+RAMFS_MAGIC = 0x858458F6
+_MEMORY_FS = {TMPFS_MAGIC: "tmpfs", RAMFS_MAGIC: "ramfs"}
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """Who owns the rendered file; None keeps the agent's own user or group."""
+
+    uid: Optional[int] = None
+    gid: Optional[int] = None
+
+
+def resolve_ownership(owner: Optional[str], group: Optional[str]) -> Ownership:
+    """Turn user and group names from <name>.toml into ids, with a clear error if unknown."""
+    uid = gid = None
+    if owner is not None:
+        try:
+            uid = pwd.getpwnam(owner).pw_uid
+        except KeyError:
+            raise OutputError(
+                f"owner {owner!r} is not a user on this machine: create it or fix owner"
+            ) from None
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise OutputError(
+                f"group {group!r} is not a group on this machine: create it or fix group"
+            ) from None
+    return Ownership(uid=uid, gid=gid)
+
+
+def filesystem_type(fd: int) -> Optional[int]:
+    """The statfs f_type of the filesystem holding `fd`, or None if it cannot be read."""
+    libc_name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+    except OSError:  # pragma: no cover - every Linux has a libc
+        return None
+    # struct statfs starts with f_type (__fsword_t, a C long on Linux); 256 bytes covers it all.
+    buf = ctypes.create_string_buffer(256)
+    if libc.fstatfs(fd, buf) != 0:
+        return None
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
+def is_memory_backed(fd: int) -> bool:
+    """True when `fd` lives on tmpfs or ramfs, so its contents vanish at power-off."""
+    return filesystem_type(fd) in _MEMORY_FS
+
+
+def _lstat_at(dir_fd: int, name: str) -> Optional[os.stat_result]:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _open_dir(path: Path, *, create: bool, mode: int = DIR_MODE, parent_fd: Optional[int] = None) -> int:
+    """Open a directory without following a symlink at its last component; create it if asked."""
+    name = path.name if parent_fd is not None else str(path)
+    for attempt in range(2):
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        except FileNotFoundError:
+            if not create or attempt:
+                raise
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, mode, dir_fd=parent_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise OutputError(
+                    f"{path} is a symlink or not a folder: refusing to write secrets through it; "
+                    "remove it and run the agent again"
+                ) from None
+            raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _check_private_dir(fd: int, path: Path, want_uid: int) -> None:
+    st = os.fstat(fd)
+    if st.st_uid not in (want_uid, os.geteuid()):
+        raise OutputError(
+            f"{path} belongs to uid {st.st_uid}, not to the agent: remove it so the agent can recreate it"
+        )
+    if stat.S_IMODE(st.st_mode) != DIR_MODE:
+        # Our own folder with a loose mode (an older run, a hand-made folder): tighten it.
+        os.fchmod(fd, DIR_MODE)
+
+
+@contextlib.contextmanager
+def _service_dir(output_dir: Path, *, create: bool, ownership: Ownership) -> Iterator[int]:
+    try:
+        base_fd = _open_dir(output_dir.parent, create=create)
+    except FileNotFoundError:
+        raise OutputError(f"{output_dir.parent} does not exist") from None
+    except PermissionError:
+        raise OutputError(f"cannot open {output_dir.parent}: permission denied (run as root)") from None
+    try:
+        try:
+            fd = _open_dir(output_dir, create=create, parent_fd=base_fd)
+        except PermissionError:
+            raise OutputError(f"cannot create {output_dir}: permission denied (run as root)") from None
+        try:
+            owner_uid = ownership.uid if ownership.uid is not None else os.geteuid()
+            _check_private_dir(fd, output_dir, owner_uid)
+            if ownership.uid is not None or ownership.gid is not None:
+                # The app reads the file itself: it needs to enter the folder too.
+                os.fchown(fd, -1 if ownership.uid is None else ownership.uid, -1)
+            yield fd
+        finally:
+            os.close(fd)
+    finally:
+        os.close(base_fd)
+
+
+def write_secret_file(
+    output_path: Path,
+    data: bytes,
+    *,
+    ownership: Ownership = Ownership(),
+    allow_persistent: bool = False,
+) -> None:
+    """Atomically replace `output_path` with `data`: 0600 in a 0700 folder, on tmpfs unless allowed."""
+    output_dir = output_path.parent
+    try:
+        with _service_dir(output_dir, create=True, ownership=ownership) as dir_fd:
+            if not allow_persistent and not is_memory_backed(dir_fd):
+                raise OutputError(
+                    f"{output_dir} is not on tmpfs or ramfs: secrets would reach persistent disk. "
+                    "Use a tmpfs runtime folder (--runtime-dir, SECRETS_AGENT_RUNTIME_DIR), or set "
+                    "allow_persistent = true in this service's .toml if you accept that"
+                )
+            existing = _lstat_at(dir_fd, output_path.name)
+            if existing is not None and not stat.S_ISREG(existing.st_mode):
+                raise OutputError(
+                    f"{output_path} exists and is not a regular file (a symlink?): refusing to "
+                    "replace it; remove it and run the agent again"
+                )
+            _replace_atomically(dir_fd, output_path, data, ownership)
+    except OutputError:
+        raise
+    except OSError as exc:
+        raise OutputError(f"cannot write {output_path}: {exc.strerror}") from None
+
+
+def _replace_atomically(dir_fd: int, output_path: Path, data: bytes, ownership: Ownership) -> None:
+    tmp_name = TMP_PREFIX + secrets.token_hex(8)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp_name, flags, FILE_MODE, dir_fd=dir_fd)
+    try:
+        try:
+            os.fchmod(fd, FILE_MODE)
+            if ownership.uid is not None or ownership.gid is not None:
+                os.fchown(
+                    fd,
+                    -1 if ownership.uid is None else ownership.uid,
+                    -1 if ownership.gid is None else ownership.gid,
+                )
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp_name, output_path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name, dir_fd=dir_fd)
+        raise
+    os.fsync(dir_fd)
+
+
+def remove_secret_file(output_path: Path) -> bool:
+    """Remove the rendered file, any leftover temporary file and the empty folder; True if any existed."""
+    output_dir = output_path.parent
+    try:
+        base_fd = os.open(str(output_dir.parent), _DIR_FLAGS)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise OutputError(f"cannot open {output_dir.parent}: {exc.strerror}") from None
+    removed = False
+    try:
+        try:
+            dir_fd = os.open(output_dir.name, _DIR_FLAGS, dir_fd=base_fd)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                # A symlink or file where our folder should be: remove the link, never follow it.
+                os.unlink(output_dir.name, dir_fd=base_fd)
+                return True
+            raise OutputError(f"cannot open {output_dir}: {exc.strerror}") from None
+        try:
+            for entry in os.listdir(dir_fd):
+                if entry == output_path.name or entry.startswith(TMP_PREFIX):
+                    os.unlink(entry, dir_fd=dir_fd)
+                    removed = True
+        finally:
+            os.close(dir_fd)
+        with contextlib.suppress(OSError):  # not empty (someone else's files), or systemd's to remove
+            os.rmdir(output_dir.name, dir_fd=base_fd)
+            removed = True
+    except OSError as exc:
+        raise OutputError(f"cannot remove {output_path}: {exc.strerror}") from None
+    finally:
+        os.close(base_fd)
+    return removed

@@ -1,0 +1,262 @@
+"""The Jinja side: which parameters a template needs, and rendering it into KEY=value pairs.
+
+Pure: values come in through a resolver, pairs go out. Every `{{ expression }}` is kept
+out of band while Jinja renders, and each line is then split into its key and its value,
+so the encoder, not the template author, decides how a value is quoted: no value can
+break out of its line, wherever the template places it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Protocol
+
+import jinja2
+from jinja2 import nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from agent.envfile import is_valid_key, value_problem
+from agent.errors import ParameterNotFound, TemplateError, ValueNotRepresentable
+
+# Placeholders cannot collide with template text: templates holding a NUL are refused.
+_SLOT_RE = re.compile("\x00([0-9]+)\x00")
+_ENV_NAME_RE = re.compile(r"[^A-Za-z0-9]+")
+_QUOTES = ("'", '"')
+
+
+class ParamValue(str):
+    """A parameter's value, remembering which parameter it came from (for error messages)."""
+
+    source: str
+
+    def __new__(cls, value: str, source: str) -> ParamValue:
+        obj = super().__new__(cls, value)
+        obj.source = source
+        return obj
+
+    def __repr__(self) -> str:
+        return f"<value of {self.source}>"
+
+
+class EnvKey(str):
+    """A variable name made by `env_name`: the only expression output allowed in key position."""
+
+
+class Resolver(Protocol):
+    """Where rendering gets values: already fetched, or fetched on demand."""
+
+    def get(self, selector: str) -> Optional[ParamValue]:
+        """The value for `selector`, or None when the parameter does not exist."""
+
+    def get_path(self, path: str, recursive: bool) -> dict[str, ParamValue]:
+        """Every parameter under `path`, by full name."""
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a template asks for, found before any call is made."""
+
+    names: tuple[str, ...]
+    paths: tuple[tuple[str, bool], ...]
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One rendered variable."""
+
+    key: str
+    value: str
+    line: int
+    sources: tuple[str, ...] = ()
+
+
+def env_name(name: str) -> EnvKey:
+    """`/prod/app/db-url` -> `DB_URL`: the last path segment, upper case, non-alphanumerics as `_`."""
+    last = str(name).rstrip("/").rsplit("/", 1)[-1]
+    key = _ENV_NAME_RE.sub("_", last).strip("_").upper()
+    if key[:1].isdigit():
+        key = "_" + key
+    if not is_valid_key(key):
+        raise TemplateError(f"env_name cannot make a variable name from {name!r}")
+    return EnvKey(key)
+
+
+def _const_str(node: nodes.Node) -> Optional[str]:
+    if isinstance(node, nodes.Const) and isinstance(node.value, str):
+        return node.value
+    return None
+
+
+def _const_bool(call: nodes.Call) -> Optional[bool]:
+    for kw in call.kwargs:
+        if kw.key == "recursive":
+            return bool(kw.value.value) if isinstance(kw.value, nodes.Const) else None
+    if len(call.args) > 1:
+        arg = call.args[1]
+        return bool(arg.value) if isinstance(arg, nodes.Const) else None
+    return False
+
+
+@dataclass
+class _RenderState:
+    resolver: Resolver
+    slots: list[str] = field(default_factory=list)
+    slot_sources: list[tuple[str, ...]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    used: dict[str, ParamValue] = field(default_factory=dict)
+
+
+class CompiledTemplate:
+    """A parsed template: its requirements, and a render function over a resolver."""
+
+    def __init__(self, source: str, filename: str) -> None:
+        if "\x00" in source:
+            raise TemplateError(f"{filename} contains a NUL byte: it is not a text template")
+        self.filename = filename
+        self._state: Optional[_RenderState] = None
+        self._env = ImmutableSandboxedEnvironment(
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,
+            keep_trailing_newline=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            finalize=self._finalize,
+        )
+        self._env.filters["env_name"] = env_name
+        self._env.globals.update(param=self._param, params=self._params)
+        try:
+            ast = self._env.parse(source, filename=filename)
+            self.requirements = self._discover(ast)
+            self._template = self._env.from_string(source)
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(f"{filename}:{exc.lineno}: {exc.message}") from None
+
+    @staticmethod
+    def _discover(ast: nodes.Template) -> Requirements:
+        names: dict[str, None] = {}
+        paths: dict[tuple[str, bool], None] = {}
+        for call in ast.find_all(nodes.Call):
+            if not isinstance(call.node, nodes.Name) or not call.args:
+                continue
+            arg = _const_str(call.args[0])
+            if arg is None:
+                continue  # computed at render time: fetched then, on demand
+            if call.node.name == "param":
+                names[arg] = None
+            elif call.node.name == "params":
+                recursive = _const_bool(call)
+                if recursive is not None:
+                    paths[(arg, recursive)] = None
+        return Requirements(names=tuple(names), paths=tuple(paths))
+
+    # -- functions the template calls ---------------------------------------------------
+
+    def _current(self) -> _RenderState:
+        if self._state is None:  # pragma: no cover - only reachable by misuse
+            raise TemplateError("template used outside render()")
+        return self._state
+
+    def _param(self, selector: str, default: Any = None, **kwargs: Any) -> Any:
+        if kwargs:
+            raise TemplateError(f"param() takes a name and default=, not {', '.join(kwargs)}")
+        state = self._current()
+        if not isinstance(selector, str) or not selector:
+            raise TemplateError("param() needs a parameter name such as param('/prod/DATABASE_URL')")
+        value = state.resolver.get(selector)
+        if value is None:
+            if default is not None:
+                return default
+            state.missing.append(selector)
+            return ParamValue("", selector)
+        state.used[selector] = value
+        return value
+
+    def _params(self, path: str, recursive: bool = False) -> Mapping[str, ParamValue]:
+        state = self._current()
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise TemplateError(f"params() needs a path starting with '/', not {path!r}")
+        found = state.resolver.get_path(path, bool(recursive))
+        state.used.update(found)
+        return dict(sorted(found.items()))
+
+    def _finalize(self, value: Any) -> str:
+        if isinstance(value, EnvKey):
+            return str(value)
+        state = self._current()
+        sources = (value.source,) if isinstance(value, ParamValue) else ()
+        state.slots.append("" if value is None else str(value))
+        state.slot_sources.append(sources)
+        return f"\x00{len(state.slots) - 1}\x00"
+
+    # -- rendering ----------------------------------------------------------------------
+
+    def render(self, resolver: Resolver, *, redact: Callable[[str], str] = lambda s: s) -> list[Assignment]:
+        """Render into ordered assignments; every missing parameter is reported at once."""
+        self._state = state = _RenderState(resolver=resolver)
+        try:
+            text = self._template.render()
+        except jinja2.UndefinedError as exc:
+            raise TemplateError(f"{self.filename}: {redact(str(exc))}") from None
+        except jinja2.TemplateError as exc:
+            raise TemplateError(f"{self.filename}: {redact(str(exc))}") from None
+        except TemplateError:
+            raise
+        except Exception as exc:  # a filter or method failed on a value: never echo the value
+            raise TemplateError(f"{self.filename}: {type(exc).__name__}: {redact(str(exc))}") from None
+        finally:
+            self._state = None
+        if state.missing:
+            raise ParameterNotFound(state.missing)
+        self.used = state.used
+        return list(self._split_lines(text, state))
+
+    def _split_lines(self, text: str, state: _RenderState) -> Iterator[Assignment]:
+        seen: dict[str, int] = {}
+        for number, raw in enumerate(text.split("\n"), start=1):
+            line = raw.rstrip("\r").strip(" \t")
+            if not line or line.startswith(("#", ";")):
+                continue
+            where = f"{self.filename}: rendered line {number}"
+            key, sep, rest = line.partition("=")
+            key = key.strip(" \t")
+            if not sep or _SLOT_RE.search(key):
+                raise TemplateError(
+                    f"{where}: expected KEY={{{{ param(...) }}}}; a value cannot be used as a variable "
+                    "name (use the env_name filter for names)"
+                    if sep
+                    else f"{where}: expected KEY=value, got a line without '='"
+                )
+            if not is_valid_key(key):
+                raise TemplateError(
+                    f"{where}: {key!r} is not a valid variable name (letters, digits, _; not starting "
+                    "with a digit)"
+                )
+            if key in seen:
+                raise TemplateError(f"{where}: {key} is already set on rendered line {seen[key]}")
+            seen[key] = number
+            rest = rest.strip(" \t")
+            if len(rest) >= 2 and rest[0] in _QUOTES and rest[-1] == rest[0] and _SLOT_RE.search(rest):
+                raise TemplateError(
+                    f"{where}: remove the quotes around the value of {key}: the agent quotes every "
+                    "value itself"
+                )
+            sources: list[str] = []
+
+            def fill(match: re.Match[str], sources: list[str] = sources) -> str:
+                index = int(match.group(1))
+                sources.extend(state.slot_sources[index])
+                return state.slots[index]
+
+            value = _SLOT_RE.sub(fill, rest)
+            problem = value_problem(value, key)
+            if problem:
+                origin = f" (from {', '.join(sources)})" if sources else ""
+                raise ValueNotRepresentable(f"{where}: the value of {key}{origin} {problem}")
+            yield Assignment(key=key, value=value, line=number, sources=tuple(sources))
+
+
+def compile_template(source: str, filename: str) -> CompiledTemplate:
+    """Parse `source`; syntax errors name the file and line."""
+    return CompiledTemplate(source, filename)
