@@ -31,20 +31,20 @@ EXAMPLE_PARAMETERS = {
     "/prod/app/feature-flags": ("StringList", "search,checkout-v2"),
 }
 TEMPLATE = """\
-# {SERVICE}'s environment, rendered by secrets-agent from SSM Parameter Store.
-DATABASE_URL={{{{ param("/prod/DATABASE_URL") }}}}
-JWT_SECRET={{{{ param("/prod/JWT_SECRET") }}}}
-STRIPE_SECRET_KEY={{{{ param("/prod/STRIPE_SECRET_KEY") }}}}
-SENTRY_DSN={{{{ param("/prod/SENTRY_DSN", default="") }}}}
-{{% for name, value in params("/prod/app/").items() %}}
-{{{{ name | env_name }}}}={{{{ value }}}}
-{{% endfor %}}
-""".format(SERVICE=SERVICE)
+# app's environment, rendered by secrets-agent from SSM Parameter Store.
+DATABASE_URL={{ param("/prod/DATABASE_URL") }}
+JWT_SECRET={{ param("/prod/JWT_SECRET") }}
+STRIPE_SECRET_KEY={{ param("/prod/STRIPE_SECRET_KEY") }}
+SENTRY_DSN={{ param("/prod/SENTRY_DSN", default="") }}
+{% for name, value in params("/prod/app/").items() %}
+{{ name | env_name }}={{ value }}
+{% endfor %}
+"""
 
 
 def memory_backed_dir() -> Path:
     """A folder on tmpfs for the runtime dir: /run where it is tmpfs, else /dev/shm."""
-    for candidate in ("/run", "/dev/shm"):
+    for candidate in ("/run", "/dev/shm"):  # noqa: S108 - a fresh mkdtemp inside
         with open("/proc/self/mounts", encoding="utf-8") as mounts:
             if any(line.split()[1] == candidate and line.split()[2] in ("tmpfs", "ramfs") for line in mounts):
                 return Path(candidate)
@@ -62,7 +62,7 @@ def free_port() -> int:
 def start_moto() -> tuple[Any, str]:
     """Start moto's server on 127.0.0.1; returns it and its URL."""
     try:
-        from moto.server import ThreadedMotoServer
+        from moto.server import ThreadedMotoServer  # noqa: PLC0415 - optional: the demo extra
     except ImportError:
         raise SystemExit("the demo needs moto: pip install 'secrets-agent[demo]'") from None
     port = free_port()
@@ -73,7 +73,7 @@ def start_moto() -> tuple[Any, str]:
 
 def seed(ssm_url: str) -> None:
     """Put the example parameters into the emulator."""
-    import boto3
+    import boto3  # noqa: PLC0415 - only the demo seeds parameters
 
     client = boto3.client(
         "ssm",
