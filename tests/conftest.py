@@ -1,0 +1,85 @@
+"""Suite-wide guards: no test reaches AWS, the real IMDS or any address off this machine."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+_LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+def _is_local(host: Any) -> bool:
+    if not isinstance(host, str):
+        return True  # AF_UNIX paths and abstract sockets stay on this machine
+    if host in _LOCAL_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _refuse_remote_connections(event: str, args: tuple[Any, ...]) -> None:
+    # An audit hook sees every connect() this process makes, whatever library makes it,
+    # without patching any of them.
+    if event not in ("socket.connect", "socket.getaddrinfo"):
+        return
+    if event == "socket.connect":
+        address = args[1]
+        host = address[0] if isinstance(address, tuple) else address
+    else:
+        host = args[0]
+    if not _is_local(host):
+        raise ConnectionRefusedError(
+            f"test tried to reach {host!r}: tests may only talk to 127.0.0.1 (set the IMDS and SSM "
+            "endpoints to the local fakes)"
+        )
+
+
+sys.addaudithook(_refuse_remote_connections)
+
+# boto3's default chain must never find a developer's real credentials or profile.
+for _var in [v for v in os.environ if v.startswith("AWS_")]:
+    del os.environ[_var]
+os.environ["AWS_CONFIG_FILE"] = os.devnull
+os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+
+
+@pytest.fixture
+def secret_values() -> Iterator[list[str]]:
+    """Hard secret values used across tests; the redactor forgets them afterwards."""
+    from agent.log import REDACTOR
+
+    yield [
+        'pa$$w0rd-with-`backticks`-and-"quotes"',
+        "line one\nline two\r\nEVIL=1",
+        "  leading and trailing spaces  ",
+        "sk_live_ünïcødé-🔑-#not-a-comment=",
+    ]
+    REDACTOR.clear()
+
+
+def _memory_backed_root() -> str:
+    with open("/proc/self/mounts", encoding="utf-8") as mounts:
+        points = {line.split()[1]: line.split()[2] for line in mounts}
+    for candidate in ("/run", "/dev/shm"):
+        if points.get(candidate) in ("tmpfs", "ramfs"):
+            return candidate
+    pytest.skip("no tmpfs at /run or /dev/shm on this machine")
+
+
+@pytest.fixture
+def tmpfs_path() -> Iterator[Any]:
+    """A fresh empty folder on tmpfs (/run where it is tmpfs, else /dev/shm), removed afterwards."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp(prefix="secrets-agent-test-", dir=_memory_backed_root()))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
