@@ -8,6 +8,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test lint unit dist bench clean
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || bash packaging/apt-install.sh python3-venv
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
