@@ -66,7 +66,7 @@ class ServiceSettings:
 
 def validate_name(name: str) -> str:
     """Return `name` if it is a valid service name, else raise UsageError."""
-    if not _NAME_RE.match(name) or ".." in name:
+    if not _NAME_RE.fullmatch(name) or ".." in name:
         raise UsageError(
             f"invalid service name {name!r}: use letters, digits and _ . @ - "
             "(at most 128 characters, not starting with a symbol)"
