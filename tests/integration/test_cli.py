@@ -1,0 +1,389 @@
+"""The command end to end: strict IMDSv2 fake and moto's server over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import boto3
+import pytest
+from dotenv import dotenv_values
+
+from agent import __version__
+from agent.cli import main
+from agent.envfile import parse_env
+from agent.fakeimds import FakeImds
+from tests.integration.moto_server import RecordingProxy
+
+HARD_VALUES = {
+    "/prod/DATABASE_URL": "postgres://app:p@ss'w\"rd$HOME`id`\\x@db:5432/app?x=1#frag",
+    "/prod/JWT_SECRET": "line one\nEVIL=1\r\n\ttabbed  ",
+    "/prod/STRIPE_SECRET_KEY": "  sk_live_ünïcødé-🔑 ; # = ",
+}
+
+
+@dataclass
+class Stack:
+    """A config dir, a tmpfs runtime dir, moto over HTTP and the fake IMDS, wired like a real host."""
+
+    ssm_url: str
+    imds: FakeImds
+    config: Path
+    runtime: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def put(self, name: str, value: str, kind: str = "SecureString", **extra: object) -> int:
+        client = boto3.client(
+            "ssm",
+            region_name="eu-west-1",
+            endpoint_url=self.ssm_url,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
+        return int(
+            client.put_parameter(Name=name, Value=value, Type=kind, Overwrite=True, **extra)["Version"]
+        )
+
+    def template(self, text: str, name: str = "app") -> None:
+        (self.config / f"{name}.env.j2").write_text(text, encoding="utf-8")
+
+    def run(self, *args: str, env: Optional[dict[str, str]] = None) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = main(
+            ["--config-dir", str(self.config), "--runtime-dir", str(self.runtime), *args],
+            env=self.env if env is None else env,
+            stdout=out,
+            stderr=err,
+        )
+        return code, out.getvalue(), err.getvalue()
+
+    @property
+    def output(self) -> Path:
+        return self.runtime / "app" / "env"
+
+
+@pytest.fixture
+def stack(clean_moto_url: str, tmp_path: Path, tmpfs_path: Path) -> Iterator[Stack]:
+    imds = FakeImds(region="eu-west-1", role="app-role")
+    imds_url = imds.start()
+    config = tmp_path / "etc"
+    config.mkdir()
+    try:
+        yield Stack(
+            ssm_url=clean_moto_url,
+            imds=imds,
+            config=config,
+            runtime=tmpfs_path,
+            env={"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds_url, "AWS_ENDPOINT_URL_SSM": clean_moto_url},
+        )
+    finally:
+        imds.stop()
+
+
+def _hard_template(stack: Stack) -> None:
+    for name, value in HARD_VALUES.items():
+        stack.put(name, value)
+    stack.template(
+        "# app\n"
+        'DATABASE_URL={{ param("/prod/DATABASE_URL") }}\n'
+        'JWT_SECRET={{ param("/prod/JWT_SECRET") }}\n'
+        'STRIPE_SECRET_KEY={{ param("/prod/STRIPE_SECRET_KEY") }}\n'
+    )
+
+
+def test_render_writes_exact_values(stack: Stack) -> None:
+    """render fetches through IMDSv2 credentials and writes every hard value exactly, 0600 in 0700."""
+    _hard_template(stack)
+    code, _out, err = stack.run("render", "app")
+    assert code == 0, err
+    pairs = dict(parse_env(stack.output.read_text(encoding="utf-8")))
+    assert pairs == {
+        "DATABASE_URL": HARD_VALUES["/prod/DATABASE_URL"],
+        "JWT_SECRET": HARD_VALUES["/prod/JWT_SECRET"],
+        "STRIPE_SECRET_KEY": HARD_VALUES["/prod/STRIPE_SECRET_KEY"],
+    }
+    assert stack.output.stat().st_mode & 0o777 == 0o600
+    assert stack.output.parent.stat().st_mode & 0o777 == 0o700
+    assert stack.imds.count(method="PUT") == 1
+    assert len(stack.imds.requests) <= 4
+
+
+def test_region_comes_from_imds_when_not_configured(stack: Stack) -> None:
+    """Without AWS_REGION or agent.toml the region is read from IMDS placement/region."""
+    stack.put("/p/a", "v")
+    stack.template('A={{ param("/p/a") }}\n')
+    assert stack.run("render", "app")[0] == 0
+    assert stack.imds.count(path_prefix="/latest/meta-data/placement/region") == 1
+
+
+def test_named_parameters_cost_one_call_per_ten(stack: Stack) -> None:
+    """25 named parameters cost exactly 3 GetParameters calls, counted at the server."""
+    proxy = RecordingProxy(stack.ssm_url)
+    proxy.start()
+    try:
+        lines = []
+        for i in range(25):
+            stack.put(f"/many/p{i}", f"value-{i}")
+            lines.append(f'P{i}={{{{ param("/many/p{i}") }}}}')
+        stack.template("\n".join(lines) + "\n")
+        stack.env["AWS_ENDPOINT_URL_SSM"] = proxy.url
+        code, _, err = stack.run("render", "app")
+    finally:
+        proxy.stop()
+    assert code == 0, err
+    assert proxy.count("GetParameters") == 3
+    assert len(parse_env(stack.output.read_text())) == 25
+
+
+def test_paths_versions_and_labels(stack: Stack) -> None:
+    """params() reads a path, and name:3 / name:label select versions."""
+    stack.put("/prod/app/db-url", "db")
+    stack.put("/prod/app/api.key", "key", kind="String")
+    for i in range(3):
+        stack.put("/prod/rotating", f"v{i + 1}")
+    client = boto3.client(
+        "ssm",
+        region_name="eu-west-1",
+        endpoint_url=stack.ssm_url,
+        aws_access_key_id="t",
+        aws_secret_access_key="t",
+    )
+    client.label_parameter_version(Name="/prod/rotating", ParameterVersion=2, Labels=["previous"])
+    stack.template(
+        '{% for name, value in params("/prod/app/").items() %}{{ name | env_name }}={{ value }}\n{% endfor %}'
+        'FIRST={{ param("/prod/rotating:1") }}\n'
+        'PREVIOUS={{ param("/prod/rotating:previous") }}\n'
+        'LATEST={{ param("/prod/rotating") }}\n'
+    )
+    code, out, err = stack.run("check", "app")
+    assert code == 0, err
+    assert "/prod/rotating:previous" in out
+    assert "version 2" in out
+    assert stack.run("render", "app")[0] == 0
+    assert parse_env(stack.output.read_text()) == [
+        ("API_KEY", "key"),
+        ("DB_URL", "db"),
+        ("FIRST", "v1"),
+        ("PREVIOUS", "v2"),
+        ("LATEST", "v3"),
+    ]
+
+
+def test_check_lists_parameters_and_never_values(stack: Stack) -> None:
+    """check prints name, version and type of each parameter, writes nothing, and shows no value."""
+    _hard_template(stack)
+    code, out, err = stack.run("check", "app")
+    assert code == 0, err
+    assert "/prod/DATABASE_URL" in out
+    assert "SecureString" in out
+    assert "version 1" in out
+    assert "3 parameters resolved" in out
+    for value in HARD_VALUES.values():
+        assert value not in out + err
+    assert not stack.output.parent.exists()
+
+
+def test_clean_removes_the_file(stack: Stack) -> None:
+    """clean removes the rendered file and its folder; cleaning twice is fine."""
+    _hard_template(stack)
+    assert stack.run("render", "app")[0] == 0
+    assert stack.run("clean", "app")[0] == 0
+    assert not stack.output.parent.exists()
+    assert stack.run("clean", "app")[0] == 0
+
+
+@pytest.mark.parametrize("fmt", ["dotenv", "json"])
+def test_other_formats(stack: Stack, fmt: str) -> None:
+    """format = dotenv and json write files their readers load back exactly."""
+    stack.put("/p/a", 'quote " and $dollar and \\ back')
+    stack.put("/p/b", "multi\nline")
+    stack.template('A={{ param("/p/a") }}\nB={{ param("/p/b") }}\n')
+    (stack.config / "app.toml").write_text(f'format = "{fmt}"\n')
+    code, _, err = stack.run("render", "app")
+    assert code == 0, err
+    text = stack.output.read_text()
+    expected = {"A": 'quote " and $dollar and \\ back', "B": "multi\nline"}
+    loaded = json.loads(text) if fmt == "json" else dotenv_values(stream=io.StringIO(text))
+    assert loaded == expected
+
+
+def test_default_credential_chain_skips_imds(stack: Stack) -> None:
+    """With AWS credentials in the environment, IMDS is not contacted."""
+    stack.put("/p/a", "v")
+    stack.template('A={{ param("/p/a") }}\n')
+    env = {
+        "AWS_ENDPOINT_URL_SSM": stack.ssm_url,
+        "AWS_REGION": "eu-west-1",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT": stack.env["AWS_EC2_METADATA_SERVICE_ENDPOINT"],
+    }
+    assert stack.run("render", "app", env=env)[0] == 0
+    assert stack.imds.requests == []
+
+
+# -- bad inputs: message, exit code, and nothing written ------------------------------------------
+
+
+def _assert_failed(stack: Stack, args: tuple[str, ...], code: int, *messages: str) -> str:
+    got, _out, err = stack.run(*args)
+    assert got == code, err
+    for message in messages:
+        assert message in err, err
+    assert not stack.output.exists()
+    assert not [p for p in stack.runtime.rglob("*") if p.is_file()]
+    return err
+
+
+def test_missing_parameters_are_named_together(stack: Stack) -> None:
+    """Every missing parameter is named in one error; exit 4; no file."""
+    stack.put("/p/present", "v")
+    stack.template(
+        'A={{ param("/p/missing1") }}\nB={{ param("/p/present") }}\nC={{ param("/p/missing2") }}\n'
+    )
+    _assert_failed(stack, ("render", "app"), 4, "/p/missing1", "/p/missing2")
+
+
+def test_failure_keeps_previous_good_file(stack: Stack) -> None:
+    """A failed render keeps the earlier good file intact."""
+    stack.put("/p/a", "good")
+    stack.template('A={{ param("/p/a") }}\n')
+    assert stack.run("render", "app")[0] == 0
+    before = stack.output.read_bytes()
+    stack.template('A={{ param("/p/a") }}\nB={{ param("/p/gone") }}\n')
+    assert stack.run("render", "app")[0] == 4
+    assert stack.output.read_bytes() == before
+    assert os.listdir(stack.output.parent) == ["env"]
+
+
+@pytest.mark.parametrize(
+    ("template", "code", "message"),
+    [
+        ('A={{ param("/p/a") ', 3, "app.env.j2:1"),
+        ('A="{{ param("/p/a") }}"\n', 3, "remove the quotes"),
+        ("A={{ nope }}\n", 3, "undefined"),
+        ('A={{ param("/p/a") * 40 }}\n', 3, "/p/a"),
+    ],
+)
+def test_template_errors(stack: Stack, template: str, code: int, message: str) -> None:
+    """Template mistakes and values systemd cannot carry fail with exit 3 and no file."""
+    stack.put("/p/a", "x" * 4000)
+    stack.template(template)
+    _assert_failed(stack, ("render", "app"), code, message)
+
+
+def test_missing_template(stack: Stack) -> None:
+    """A service without a template is a config error that says where to put it."""
+    _assert_failed(stack, ("render", "app"), 2, "app.env.j2", "secrets-agent enable app")
+
+
+def test_invalid_service_name(stack: Stack) -> None:
+    """A name that could escape the runtime folder is refused."""
+    _assert_failed(stack, ("render", "../etc"), 2, "invalid service name")
+
+
+def test_bad_settings_file(stack: Stack) -> None:
+    """A typo in <name>.toml is named."""
+    stack.template("A=1\n")
+    (stack.config / "app.toml").write_text("fromat = 'env'\n")
+    _assert_failed(stack, ("render", "app"), 2, "unknown setting fromat")
+
+
+def test_imds_disabled(stack: Stack) -> None:
+    """IMDS answering 403 fails at once with exit 6 and how to fix it."""
+    stack.template("A=1\n")
+    stack.imds.disabled = True
+    _assert_failed(stack, ("render", "app"), 6, "IMDS is disabled or blocked")
+
+
+def test_no_role_attached(stack: Stack) -> None:
+    """An instance without a role fails with exit 6 and says to attach an instance profile."""
+    stack.template("A=1\n")
+    stack.imds.role = None
+    _assert_failed(stack, ("render", "app"), 6, "no IAM role is attached to this instance")
+
+
+def test_imds_down_until_deadline(stack: Stack) -> None:
+    """IMDS that never answers fails with exit 7 once deadline_seconds has passed."""
+    stack.template("A=1\n")
+    (stack.config / "agent.toml").write_text("deadline_seconds = 1.5\n")
+    stack.imds.stop()
+    _assert_failed(stack, ("render", "app"), 7, "did not answer")
+
+
+def test_persistent_runtime_dir_is_refused(stack: Stack, tmp_path: Path) -> None:
+    """A runtime folder on persistent disk is refused with exit 8 and nothing is written."""
+    stack.put("/p/a", "v")
+    stack.template('A={{ param("/p/a") }}\n')
+    stack.runtime = tmp_path / "run"
+    stack.runtime.mkdir()
+    _assert_failed(stack, ("render", "app"), 8, "not on tmpfs")
+
+
+def test_symlink_planted_at_output_is_refused(stack: Stack, tmp_path: Path) -> None:
+    """A symlink planted at the output file is refused with exit 8; its target is untouched."""
+    stack.put("/p/a", "v")
+    stack.template('A={{ param("/p/a") }}\n')
+    (stack.runtime / "app").mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_text("original")
+    stack.output.symlink_to(victim)
+    code, _, err = stack.run("render", "app")
+    assert code == 8
+    assert "not a regular file" in err
+    assert victim.read_text() == "original"
+
+
+def test_version_matches_package() -> None:
+    """--version prints the package version."""
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "--version"], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == f"secrets-agent {__version__}"
+
+
+def test_no_secret_reaches_any_output(stack: Stack) -> None:
+    """With debug logs on, no value, token or credential appears in any byte of stdout or stderr."""
+    _hard_template(stack)
+    stack.put("/prod/extra", "extra-secret-value")
+    env = {**os.environ, **stack.env}
+    base = [
+        sys.executable,
+        "-m",
+        "agent",
+        "-v",
+        "--config-dir",
+        str(stack.config),
+        "--runtime-dir",
+        str(stack.runtime),
+    ]
+    outputs = []
+    for args in (["check", "app"], ["render", "app"], ["clean", "app"]):
+        result = subprocess.run([*base, *args], env=env, capture_output=True, check=False)
+        assert result.returncode == 0, result.stderr
+        outputs.append(result.stdout + result.stderr)
+    # And a failing run whose error happens after values were fetched.
+    stack.template('A={{ param("/prod/JWT_SECRET") }}\nB={{ param("/prod/extra") | int(base=99) }}\n')
+    failed = subprocess.run([*base, "render", "app"], env=env, capture_output=True, check=False)
+    assert failed.returncode == 3
+    outputs.append(failed.stdout + failed.stderr)
+    everything = b"\n".join(outputs)
+    secrets = [
+        *HARD_VALUES.values(),
+        "extra-secret-value",
+        stack.imds.secret_access_key,
+        stack.imds.session_token,
+        *stack.imds.issued_tokens,
+    ]
+    for secret in secrets:
+        for piece in {secret, *secret.split("\n")}:
+            if len(piece.strip()) >= 4:
+                assert piece.strip().encode() not in everything, piece
+    assert b'"event": "rendered"' in everything or b"rendered" in everything
