@@ -1,0 +1,356 @@
+"""IMDSv2 client: a session token, then the instance's region and its IAM role credentials.
+
+IMDSv1 is never used, and no proxy is ever consulted: the metadata address is link-local,
+and a proxy in the path would both break IMDSv2 and leak the credentials to the proxy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+from urllib.parse import urlsplit
+
+import requests
+import structlog
+
+from agent.errors import ConfigError, CredentialsError, ServiceUnavailable
+from agent.log import REDACTOR
+from agent.retry import Backoff, Deadline
+
+TOKEN_PATH = "/latest/api/token"  # noqa: S105  (a path, not a secret)
+TOKEN_TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"  # noqa: S105
+TOKEN_HEADER = "X-aws-ec2-metadata-token"  # noqa: S105
+REGION_PATH = "/latest/meta-data/placement/region"
+ROLE_LIST_PATH = "/latest/meta-data/iam/security-credentials/"
+
+MAX_TOKEN_TTL_SECONDS = 21600
+DEFAULT_TIMEOUT_SECONDS = 2.0
+# A token is renewed this long before IMDS would expire it, so a read never races its expiry.
+TOKEN_RENEW_MARGIN_SECONDS = 60.0
+# Below this a request cannot complete anyway; the attempt is not worth starting.
+MIN_ATTEMPT_TIMEOUT_SECONDS = 0.05
+
+# 429 is IMDS throttling; 5xx is IMDS (or something in front of it) failing for now.
+_RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Passed with every request: a None entry removes that proxy whatever the session or the
+# environment (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY) says.
+_TRANSIENT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+_NO_PROXIES: dict[str, Optional[str]] = {"http": None, "https": None, "all": None}
+
+_ENABLE_IMDS_FIX = (
+    "enable it with `aws ec2 modify-instance-metadata-options --instance-id <instance-id> "
+    "--http-endpoint enabled --http-tokens required`, and make sure no proxy between the agent "
+    "and IMDS adds an X-Forwarded-For header"
+)
+_REACH_IMDS_FIX = (
+    "check that the instance metadata service is enabled and reachable: no firewall rule or "
+    "proxy in the way, and in a container the PUT response hop limit must be at least 2 "
+    "(`aws ec2 modify-instance-metadata-options --instance-id <instance-id> "
+    "--http-put-response-hop-limit 2`)"
+)
+_ATTACH_ROLE_FIX = (
+    "attach an instance profile: `aws ec2 associate-iam-instance-profile --instance-id "
+    "<instance-id> --iam-instance-profile Name=<profile>`"
+)
+
+logger = structlog.get_logger()
+
+
+@dataclass(frozen=True, repr=False)
+class RoleCredentials:
+    """Temporary credentials of the instance's IAM role, as IMDS hands them out."""
+
+    role: str
+    access_key_id: str
+    secret_access_key: str
+    token: str
+    expiration: Optional[str]
+
+    def __repr__(self) -> str:
+        # The key id alone grants nothing, but its tail is enough to match it in CloudTrail.
+        key_hint = f"...{self.access_key_id[-4:]}" if len(self.access_key_id) > 8 else "..."
+        return (
+            f"RoleCredentials(role={self.role!r}, access_key_id={key_hint!r}, expiration={self.expiration!r})"
+        )
+
+    def as_boto3_kwargs(self) -> dict[str, str]:
+        """The keyword arguments boto3's client() and Session() take for these credentials."""
+        return {
+            "aws_access_key_id": self.access_key_id,
+            "aws_secret_access_key": self.secret_access_key,
+            "aws_session_token": self.token,
+        }
+
+
+class ImdsClient:
+    """Reads the region and role credentials from IMDSv2, retrying until the deadline.
+
+    One token and one kept-alive connection serve every call: region plus credentials take
+    four requests (token, region, role list, role document).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        deadline: Deadline,
+        *,
+        session: Optional[requests.Session] = None,
+        backoff: Optional[Backoff] = None,
+        token_ttl_seconds: int = MAX_TOKEN_TTL_SECONDS,
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    ) -> None:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(
+                f"IMDS endpoint {endpoint!r} is not an http:// URL: fix "
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT or imds_endpoint in agent.toml"
+            )
+        if not 1 <= token_ttl_seconds <= MAX_TOKEN_TTL_SECONDS:
+            raise ValueError(f"token_ttl_seconds must be 1..{MAX_TOKEN_TTL_SECONDS}, not {token_ttl_seconds}")
+        self.endpoint = endpoint.rstrip("/")
+        self._deadline = deadline
+        self._backoff = backoff if backoff is not None else Backoff()
+        self._token_ttl_seconds = token_ttl_seconds
+        self._timeout_seconds = timeout_seconds
+        self._owns_session = session is None
+        if session is None:
+            session = requests.Session()
+            # Never read proxies (or .netrc) from the environment for a link-local address.
+            session.trust_env = False
+        self._session = session
+        self._token: Optional[str] = None
+        self._token_renew_at = 0.0
+
+    def __enter__(self) -> ImdsClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Forget the token and close the session if this client opened it."""
+        self._token = None
+        if self._owns_session:
+            self._session.close()
+
+    # -- public reads ----------------------------------------------------------------------
+
+    def region(self) -> str:
+        """The instance's region, e.g. eu-west-1."""
+        text = self._get(REGION_PATH)
+        region = (text or "").strip()
+        if not region:
+            raise ConfigError(
+                f"IMDS at {self.endpoint} did not give this instance's region ({REGION_PATH}): "
+                "set AWS_REGION or region in agent.toml"
+            )
+        return region
+
+    def role_credentials(self) -> RoleCredentials:
+        """The temporary credentials of the IAM role attached to this instance."""
+        listing = self._get(ROLE_LIST_PATH)
+        roles = [line.strip() for line in (listing or "").splitlines() if line.strip()]
+        if not roles:
+            raise CredentialsError(f"no IAM role is attached to this instance: {_ATTACH_ROLE_FIX}")
+        role = roles[0]
+        document_text = self._get(ROLE_LIST_PATH + role)
+        if document_text is None:
+            raise CredentialsError(
+                f"IMDS lists IAM role {role} but has no credentials for it (404): the instance "
+                "profile may be changing; run the agent again, or re-attach the instance profile"
+            )
+        return _parse_credentials(role, document_text)
+
+    # -- protocol --------------------------------------------------------------------------
+
+    def _get(self, path: str) -> Optional[str]:
+        """GET `path` with a token: the body on 200, None on 404."""
+        renewed = False
+        while True:
+            token = self._current_token()
+            response = self._send("GET", path, {TOKEN_HEADER: token})
+            status = response.status_code
+            if status == 401:
+                if renewed:
+                    raise CredentialsError(
+                        f"IMDS at {self.endpoint} refused a fresh session token (401 on GET {path}): "
+                        "check that nothing between the agent and IMDS rewrites requests"
+                    )
+                # The token expired or IMDS restarted: one new token, then one more try.
+                logger.info("imds.token_rejected", path=path)
+                self._token = None
+                renewed = True
+                continue
+            if status == 403:
+                raise self._forbidden(f"GET {path}")
+            if status == 404:
+                return None
+            if status == 200:
+                return response.content.decode("utf-8", errors="replace")
+            raise CredentialsError(
+                f"IMDS at {self.endpoint} answered {status} to GET {path}: {_REACH_IMDS_FIX}"
+            )
+
+    def _current_token(self) -> str:
+        if self._token is None or time.monotonic() >= self._token_renew_at:
+            self._token = self._fetch_token()
+            margin = min(TOKEN_RENEW_MARGIN_SECONDS, self._token_ttl_seconds / 2)
+            lifetime = self._token_ttl_seconds - margin
+            self._token_renew_at = time.monotonic() + lifetime
+        return self._token
+
+    def _fetch_token(self) -> str:
+        response = self._send("PUT", TOKEN_PATH, {TOKEN_TTL_HEADER: str(self._token_ttl_seconds)})
+        status = response.status_code
+        if status == 403:
+            raise self._forbidden(f"PUT {TOKEN_PATH}")
+        if status in (404, 405):
+            raise CredentialsError(
+                f"IMDS at {self.endpoint} does not offer IMDSv2 session tokens ({status} on PUT "
+                f"{TOKEN_PATH}): this agent only speaks IMDSv2; check the endpoint"
+            )
+        if status != 200:
+            raise CredentialsError(
+                f"IMDS at {self.endpoint} refused a session token ({status} on PUT {TOKEN_PATH}, "
+                f"TTL {self._token_ttl_seconds} s): {_REACH_IMDS_FIX}"
+            )
+        token = response.content.decode("ascii", errors="replace").strip()
+        if not token or any(char in token for char in "\r\n\0"):
+            raise CredentialsError(
+                f"IMDS at {self.endpoint} returned an unusable session token: check the endpoint"
+            )
+        REDACTOR.add(token)
+        logger.debug("imds.token_issued", ttl_seconds=self._token_ttl_seconds)
+        return token
+
+    def _forbidden(self, request: str) -> CredentialsError:
+        return CredentialsError(
+            f"IMDS is disabled or blocked (403 from {self.endpoint} on {request}): {_ENABLE_IMDS_FIX}"
+        )
+
+    def _send(self, method: str, path: str, headers: dict[str, str]) -> requests.Response:
+        """One request, retried on connection errors, timeouts, 429 and 5xx until the deadline."""
+        backoff = dataclasses.replace(self._backoff, attempt=0)
+        url = self.endpoint + path
+        attempts = 0
+        last_error = "no attempt: the deadline had already passed"
+        while True:
+            remaining = self._deadline.remaining
+            if remaining < MIN_ATTEMPT_TIMEOUT_SECONDS:
+                break
+            timeout = min(self._timeout_seconds, remaining)
+            attempts += 1
+            started = time.monotonic()
+            try:
+                response = self._session.request(
+                    method,
+                    url,
+                    headers=headers,
+                    timeout=timeout,
+                    allow_redirects=False,
+                    proxies=_no_proxies_for(self._session),
+                )
+            except (
+                requests.ConnectionError,
+                requests.Timeout,
+                requests.exceptions.ChunkedEncodingError,
+            ) as exc:
+                last_error = _describe_failure(exc, timeout)
+                logger.debug(
+                    "imds.request_failed",
+                    method=method,
+                    path=path,
+                    attempt=attempts,
+                    error=last_error,
+                    elapsed_ms=_elapsed_ms(started),
+                )
+            else:
+                logger.debug(
+                    "imds.request",
+                    method=method,
+                    path=path,
+                    status=response.status_code,
+                    attempt=attempts,
+                    elapsed_ms=_elapsed_ms(started),
+                )
+                if response.status_code not in _RETRIED_STATUSES:
+                    return response
+                last_error = f"HTTP {response.status_code}"
+                response.close()
+            if not backoff.wait(self._deadline):
+                break
+        logger.debug("imds.gave_up", method=method, path=path, attempts=attempts, error=last_error)
+        raise ServiceUnavailable(
+            f"IMDS at {self.endpoint} did not answer within {self._deadline.seconds:g} s "
+            f"({attempts} {'attempt' if attempts == 1 else 'attempts'} at {method} {path}, "
+            f"last error: {last_error}): {_REACH_IMDS_FIX}"
+        )
+
+
+def _no_proxies_for(session: requests.Session) -> Any:
+    # Also cancel any per-scheme-and-host proxy a caller put on its own session.
+    return {**dict.fromkeys(session.proxies), **_NO_PROXIES}
+
+
+def _elapsed_ms(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)
+
+
+_ERRNO_TEXT = re.compile(r"\[Errno -?\d+\] ([A-Za-z][A-Za-z ,'-]*)")
+
+
+def _describe_failure(exc: requests.RequestException, timeout: float) -> str:
+    """A short, secret-free reason for a failed attempt ("connection refused")."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return f"no connection within {timeout:.2g} s"
+    if isinstance(exc, requests.Timeout):
+        return f"no answer within {timeout:.2g} s"
+    text = str(exc)
+    found = _ERRNO_TEXT.search(text)
+    if found:
+        return found.group(1).strip().lower()
+    if "RemoteDisconnected" in text or "Connection aborted" in text:
+        return "connection closed without an answer"
+    return f"connection failed ({type(exc).__name__})"
+
+
+def _parse_credentials(role: str, document_text: str) -> RoleCredentials:
+    """Check IMDS's credentials document and turn it into RoleCredentials."""
+    try:
+        document = json.loads(document_text)
+    except ValueError:
+        # The document holds the secret key: never quote it, not even in part.
+        raise CredentialsError(
+            f"IMDS returned a credentials document for IAM role {role} that is not JSON"
+        ) from None
+    if not isinstance(document, dict):
+        raise CredentialsError(
+            f"IMDS returned a credentials document for IAM role {role} that is not an object"
+        )
+    code = document.get("Code")
+    if code != "Success":
+        raise CredentialsError(
+            f"IMDS could not provide credentials for IAM role {role} (Code={code!s}): check the "
+            "role still exists and trusts ec2.amazonaws.com, or re-attach the instance profile"
+        )
+    fields = ("AccessKeyId", "SecretAccessKey", "Token")
+    missing = [name for name in fields if not isinstance(document.get(name), str) or not document[name]]
+    if missing:
+        raise CredentialsError(
+            f"IMDS's credentials document for IAM role {role} lacks {', '.join(missing)}: check the endpoint"
+        )
+    secret_access_key, token = document["SecretAccessKey"], document["Token"]
+    REDACTOR.add(secret_access_key)
+    REDACTOR.add(token)
+    expiration = document.get("Expiration")
+    return RoleCredentials(
+        role=role,
+        access_key_id=document["AccessKeyId"],
+        secret_access_key=secret_access_key,
+        token=token,
+        expiration=expiration if isinstance(expiration, str) else None,
+    )
