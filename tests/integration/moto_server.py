@@ -1,0 +1,162 @@
+"""Local AWS fakes for integration tests: moto's server on 127.0.0.1, and a recording proxy that can
+answer chosen requests itself (throttling, denials, slow answers) and forwards the rest to moto."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Optional
+from urllib.parse import urlsplit
+
+from moto.server import ThreadedMotoServer
+
+LOOPBACK = "127.0.0.1"
+
+
+def start_moto_server() -> tuple[ThreadedMotoServer, str]:
+    """Start moto's server on 127.0.0.1 on a free port; return it and its URL."""
+    server = ThreadedMotoServer(ip_address=LOOPBACK, port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    return server, f"http://{host}:{port}"
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """moto's server for the duration of a `with` block; yields its URL."""
+    server, url = start_moto_server()
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+def reset_moto(url: str) -> None:
+    """Forget every resource moto holds (its documented reset API)."""
+    # No proxy: the request must go straight to 127.0.0.1 whatever the environment says.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(f"{url}/moto-api/reset", data=b"", method="POST")
+    with opener.open(request, timeout=10) as response:
+        response.read()
+
+
+@dataclass(frozen=True)
+class CannedResponse:
+    """An answer the proxy gives instead of forwarding: status, headers, body, optional delay."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+    delay_seconds: float = 0.0
+
+
+def aws_json_error(code: str, message: str, status: int = 400) -> CannedResponse:
+    """An AWS JSON-protocol error as SSM sends it (body __type plus x-amzn-ErrorType header)."""
+    body = json.dumps({"__type": code, "message": message}).encode()
+    return CannedResponse(
+        status=status,
+        body=body,
+        headers=(
+            ("Content-Type", "application/x-amz-json-1.1"),
+            ("x-amzn-ErrorType", f"{code}:http://internal.amazon.com/coral/com.amazonaws.ssm/"),
+            ("x-amzn-RequestId", "00000000-0000-0000-0000-000000000000"),
+        ),
+    )
+
+
+# Given the request's number (from 0) and its action ("GetParameters"), a canned answer, or None
+# to forward the request to the upstream server.
+Responder = Callable[[int, str], Optional[CannedResponse]]
+
+
+class RecordingProxy:
+    """An HTTP server on 127.0.0.1 that records each AWS action it receives, server side.
+
+    It forwards requests to `upstream` (moto) unless `responder` answers them itself.
+    """
+
+    def __init__(self, upstream: Optional[str], responder: Optional[Responder] = None) -> None:
+        self.upstream = upstream
+        self.responder = responder
+        self.actions: list[str] = []
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                target = self.headers.get("X-Amz-Target", "")
+                action = target.rpartition(".")[2]
+                with proxy._lock:
+                    index = len(proxy.actions)
+                    proxy.actions.append(action)
+                canned = proxy.responder(index, action) if proxy.responder else None
+                if canned is None:
+                    canned = proxy._forward(self.path, dict(self.headers.items()), body)
+                if canned.delay_seconds:
+                    time.sleep(canned.delay_seconds)
+                try:
+                    self.send_response(canned.status)
+                    for name, value in canned.headers:
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(canned.body)))
+                    self.end_headers()
+                    self.wfile.write(canned.body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (a read timeout under test)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        self._server.daemon_threads = True
+        # A short poll interval lets shutdown() return in milliseconds rather than half a second.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def count(self, action: str) -> int:
+        """How many requests for `action` arrived."""
+        with self._lock:
+            return self.actions.count(action)
+
+    def _forward(self, path: str, headers: dict[str, str], body: bytes) -> CannedResponse:
+        if self.upstream is None:
+            raise RuntimeError("RecordingProxy has no upstream and the responder did not answer")
+        parts = urlsplit(self.upstream)
+        connection = http.client.HTTPConnection(parts.hostname or LOOPBACK, parts.port, timeout=10)
+        try:
+            connection.request("POST", path, body=body, headers=headers)
+            response = connection.getresponse()
+            payload = response.read()
+            kept = tuple(
+                (name, value)
+                for name, value in response.getheaders()
+                if name.lower() not in {"content-length", "transfer-encoding", "connection", "server", "date"}
+            )
+            return CannedResponse(status=response.status, body=payload, headers=kept)
+        finally:
+            connection.close()
+
+    def __enter__(self) -> RecordingProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
