@@ -1,0 +1,118 @@
+#!/bin/bash
+# Builds the wheel, the sdist and the .deb into dist/ (or --outdir DIR), then runs lintian
+# on the .deb and fails on any error or warning. `make dist` calls it.
+#
+# Everything is built in a temporary copy of the tree, so the source tree gets nothing but
+# the artefacts in the output folder. As root on Debian it installs the Debian packages the
+# build needs when they are missing; otherwise it says which ones to install.
+#
+# Environment: PYTHON (default .venv/bin/python, else python3) must have the `build`
+# module; DEB_BUILD_OPTIONS is passed to the Debian build (nocheck skips its tests).
+set -euo pipefail
+
+usage() {
+    echo "usage: $0 [--outdir DIR]" >&2
+    exit 2
+}
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+outdir="$repo/dist"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --outdir) [ $# -ge 2 ] || usage; outdir=$2; shift 2 ;;
+        -h | --help) usage ;;
+        *) usage ;;
+    esac
+done
+mkdir -p "$outdir"
+outdir=$(cd "$outdir" && pwd)
+cd "$repo"
+
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+
+log() { printf 'build-dist: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# One version: agent/__init__.py. The Debian changelog must carry the same one, since
+# dpkg takes the package version from there.
+version=$(sed -n 's/^__version__ = "\([^"]*\)"$/\1/p' agent/__init__.py)
+[ -n "$version" ] || die "no __version__ = \"X.Y.Z\" line in agent/__init__.py"
+deb_version=$(dpkg-parsechangelog -l packaging/debian/changelog -S Version)
+if [ "$deb_version" != "$version" ]; then
+    die "agent/__init__.py says $version but packaging/debian/changelog says $deb_version;" \
+        "add a changelog entry: dch --changelog packaging/debian/changelog -v $version"
+fi
+
+# Debian packages the build and its checks need. apt-get build-dep reads them from
+# debian/control itself, so the list lives in one place.
+stage=$(mktemp -d "${TMPDIR:-/tmp}/secrets-agent-dist.XXXXXX")
+trap 'rm -rf "$stage"' EXIT
+src="$stage/secrets-agent-$version"
+mkdir "$src"
+
+# The files a fresh clone has, plus new files not yet committed and not ignored, minus
+# files deleted from the work tree; outside a git work tree, the folder less what the
+# build makes or caches.
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    git ls-files -z --cached --others --exclude-standard \
+        | while IFS= read -r -d '' path; do [ -f "$path" ] && printf '%s\0' "$path"; done \
+        | tar --null --no-recursion -T - -cf - | tar -xf - -C "$src"
+else
+    tar --exclude-vcs --exclude=./.venv --exclude=./dist --exclude=./build \
+        --exclude='*.egg-info' --exclude=__pycache__ --exclude='.*_cache' -cf - . \
+        | tar -xf - -C "$src"
+fi
+cp -a packaging/debian "$src/debian"
+
+apt_install() {
+    if ! apt-get install -y --no-install-recommends "$@"; then
+        apt-get update && apt-get install -y --no-install-recommends "$@"
+    fi
+}
+
+missing_tools=()
+for tool in lintian:lintian shellcheck:shellcheck dpkg-buildpackage:dpkg-dev; do
+    command -v "${tool%%:*}" >/dev/null || missing_tools+=("${tool#*:}")
+done
+if ! build_deps_report=$(cd "$src" && dpkg-checkbuilddeps 2>&1) || [ ${#missing_tools[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        die "missing Debian packages: ${missing_tools[*]} $build_deps_report (run as root to install them)"
+    fi
+    log "installing the Debian packages the build needs"
+    export DEBIAN_FRONTEND=noninteractive
+    [ ${#missing_tools[@]} -eq 0 ] || apt_install "${missing_tools[@]}" >&2
+    if ! (cd "$src" && dpkg-checkbuilddeps) 2>/dev/null; then
+        apt-get build-dep -y --no-install-recommends "$src" >&2 \
+            || { apt-get update >&2 && apt-get build-dep -y --no-install-recommends "$src" >&2; }
+    fi
+fi
+
+"$PYTHON" -c 'import build' 2>/dev/null \
+    || die "$PYTHON lacks the 'build' module: run 'make dist', or set PYTHON to one that has it"
+
+log "wheel and sdist of $version"
+"$PYTHON" -m build --outdir "$stage/python" "$src" >"$stage/python-build.log" 2>&1 \
+    || { cat "$stage/python-build.log" >&2; die "the wheel or sdist build failed"; }
+
+log "Debian package of $version"
+# Debian's toolchain and Debian's python3 only: not a pyenv or venv python3 found first in PATH.
+(cd "$src" && PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -b -us -uc) >"$stage/deb-build.log" 2>&1 \
+    || { cat "$stage/deb-build.log" >&2; die "the Debian build failed"; }
+deb="$stage/secrets-agent_${version}_all.deb"
+[ -f "$deb" ] || die "dpkg-buildpackage did not make $(basename "$deb")"
+
+log "lintian"
+# Lintian warns against running as root, but unpacks the package into a private temporary
+# folder either way; overrides come from the package itself (packaging/debian/*.lintian-overrides).
+lintian --fail-on error,warning --display-info "$deb" >"$stage/lintian.log" 2>&1 \
+    || { cat "$stage/lintian.log" >&2; die "lintian found errors or warnings"; }
+cat "$stage/lintian.log" >&2
+
+# Replace the previous artefacts of this project, whatever their version, and nothing else.
+rm -f "$outdir"/secrets_agent-*.whl "$outdir"/secrets_agent-*.tar.gz \
+    "$outdir"/secrets-agent-*.tar.gz "$outdir"/secrets-agent_*_all.deb
+mv "$stage"/python/* "$deb" "$outdir"/
+log "built into $outdir:"
+(cd "$outdir" && ls -1 secrets_agent-* secrets-agent_*) >&2
