@@ -152,11 +152,19 @@ class RecordingProxy:
         finally:
             connection.close()
 
-    def __enter__(self) -> RecordingProxy:
+    def start(self) -> None:
+        """Begin serving (or use the proxy as a context manager)."""
         self._thread.start()
-        return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def stop(self) -> None:
+        """Stop serving and release the port."""
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+    def __enter__(self) -> RecordingProxy:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
