@@ -139,7 +139,7 @@ def _read_template(service: ServiceSettings) -> CompiledTemplate:
 
 def _ssm_client(settings: AgentSettings, deadline: Deadline) -> SsmClient:
     region = settings.region
-    credentials: Optional[tuple[str, str, str]] = None
+    credentials = settings.env_credentials
     role: Optional[str] = None
     if not settings.use_default_credential_chain:
         imds = ImdsClient(settings.imds_endpoint, deadline)

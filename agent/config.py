@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -47,6 +47,9 @@ class AgentSettings:
     deadline_seconds: float
     # Outside EC2 (a laptop, CI) boto3's own credential chain is used instead of IMDS.
     use_default_credential_chain: bool
+    # Keys from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, handed to the
+    # SSM client explicitly because this module is the only reader of the environment.
+    env_credentials: Optional[tuple[str, str, str]] = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,11 @@ def load_agent_settings(
         region=region,
         deadline_seconds=_deadline(path, table) or DEFAULT_DEADLINE_SECONDS,
         use_default_credential_chain=has_env_credentials or imds_disabled,
+        env_credentials=(
+            (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_SESSION_TOKEN", ""))
+            if has_env_credentials
+            else None
+        ),
     )
 
 

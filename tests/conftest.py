@@ -50,20 +50,6 @@ os.environ["AWS_CONFIG_FILE"] = os.devnull
 os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
 
 
-@pytest.fixture
-def secret_values() -> Iterator[list[str]]:
-    """Hard secret values used across tests; the redactor forgets them afterwards."""
-    from agent.log import REDACTOR
-
-    yield [
-        'pa$$w0rd-with-`backticks`-and-"quotes"',
-        "line one\nline two\r\nEVIL=1",
-        "  leading and trailing spaces  ",
-        "sk_live_ünïcødé-🔑-#not-a-comment=",
-    ]
-    REDACTOR.clear()
-
-
 def _memory_backed_root() -> str:
     with open("/proc/self/mounts", encoding="utf-8") as mounts:
         points = {line.split()[1]: line.split()[2] for line in mounts}

@@ -87,6 +87,11 @@ def stack(clean_moto_url: str, tmp_path: Path, tmpfs_path: Path) -> Iterator[Sta
         imds.stop()
 
 
+def _read(path: Path) -> str:
+    # read_text() would turn a value's CR LF into LF (universal newlines): read the bytes.
+    return path.read_bytes().decode("utf-8")
+
+
 def _hard_template(stack: Stack) -> None:
     for name, value in HARD_VALUES.items():
         stack.put(name, value)
@@ -103,7 +108,7 @@ def test_render_writes_exact_values(stack: Stack) -> None:
     _hard_template(stack)
     code, _out, err = stack.run("render", "app")
     assert code == 0, err
-    pairs = dict(parse_env(stack.output.read_text(encoding="utf-8")))
+    pairs = dict(parse_env(_read(stack.output)))
     assert pairs == {
         "DATABASE_URL": HARD_VALUES["/prod/DATABASE_URL"],
         "JWT_SECRET": HARD_VALUES["/prod/JWT_SECRET"],
@@ -139,7 +144,7 @@ def test_named_parameters_cost_one_call_per_ten(stack: Stack) -> None:
         proxy.stop()
     assert code == 0, err
     assert proxy.count("GetParameters") == 3
-    assert len(parse_env(stack.output.read_text())) == 25
+    assert len(parse_env(_read(stack.output))) == 25
 
 
 def test_paths_versions_and_labels(stack: Stack) -> None:
@@ -167,7 +172,7 @@ def test_paths_versions_and_labels(stack: Stack) -> None:
     assert "/prod/rotating:previous" in out
     assert "version 2" in out
     assert stack.run("render", "app")[0] == 0
-    assert parse_env(stack.output.read_text()) == [
+    assert parse_env(_read(stack.output)) == [
         ("API_KEY", "key"),
         ("DB_URL", "db"),
         ("FIRST", "v1"),
@@ -208,7 +213,7 @@ def test_other_formats(stack: Stack, fmt: str) -> None:
     (stack.config / "app.toml").write_text(f'format = "{fmt}"\n')
     code, _, err = stack.run("render", "app")
     assert code == 0, err
-    text = stack.output.read_text()
+    text = _read(stack.output)
     expected = {"A": 'quote " and $dollar and \\ back', "B": "multi\nline"}
     loaded = json.loads(text) if fmt == "json" else dotenv_values(stream=io.StringIO(text))
     assert loaded == expected
@@ -369,10 +374,11 @@ def test_no_secret_reaches_any_output(stack: Stack) -> None:
         result = subprocess.run([*base, *args], env=env, capture_output=True, check=False)
         assert result.returncode == 0, result.stderr
         outputs.append(result.stdout + result.stderr)
-    # And a failing run whose error happens after values were fetched.
-    stack.template('A={{ param("/prod/JWT_SECRET") }}\nB={{ param("/prod/extra") | int(base=99) }}\n')
+    # And a failing run whose error message Jinja builds from the value's repr.
+    stack.template('A={{ param("/prod/JWT_SECRET") }}\nB={{ {}[param("/prod/extra")] }}\n')
     failed = subprocess.run([*base, "render", "app"], env=env, capture_output=True, check=False)
     assert failed.returncode == 3
+    assert b"has no attribute <value of /prod/extra>" in failed.stderr, failed.stderr
     outputs.append(failed.stdout + failed.stderr)
     everything = b"\n".join(outputs)
     secrets = [
