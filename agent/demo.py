@@ -7,6 +7,7 @@ file with every value masked, cleans up and stops the emulator.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -88,13 +89,15 @@ def seed(ssm_url: str) -> None:
 
 def run_agent(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """Run the agent in a fresh process, as systemd would."""
-    command = [sys.executable, "-m", "agent", *args]
+    command = [sys.executable, "-m", "agent", "--log-format", "console", *args]
     print(f"$ secrets-agent {' '.join(args)}", flush=True)
     return subprocess.run(command, env=env, text=True, capture_output=True, check=False)
 
 
 def main() -> int:
     """Run the demo; returns the exit code."""
+    # moto's web server logs every request it serves; the demo's reader wants the agent's lines.
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     moto, ssm_url = start_moto()
     imds = FakeImds(region=REGION, role=ROLE)
     imds_url = imds.start()

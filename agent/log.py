@@ -14,9 +14,9 @@ from typing import Any, Optional, TextIO
 import structlog
 
 REDACTED = "[REDACTED]"
-# Very short values ("1", "yes") would blank out ordinary words; they are never logged by
-# design, and redacting them would make every log line unreadable.
-MIN_REDACTED_LENGTH = 4
+# Short values ("1", "info", "warning") would blank out ordinary words, log levels included;
+# values are never logged by design, so this second line of defence covers the longer ones.
+MIN_REDACTED_LENGTH = 8
 
 
 class Redactor:
