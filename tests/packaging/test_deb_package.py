@@ -1,0 +1,207 @@
+"""The artefacts of `make dist`: names, one version, the .deb's exact contents, lintian, scripts."""
+
+from __future__ import annotations
+
+import email.parser
+import os
+import re
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.packaging.conftest import REPO, Artefacts
+
+# Every file and folder of the .deb besides the agent's Python modules, which are checked against
+# agent/*.py, with its permissions. Nothing under /etc: purging must leave the operator's files.
+DIST_INFO = "./usr/lib/python3/dist-packages/secrets_agent-{version}.dist-info/"
+DOC = "./usr/share/doc/secrets-agent/"
+EXPECTED_DEB_ENTRIES = {
+    ("drwxr-xr-x", "./"),
+    ("drwxr-xr-x", "./lib/"),
+    ("drwxr-xr-x", "./lib/systemd/"),
+    ("drwxr-xr-x", "./lib/systemd/system/"),
+    ("-rw-r--r--", "./lib/systemd/system/secrets-agent@.service"),
+    ("drwxr-xr-x", "./usr/"),
+    ("drwxr-xr-x", "./usr/bin/"),
+    ("-rwxr-xr-x", "./usr/bin/secrets-agent"),
+    ("drwxr-xr-x", "./usr/lib/"),
+    ("drwxr-xr-x", "./usr/lib/python3/"),
+    ("drwxr-xr-x", "./usr/lib/python3/dist-packages/"),
+    ("drwxr-xr-x", "./usr/lib/python3/dist-packages/agent/"),
+    ("drwxr-xr-x", DIST_INFO),
+    ("-rw-r--r--", DIST_INFO + "METADATA"),
+    ("-rw-r--r--", DIST_INFO + "RECORD"),
+    ("-rw-r--r--", DIST_INFO + "WHEEL"),
+    ("-rw-r--r--", DIST_INFO + "entry_points.txt"),
+    ("-rw-r--r--", DIST_INFO + "top_level.txt"),
+    ("drwxr-xr-x", "./usr/share/"),
+    ("drwxr-xr-x", "./usr/share/doc/"),
+    ("drwxr-xr-x", DOC),
+    ("-rw-r--r--", DOC + "README.md.gz"),
+    ("-rw-r--r--", DOC + "changelog.gz"),
+    ("-rw-r--r--", DOC + "copyright"),
+    ("drwxr-xr-x", DOC + "examples/"),
+    ("-rwxr-xr-x", DOC + "examples/ami-bake.sh"),
+    ("-rw-r--r--", DOC + "examples/app.env.j2"),
+    ("-rw-r--r--", DOC + "examples/app.service"),
+    ("drwxr-xr-x", DOC + "examples/app.service.d/"),
+    ("-rw-r--r--", DOC + "examples/app.service.d/secrets-agent.conf"),
+    ("-rw-r--r--", DOC + "examples/user-data.yaml"),
+    ("-rw-r--r--", DOC + "examples/user-data-wheel.yaml"),
+    ("drwxr-xr-x", "./usr/share/man/"),
+    ("drwxr-xr-x", "./usr/share/man/man1/"),
+    ("-rw-r--r--", "./usr/share/man/man1/secrets-agent.1.gz"),
+}
+DEBIAN_RUNTIME_DEPENDENCIES = ("python3-boto3", "python3-requests", "python3-jinja2", "python3-structlog")
+# A maintainer script that did any of these would start the agent or fetch something at install.
+FORBIDDEN_IN_MAINTAINER_SCRIPTS = re.compile(
+    r"\b(start|restart|enable|deb-systemd-invoke|deb-systemd-helper|curl|wget|aws|secrets-agent\s+render)\b"
+)
+
+
+def agent_modules() -> list[str]:
+    """The agent's modules in the source tree, as file names."""
+    return sorted(path.name for path in (REPO / "agent").glob("*.py"))
+
+
+def deb_field(deb: Path, field: str) -> str:
+    """One field of the .deb's control file."""
+    return subprocess.run(
+        ["dpkg-deb", "--field", str(deb), field], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_build_makes_the_three_artefacts_with_standard_names(artefacts: Artefacts) -> None:
+    """build-dist.sh leaves exactly the wheel, the sdist and the .deb, named by the version."""
+    names = sorted(path.name for path in artefacts.folder.iterdir())
+    assert names == sorted([artefacts.wheel.name, artefacts.sdist.name, artefacts.deb.name])
+
+
+def test_deb_wheel_changelog_and_source_agree_on_the_version(artefacts: Artefacts) -> None:
+    """The .deb, the wheel's metadata and the Debian changelog carry agent/__init__.py's version."""
+    with zipfile.ZipFile(artefacts.wheel) as wheel:
+        metadata = wheel.read(f"secrets_agent-{artefacts.version}.dist-info/METADATA").decode()
+    wheel_version = email.parser.Parser().parsestr(metadata)["Version"]
+    changelog_version = subprocess.run(
+        ["dpkg-parsechangelog", "-l", str(REPO / "packaging/debian/changelog"), "-S", "Version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert {deb_field(artefacts.deb, "Version"), wheel_version, changelog_version} == {artefacts.version}
+
+
+def test_debs_own_code_reports_the_version(artefacts: Artefacts, tmp_path: Path) -> None:
+    """`secrets-agent --version` from the .deb's files, on Debian's python3 and libraries, is the version."""
+    subprocess.run(["dpkg-deb", "-x", str(artefacts.deb), str(tmp_path)], check=True)
+    result = subprocess.run(
+        [
+            "/usr/bin/python3",
+            "-I",
+            "-c",
+            "import runpy, sys; sys.path.insert(0, sys.argv.pop()); "
+            "sys.argv = ['secrets-agent', '--version']; runpy.run_module('agent', run_name='__main__')",
+            str(tmp_path / "usr/lib/python3/dist-packages"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["secrets-agent", artefacts.version]
+
+
+def test_deb_lists_exactly_the_expected_files(artefacts: Artefacts) -> None:
+    """`dpkg -c` lists the command, the unit, the modules, the docs and examples, and nothing else."""
+    listing = subprocess.run(
+        ["dpkg", "-c", str(artefacts.deb)], capture_output=True, text=True, check=True
+    ).stdout
+    entries = set()
+    for line in listing.splitlines():
+        mode, owner, _size, _date, _time, path = line.split(maxsplit=5)
+        assert owner == "root/root", line
+        entries.add((mode, path))
+    modules = {("-rw-r--r--", f"./usr/lib/python3/dist-packages/agent/{name}") for name in agent_modules()}
+    expected = {(mode, path.format(version=artefacts.version)) for mode, path in EXPECTED_DEB_ENTRIES}
+    assert entries == expected | modules
+
+
+def test_wheel_holds_the_agent_package_only(artefacts: Artefacts) -> None:
+    """The wheel holds agent/*.py and its metadata: no tests, no packaging files."""
+    with zipfile.ZipFile(artefacts.wheel) as wheel:
+        names = set(wheel.namelist())
+    info = f"secrets_agent-{artefacts.version}.dist-info/"
+    expected = {f"agent/{name}" for name in agent_modules()} | {
+        info + name for name in ("METADATA", "WHEEL", "entry_points.txt", "top_level.txt", "RECORD")
+    }
+    assert names == expected
+
+
+def test_deb_depends_on_debians_own_libraries(artefacts: Artefacts) -> None:
+    """The .deb is Architecture all and depends on Debian's boto3, requests, jinja2 and structlog."""
+    depends = {part.strip().split()[0] for part in deb_field(artefacts.deb, "Depends").split(",")}
+    assert deb_field(artefacts.deb, "Architecture") == "all"
+    assert set(DEBIAN_RUNTIME_DEPENDENCIES) <= depends
+    assert not any(name.startswith("python3-moto") for name in depends)
+
+
+def test_command_runs_on_debians_python(artefacts: Artefacts, tmp_path: Path) -> None:
+    """/usr/bin/secrets-agent starts with Debian's /usr/bin/python3, not the builder's own Python."""
+    subprocess.run(["dpkg-deb", "-x", str(artefacts.deb), str(tmp_path)], check=True)
+    first_line = (tmp_path / "usr/bin/secrets-agent").read_text(encoding="utf-8").splitlines()[0]
+    assert first_line == "#!/usr/bin/python3"
+
+
+def test_maintainer_scripts_only_reload_systemd(artefacts: Artefacts, tmp_path: Path) -> None:
+    """postinst and postrm reload systemd when it runs, and start, enable or fetch nothing."""
+    subprocess.run(["dpkg-deb", "-e", str(artefacts.deb), str(tmp_path)], check=True)
+    scripts = {path.name: path.read_text(encoding="utf-8") for path in tmp_path.iterdir()}
+    assert set(scripts) == {"control", "md5sums", "postinst", "postrm", "prerm"}
+    for name in ("postinst", "postrm", "prerm"):
+        code = "\n".join(line for line in scripts[name].splitlines() if not line.lstrip().startswith("#"))
+        assert not FORBIDDEN_IN_MAINTAINER_SCRIPTS.search(code), name
+    reload_guarded = re.compile(
+        r"if \[ \"\$1\" = (configure|remove) \] && \[ -d /run/systemd/system \]; then\n"
+        r"\s+systemctl --system daemon-reload"
+    )
+    assert reload_guarded.search(scripts["postinst"])
+    assert reload_guarded.search(scripts["postrm"])
+    assert "conffiles" not in scripts
+
+
+def test_lintian_reports_no_error_and_no_warning(artefacts: Artefacts) -> None:
+    """lintian finds no error, warning, info or pedantic tag on the .deb, and nothing is overridden."""
+    result = subprocess.run(
+        ["lintian", "--display-level", ">=pedantic", "--show-overrides", str(artefacts.deb)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    tags = [line for line in result.stdout.splitlines() if re.match(r"^[EWIPXO]: ", line)]
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert tags == []
+
+
+@pytest.mark.parametrize("script", ["packaging/build-dist.sh", "packaging/ami-bake.sh"])
+def test_shell_scripts_pass_shellcheck(artefacts: Artefacts, script: str) -> None:
+    """shellcheck (installed by build-dist.sh with the other checking tools) finds nothing."""
+    result = subprocess.run(["shellcheck", str(REPO / script)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout
+
+
+def test_build_leaves_the_source_tree_untouched(artefacts: Artefacts) -> None:
+    """Building made no file in the source tree (the session's build wrote only to its own folder)."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git work tree")
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored", "--", "packaging", "debian", "build", "dist"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},
+    ).stdout
+    made = [line for line in status.splitlines() if line.startswith("!!")]
+    assert made == []
