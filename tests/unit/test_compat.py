@@ -14,11 +14,11 @@ AGENT_DIR = Path(__file__).resolve().parents[2] / "agent"
 
 
 def _python39() -> str | None:
-    found = shutil.which("python3.9")
-    if found:
-        return found
+    # pyenv's versions first: its shim named python3.9 exists but refuses to run unless selected.
     pyenv = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.9.*/bin/python3.9")))
-    return pyenv[-1] if pyenv else None
+    if pyenv:
+        return pyenv[-1]
+    return shutil.which("python3.9")
 
 
 def test_agent_compiles_under_python39() -> None:
