@@ -133,6 +133,8 @@ def encode_json(pairs: Sequence[tuple[str, str]]) -> str:
 
 
 # --- .env for apps that read it themselves (python-dotenv 1.x and Node's dotenv 16/17/18) -----------------
+# Rules read from python-dotenv 1.2's parser.py/variables.py and dotenv 16-18's parse() (one regex, LINE);
+# dotenv 18's opt-in `fast` parser is a different, hand-written one and is not covered.
 
 # python-dotenv expands ${NAME} and ${NAME:-default} in every value, quoted or not, and has no escape for it
 # (dotenv/variables.py, interpolate=True is the default of dotenv_values and load_dotenv).

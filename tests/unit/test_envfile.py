@@ -25,6 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.envfile import (
+    _PY_OR_JS_SPACE,
     KEY_RE,
     EnvFileRejected,
     _dotenv_candidates,
@@ -43,22 +44,14 @@ NODE_DOTENV_VERSIONS = ("dotenv16", "dotenv17", "dotenv18")
 
 # --- strategies -------------------------------------------------------------------------------------------
 
-# Characters that matter to one of the readers: quotes, escapes, comment and expansion syntax, every kind of
-# line break and whitespace the parsers treat specially, escape letters, and non-ASCII.
-SPECIAL_CHARS = [
+# Pieces that matter to one of the readers: quotes, escapes and escape letters, comment and expansion syntax,
+# every line break and whitespace some parser treats specially, non-ASCII; values are drawn half from these.
+VALUE_PIECES = [
     *"\"'\\$`#;= \t\n\r{}:-abfnrtvx",
-    "\x0b",
-    "\x0c",
-    "\x1c",
-    "\x85",
-    "\xa0",
-    "\u2028",
-    "\u2029",
-    "\ufeff",
-    "é",
-    "🔑",
+    *["\x0b", "\x0c", "\x1c", "\x85", "\xa0", "\u2028", "\u2029", "\ufeff", "é", "🔑"],
+    *["\\\\", "\\n", "\\'", '\\"', "\\\n", "\r\n", " #", "'\"", "${A}", "${A:-b}", "${", "`x`"],
 ]
-VALUES = st.text(alphabet=st.sampled_from(SPECIAL_CHARS) | st.characters(codec="utf-8"), max_size=30)
+VALUES = st.lists(st.sampled_from(VALUE_PIECES) | st.characters(codec="utf-8"), max_size=12).map("".join)
 SYSTEMD_VALUES = VALUES.filter(lambda value: value_problem(value) is None)
 KEYS = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,15}", fullmatch=True)
 
@@ -72,20 +65,49 @@ def unique_pairs(
     )
 
 
-# Tokens for texts that exercise every state of systemd's parser, plus invalid UTF-8 and NUL.
-PARSER_TOKENS = [
-    *[bytes([c]) for c in b"AbZ_1= \t\n\r\\'\"#;$`x"],
-    b"AB=",
-    b"\nK=",
-    b"\\\n",
-    b"\\\r",
-    "é".encode(),
-    "\ufffe".encode(),
-    b"\xff",
-    b"\xc3",
-    b"\x00",
+# Texts for systemd's parser: lines that are mostly assignments (valid keys mostly, odd ones sometimes) whose
+# values mix bare, "double-quoted" and 'single-quoted' runs of every byte a state reacts to, plus comments
+# and junk; invalid UTF-8 and NUL turn up rarely, since one of them makes systemd refuse the whole file.
+_FREQUENT = 12
+PARSER_KEYS = [b"A", b"b_1", b"_"] * _FREQUENT + [
+    b"1A",
+    b"A B",
+    b"A-B",
+    "Ä".encode(),
+    b"",
+    b"export A",
+    b"A\xff",
 ]
-PARSER_TEXTS = st.lists(st.sampled_from(PARSER_TOKENS), max_size=40).map(b"".join)
+PARSER_PIECES = [
+    *[bytes([c]) for c in b"xy =\t\n\r\\#;$`"] * _FREQUENT,
+    *[b"\\\n", b"\\\r", b"\\ ", b'\\"', b"\\'", b"\\\\", b"\r\n", "é".encode()] * _FREQUENT,
+    *[b"'", b'"'] * 2,
+    *["\ufffe".encode(), b"\xff", b"\xc3", b"\xed\xa0\x80", b"\x00"],
+]
+PARSER_RUNS = st.lists(st.sampled_from(PARSER_PIECES), max_size=6).map(b"".join)
+PARSER_VALUES = st.lists(
+    st.one_of(
+        PARSER_RUNS,
+        PARSER_RUNS.map(lambda run: b'"' + run + b'"'),
+        PARSER_RUNS.map(lambda run: b"'" + run + b"'"),
+    ),
+    max_size=3,
+).map(b"".join)
+PARSER_BLANKS = st.sampled_from([b"", b"", b" ", b"\t", b"  "])
+PARSER_LINES = st.one_of(
+    st.tuples(PARSER_BLANKS, st.sampled_from(PARSER_KEYS), PARSER_BLANKS, PARSER_VALUES).map(
+        lambda parts: parts[0] + parts[1] + parts[2] + b"=" + parts[3]
+    ),
+    st.tuples(PARSER_BLANKS, st.sampled_from(PARSER_KEYS), PARSER_BLANKS, PARSER_VALUES).map(
+        lambda parts: parts[0] + parts[1] + parts[2] + b"=" + parts[3]
+    ),
+    PARSER_RUNS.map(lambda run: b"#" + run),
+    PARSER_RUNS,
+)
+PARSER_TEXTS = st.tuples(
+    st.lists(st.tuples(PARSER_LINES, st.sampled_from([b"\n", b"\n", b"\r", b"\r\n"])), max_size=6),
+    st.booleans(),
+).map(lambda drawn: b"".join(line + end for line, end in drawn[0])[: None if drawn[1] else -1])
 
 # --- the real readers -------------------------------------------------------------------------------------
 
@@ -484,21 +506,21 @@ def test_encode_env_refuses(pairs: list[tuple[str, str]], message: str) -> None:
     assert "s3cret" not in str(caught.value)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(pairs=unique_pairs(SYSTEMD_VALUES))
 def test_encode_env_round_trip(pairs: list[tuple[str, str]]) -> None:
     """Whatever the values, parse_env(encode_env(pairs)) gives back exactly the pairs."""
     assert parse_env(encode_env(pairs)) == pairs
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(pairs=unique_pairs(SYSTEMD_VALUES))
 def test_encode_env_round_trip_through_systemd(systemd: SystemdLoader, pairs: list[tuple[str, str]]) -> None:
     """systemd 252's own loader reads encode_env's text back as exactly the pairs."""
     assert systemd.load(encode_env(pairs).encode()) == pairs
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(pairs=unique_pairs(SYSTEMD_VALUES, prefix="SA_"))
 def test_encode_env_is_also_shell_source(tmp_path_factory: pytest.TempPathFactory, pairs: list[Any]) -> None:
     """bash sourcing encode_env's text sets every variable to exactly its value too."""
@@ -651,3 +673,17 @@ def test_dotenv_quoting_rules_are_exact(node_dotenv: NodeDotenv, value: str) -> 
             assert reads_exactly(node_dotenv, naive, value), style
         elif style != "unquoted" or not (value == "" or value[0] == "`" or set(value) & {"\u2028", "\u2029"}):
             assert not reads_exactly(node_dotenv, naive, value), style
+
+
+def test_unquoted_edge_whitespace_covers_python_and_javascript() -> None:
+    """Every character Python's strip() or JavaScript's trim() removes counts as edge whitespace."""
+    python_space = {chr(code) for code in range(0x110000) if chr(code).isspace()}
+    assert python_space <= _PY_OR_JS_SPACE
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed: JavaScript's whitespace cannot be listed")
+    script = (
+        "const codes = []; for (let c = 0; c < 0x10000; c++) { if (String.fromCharCode(c).trim() === '') "
+        "codes.push(c) }; process.stdout.write(JSON.stringify(codes))"
+    )
+    listed = subprocess.run(["node", "-e", script], capture_output=True, check=True, text=True).stdout
+    assert {chr(code) for code in json.loads(listed)} <= _PY_OR_JS_SPACE
