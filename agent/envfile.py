@@ -26,6 +26,10 @@ MAX_ARG_STRLEN_BYTES = 131072
 # sysconf(_SC_ARG_MAX) in PID 1 with the default 8 MiB stack limit (RLIMIT_STACK / 4): systemd's own
 # per-assignment limit, far looser than MAX_ARG_STRLEN.
 SYSTEMD_ARG_MAX_BYTES = 2097152
+# execve() refuses argv plus environment beyond RLIMIT_STACK / 4 (2 MiB with the usual 8 MiB
+# stack), and the app's own argv and systemd's variables need room too: the rendered
+# environment gets at most half of it.
+MAX_ENVIRONMENT_BYTES = 1048576
 
 # string-util.h and escape.h of systemd 252.
 _WHITESPACE = b" \t\n\r"
@@ -120,6 +124,13 @@ def encode_env(pairs: Sequence[tuple[str, str]]) -> str:
         if problem:
             raise ValueNotRepresentable(f"the value of {key} {problem}")
         lines.append(f'{key}="{_systemd_double_quoted(value)}"\n')
+    total = sum(len(key.encode()) + len(value.encode()) + 2 for key, value in pairs)
+    if total > MAX_ENVIRONMENT_BYTES:
+        raise ValueNotRepresentable(
+            f"the {len(pairs)} variables add up to {total} bytes; execve() would refuse to start the app "
+            f"above about 2 MiB, and the agent allows at most {MAX_ENVIRONMENT_BYTES}: split the service's "
+            "secrets, or have the app read a file (format = json)"
+        )
     return "".join(lines)
 
 

@@ -687,3 +687,15 @@ def test_unquoted_edge_whitespace_covers_python_and_javascript() -> None:
     )
     listed = subprocess.run(["node", "-e", script], capture_output=True, check=True, text=True).stdout
     assert {chr(code) for code in json.loads(listed)} <= _PY_OR_JS_SPACE
+
+
+def test_encode_env_refuses_an_environment_execve_cannot_take() -> None:
+    """Values each within the limit but over 1 MiB together are refused, naming the total, not a value."""
+    from agent.envfile import MAX_ENVIRONMENT_BYTES
+
+    pairs = [(f"K{i}", "v" * 100_000) for i in range(11)]
+    with pytest.raises(ValueNotRepresentable, match="add up to") as info:
+        encode_env(pairs)
+    assert str(MAX_ENVIRONMENT_BYTES) in str(info.value)
+    assert "v" * 50 not in str(info.value)
+    assert encode_env(pairs[:10]).count("\n") == 10
