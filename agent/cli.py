@@ -230,9 +230,21 @@ def cmd_clean(settings: AgentSettings, service: ServiceSettings, out: TextIO) ->
 
 
 def cmd_enable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -> int:
-
     result = enable_service(args.name, args.unit, Path(args.root))
-    out.write(f"{result}\n")
+    out.write(
+        f"{'wrote' if result.dropin_written else 'unchanged'} {result.dropin_path}: "
+        f"{result.unit} now starts after secrets-agent@{args.name}.service and reads "
+        f"/run/secrets-agent/{args.name}/env\n"
+    )
+    if result.template_created:
+        out.write(f"created {result.template_path}: list the parameters {result.unit} needs there\n")
+    else:
+        out.write(f"kept {result.template_path}\n")
+    out.write(
+        f"systemd reloaded; `systemctl restart {result.unit}` to start it with its secrets\n"
+        if result.reloaded
+        else "systemd not reloaded (not running, or --root given): it reads the drop-in at next boot\n"
+    )
     return 0
 
 
