@@ -251,8 +251,11 @@ def cmd_enable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -
 def cmd_disable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -> int:
 
     removed = disable_service(args.name, args.unit, Path(args.root))
+    unit = args.unit or f"{args.name}.service"
     out.write(
-        ("removed" if removed else "no drop-in to remove for") + f" {args.unit or args.name + '.service'}\n"
+        f"removed the secrets-agent drop-in of {unit}; `systemctl restart {unit}` to apply\n"
+        if removed
+        else f"{unit} has no secrets-agent drop-in: nothing to do\n"
     )
     return 0
 
