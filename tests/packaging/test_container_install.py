@@ -1,0 +1,304 @@
+"""The .deb as it is used, in booted Debian 12 containers: apt-get install, cloud-init's first boot
+from a NoCloud seed, and an AMI bake after which the image holds no secret."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import secrets
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+
+from agent.envfile import parse_env
+from agent.fakeimds import FakeImds
+from tests.integration.moto_server import RecordingProxy
+from tests.packaging.conftest import REPO, Artefacts, skip_unless_root
+from tests.packaging.machine import Machine, booted, fresh_rootfs
+from tests.packaging.test_cloud_init_files import USER_DATA, with_location
+
+pytestmark = pytest.mark.system
+
+REGION = "eu-west-1"
+# Debian 12's versions of the libraries the .deb depends on, as its archive has them.
+DEBIAN_LIBRARY_VERSIONS = {
+    "python3-boto3": "1.26.",
+    "python3-requests": "2.28.",
+    "python3-jinja2": "3.1.2",
+    "python3-structlog": "22.3.",
+}
+CLOUD_INIT_TIMEOUT_SECONDS = 300
+APT_TIMEOUT_SECONDS = 300
+APP_UNIT = (REPO / "systemd" / "examples" / "app.service").read_text(encoding="utf-8")
+APP_TEMPLATE = (
+    'DATABASE_URL={{ param("/app/prod/DATABASE_URL") }}\nAPI_TOKEN={{ param("/app/prod/API_TOKEN") }}\n'
+)
+
+
+@pytest.fixture(autouse=True)
+def _needs_root() -> None:
+    skip_unless_root("booting containers with systemd-nspawn")
+
+
+@dataclass
+class Fakes:
+    """The AWS side on the host's 127.0.0.1, which the containers share: IMDS, and SSM behind a recorder."""
+
+    imds: FakeImds
+    ssm: RecordingProxy
+    values: dict[str, str]
+
+    def agent_toml(self) -> str:
+        """agent.toml that points a container's agent at the fakes instead of AWS."""
+        return f'imds_endpoint = "{self.imds.url}"\nssm_endpoint = "{self.ssm.url}"\n'
+
+    def secret_bytes(self) -> list[bytes]:
+        return [value.encode() for value in self.values.values()]
+
+
+@pytest.fixture
+def fakes(moto_url: str) -> Iterator[Fakes]:
+    """Fresh secret values in moto, the IMDS fake and a recording proxy in front of moto."""
+    values = {
+        "/app/prod/DATABASE_URL": f"postgres://app:{secrets.token_hex(16)}@db:5432/app",
+        "/app/prod/API_TOKEN": f"tok-{secrets.token_hex(20)}",
+    }
+    client = boto3.client(
+        "ssm", region_name=REGION, endpoint_url=moto_url, aws_access_key_id="t", aws_secret_access_key="t"
+    )
+    for name, value in values.items():
+        client.put_parameter(Name=name, Value=value, Type="SecureString", Overwrite=True)
+    imds = FakeImds(region=REGION, role="app-role")
+    imds.start()
+    try:
+        with RecordingProxy(moto_url) as proxy:
+            yield Fakes(imds=imds, ssm=proxy, values=values)
+    finally:
+        imds.stop()
+
+
+class _RecordingFileHandler(http.server.SimpleHTTPRequestHandler):
+    requested: list[str]
+
+    def do_GET(self) -> None:
+        self.requested.append(self.path)
+        super().do_GET()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def package_server(artefacts: Artefacts) -> Iterator[tuple[str, list[str]]]:
+    """An HTTP server on 127.0.0.1 serving dist/; yields its URL and the paths requested."""
+    requested: list[str] = []
+    handler = functools.partial(
+        type("Handler", (_RecordingFileHandler,), {"requested": requested}), directory=str(artefacts.folder)
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requested
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A folder for one container's root on the host's disk (not tmpfs), removed afterwards."""
+    path = tmp_path_factory.mktemp("container")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def write(root: Path, path: str, content: str, mode: int = 0o644) -> None:
+    """Write a file into the container's root."""
+    target = root / path.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(content, encoding="utf-8")
+    target.chmod(mode)
+
+
+def app_environment(machine: Machine) -> dict[str, str]:
+    """The environment app.service's main process runs with."""
+    pid = machine.run("systemctl", "show", "--value", "-p", "MainPID", "app.service").stdout.strip()
+    assert pid not in ("", "0"), machine.run("systemctl", "status", "app.service", check=False).stdout
+    environ = machine.run("cat", f"/proc/{pid}/environ").stdout.encode()
+    pairs = [item.split(b"=", 1) for item in environ.split(b"\0") if b"=" in item]
+    return {key.decode(): value.decode() for key, value in pairs}
+
+
+def files_holding(root: Path, needles: list[bytes]) -> list[str]:
+    """Files under `root` that contain any of `needles` (grep over every file, binary too)."""
+    argv = ["grep", "-r", "-l", "-a", "-F", "--no-messages"]
+    for needle in needles:
+        argv += ["-e", needle.decode()]
+    result = subprocess.run([*argv, str(root)], capture_output=True, text=True, check=False)
+    # 0: found, 1: found nothing; anything else means the search itself failed.
+    assert result.returncode in (0, 1), result.stderr
+    return result.stdout.splitlines()
+
+
+def expected_app_values(fakes: Fakes) -> dict[str, str]:
+    return {
+        "DATABASE_URL": fakes.values["/app/prod/DATABASE_URL"],
+        "API_TOKEN": fakes.values["/app/prod/API_TOKEN"],
+    }
+
+
+def test_apt_installs_the_deb_with_debians_libraries_and_it_renders(
+    artefacts: Artefacts, fakes: Fakes, workdir: Path
+) -> None:
+    """apt-get install ./deb pulls Debian's libraries, starts nothing, and the agent then feeds the app."""
+    root = fresh_rootfs(workdir / "root")
+    shutil.copy(artefacts.deb, root / "root")
+    write(root, "/etc/secrets-agent/agent.toml", fakes.agent_toml())
+    write(root, "/etc/secrets-agent/app.env.j2", APP_TEMPLATE, 0o640)
+    write(root, "/etc/systemd/system/app.service", APP_UNIT)
+    with booted(root, "sa-pkg-apt") as machine:
+        machine.run("apt-get", "update", "-q", timeout=APT_TIMEOUT_SECONDS)
+        machine.run(
+            "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
+            f"./{artefacts.deb.name}", cwd="/root", timeout=APT_TIMEOUT_SECONDS,
+        )  # fmt: skip
+        installed = machine.run(
+            "dpkg-query", "-W", "-f=${Package} ${Version}\n", "secrets-agent", *DEBIAN_LIBRARY_VERSIONS
+        ).stdout
+        versions = dict(line.split() for line in installed.splitlines())
+        assert versions["secrets-agent"] == artefacts.version
+        for package, prefix in DEBIAN_LIBRARY_VERSIONS.items():
+            assert versions[package].startswith(prefix), (package, versions[package])
+        assert machine.run("secrets-agent", "--version").stdout.split() == [
+            "secrets-agent",
+            artefacts.version,
+        ]
+        # Installing fetched nothing and started nothing.
+        assert fakes.imds.count() == 0
+        assert fakes.ssm.actions == []
+        units = machine.run("systemctl", "list-units", "--all", "--no-legend", "secrets-agent@*").stdout
+        assert units.strip() == ""
+
+        machine.run("secrets-agent", "enable", "app")
+        machine.run("systemctl", "start", "app.service")
+        environment = app_environment(machine)
+        assert {key: environment.get(key) for key in ("DATABASE_URL", "API_TOKEN")} == expected_app_values(
+            fakes
+        )
+        assert fakes.ssm.count("GetParameters") >= 1
+
+
+def test_purge_removes_the_package_and_keeps_the_operators_files(artefacts: Artefacts, workdir: Path) -> None:
+    """apt-get purge removes every file the .deb installed and leaves /etc/secrets-agent and drop-ins."""
+    root = fresh_rootfs(workdir / "root")
+    shutil.copy(artefacts.deb, root / "root")
+    write(root, "/etc/secrets-agent/app.env.j2", APP_TEMPLATE, 0o640)
+    write(root, "/etc/systemd/system/app.service", APP_UNIT)
+    with booted(root, "sa-pkg-purge") as machine:
+        machine.run("apt-get", "update", "-q", timeout=APT_TIMEOUT_SECONDS)
+        machine.run(
+            "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
+            f"./{artefacts.deb.name}", cwd="/root", timeout=APT_TIMEOUT_SECONDS,
+        )  # fmt: skip
+        machine.run("secrets-agent", "enable", "app")
+        shipped = [
+            path
+            for path in machine.run("dpkg", "-L", "secrets-agent").stdout.splitlines()
+            if (root / path.lstrip("/")).is_file()
+        ]
+        assert "/usr/bin/secrets-agent" in shipped
+        machine.run("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "purge", "-y", "-q", "secrets-agent")
+        assert machine.run("systemctl", "cat", "secrets-agent@app.service", check=False).returncode != 0
+    left = [path for path in shipped if (root / path.lstrip("/")).exists()]
+    assert left == []
+    assert not (root / "usr/lib/python3/dist-packages/agent").exists()  # with py3compile's __pycache__
+    assert (root / "etc/secrets-agent/app.env.j2").read_text(encoding="utf-8") == APP_TEMPLATE
+    assert (root / "etc/systemd/system/app.service.d/secrets-agent.conf").is_file()
+
+
+def test_cloud_init_first_boot_installs_the_deb_and_starts_the_app(
+    artefacts: Artefacts, fakes: Fakes, package_server: tuple[str, list[str]], workdir: Path
+) -> None:
+    """At first boot, cloud-init runs the user-data from a NoCloud seed: the app runs with its secrets."""
+    url, requested = package_server
+    root = fresh_rootfs(workdir / "root", cloud_init=True)
+    write(
+        root, "/var/lib/cloud/seed/nocloud/user-data", with_location(USER_DATA, f"{url}/{artefacts.deb.name}")
+    )
+    write(root, "/var/lib/cloud/seed/nocloud/meta-data", "instance-id: iid-secrets-agent-test\n")
+    # The test's stand-in for EC2's IMDS and SSM; on EC2 no agent.toml is needed.
+    write(root, "/etc/secrets-agent/agent.toml", fakes.agent_toml())
+    with booted(root, "sa-pkg-cloud") as machine:
+        status = machine.run(
+            "cloud-init", "status", "--wait", "--long", check=False, timeout=CLOUD_INIT_TIMEOUT_SECONDS
+        )
+        result = machine.run("cat", "/run/cloud-init/result.json").stdout
+        output = machine.run("cat", "/var/log/cloud-init-output.log", check=False).stdout
+        assert status.returncode == 0, status.stdout + result + output
+        assert "status: done" in status.stdout
+        assert '"errors": []' in result, result
+        assert requested == [f"/{artefacts.deb.name}"]
+        version = machine.run("dpkg-query", "-W", "-f=${Version}", "secrets-agent").stdout
+        assert version == artefacts.version
+        assert machine.run("systemctl", "is-active", "app.service").stdout.strip() == "active"
+        environment = app_environment(machine)
+        assert {key: environment.get(key) for key in ("DATABASE_URL", "API_TOKEN")} == expected_app_values(
+            fakes
+        )
+        rendered = machine.run("cat", "/run/secrets-agent/app/env").stdout
+        assert dict(parse_env(rendered))["API_TOKEN"] == fakes.values["/app/prod/API_TOKEN"]
+        for value in fakes.values.values():
+            assert value not in output
+
+
+def test_ami_bake_leaves_no_secret_and_the_image_boots_the_app(
+    artefacts: Artefacts, fakes: Fakes, workdir: Path
+) -> None:
+    """ami-bake.sh installs and enables without fetching; an instance of the image gets its secrets at
+    boot; after shutdown no secret value is anywhere in the root file system."""
+    root = fresh_rootfs(workdir / "root")
+    shutil.copy(artefacts.deb, root / "root")
+    shutil.copy(REPO / "packaging" / "ami-bake.sh", root / "root")
+    write(root, "/etc/secrets-agent/agent.toml", fakes.agent_toml())
+    write(root, "/etc/secrets-agent/app.env.j2", APP_TEMPLATE, 0o640)
+    write(root, "/etc/systemd/system/app.service", APP_UNIT)
+    with booted(root, "sa-pkg-bake") as builder:
+        bake = builder.run(
+            "bash",
+            "/root/ami-bake.sh",
+            f"/root/{artefacts.deb.name}",
+            "app",
+            check=False,
+            timeout=APT_TIMEOUT_SECONDS,
+        )
+        assert bake.returncode == 0, bake.stdout + bake.stderr
+        assert "verified: no rendered secret" in bake.stderr
+        assert builder.run("systemctl", "is-enabled", "app.service").stdout.strip() == "enabled"
+        assert builder.run("systemctl", "is-active", "app.service", check=False).stdout.strip() == "inactive"
+    assert fakes.imds.count() == 0
+    assert fakes.ssm.actions == []
+    (root / "root" / artefacts.deb.name).unlink()
+
+    # An instance launched from the image: the app comes up at boot with its secrets.
+    with booted(root, "sa-pkg-instance") as instance:
+        # app.service is part of multi-user.target, which booting waited for.
+        assert instance.run("systemctl", "is-active", "app.service", check=False).stdout.strip() == "active"
+        environment = app_environment(instance)
+        assert {key: environment.get(key) for key in ("DATABASE_URL", "API_TOKEN")} == expected_app_values(
+            fakes
+        )
+    assert files_holding(root, fakes.secret_bytes()) == []
+    verify = subprocess.run(
+        ["bash", str(REPO / "packaging" / "ami-bake.sh"), "--verify-only", "--root", str(root)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verify.returncode == 0, verify.stderr
