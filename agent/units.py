@@ -1,0 +1,317 @@
+"""`enable` and `disable`: the unit drop-in that puts a service behind secrets-agent, and its writes.
+
+Rendering is pure; the writes walk the tree below the root with O_NOFOLLOW directory descriptors,
+so a symlink planted at any step is refused instead of followed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import secrets
+import stat
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from agent.config import validate_name
+from agent.errors import AgentError, OutputError, UsageError
+
+DROPIN_NAME = "secrets-agent.conf"
+DROPIN_MODE = 0o644
+# Templates name parameters, not values, but they are the map of where the secrets are.
+TEMPLATE_MODE = 0o640
+NEW_DIR_MODE = 0o755
+UNIT_DIR = Path("etc/systemd/system")
+CONFIG_DIR = Path("etc/secrets-agent")
+# systemd's marker that it is PID 1 (sd_booted()); absent in chroots and image builds.
+SYSTEMD_RUNNING_MARKER = Path("/run/systemd/system")
+SYSTEMCTL_TIMEOUT_SECONDS = 120
+TMP_PREFIX = ".secrets-agent.tmp-"
+AGENT_TEMPLATE_UNIT = "secrets-agent@"
+
+# systemd's own rule (unit_name_is_valid): a name, optionally "@" and an instance, a suffix.
+_UNIT_NAME_RE = re.compile(r"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\@-]*)?\.service$")
+_UNIT_SUFFIX_RE = re.compile(r"\.(service|socket|target|device|mount|automount|swap|timer|path|slice|scope)$")
+_UNIT_NAME_MAX = 255
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class EnableResult:
+    """What `enable` did: the files it wrote or found, and whether systemd was reloaded."""
+
+    unit: str
+    dropin_path: Path
+    dropin_written: bool
+    template_path: Path
+    template_created: bool
+    reloaded: bool
+
+
+def unit_for(name: str, unit: Optional[str]) -> str:
+    """The unit to put behind the agent: `unit` (".service" added if missing) or NAME.service."""
+    validate_name(name)
+    chosen = f"{name}.service" if unit is None else unit
+    # Like systemctl: a bare name means a service.
+    if not _UNIT_SUFFIX_RE.search(chosen):
+        chosen += ".service"
+    if len(chosen) > _UNIT_NAME_MAX or not _UNIT_NAME_RE.fullmatch(chosen):
+        raise UsageError(
+            f"invalid unit name {chosen!r}: give a service unit such as myapp.service "
+            "(letters, digits and : _ . \\ - @, ending in .service)"
+        )
+    if chosen.startswith(AGENT_TEMPLATE_UNIT):
+        raise UsageError(f"{chosen} is the agent itself: name the application's unit with --unit")
+    return chosen
+
+
+def render_dropin(name: str, unit: Optional[str] = None) -> str:
+    """The drop-in that makes UNIT (default NAME.service) start after the agent and read its file."""
+    validate_name(name)
+    undo = f"secrets-agent disable {name}"
+    if unit is not None and unit != f"{name}.service":
+        undo += f" --unit {unit}"
+    return (
+        f"# Written by `secrets-agent enable {name}`: starts secrets-agent@{name}.service before\n"
+        f"# this unit and hands it the secrets in /run/secrets-agent/{name}/env. Without that file\n"
+        "# the unit does not start, so it never runs without its secrets.\n"
+        f"# Undo with `{undo}` (then `systemctl restart` the unit).\n"
+        "[Unit]\n"
+        f"Requires=secrets-agent@{name}.service\n"
+        f"After=secrets-agent@{name}.service\n"
+        "\n"
+        "[Service]\n"
+        f"EnvironmentFile=/run/secrets-agent/{name}/env\n"
+    )
+
+
+def render_starter_template(name: str) -> str:
+    """A starter NAME.env.j2: a Jinja comment with examples, so it renders to an empty file."""
+    validate_name(name)
+    return (
+        "{#\n"
+        f"  Template for {name}: secrets-agent renders it into /run/secrets-agent/{name}/env, the\n"
+        f"  EnvironmentFile= of the unit put behind the agent with `secrets-agent enable {name}`.\n"
+        "  Write one KEY=expression line per variable. The agent quotes and escapes every value\n"
+        "  itself, so never put quotes around an expression. For example:\n"
+        "\n"
+        f'    DATABASE_URL={{{{ param("/{name}/DATABASE_URL") }}}}\n'
+        f'    API_TOKEN={{{{ param("/{name}/API_TOKEN:3") }}}}   (version 3)\n'
+        f'    LOG_LEVEL={{{{ param("/{name}/LOG_LEVEL", default="info") }}}}\n'
+        "\n"
+        f"  Check it without writing anything: secrets-agent check {name}\n"
+        f"  Apply it: systemctl restart {name}\n"
+        "#}\n"
+    )
+
+
+def enable_service(
+    name: str, unit: Optional[str], root: Path = Path("/"), *, reload: bool = True
+) -> EnableResult:
+    """Put UNIT behind secrets-agent@NAME: write its drop-in, a starter template if none, reload systemd."""
+    chosen = unit_for(name, unit)
+    dropin = render_dropin(name, chosen).encode()
+    dropin_dir = UNIT_DIR / f"{chosen}.d"
+    with _open_under(root, dropin_dir) as dir_fd:
+        dropin_written = _replace_if_changed(dir_fd, root / dropin_dir / DROPIN_NAME, dropin, DROPIN_MODE)
+    template_name = f"{name}.env.j2"
+    with _open_under(root, CONFIG_DIR) as dir_fd:
+        template_created = _create_if_missing(
+            dir_fd, root / CONFIG_DIR / template_name, render_starter_template(name).encode(), TEMPLATE_MODE
+        )
+    reloaded = reload and _reload_systemd(root)
+    return EnableResult(
+        unit=chosen,
+        dropin_path=root / dropin_dir / DROPIN_NAME,
+        dropin_written=dropin_written,
+        template_path=root / CONFIG_DIR / template_name,
+        template_created=template_created,
+        reloaded=reloaded,
+    )
+
+
+def disable_service(name: str, unit: Optional[str], root: Path = Path("/"), *, reload: bool = True) -> bool:
+    """Remove UNIT's secrets-agent drop-in (and its folder if now empty); True if there was one."""
+    chosen = unit_for(name, unit)
+    dropin_dir = UNIT_DIR / f"{chosen}.d"
+    dropin_path = root / dropin_dir / DROPIN_NAME
+    try:
+        with _open_under(root, dropin_dir, create=False) as dir_fd:
+            try:
+                os.unlink(DROPIN_NAME, dir_fd=dir_fd)
+            except FileNotFoundError:
+                return False
+            except IsADirectoryError:
+                raise OutputError(f"{dropin_path} is a folder, not a drop-in: remove it by hand") from None
+            except OSError as exc:
+                raise OutputError(f"cannot remove {dropin_path}: {exc.strerror}") from None
+    except FileNotFoundError:
+        return False
+    # Other drop-ins of the operator's own stay, and with them the folder.
+    with _open_under(root, dropin_dir.parent, create=False) as parent_fd, contextlib.suppress(OSError):
+        os.rmdir(dropin_dir.name, dir_fd=parent_fd)
+    if reload:
+        _reload_systemd(root)
+    return True
+
+
+@contextlib.contextmanager
+def _open_under(root: Path, relative: Path, *, create: bool = True) -> Iterator[int]:
+    """Yield a descriptor for ROOT/RELATIVE, walked one component at a time without following links.
+
+    Missing folders below ROOT/etc are created when `create` is set; otherwise, and always for
+    ROOT/etc itself, a missing folder raises FileNotFoundError (OutputError when creating).
+    """
+    try:
+        # The root itself is the operator's choice (a mounted image may be reached by a link).
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise OutputError(f"cannot open the root folder {root}: {exc.strerror}") from None
+    try:
+        current = root
+        for index, part in enumerate(relative.parts):
+            current = current / part
+            try:
+                # ROOT/etc must exist: a typo in the root option should not grow a new tree.
+                next_fd = _open_dir_at(fd, part, current, create=create and index > 0)
+            except FileNotFoundError:
+                if create:
+                    raise OutputError(
+                        f"{current} does not exist: the root option must name the root of a system"
+                    ) from None
+                raise
+            os.close(fd)
+            fd = next_fd
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _open_dir_at(parent_fd: int, name: str, path: Path, *, create: bool) -> int:
+    for attempt in range(2):
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        except FileNotFoundError:
+            if not create or attempt:
+                raise
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, NEW_DIR_MODE, dir_fd=parent_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise OutputError(
+                    f"{path} is a symlink or not a folder: refusing to write through it; "
+                    "replace it with a real folder and run the command again"
+                ) from None
+            raise OutputError(f"cannot open {path}: {exc.strerror}") from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _lstat_at(dir_fd: int, name: str) -> Optional[os.stat_result]:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _write_temp(dir_fd: int, path: Path, data: bytes, mode: int) -> str:
+    """Write `data` to a new temporary file next to `path`, flushed to disk; return its name."""
+    tmp_name = TMP_PREFIX + secrets.token_hex(8)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp_name, flags, mode, dir_fd=dir_fd)
+    except OSError as exc:
+        raise OutputError(f"cannot write in {path.parent}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, mode)  # whatever the umask
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except OSError as exc:
+        os.close(fd)
+        _unlink_quietly(dir_fd, tmp_name)
+        raise OutputError(f"cannot write {path}: {exc.strerror}") from None
+    os.close(fd)
+    return tmp_name
+
+
+def _unlink_quietly(dir_fd: int, name: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(name, dir_fd=dir_fd)
+
+
+def _replace_if_changed(dir_fd: int, path: Path, data: bytes, mode: int) -> bool:
+    """Atomically make `path` hold `data` with `mode`; False when it already did."""
+    existing = _lstat_at(dir_fd, path.name)
+    if existing is not None:
+        if not stat.S_ISREG(existing.st_mode):
+            raise OutputError(
+                f"{path} exists and is not a regular file (a symlink?): refusing to replace it; "
+                "remove it and run the command again"
+            )
+        if stat.S_IMODE(existing.st_mode) == mode and _read_at(dir_fd, path) == data:
+            return False
+    tmp_name = _write_temp(dir_fd, path, data, mode)
+    try:
+        os.rename(tmp_name, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.fsync(dir_fd)
+    except OSError as exc:
+        _unlink_quietly(dir_fd, tmp_name)
+        raise OutputError(f"cannot write {path}: {exc.strerror}") from None
+    return True
+
+
+def _create_if_missing(dir_fd: int, path: Path, data: bytes, mode: int) -> bool:
+    """Create `path` with `data` unless something (even a dangling symlink) is there; True if created."""
+    if _lstat_at(dir_fd, path.name) is not None:
+        return False
+    tmp_name = _write_temp(dir_fd, path, data, mode)
+    try:
+        # link(2) never replaces: an operator's file that appeared meanwhile wins.
+        os.link(tmp_name, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise OutputError(f"cannot create {path}: {exc.strerror}") from None
+    finally:
+        _unlink_quietly(dir_fd, tmp_name)
+    os.fsync(dir_fd)
+    return True
+
+
+def _read_at(dir_fd: int, path: Path) -> Optional[bytes]:
+    try:
+        fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as file:
+        return file.read()
+
+
+def _reload_systemd(root: Path) -> bool:
+    """Run `systemctl daemon-reload` when ROOT is this machine and systemd runs it; True if it ran."""
+    if root.resolve() != Path("/") or not SYSTEMD_RUNNING_MARKER.is_dir():
+        return False
+    try:
+        completed = subprocess.run(
+            ["systemctl", "daemon-reload"],
+            capture_output=True,
+            text=True,
+            timeout=SYSTEMCTL_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise AgentError(
+            f"systemctl daemon-reload failed ({exc}): the files are in place; run it yourself"
+        ) from None
+    if completed.returncode != 0:
+        detail = completed.stderr.strip() or f"exit status {completed.returncode}"
+        raise AgentError(
+            f"systemctl daemon-reload failed ({detail}): the files are in place; run it yourself"
+        )
+    return True

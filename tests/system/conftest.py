@@ -1,0 +1,124 @@
+"""Fixtures for the system tests: one booted Debian 12 machine per session, with the agent
+installed and pointed at moto's server and the fake IMDSv2 on the host's 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+from nspawn import HostNotSuitable, Machine, booted_machine, build_rootfs, ensure_host_tools
+from system_helpers import LOOPBACK, MARK, REGION, ROLE, App, install_app, skip_or_fail
+
+from agent.fakeimds import FakeImds
+
+
+@dataclass
+class Timings:
+    """Seconds spent in the phases of the session, printed at its end."""
+
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+TIMINGS = Timings()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Report where the system tests spent their time (build, copy, boot, poweroff)."""
+    if TIMINGS.phases:
+        shown = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in TIMINGS.phases.items())
+        terminalreporter.write_line(f"system machine: {shown}")
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """moto's server on the host's 127.0.0.1, which the machine reaches through the shared network."""
+    server = ThreadedMotoServer(ip_address=LOOPBACK, port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def imds() -> Iterator[FakeImds]:
+    """The strict IMDSv2 fake the agent gets its role credentials and region from."""
+    with FakeImds(
+        host=LOOPBACK,
+        region=REGION,
+        role=ROLE,
+        secret_access_key=f"imds-secret-key-{MARK}",
+        session_token=f"imds-session-token-{MARK}",
+    ) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def ssm(moto_url: str) -> Any:
+    """A boto3 SSM client on moto, for the tests to create and change parameters."""
+    return boto3.client(
+        "ssm",
+        region_name=REGION,
+        endpoint_url=moto_url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def _endpoints_dropin(imds_url: str, moto_url: str) -> str:
+    return (
+        "# Test only: the agent talks to the fakes on the host's loopback instead of AWS.\n"
+        "[Service]\n"
+        f"Environment=AWS_EC2_METADATA_SERVICE_ENDPOINT={imds_url}\n"
+        f"Environment=AWS_ENDPOINT_URL_SSM={moto_url}\n"
+        f"Environment=AWS_REGION={REGION}\n"
+    )
+
+
+@pytest.fixture(scope="session")
+def machine(moto_url: str, imds: FakeImds) -> Iterator[Machine]:
+    """A booted Debian 12 machine with the agent installed, for the whole session."""
+    try:
+        ensure_host_tools()
+        started = time.monotonic()
+        rootfs = build_rootfs(log=lambda _line: None)
+        TIMINGS.phases["rootfs"] = time.monotonic() - started
+    except HostNotSuitable as exc:
+        skip_or_fail(str(exc))
+
+    def point_at_fakes(root: Path) -> None:
+        dropin = root / "etc/systemd/system/secrets-agent@.service.d/test.conf"
+        dropin.parent.mkdir(parents=True, exist_ok=True)
+        dropin.write_text(_endpoints_dropin(imds.url, moto_url))
+        (root / "etc/secrets-agent").mkdir(mode=0o755, exist_ok=True)
+
+    assert rootfs.is_dir()
+    with booted_machine(prepare=point_at_fakes) as booted:
+        TIMINGS.phases.update(booted.timings)
+        yield booted
+        poweroff_started = time.monotonic()
+    TIMINGS.phases["poweroff"] = time.monotonic() - poweroff_started
+
+
+@pytest.fixture
+def new_app(machine: Machine) -> Iterator[Any]:
+    """A factory of app units for one test; they are stopped and their failures reset afterwards."""
+    apps: list[App] = []
+
+    def make(name: str, *, behind_agent: bool = True) -> App:
+        app = install_app(machine, name, behind_agent=behind_agent)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        machine.systemctl("stop", app.unit, app.agent_unit, check=False)
+        machine.systemctl("reset-failed", app.unit, app.agent_unit, check=False)

@@ -1,0 +1,404 @@
+"""A Debian 12 machine under systemd-nspawn for the system tests: a cached debootstrap root
+filesystem, a throw-away copy of it per session, the agent installed into the copy, boot, drive, stop.
+
+Run `python -m tests.system.nspawn` as root to build (or find) the cached root filesystem alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+REPO = Path(__file__).resolve().parents[2]
+
+DEBIAN_SUITE = "bookworm"
+DEBIAN_MIRROR = os.environ.get("SECRETS_AGENT_TEST_MIRROR", "http://deb.debian.org/debian")
+# The one list of what the test machine holds; extend it here (the cache key follows it).
+# systemd, dbus: a booted system. python3-*: the agent's dependencies as Debian 12 ships them.
+# ca-certificates: apt and HTTPS inside the machine.
+ROOTFS_PACKAGES: tuple[str, ...] = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "python3",
+    "python3-boto3",
+    "python3-requests",
+    "python3-jinja2",
+    "python3-structlog",
+    "ca-certificates",
+)
+HOST_PACKAGES = {"debootstrap": "debootstrap", "systemd-nspawn": "systemd-container", "nsenter": "util-linux"}
+
+# Outside the repository and kept between runs: the build takes about a minute, a copy seconds.
+CACHE_ROOT = Path(os.environ.get("SECRETS_AGENT_TEST_CACHE", "/var/cache/secrets-agent-tests"))
+# Copies live next to the cache, on the same file system, so that --reflink can share blocks.
+WORK_ROOT = Path(os.environ.get("SECRETS_AGENT_TEST_WORKDIR", "/var/tmp"))
+
+DEBOOTSTRAP_TIMEOUT_SECONDS = 900
+APT_TIMEOUT_SECONDS = 600
+BOOT_TIMEOUT_SECONDS = 90
+POWEROFF_TIMEOUT_SECONDS = 30
+COMMAND_TIMEOUT_SECONDS = 120
+
+# debootstrap's words for a mirror it could not reach, as opposed to a broken package set.
+_DOWNLOAD_FAILURES = ("Failed getting release file", "Couldn't download", "Temporary failure resolving")
+
+
+class HostNotSuitable(Exception):
+    """This machine cannot run the system tests (not root, no Debian tools, no mirror)."""
+
+
+# -- the host's tools -------------------------------------------------------------------------
+
+
+def ensure_host_tools() -> None:
+    """Check for root and install debootstrap and systemd-container from Debian if missing."""
+    if os.geteuid() != 0:
+        raise HostNotSuitable("the system tests boot a container and need root")
+    missing = sorted({pkg for tool, pkg in HOST_PACKAGES.items() if shutil.which(tool) is None})
+    if not missing:
+        return
+    if shutil.which("apt-get") is None:
+        raise HostNotSuitable(f"{' and '.join(missing)} missing and no apt-get to install them")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", *missing]):
+        result = subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=APT_TIMEOUT_SECONDS, check=False
+        )
+        if result.returncode != 0:
+            last = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["?"]
+            raise HostNotSuitable(f"could not install {' '.join(missing)} with apt-get: {last[0]}")
+
+
+# -- the cached root file system --------------------------------------------------------------
+
+
+def rootfs_key(packages: Sequence[str] = ROOTFS_PACKAGES) -> str:
+    """A short hash of everything the root file system is built from."""
+    recipe = "\n".join([DEBIAN_SUITE, DEBIAN_MIRROR, "minbase", *sorted(packages)])
+    return hashlib.sha256(recipe.encode()).hexdigest()[:16]
+
+
+def rootfs_cache_path(packages: Sequence[str] = ROOTFS_PACKAGES) -> Path:
+    """Where the root file system for `packages` is cached."""
+    return CACHE_ROOT / f"rootfs-{rootfs_key(packages)}"
+
+
+@contextlib.contextmanager
+def _cache_lock() -> Iterator[None]:
+    CACHE_ROOT.mkdir(parents=True, exist_ok=True)
+    with open(CACHE_ROOT / ".lock", "w") as lock:
+        # Two sessions at once (packaging and system tests) must not build the same cache twice.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def build_rootfs(packages: Sequence[str] = ROOTFS_PACKAGES, log: Callable[[str], None] = print) -> Path:
+    """Return the cached Debian 12 root file system, building it with debootstrap the first time.
+
+    The build goes to a temporary folder renamed into place at the end, so an interrupted build
+    never leaves a half cache behind.
+    """
+    final = rootfs_cache_path(packages)
+    if (final / "usr/lib/systemd/systemd").exists():
+        return final
+    ensure_host_tools()
+    with _cache_lock():
+        if (final / "usr/lib/systemd/systemd").exists():
+            return final
+        for stale in CACHE_ROOT.glob(".build-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        building = Path(tempfile.mkdtemp(prefix=f".build-{final.name}-", dir=CACHE_ROOT))
+        try:
+            started = time.monotonic()
+            argv = [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(packages)}",
+                DEBIAN_SUITE,
+                str(building / "root"),
+                DEBIAN_MIRROR,
+            ]
+            result = subprocess.run(
+                argv, capture_output=True, text=True, timeout=DEBOOTSTRAP_TIMEOUT_SECONDS, check=False
+            )
+            if result.returncode != 0:
+                output = result.stdout + result.stderr
+                last = output.strip().splitlines()[-1:] or ["?"]
+                if any(words in output for words in _DOWNLOAD_FAILURES):
+                    raise HostNotSuitable(f"debootstrap could not reach {DEBIAN_MIRROR}: {last[0]}")
+                raise RuntimeError(f"debootstrap failed ({result.returncode}):\n{output[-4000:]}")
+            _prepare_rootfs(building / "root")
+            os.rename(building / "root", final)
+            log(f"built {final} in {time.monotonic() - started:.0f} s")
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+    return final
+
+
+def _prepare_rootfs(root: Path) -> None:
+    """Make the fresh root file system boot quietly and quickly as a container."""
+    # The downloaded .debs are only a cache; the copies per session need not carry them.
+    for deb in (root / "var/cache/apt/archives").glob("*.deb"):
+        deb.unlink()
+    # A machine id of its own is made at each boot (nspawn passes a transient one).
+    (root / "etc/machine-id").write_text("")
+    (root / "etc/hostname").write_text("secrets-agent-test\n")
+    # No one logs in on the console; a getty there only slows the boot down.
+    getty = root / "etc/systemd/system/console-getty.service"
+    with contextlib.suppress(FileExistsError):
+        getty.symlink_to("/dev/null")
+
+
+# -- one machine ------------------------------------------------------------------------------
+
+# Puts the agent into a root file system before it boots; the default copies this source tree,
+# the packaging tests swap in one that installs the .deb.
+Installer = Callable[[Path], None]
+
+
+def install_agent_from_source(root: Path) -> None:
+    """Install this tree's agent/ package, the secrets-agent command and the unit into `root`."""
+    target = root / "usr/lib/python3/dist-packages/agent"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(REPO / "agent", target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    command = root / "usr/bin/secrets-agent"
+    command.write_text("#!/usr/bin/python3\nfrom agent.cli import main\n\nraise SystemExit(main())\n")
+    command.chmod(0o755)
+    units = root / "usr/lib/systemd/system"
+    shutil.copy2(REPO / "systemd/secrets-agent@.service", units / "secrets-agent@.service")
+
+
+def run_in_root(root: Path, argv: Sequence[str], timeout: float = APT_TIMEOUT_SECONDS) -> str:
+    """Run a command inside `root` without booting it (dpkg -i, apt-get); return its output."""
+    result = subprocess.run(
+        ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "-D", str(root), "--", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed in {root}:\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def trust_host_certificates(root: Path) -> None:
+    """Give the machine the host's CA bundle and resolver, for apt or HTTPS through this host's proxy."""
+    bundle = Path("/etc/ssl/certs/ca-certificates.crt")
+    if bundle.is_file():
+        shutil.copyfile(bundle, root / "etc/ssl/certs/ca-certificates.crt")
+    resolv = root / "etc/resolv.conf"
+    if Path("/etc/resolv.conf").is_file():
+        with contextlib.suppress(FileNotFoundError):
+            resolv.unlink()
+        shutil.copyfile("/etc/resolv.conf", resolv)
+
+
+@dataclass
+class Machine:
+    """A booted Debian 12 container: its root folder on the host and its init's host PID."""
+
+    root: Path
+    name: str
+    process: subprocess.Popen[bytes]
+    init_pid: int
+    console_log: Path
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def run(
+        self,
+        *argv: str,
+        check: bool = True,
+        timeout: float = COMMAND_TIMEOUT_SECONDS,
+        input: Optional[bytes] = None,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run a command inside the machine (all of its namespaces) and return its result as bytes."""
+        result = subprocess.run(
+            ["nsenter", "-t", str(self.init_pid), "-a", "--", *argv],
+            input=input,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(argv)} exited {result.returncode} in the machine:\n"
+                f"{result.stdout.decode(errors='replace')}{result.stderr.decode(errors='replace')}"
+            )
+        return result
+
+    def text(self, *argv: str, check: bool = True, timeout: float = COMMAND_TIMEOUT_SECONDS) -> str:
+        """Run a command inside the machine and return its standard output as text."""
+        return self.run(*argv, check=check, timeout=timeout).stdout.decode("utf-8", errors="replace")
+
+    def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        """`systemctl ARGS` inside the machine."""
+        return self.run("systemctl", *args, check=check)
+
+    def show(self, unit: str, prop: str) -> str:
+        """One property of a unit, as `systemctl show -p PROP --value` prints it."""
+        return self.text("systemctl", "show", "-p", prop, "--value", unit).strip()
+
+    def journal_cursor(self) -> str:
+        """The journal's current end, to read only what comes after it."""
+        out = self.text("journalctl", "-q", "-n", "0", "--show-cursor")
+        return out.strip().rpartition("-- cursor: ")[2]
+
+    def journal(self, *, after: Optional[str] = None, unit: Optional[str] = None, fmt: str = "cat") -> str:
+        """The machine's journal (everything, or one unit's), optionally after a cursor."""
+        argv = ["journalctl", "-q", "--no-pager", "-o", fmt]
+        if after:
+            argv += ["--after-cursor", after]
+        if unit:
+            argv += ["-u", unit]
+        return self.text(*argv)
+
+    def path(self, inside: str) -> Path:
+        """The host path of a file on the machine's disk (not its tmpfs mounts)."""
+        return self.root / inside.lstrip("/")
+
+    def daemon_reload(self) -> None:
+        """Make systemd read the unit files written from the host."""
+        self.systemctl("daemon-reload")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:
+        return []
+    return [int(child) for child in text.split()]
+
+
+def _find_init(nspawn_pid: int, deadline: float) -> int:
+    """The container's PID 1 as the host sees it: nspawn's child running systemd."""
+    while time.monotonic() < deadline:
+        for child in _children(nspawn_pid):
+            with contextlib.suppress(FileNotFoundError):
+                if Path(f"/proc/{child}/comm").read_text().strip() == "systemd":
+                    return child
+        time.sleep(0.05)
+    raise TimeoutError("systemd-nspawn started no systemd")
+
+
+def boot(root: Path, name: str, console_log: Path) -> Machine:
+    """Boot `root` with systemd-nspawn and wait until systemd reports the system running."""
+    started = time.monotonic()
+    deadline = started + BOOT_TIMEOUT_SECONDS
+    with open(console_log, "wb") as log:
+        process = subprocess.Popen(
+            [
+                "systemd-nspawn",
+                "--boot",
+                # No machined or transient scope on the host: works where PID 1 is not systemd.
+                "--register=no",
+                "--keep-unit",
+                "--console=passive",
+                f"--machine={name}",
+                "-D",
+                str(root),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        init_pid = _find_init(process.pid, deadline)
+        machine = Machine(root=root, name=name, process=process, init_pid=init_pid, console_log=console_log)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{name} did not finish booting in {BOOT_TIMEOUT_SECONDS} s")
+            # is-system-running --wait fails at once while the bus is not up yet: retry.
+            state = machine.run(
+                "systemctl", "is-system-running", "--wait", check=False, timeout=remaining
+            ).stdout.decode()
+            if state.strip() in ("running", "degraded"):
+                break
+            time.sleep(0.2)
+        machine.timings["boot"] = time.monotonic() - started
+        return machine
+    except BaseException:
+        _kill(process)
+        raise
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    for child in _children(process.pid):
+        # Killing the container's PID 1 ends every process in its PID namespace.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=POWEROFF_TIMEOUT_SECONDS)
+
+
+def poweroff(machine: Machine) -> None:
+    """Shut the machine down cleanly; kill it if it does not stop in time."""
+    started = time.monotonic()
+    if machine.process.poll() is None:
+        machine.run("systemctl", "poweroff", "--no-block", check=False, timeout=30)
+        try:
+            machine.process.wait(timeout=POWEROFF_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            _kill(machine.process)
+    machine.timings["poweroff"] = time.monotonic() - started
+
+
+@contextlib.contextmanager
+def booted_machine(
+    install: Installer = install_agent_from_source,
+    packages: Sequence[str] = ROOTFS_PACKAGES,
+    prepare: Optional[Callable[[Path], None]] = None,
+) -> Iterator[Machine]:
+    """A fresh copy of the cached root file system with the agent installed, booted; removed after."""
+    cached = build_rootfs(packages)
+    started = time.monotonic()
+    WORK_ROOT.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="secrets-agent-machine-", dir=WORK_ROOT))
+    root = workdir / "root"
+    try:
+        subprocess.run(
+            ["cp", "-a", "--reflink=auto", str(cached), str(root)],
+            check=True,
+            timeout=APT_TIMEOUT_SECONDS,
+        )
+        copied = time.monotonic() - started
+        trust_host_certificates(root)
+        install(root)
+        if prepare is not None:
+            prepare(root)
+        machine = boot(root, f"sa-test-{os.getpid()}", workdir / "console.log")
+        machine.timings["copy"] = copied
+        try:
+            yield machine
+        finally:
+            poweroff(machine)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    try:
+        print(build_rootfs())
+    except HostNotSuitable as exc:
+        print(f"cannot build: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None

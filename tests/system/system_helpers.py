@@ -1,0 +1,105 @@
+"""What the system tests share besides fixtures: the fakes' settings, the secret mark and the
+test apps installed into the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import pytest
+from nspawn import Machine
+
+from agent.units import render_dropin
+
+REGION = "eu-west-1"
+ROLE = "app-role"
+# The machine shares the host's network, so the host's loopback is the machine's too.
+LOOPBACK = "127.0.0.1"
+# Every secret of the session (SSM values, IMDS credentials) carries this mark, so that one
+# search of the machine's disk and journal finds a leak of any of them.
+MARK = f"s3cr3t{secrets.token_hex(6)}"
+APP_UNIT_TEMPLATE = """\
+[Unit]
+Description=Test app {name} that only holds its environment
+
+[Service]
+ExecStart=/bin/sleep infinity
+"""
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip with a one-line reason; in CI (CI=true) the system tests must run, so fail instead."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"system tests cannot run: {reason}; CI must run them", pytrace=False)
+    pytest.skip(reason)
+
+
+@dataclass
+class App:
+    """One app unit behind the agent inside the machine, and the SSM path its parameters live under."""
+
+    machine: Machine
+    name: str
+    prefix: str
+
+    @property
+    def unit(self) -> str:
+        """The app's unit name."""
+        return f"{self.name}.service"
+
+    @property
+    def agent_unit(self) -> str:
+        """The agent instance the app's drop-in pulls in."""
+        return f"secrets-agent@{self.name}.service"
+
+    @property
+    def folder(self) -> str:
+        """The app's runtime folder inside the machine."""
+        return f"/run/secrets-agent/{self.name}"
+
+    def write_template(self, text: str) -> None:
+        """Write /etc/secrets-agent/NAME.env.j2 (0640 root, like `enable`'s starter)."""
+        path = self.machine.path(f"/etc/secrets-agent/{self.name}.env.j2")
+        path.write_text(text)
+        path.chmod(0o640)
+
+    def write_settings(self, text: str) -> None:
+        """Write /etc/secrets-agent/NAME.toml."""
+        self.machine.path(f"/etc/secrets-agent/{self.name}.toml").write_text(text)
+
+    def main_pid(self) -> int:
+        """The app's main PID in the machine's PID namespace (0 when it does not run)."""
+        return int(self.machine.show(self.unit, "MainPID"))
+
+    def environ(self) -> dict[bytes, bytes]:
+        """The running app's environment, byte for byte, from /proc/PID/environ inside the machine."""
+        pid = self.main_pid()
+        assert pid > 0, f"{self.unit} is not running"
+        raw = self.machine.run("cat", f"/proc/{pid}/environ").stdout
+        entries = [entry for entry in raw.split(b"\0") if entry]
+        return dict(entry.partition(b"=")[::2] for entry in entries)
+
+    def exists(self, path: str) -> bool:
+        """True if `path` exists inside the machine (its tmpfs mounts included)."""
+        return self.machine.run("test", "-e", path, check=False).returncode == 0
+
+
+def install_app(machine: Machine, name: str, *, behind_agent: bool = True) -> App:
+    """Install a `sleep infinity` unit NAME.service, with the agent's drop-in unless told not to."""
+    units = machine.path("/etc/systemd/system")
+    (units / f"{name}.service").write_text(APP_UNIT_TEMPLATE.format(name=name))
+    if behind_agent:
+        dropin = units / f"{name}.service.d" / "secrets-agent.conf"
+        dropin.parent.mkdir(exist_ok=True)
+        dropin.write_text(render_dropin(name))
+    machine.daemon_reload()
+    return App(machine=machine, name=name, prefix=f"/{name}-{secrets.token_hex(4)}")
+
+
+def put(ssm: Any, name: str, value: str, *, tier: Optional[str] = None) -> None:
+    """Create or overwrite a SecureString parameter in moto."""
+    extra = {"Tier": tier} if tier else {}
+    ssm.put_parameter(Name=name, Value=value, Type="SecureString", Overwrite=True, **extra)

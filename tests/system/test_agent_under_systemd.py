@@ -1,0 +1,304 @@
+"""The promise to users, shown under a real systemd 252: the agent unit runs before the app, the
+app gets the values byte for byte, the secrets live on tmpfs as long as the app and nowhere else.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import pytest
+from nspawn import Machine
+from system_helpers import LOOPBACK, MARK, REGION, ROLE, App, put
+
+from agent.fakeimds import FakeImds
+
+pytestmark = pytest.mark.system
+
+NewApp = Callable[..., App]
+
+
+def _block(size: int) -> str:
+    """`size` bytes of printable text (with the mark) that no compressor or escaper leaves alone."""
+    chunk = f"{MARK} {secrets.token_urlsafe(48)} \"'\\$`#=;\n"
+    return (chunk * (size // len(chunk) + 1))[:size]
+
+
+HARD_VALUES = {
+    "DOUBLE_QUOTES": f'say "{MARK}" twice ""',
+    "LEADING_QUOTE": f'"{MARK}',
+    "SINGLE_QUOTES": f"it's '{MARK}'",
+    "BACKSLASHES": f"C:\\dir\\{MARK}\\ and \\n is no newline \\",
+    "DOLLARS": f"$HOME ${{PATH}} $$ $1 {MARK}$",
+    "BACKTICKS": f"`id` $(id) {MARK}",
+    "NEWLINES": f"line one\nline two {MARK}\n",
+    "CARRIAGE_RETURNS": f"a\rb {MARK}\r\n",
+    "TABS": f"\t{MARK}\tx\t",
+    "SPACES": f"   {MARK} inside   ",
+    "HASHES": f"# no comment {MARK} #",
+    "EQUALS": f"a=b={MARK}==",
+    "NON_ASCII": f"päßwörd Ωμέγα 日本語 🔑 {MARK}",
+    "INJECTION": f"harmless {MARK}\nEVIL=1",
+    "CONTINUATION": f"harmless {MARK}\\\nEVIL_TOO=1",
+    "FOUR_KB": _block(4096),
+    "EIGHT_KB": _block(8192),
+}
+# SSM keeps values up to 4 KB in its standard tier; larger ones need the advanced tier.
+STANDARD_TIER_MAX_BYTES = 4096
+
+
+def _template(app: App, keys: Any) -> str:
+    return "".join(f'{key}={{{{ param("{app.prefix}/{key}") }}}}\n' for key in keys)
+
+
+def _start(machine: Machine, unit: str) -> subprocess.CompletedProcess[bytes]:
+    return machine.systemctl("start", unit, check=False)
+
+
+@pytest.fixture
+def hard_app(new_app: NewApp, ssm: Any) -> App:
+    """An app whose template asks for every hard value, and an empty one through default=."""
+    app = new_app("hard")
+    for key, value in HARD_VALUES.items():
+        tier = "Advanced" if len(value.encode()) > STANDARD_TIER_MAX_BYTES else None
+        put(ssm, f"{app.prefix}/{key}", value, tier=tier)
+    app.write_template(
+        _template(app, HARD_VALUES) + f'EMPTY={{{{ param("{app.prefix}/EMPTY", default="") }}}}\n'
+    )
+    return app
+
+
+def test_app_environment_equals_ssm_values_byte_for_byte(
+    machine: Machine, hard_app: App, new_app: NewApp
+) -> None:
+    """`systemctl start` runs the agent first and the app's environ holds exactly the SSM values."""
+    baseline = new_app("baseline", behind_agent=False)
+    machine.systemctl("start", baseline.unit)
+
+    machine.systemctl("start", hard_app.unit)
+
+    assert machine.show(hard_app.agent_unit, "ActiveState") == "active"
+    # The agent finished before the app started (After=), not merely at some point.
+    agent_done = int(machine.show(hard_app.agent_unit, "ExecMainExitTimestampMonotonic"))
+    app_started = int(machine.show(hard_app.unit, "ExecMainStartTimestampMonotonic"))
+    assert 0 < agent_done <= app_started
+    environ = hard_app.environ()
+    expected = {key.encode(): value.encode() for key, value in HARD_VALUES.items()}
+    expected[b"EMPTY"] = b""
+    for key, value in expected.items():
+        assert environ.get(key) == value, key.decode()
+    # Nothing else arrived: no EVIL=1 from the injection attempts, no stray line.
+    added = set(environ) - set(baseline.environ())
+    assert added == set(expected)
+
+
+def test_file_is_0600_in_a_0700_folder_both_on_tmpfs(machine: Machine, new_app: NewApp, ssm: Any) -> None:
+    """The rendered file is root's 0600, its folder root's 0700, both on tmpfs."""
+    app = new_app("modes")
+    put(ssm, f"{app.prefix}/TOKEN", f"token {MARK}")
+    app.write_template(_template(app, ["TOKEN"]))
+
+    machine.systemctl("start", app.unit)
+
+    out = machine.text("stat", "-c", "%a %U %G %F", app.folder, f"{app.folder}/env").splitlines()
+    assert out == ["700 root root directory", "600 root root regular file"]
+    filesystems = machine.text("stat", "-f", "-c", "%T", app.folder, f"{app.folder}/env").split()
+    assert filesystems == ["tmpfs", "tmpfs"]
+    # systemd makes the parent; it lists service names only.
+    assert machine.text("stat", "-c", "%a %U", "/run/secrets-agent").split() == ["755", "root"]
+
+
+def test_stop_removes_the_secrets_and_restart_fetches_new_values(
+    machine: Machine, new_app: NewApp, ssm: Any
+) -> None:
+    """Stopping the app leaves no file nor folder; restarting it after a change in SSM gives the new value."""
+    app = new_app("rotate")
+    put(ssm, f"{app.prefix}/TOKEN", f"old {MARK}")
+    app.write_template(_template(app, ["TOKEN"]))
+    machine.systemctl("start", app.unit)
+    assert app.environ()[b"TOKEN"] == f"old {MARK}".encode()
+
+    machine.systemctl("stop", app.unit)
+
+    assert machine.show(app.agent_unit, "ActiveState") == "inactive"
+    assert not app.exists(f"{app.folder}/env")
+    assert not app.exists(app.folder)
+
+    machine.systemctl("start", app.unit)
+    first_run = machine.show(app.agent_unit, "InvocationID")
+    put(ssm, f"{app.prefix}/TOKEN", f"new {MARK}")
+
+    machine.systemctl("restart", app.unit)
+
+    assert machine.show(app.agent_unit, "InvocationID") != first_run
+    assert app.environ()[b"TOKEN"] == f"new {MARK}".encode()
+
+
+def test_missing_parameter_fails_the_agent_and_keeps_the_app_down(
+    machine: Machine, new_app: NewApp, ssm: Any
+) -> None:
+    """A missing parameter fails the agent unit, the journal names it, the app never starts, no file."""
+    app = new_app("missing")
+    put(ssm, f"{app.prefix}/PRESENT", f"present {MARK}")
+    absent = f"{app.prefix}/ABSENT"
+    app.write_template(_template(app, ["PRESENT"]) + f'ABSENT={{{{ param("{absent}") }}}}\n')
+    cursor = machine.journal_cursor()
+
+    result = _start(machine, app.unit)
+
+    assert result.returncode != 0
+    assert b"dependency" in result.stderr.lower()
+    assert machine.show(app.agent_unit, "ActiveState") == "failed"
+    assert machine.show(app.agent_unit, "ExecMainStatus") == "4"
+    assert absent in machine.journal(after=cursor, unit=app.agent_unit)
+    assert machine.show(app.unit, "ActiveState") == "inactive"
+    assert machine.show(app.unit, "ExecMainStartTimestampMonotonic") == "0"
+    assert not app.exists(app.folder)
+
+
+@pytest.fixture
+def imds_for(machine: Machine) -> Iterator[Callable[[App, FakeImds], None]]:
+    """Point one agent instance at its own IMDS fake (an instance drop-in); undone afterwards."""
+    dropins = []
+
+    def point(app: App, fake: FakeImds) -> None:
+        dropin = machine.path(f"/etc/systemd/system/{app.agent_unit}.d/zz-imds.conf")
+        dropin.parent.mkdir(exist_ok=True)
+        # Sorted after the session's test.conf, so this endpoint wins.
+        dropin.write_text(f"[Service]\nEnvironment=AWS_EC2_METADATA_SERVICE_ENDPOINT={fake.url}\n")
+        dropins.append(dropin)
+        machine.daemon_reload()
+
+    yield point
+    for dropin in dropins:
+        dropin.unlink()
+        dropin.parent.rmdir()
+    machine.daemon_reload()
+
+
+def test_agent_waits_for_an_imds_that_comes_up_late(
+    machine: Machine, new_app: NewApp, ssm: Any, imds_for: Callable[[App, FakeImds], None]
+) -> None:
+    """IMDS that starts answering 5 s after the agent starts: the agent waits for it and succeeds."""
+    app = new_app("late")
+    put(ssm, f"{app.prefix}/TOKEN", f"late {MARK}")
+    app.write_template(_template(app, ["TOKEN"]))
+    late = FakeImds(
+        host=LOOPBACK,
+        region=REGION,
+        role=ROLE,
+        secret_access_key=f"late-key-{MARK}",
+        session_token=f"late-token-{MARK}",
+        start_after_seconds=5.0,
+    )
+    with late:
+        imds_for(app, late)
+        started = time.monotonic()
+        machine.systemctl("start", app.unit)
+        took = time.monotonic() - started
+
+    assert took >= 4.0
+    assert app.environ()[b"TOKEN"] == f"late {MARK}".encode()
+    assert late.count(path_prefix="/latest/meta-data/iam/security-credentials/") >= 1
+
+
+DEADLINE_SECONDS = 8
+
+
+def test_agent_fails_at_its_deadline_when_imds_never_comes_up(
+    machine: Machine, new_app: NewApp, ssm: Any, imds_for: Callable[[App, FakeImds], None]
+) -> None:
+    """IMDS that never answers: the agent fails at its deadline, says so in the journal, no app."""
+    app = new_app("noimds")
+    put(ssm, f"{app.prefix}/TOKEN", f"never {MARK}")
+    app.write_template(_template(app, ["TOKEN"]))
+    app.write_settings(f"deadline_seconds = {DEADLINE_SECONDS}\n")
+    cursor = machine.journal_cursor()
+    # Bound but never listening: every connection is refused, as before IMDS is up.
+    never = FakeImds(host=LOOPBACK, region=REGION, role=ROLE, start_after_seconds=3600.0)
+    with never:
+        imds_for(app, never)
+        started = time.monotonic()
+        result = _start(machine, app.unit)
+        took = time.monotonic() - started
+
+    assert result.returncode != 0
+    # The agent's deadline ended it, well before systemd's TimeoutStartSec (75 s) would have.
+    assert DEADLINE_SECONDS - 1 <= took < DEADLINE_SECONDS + 10
+    assert machine.show(app.agent_unit, "ActiveState") == "failed"
+    assert machine.show(app.agent_unit, "Result") == "exit-code"
+    journal = machine.journal(after=cursor, unit=app.agent_unit)
+    assert f"IMDS at {never.url} did not answer within {DEADLINE_SECONDS} s" in journal
+    assert machine.show(app.unit, "ExecMainStartTimestampMonotonic") == "0"
+    assert not app.exists(app.folder)
+
+
+def test_no_secret_in_the_journal_or_on_disk_after_a_start_stop_cycle(
+    machine: Machine, new_app: NewApp, ssm: Any
+) -> None:
+    """After start and stop, neither the journal nor any file of the machine holds a secret value."""
+    app = new_app("leak")
+    for key, value in HARD_VALUES.items():
+        tier = "Advanced" if len(value.encode()) > STANDARD_TIER_MAX_BYTES else None
+        put(ssm, f"{app.prefix}/{key}", value, tier=tier)
+    app.write_template(_template(app, HARD_VALUES))
+    machine.systemctl("start", app.unit)
+    assert app.environ()[b"INJECTION"] == HARD_VALUES["INJECTION"].encode()
+    # Also prove the search would see a leak: the file holds the mark while the app runs.
+    assert MARK.encode() in machine.run("cat", f"{app.folder}/env").stdout
+
+    machine.systemctl("stop", app.unit)
+    machine.run("journalctl", "--flush")
+    machine.run("journalctl", "--sync")
+
+    # journalctl decompresses what journald compressed; the raw files are searched below too.
+    assert MARK not in machine.journal(fmt="export")
+    # The whole disk, as the host sees it, including the persistent journal.
+    assert list(machine.path("/var/log/journal").glob("*/system.journal"))
+    on_disk = subprocess.run(
+        ["grep", "-rlaF", "-D", "skip", "-e", MARK, str(machine.root)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert on_disk.returncode == 1, f"secret found in: {on_disk.stdout}{on_disk.stderr}"
+    # And the machine's memory-backed mounts, which the host does not see.
+    in_memory = machine.run(
+        "grep", "-rlaF", "-D", "skip", "-e", MARK, "/run", "/tmp", "/dev/shm", check=False
+    )
+    assert in_memory.returncode == 1, in_memory.stdout.decode()
+
+
+def test_enable_puts_a_plain_existing_service_behind_the_agent(
+    machine: Machine, new_app: NewApp, ssm: Any
+) -> None:
+    """`secrets-agent enable` inside the machine gives a running plain service its secrets at restart."""
+    app = new_app("plain", behind_agent=False)
+    put(ssm, f"{app.prefix}/TOKEN", f"plain {MARK}")
+    machine.systemctl("start", app.unit)
+    assert b"TOKEN" not in app.environ()
+
+    machine.run("secrets-agent", "enable", "plain")
+
+    starter = machine.text("stat", "-c", "%a %U", "/etc/secrets-agent/plain.env.j2").split()
+    assert starter == ["640", "root"]
+    app.write_template(_template(app, ["TOKEN"]))  # the operator fills in the starter
+    # No daemon-reload by hand: `enable` did it, or systemd would still run the old unit.
+    machine.systemctl("restart", app.unit)
+    assert machine.show(app.agent_unit, "ActiveState") == "active"
+    assert app.environ()[b"TOKEN"] == f"plain {MARK}".encode()
+
+    machine.run("secrets-agent", "disable", "plain")
+    machine.systemctl("restart", app.unit)
+    assert b"TOKEN" not in app.environ()
+    assert not machine.path("/etc/systemd/system/plain.service.d").exists()
+    assert machine.path("/etc/secrets-agent/plain.env.j2").exists()
+
+
+def test_secrets_mark_is_not_used_as_a_plain_value() -> None:
+    """Every hard value but the deliberately empty one carries the mark the leak search looks for."""
+    assert all(MARK in value for value in HARD_VALUES.values())

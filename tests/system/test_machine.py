@@ -1,0 +1,31 @@
+"""The harness itself: the Debian 12 machine boots under systemd 252 with what the agent needs."""
+
+from __future__ import annotations
+
+import pytest
+from nspawn import Machine
+
+pytestmark = pytest.mark.system
+
+
+def test_machine_runs_systemd_252_with_run_on_tmpfs(machine: Machine) -> None:
+    """The machine is a booted systemd 252 whose /run, where the secrets go, is tmpfs."""
+    assert machine.text("systemctl", "is-system-running").strip() in ("running", "degraded")
+    assert machine.text("systemctl", "--version").split()[1] == "252"
+    assert machine.text("stat", "-f", "-c", "%T", "/run").strip() == "tmpfs"
+
+
+def test_machine_has_the_agent_and_its_debian_dependencies(machine: Machine) -> None:
+    """Debian 12's python3 imports the agent and boto3, requests, jinja2 and structlog."""
+    out = machine.text(
+        "python3",
+        "-c",
+        "import boto3, jinja2, requests, structlog, agent.cli; "
+        "print(boto3.__version__, jinja2.__version__, requests.__version__, structlog.__version__)",
+    )
+    boto3_version, jinja2_version, requests_version, structlog_version = out.split()
+    assert boto3_version.startswith("1.26.")
+    assert jinja2_version == "3.1.2"
+    assert requests_version.startswith("2.28.")
+    assert structlog_version.startswith("22.")
+    assert machine.text("secrets-agent", "--version").startswith("secrets-agent ")
