@@ -73,14 +73,16 @@ def unit_for(name: str, unit: Optional[str]) -> str:
 def render_dropin(name: str, unit: Optional[str] = None) -> str:
     """The drop-in that makes UNIT (default NAME.service) start after the agent and read its file."""
     validate_name(name)
+    shown_unit = unit or f"{name}.service"
     undo = f"secrets-agent disable {name}"
-    if unit is not None and unit != f"{name}.service":
-        undo += f" --unit {unit}"
+    if shown_unit != f"{name}.service":
+        undo += f" --unit {shown_unit}"
     return (
         f"# Written by `secrets-agent enable {name}`: starts secrets-agent@{name}.service before\n"
         f"# this unit and hands it the secrets in /run/secrets-agent/{name}/env. Without that file\n"
         "# the unit does not start, so it never runs without its secrets.\n"
-        f"# Undo with `{undo}` (then `systemctl restart` the unit).\n"
+        f"# Undo: `{undo}`, `systemctl stop secrets-agent@{name}.service`\n"
+        f"# (deletes the file), `systemctl restart {shown_unit}`.\n"
         "[Unit]\n"
         f"Requires=secrets-agent@{name}.service\n"
         f"After=secrets-agent@{name}.service\n"

@@ -45,6 +45,8 @@ HOST_PACKAGES = {"debootstrap": "debootstrap", "systemd-nspawn": "systemd-contai
 CACHE_ROOT = Path(os.environ.get("SECRETS_AGENT_TEST_CACHE", "/var/cache/secrets-agent-tests"))
 # Copies live next to the cache, on the same file system, so that --reflink can share blocks.
 WORK_ROOT = Path(os.environ.get("SECRETS_AGENT_TEST_WORKDIR", "/var/tmp"))
+WORKDIR_PREFIX = "secrets-agent-machine-"
+STALE_UNLOCKED_WORKDIR_SECONDS = 600
 
 DEBOOTSTRAP_TIMEOUT_SECONDS = 900
 APT_TIMEOUT_SECONDS = 600
@@ -373,8 +375,12 @@ def booted_machine(
     cached = build_rootfs(packages)
     started = time.monotonic()
     WORK_ROOT.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="secrets-agent-machine-", dir=WORK_ROOT))
+    remove_stale_workdirs()
+    workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX, dir=WORK_ROOT))
     root = workdir / "root"
+    # Held while the session lives: a workdir whose lock is free belongs to a killed session.
+    lock = open(workdir / ".lock", "w")  # noqa: SIM115
+    fcntl.flock(lock, fcntl.LOCK_EX)
     try:
         subprocess.run(
             ["cp", "-a", "--reflink=auto", str(cached), str(root)],
@@ -394,6 +400,38 @@ def booted_machine(
             poweroff(machine)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        lock.close()
+
+
+def _is_some_process_root(root: Path) -> bool:
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(proc / "root") == str(root):
+                    return True
+    return False
+
+
+def remove_stale_workdirs() -> None:
+    """Remove the machine copies that killed sessions left behind (lock free, no process inside)."""
+    for workdir in WORK_ROOT.glob(f"{WORKDIR_PREFIX}*"):
+        if not (workdir / ".lock").exists():
+            # Killed between mkdtemp and taking the lock, or a session starting right now.
+            with contextlib.suppress(OSError):
+                if time.time() - workdir.stat().st_mtime > STALE_UNLOCKED_WORKDIR_SECONDS:
+                    shutil.rmtree(workdir, ignore_errors=True)
+            continue
+        try:
+            lock = open(workdir / ".lock")  # noqa: SIM115
+        except OSError:
+            continue
+        with lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live session's
+            if not _is_some_process_root(workdir / "root"):
+                shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

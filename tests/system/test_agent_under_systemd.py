@@ -8,6 +8,7 @@ import secrets
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -17,6 +18,8 @@ from system_helpers import LOOPBACK, MARK, REGION, ROLE, App, put
 from agent.fakeimds import FakeImds
 
 pytestmark = pytest.mark.system
+
+REPO = Path(__file__).resolve().parents[2]
 
 NewApp = Callable[..., App]
 
@@ -292,11 +295,56 @@ def test_enable_puts_a_plain_existing_service_behind_the_agent(
     assert machine.show(app.agent_unit, "ActiveState") == "active"
     assert app.environ()[b"TOKEN"] == f"plain {MARK}".encode()
 
+    # The undo the drop-in's comment documents.
     machine.run("secrets-agent", "disable", "plain")
+    machine.systemctl("stop", app.agent_unit)
     machine.systemctl("restart", app.unit)
     assert b"TOKEN" not in app.environ()
+    assert machine.show(app.agent_unit, "ActiveState") == "inactive"
+    assert not app.exists(app.folder)
     assert not machine.path("/etc/systemd/system/plain.service.d").exists()
     assert machine.path("/etc/secrets-agent/plain.env.j2").exists()
+
+
+def _owner_dropin_from_unit_comment() -> str:
+    """The instance drop-in that the agent unit's comment tells operators to add for owner=/group=."""
+    unit = (REPO / "systemd/secrets-agent@.service").read_text().splitlines()
+    start = unit.index("#   systemctl edit secrets-agent@NAME.service") + 1
+    lines = []
+    for line in unit[start:]:
+        if not line.startswith("#     "):
+            break
+        lines.append(line.removeprefix("#     "))
+    return "\n".join(lines) + "\n"
+
+
+def test_owner_setting_works_with_the_documented_dropin_only(
+    machine: Machine, new_app: NewApp, ssm: Any
+) -> None:
+    """owner= fails in the capability-free agent unit and works with the drop-in its comment documents."""
+    app = new_app("owned")
+    put(ssm, f"{app.prefix}/TOKEN", f"owned {MARK}")
+    app.write_template(_template(app, ["TOKEN"]))
+    app.write_settings('format = "dotenv"\nowner = "nobody"\ngroup = "nogroup"\n')
+    cursor = machine.journal_cursor()
+
+    assert _start(machine, app.unit).returncode != 0
+    assert "Operation not permitted" in machine.journal(after=cursor, unit=app.agent_unit)
+
+    dropin = machine.path(f"/etc/systemd/system/{app.agent_unit}.d/chown.conf")
+    dropin.parent.mkdir(exist_ok=True)
+    dropin.write_text(_owner_dropin_from_unit_comment())
+    try:
+        machine.daemon_reload()
+        machine.systemctl("reset-failed", app.agent_unit)
+        machine.systemctl("start", app.unit)
+        out = machine.text("stat", "-c", "%a %U %G", app.folder, f"{app.folder}/env").splitlines()
+        assert out == ["700 nobody root", "600 nobody nogroup"]
+    finally:
+        machine.systemctl("stop", app.unit)
+        dropin.unlink()
+        dropin.parent.rmdir()
+        machine.daemon_reload()
 
 
 def test_secrets_mark_is_not_used_as_a_plain_value() -> None:

@@ -47,12 +47,14 @@ def test_render_dropin_requires_orders_and_reads_the_agent_file() -> None:
         "EnvironmentFile=/run/secrets-agent/web/env",
     ]
     assert text.startswith("# Written by `secrets-agent enable web`")
-    assert "secrets-agent disable web`" in text
+    assert "`secrets-agent disable web`, `systemctl stop secrets-agent@web.service`" in text
 
 
 def test_render_dropin_undo_hint_names_a_custom_unit() -> None:
     """When the unit is not NAME.service, the undo hint carries --unit."""
-    assert "secrets-agent disable web --unit nginx.service`" in render_dropin("web", "nginx.service")
+    text = render_dropin("web", "nginx.service")
+    assert "`secrets-agent disable web --unit nginx.service`" in text
+    assert "`systemctl restart nginx.service`" in text
 
 
 @pytest.mark.parametrize(
