@@ -123,7 +123,8 @@ def build_rootfs(packages: Sequence[str] = ROOTFS_PACKAGES, log: Callable[[str],
     with _cache_lock():
         if (final / "usr/lib/systemd/systemd").exists():
             return final
-        for stale in CACHE_ROOT.glob(".build-*"):
+        # Only our own kind: other caches in this folder (tests/packaging) build under their own lock.
+        for stale in CACHE_ROOT.glob(".build-rootfs-*"):
             shutil.rmtree(stale, ignore_errors=True)
         building = Path(tempfile.mkdtemp(prefix=f".build-{final.name}-", dir=CACHE_ROOT))
         try:
