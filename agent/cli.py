@@ -253,7 +253,9 @@ def cmd_disable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) 
     removed = disable_service(args.name, args.unit, Path(args.root))
     unit = args.unit or f"{args.name}.service"
     out.write(
-        f"removed the secrets-agent drop-in of {unit}; `systemctl restart {unit}` to apply\n"
+        f"removed the secrets-agent drop-in of {unit}; to apply: `systemctl daemon-reload`, "
+        f"`systemctl stop secrets-agent@{args.name}.service` (removes the rendered file), "
+        f"`systemctl restart {unit}`\n"
         if removed
         else f"{unit} has no secrets-agent drop-in: nothing to do\n"
     )
