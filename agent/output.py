@@ -80,15 +80,21 @@ def is_memory_backed(fd: int) -> bool:
     return filesystem_type(fd) in _MEMORY_FS
 
 
-def _lstat_at(dir_fd: int, name: str) -> Optional[os.stat_result]:
+def lstat_at(dir_fd: int, name: str) -> Optional[os.stat_result]:
     try:
         return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return None
 
 
-def _open_dir(path: Path, *, create: bool, mode: int = DIR_MODE, parent_fd: Optional[int] = None) -> int:
-    """Open a directory without following a symlink at its last component; create it if asked."""
+def open_dir_nofollow(
+    path: Path, *, create: bool, mode: int = DIR_MODE, parent_fd: Optional[int] = None
+) -> int:
+    """Open a folder without following a symlink at its last component; create it if asked.
+
+    With `parent_fd`, `path.name` is opened relative to it. A missing folder raises
+    FileNotFoundError (when not creating, or when its own parent is missing too).
+    """
     name = path.name if parent_fd is not None else str(path)
     for attempt in range(2):
         try:
@@ -101,10 +107,10 @@ def _open_dir(path: Path, *, create: bool, mode: int = DIR_MODE, parent_fd: Opti
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise OutputError(
-                    f"{path} is a symlink or not a folder: refusing to write secrets through it; "
-                    "remove it and run the agent again"
+                    f"{path} is a symlink or not a folder: refusing to write through it; "
+                    "replace it with a real folder and run the command again"
                 ) from None
-            raise
+            raise OutputError(f"cannot open {path}: {exc.strerror}") from None
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -122,16 +128,11 @@ def _check_private_dir(fd: int, path: Path, want_uid: int) -> None:
 @contextlib.contextmanager
 def _service_dir(output_dir: Path, *, create: bool, ownership: Ownership) -> Iterator[int]:
     try:
-        base_fd = _open_dir(output_dir.parent, create=create)
+        base_fd = open_dir_nofollow(output_dir.parent, create=create)
     except FileNotFoundError:
         raise OutputError(f"{output_dir.parent} does not exist") from None
-    except PermissionError:
-        raise OutputError(f"cannot open {output_dir.parent}: permission denied (run as root)") from None
     try:
-        try:
-            fd = _open_dir(output_dir, create=create, parent_fd=base_fd)
-        except PermissionError:
-            raise OutputError(f"cannot create {output_dir}: permission denied (run as root)") from None
+        fd = open_dir_nofollow(output_dir, create=create, parent_fd=base_fd)
         try:
             owner_uid = ownership.uid if ownership.uid is not None else os.geteuid()
             _check_private_dir(fd, output_dir, owner_uid)
@@ -162,7 +163,7 @@ def write_secret_file(
                     "Use a tmpfs runtime folder (--runtime-dir, SECRETS_AGENT_RUNTIME_DIR), or set "
                     "allow_persistent = true in this service's .toml if you accept that"
                 )
-            existing = _lstat_at(dir_fd, output_path.name)
+            existing = lstat_at(dir_fd, output_path.name)
             if existing is not None and not stat.S_ISREG(existing.st_mode):
                 raise OutputError(
                     f"{output_path} exists and is not a regular file (a symlink?): refusing to "

@@ -7,7 +7,6 @@ so a symlink planted at any step is refused instead of followed.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import secrets
@@ -20,6 +19,7 @@ from typing import Optional
 
 from agent.config import validate_name
 from agent.errors import AgentError, OutputError, UsageError
+from agent.output import lstat_at, open_dir_nofollow
 
 DROPIN_NAME = "secrets-agent.conf"
 DROPIN_MODE = 0o644
@@ -180,7 +180,9 @@ def _open_under(root: Path, relative: Path, *, create: bool = True) -> Iterator[
             current = current / part
             try:
                 # ROOT/etc must exist: a typo in the root option should not grow a new tree.
-                next_fd = _open_dir_at(fd, part, current, create=create and index > 0)
+                next_fd = open_dir_nofollow(
+                    current, create=create and index > 0, mode=NEW_DIR_MODE, parent_fd=fd
+                )
             except FileNotFoundError:
                 if create:
                     raise OutputError(
@@ -192,32 +194,6 @@ def _open_under(root: Path, relative: Path, *, create: bool = True) -> Iterator[
         yield fd
     finally:
         os.close(fd)
-
-
-def _open_dir_at(parent_fd: int, name: str, path: Path, *, create: bool) -> int:
-    for attempt in range(2):
-        try:
-            return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-        except FileNotFoundError:
-            if not create or attempt:
-                raise
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(name, NEW_DIR_MODE, dir_fd=parent_fd)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise OutputError(
-                    f"{path} is a symlink or not a folder: refusing to write through it; "
-                    "replace it with a real folder and run the command again"
-                ) from None
-            raise OutputError(f"cannot open {path}: {exc.strerror}") from None
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _lstat_at(dir_fd: int, name: str) -> Optional[os.stat_result]:
-    try:
-        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
 
 
 def _write_temp(dir_fd: int, path: Path, data: bytes, mode: int) -> str:
@@ -249,7 +225,7 @@ def _unlink_quietly(dir_fd: int, name: str) -> None:
 
 def _replace_if_changed(dir_fd: int, path: Path, data: bytes, mode: int) -> bool:
     """Atomically make `path` hold `data` with `mode`; False when it already did."""
-    existing = _lstat_at(dir_fd, path.name)
+    existing = lstat_at(dir_fd, path.name)
     if existing is not None:
         if not stat.S_ISREG(existing.st_mode):
             raise OutputError(
@@ -270,7 +246,7 @@ def _replace_if_changed(dir_fd: int, path: Path, data: bytes, mode: int) -> bool
 
 def _create_if_missing(dir_fd: int, path: Path, data: bytes, mode: int) -> bool:
     """Create `path` with `data` unless something (even a dangling symlink) is there; True if created."""
-    if _lstat_at(dir_fd, path.name) is not None:
+    if lstat_at(dir_fd, path.name) is not None:
         return False
     tmp_name = _write_temp(dir_fd, path, data, mode)
     try:
