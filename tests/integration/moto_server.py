@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
 from moto.server import ThreadedMotoServer
@@ -168,3 +168,17 @@ class RecordingProxy:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def admin_ssm_client(url: str, region: str = "eu-west-1") -> Any:
+    """A plain boto3 SSM client on moto's server, for tests to create and change parameters."""
+    import boto3
+
+    # moto accepts any key; these never leave 127.0.0.1.
+    return boto3.client(
+        "ssm",
+        region_name=region,
+        endpoint_url=url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )

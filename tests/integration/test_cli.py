@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import boto3
 import pytest
 from dotenv import dotenv_values
 
@@ -20,7 +19,7 @@ from agent import __version__
 from agent.cli import main
 from agent.envfile import parse_env
 from agent.fakeimds import FakeImds
-from tests.integration.moto_server import RecordingProxy
+from tests.integration.moto_server import RecordingProxy, admin_ssm_client
 
 HARD_VALUES = {
     "/prod/DATABASE_URL": "postgres://app:p@ss'w\"rd$HOME`id`\\x@db:5432/app?x=1#frag",
@@ -40,13 +39,7 @@ class Stack:
     env: dict[str, str] = field(default_factory=dict)
 
     def put(self, name: str, value: str, kind: str = "SecureString", **extra: object) -> int:
-        client = boto3.client(
-            "ssm",
-            region_name="eu-west-1",
-            endpoint_url=self.ssm_url,
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-        )
+        client = admin_ssm_client(self.ssm_url)
         return int(
             client.put_parameter(Name=name, Value=value, Type=kind, Overwrite=True, **extra)["Version"]
         )
@@ -153,13 +146,7 @@ def test_paths_versions_and_labels(stack: Stack) -> None:
     stack.put("/prod/app/api.key", "key", kind="String")
     for i in range(3):
         stack.put("/prod/rotating", f"v{i + 1}")
-    client = boto3.client(
-        "ssm",
-        region_name="eu-west-1",
-        endpoint_url=stack.ssm_url,
-        aws_access_key_id="t",
-        aws_secret_access_key="t",
-    )
+    client = admin_ssm_client(stack.ssm_url)
     client.label_parameter_version(Name="/prod/rotating", ParameterVersion=2, Labels=["previous"])
     stack.template(
         '{% for name, value in params("/prod/app/").items() %}{{ name | env_name }}={{ value }}\n{% endfor %}'

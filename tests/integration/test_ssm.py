@@ -13,7 +13,7 @@ import boto3
 import pytest
 import structlog
 from botocore.exceptions import ClientError
-from moto_server import CannedResponse, RecordingProxy, aws_json_error
+from moto_server import CannedResponse, RecordingProxy, admin_ssm_client, aws_json_error
 
 from agent.errors import AccessDenied, AgentError, CredentialsError, ServiceUnavailable
 from agent.retry import Backoff, Deadline
@@ -82,14 +82,7 @@ def client_error(code: str, message: str = "", status: int = 400) -> ClientError
 @pytest.fixture(scope="module")
 def admin_client(moto_url: str) -> Any:
     """A plain boto3 SSM client on moto's server, built once for the module."""
-    return boto3.client(
-        "ssm",
-        region_name=REGION,
-        endpoint_url=moto_url,
-        aws_access_key_id=CREDENTIALS[0],
-        aws_secret_access_key=CREDENTIALS[1],
-        aws_session_token=CREDENTIALS[2],
-    )
+    return admin_ssm_client(moto_url, REGION)
 
 
 @pytest.fixture

@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 from nspawn import HostNotSuitable, Machine, booted_machine, build_rootfs, ensure_host_tools
 from system_helpers import LOOPBACK, MARK, REGION, ROLE, App, install_app, skip_or_fail
 
 from agent.fakeimds import FakeImds
+from tests.integration.moto_server import admin_ssm_client
 
 
 @dataclass
@@ -64,13 +64,7 @@ def imds() -> Iterator[FakeImds]:
 @pytest.fixture(scope="session")
 def ssm(moto_url: str) -> Any:
     """A boto3 SSM client on moto, for the tests to create and change parameters."""
-    return boto3.client(
-        "ssm",
-        region_name=REGION,
-        endpoint_url=moto_url,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    return admin_ssm_client(moto_url, REGION)
 
 
 def _endpoints_dropin(imds_url: str, moto_url: str) -> str:
