@@ -1,0 +1,1 @@
+"""Benchmarks of the agent against the seed's AWS CLI flow and under a fleet boot storm (`make bench`)."""

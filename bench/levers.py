@@ -1,0 +1,211 @@
+"""Where the agent's time goes, and the levers that would take some of it back, each measured.
+
+Each lever is timed both ways in fresh processes (or in one process for pure code), interleaved,
+so that RESULTS.md can say what a proposed change would gain rather than guess.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# Python's own start-up and exit plus these imports, in a fresh interpreter each time.
+IMPORT_PROBES = {
+    "python -c pass": "pass",
+    'python -c "import boto3"': "import boto3",
+    'python -c "import boto3, requests, jinja2"': "import boto3, requests, jinja2",
+}
+
+# The command `python -m agent` with the garbage collector off while it runs and the heap frozen at
+# exit: interpreter shutdown then skips collecting botocore's large model dicts.
+GC_OFF_AGENT_PREFIX = [
+    "-c",
+    "import atexit, gc, runpy; gc.disable(); atexit.register(gc.freeze); "
+    "runpy.run_module('agent', run_name='__main__', alter_sys=True)",
+]
+
+_CLIENT_CREATION_SCRIPT = """
+import json, sys, time
+import botocore.loaders, botocore.session
+from botocore.config import Config
+started = time.perf_counter()
+session = botocore.session.Session()
+if sys.argv[1] == "narrow":
+    class SsmOnlyLoader(botocore.loaders.Loader):
+        # load_service_model lists every service on disk (~900 stat calls) only to check the name.
+        def list_available_services(self, type_name):
+            return ["ssm"]
+    session.register_component("data_loader", SsmOnlyLoader())
+session.create_client(
+    "ssm", region_name="eu-west-1", endpoint_url="http://127.0.0.1:9",
+    aws_access_key_id="a", aws_secret_access_key="b", aws_session_token="c",
+    config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
+)
+print(json.dumps(time.perf_counter() - started))
+"""
+
+_TEMPLATE_COMPILE_SCRIPT = """
+import json, sys, time
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+source = sys.stdin.read()
+results = {"twice": [], "ast": []}
+for _ in range(5):
+    for mode in results:
+        env = ImmutableSandboxedEnvironment(
+            undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True,
+            trim_blocks=True, lstrip_blocks=True)
+        started = time.perf_counter()
+        ast = env.parse(source)
+        env.from_string(source if mode == "twice" else ast)
+        results[mode].append(time.perf_counter() - started)
+print(json.dumps(results))
+"""
+
+
+@dataclass(frozen=True)
+class Lever:
+    """One measured change: the cost now, the cost with the change, and where it would go."""
+
+    name: str
+    where: str
+    now_ms: float
+    with_change_ms: float
+    how: str
+
+    @property
+    def gain_ms(self) -> float:
+        return self.now_ms - self.with_change_ms
+
+
+def _fresh_seconds(args: Sequence[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, *args], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def import_cost_ms(statements: dict[str, str], rounds: int) -> dict[str, float]:
+    """Median wall ms of `python -c STATEMENT` for each entry, interleaved over `rounds`."""
+    samples: dict[str, list[float]] = {label: [] for label in statements}
+    for _ in range(rounds):
+        for label, statement in statements.items():
+            samples[label].append(_fresh_seconds(["-c", statement]))
+    return {label: statistics.median(values) * 1000 for label, values in samples.items()}
+
+
+def client_creation_lever(rounds: int) -> Lever:
+    """botocore SSM client creation with the stock loader and with one that lists only SSM."""
+    samples: dict[str, list[float]] = {"default": [], "narrow": []}
+    for _ in range(rounds):
+        for mode, values in samples.items():
+            out = subprocess.run(
+                [sys.executable, "-c", _CLIENT_CREATION_SCRIPT, mode],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            values.append(float(json.loads(out.stdout)))
+    return Lever(
+        name="SSM client: a Loader that lists only `ssm`",
+        where="agent/ssm.py SsmClient.__init__",
+        now_ms=statistics.median(samples["default"]) * 1000,
+        with_change_ms=statistics.median(samples["narrow"]) * 1000,
+        how="create_client in a fresh process, median of each",
+    )
+
+
+def template_compile_lever(source: str, label: str) -> Lever:
+    """Jinja compile parsing the source twice (as now) against compiling the AST already parsed."""
+    out = subprocess.run(
+        [sys.executable, "-c", _TEMPLATE_COMPILE_SCRIPT],
+        input=source,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    results = json.loads(out.stdout)
+    return Lever(
+        name=f"template compile: from_string(ast), not from_string(source) ({label})",
+        where="agent/template.py CompiledTemplate.__init__",
+        now_ms=statistics.median(results["twice"]) * 1000,
+        with_change_ms=statistics.median(results["ast"]) * 1000,
+        how="parse + compile in one process, median of 5",
+    )
+
+
+def import_levers(rounds: int) -> list[Lever]:
+    """What requests and structlog add to a process that imports botocore anyway."""
+    costs = import_cost_ms(
+        {
+            "botocore": "import botocore.session",
+            "botocore+requests": "import botocore.session, requests",
+            "botocore+structlog": "import botocore.session, structlog",
+            "botocore+logging+json": "import botocore.session, logging, json",
+        },
+        rounds,
+    )
+    return [
+        Lever(
+            name="IMDS over urllib3 (already loaded by botocore) instead of requests",
+            where="agent/imds.py",
+            now_ms=costs["botocore+requests"],
+            with_change_ms=costs["botocore"],
+            how="fresh `python -c 'import botocore.session[, requests]'`, median",
+        ),
+        Lever(
+            name="logging without structlog (it imports asyncio, colorama, rich if present)",
+            where="agent/log.py (a dependency change)",
+            now_ms=costs["botocore+structlog"],
+            with_change_ms=costs["botocore+logging+json"],
+            how="fresh `python -c 'import botocore.session, structlog'` vs `..., logging, json`, median",
+        ),
+    ]
+
+
+@dataclass(frozen=True)
+class ImportShare:
+    """Import time (-X importtime, exclusive) attributed to the package that pulled the module in."""
+
+    group: str
+    milliseconds: float
+
+
+_GROUPS = {
+    "botocore": "botocore (+ jmespath, dateutil)",
+    "jmespath": "botocore (+ jmespath, dateutil)",
+    "dateutil": "botocore (+ jmespath, dateutil)",
+    "urllib3": "urllib3 (shared by botocore and requests)",
+    "requests": "requests (+ charset_normalizer, idna, certifi)",
+    "charset_normalizer": "requests (+ charset_normalizer, idna, certifi)",
+    "idna": "requests (+ charset_normalizer, idna, certifi)",
+    "certifi": "requests (+ charset_normalizer, idna, certifi)",
+    "structlog": "structlog (+ asyncio, colorama)",
+    "jinja2": "jinja2 (+ markupsafe)",
+    "markupsafe": "jinja2 (+ markupsafe)",
+    "agent": "agent's own modules (+ stdlib they use)",
+}
+_OTHER = "interpreter start-up, site, stdlib"
+
+
+def import_shares(importtime_stderr: str) -> list[ImportShare]:
+    """Sum each module's own import time under the nearest package of interest that imported it."""
+    totals: dict[str, float] = {}
+    stack: list[tuple[int, str]] = []  # (depth, group) of the open ancestors
+    lines = [line for line in importtime_stderr.splitlines() if line.startswith("import time:")]
+    # -X importtime prints a child before its parent; read bottom-up to see parents first.
+    for line in reversed(lines[1:]):
+        self_column, _, name_column = line.split("|", 2)
+        self_us = int(self_column.rsplit(":", 1)[1])
+        depth = len(name_column) - len(name_column.lstrip(" "))
+        module = name_column.strip()
+        while stack and stack[-1][0] >= depth:
+            stack.pop()
+        group = _GROUPS.get(module.split(".")[0]) or (stack[-1][1] if stack else _OTHER)
+        stack.append((depth, group))
+        totals[group] = totals.get(group, 0.0) + self_us / 1000
+    return sorted((ImportShare(g, ms) for g, ms in totals.items()), key=lambda s: -s.milliseconds)

@@ -1,0 +1,438 @@
+"""RESULTS.md from one run's measurements: tables, ratios, targets met or missed."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import TYPE_CHECKING, Callable, Optional
+
+if TYPE_CHECKING:
+    from bench.measure import Series
+    from bench.run import Results
+
+# The issue's targets.
+SEED_SPEEDUP_AT_10 = 10.0
+BY_PATH_RATIO_AT_10 = 0.8
+STORM_RATIO = 1.3
+
+
+def _s(seconds: float) -> str:
+    return f"{seconds:.3f}" if seconds < 10 else f"{seconds:.1f}"
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.2f}x" if value >= 0.1 else f"{value:.3f}x"
+
+
+def _versions() -> str:
+    names = ["boto3", "botocore", "awscli", "moto", "jinja2", "requests", "structlog"]
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{name} (absent)")
+    return ", ".join(found)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def render(results: Results) -> str:
+    """The whole report."""
+    from bench import run
+
+    lines: list[str] = []
+    add = lines.append
+    options = results.options
+    when = datetime.fromtimestamp(results.started, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    add("# secrets-agent: benchmark results")
+    add("")
+    add(f"Written by `make bench` (`python -m bench`) on {when}, in {results.seconds:.0f} s; every figure")
+    add("below comes from this one run.")
+    add("")
+    add(
+        f"- Machine: {os.cpu_count()} CPUs ({_cpu_model()}), Linux {platform.release()}, "
+        f"Python {sys.version.split()[0]}."
+    )
+    add(f"- Packages: {_versions()}.")
+    add(
+        "- Emulator, all on 127.0.0.1: moto's server (SSM) behind a recording proxy that counts each "
+        "action, and the project's strict IMDSv2 fake. Values are SecureStrings of 40 random characters."
+    )
+    add(
+        "- The agent runs as on an instance: region and role credentials from IMDSv2, output on tmpfs "
+        "(/dev/shm). The AWS CLI peers get fake keys and the region in their environment "
+        "(no IMDS round trips: in their favour) and AWS_CONFIG_FILE=/dev/null."
+    )
+    add(
+        f"- Cold processes, {options.rounds} interleaved rounds (each round runs every tool at every N "
+        "in a new random order); medians. Peak memory is the largest process's max RSS (wait4)."
+    )
+    add("")
+    _renders(results, add)
+    _floor(results, add)
+    _calls(results, add)
+    _storm(results, add)
+    _memory(results, add)
+    _levers(results, add)
+    _reading(results, add)
+    if results.violations:
+        add("## Failed checks")
+        add("")
+        lines.extend(f"- {violation}" for violation in results.violations)
+        add("")
+    del run
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _get(results: Results, tool: str, size: int) -> Optional[Series]:
+    series = results.series.get((tool, size))
+    return series if series is not None and series.runs else None
+
+
+def seed_seconds(results: Results, size: int) -> tuple[float, str]:
+    """The seed flow's median at `size`, or its extrapolation from the largest measured N."""
+    from bench.run import SEED_FLOW
+
+    series = _get(results, SEED_FLOW, size)
+    if series is not None:
+        return series.median_seconds, f"{series.runs} runs"
+    measured = [n for n in (100, 10) if _get(results, SEED_FLOW, n)]
+    base = measured[0]
+    per_parameter = _get(results, SEED_FLOW, base).median_seconds / base  # type: ignore[union-attr]
+    return per_parameter * size, f"extrapolated: {size} x {per_parameter:.3f} s per parameter at N={base}"
+
+
+def _renders(results: Results, add: Callable[[str], None]) -> None:
+    from bench.run import AGENT_GC_OFF, AGENT_NAMED, AGENT_PATH, CLI_BY_PATH, SIZES
+
+    emit = add
+    emit("## 1. Cold-process render time")
+    emit("")
+    emit(
+        "Wall time from spawn to exit, median seconds. *named*: a template naming each parameter "
+        "(GetParameters, 10 a call); *path*: `params(prefix, recursive=True)` (GetParametersByPath)."
+    )
+    emit("")
+    emit(
+        "| N | secrets-agent (named) | secrets-agent (path) | seed flow: `aws ssm get-parameter` x N "
+        "| one `aws ssm get-parameters-by-path` | agent / seed flow | agent / by-path CLI "
+        "| agent (path) / by-path CLI |"
+    )
+    emit("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for size in SIZES:
+        named = _get(results, AGENT_NAMED, size)
+        path = _get(results, AGENT_PATH, size)
+        cli = _get(results, CLI_BY_PATH, size)
+        if named is None or path is None or cli is None:
+            continue
+        seed, how = seed_seconds(results, size)
+        seed_text = f"{_s(seed)} ({how})"
+        emit(
+            f"| {size} | {_s(named.median_seconds)} | {_s(path.median_seconds)} | {seed_text} "
+            f"| {_s(cli.median_seconds)} | {_ratio(named.median_seconds / seed)} "
+            f"({seed / named.median_seconds:.1f}x faster) | {_ratio(named.median_seconds / cli.median_seconds)} "
+            f"| {_ratio(path.median_seconds / cli.median_seconds)} |"
+        )
+    emit("")
+    named10 = _get(results, AGENT_NAMED, 10)
+    cli10 = _get(results, CLI_BY_PATH, 10)
+    if named10 and cli10:
+        seed10, _ = seed_seconds(results, 10)
+        speedup = seed10 / named10.median_seconds
+        ratio = named10.median_seconds / cli10.median_seconds
+        emit("Targets:")
+        emit("")
+        emit(
+            f"- N=10, at least {SEED_SPEEDUP_AT_10:g}x faster than the seed flow: **{speedup:.1f}x**, "
+            + ("met." if speedup >= SEED_SPEEDUP_AT_10 else f"missed by {SEED_SPEEDUP_AT_10 / speedup:.2f}x.")
+        )
+        emit(
+            f"- N=10, at most {BY_PATH_RATIO_AT_10}x the by-path CLI call: **{ratio:.2f}x**, "
+            + (
+                "met."
+                if ratio <= BY_PATH_RATIO_AT_10
+                else f"missed by {(ratio / BY_PATH_RATIO_AT_10 - 1) * 100:.0f}% "
+                f"({(named10.median_seconds - BY_PATH_RATIO_AT_10 * cli10.median_seconds) * 1000:.0f} ms)."
+            )
+        )
+        slower = [
+            size
+            for size in SIZES
+            if (a := _get(results, AGENT_NAMED, size))
+            and (c := _get(results, CLI_BY_PATH, size))
+            and a.median_seconds >= c.median_seconds
+        ]
+        emit(
+            "- Faster than the by-path CLI call at every N: "
+            + ("**met**." if not slower else f"**missed** at N={', '.join(map(str, slower))}.")
+        )
+        emit("")
+    emit(
+        "With the garbage collector off (the change proposed in section 6, measured here through a "
+        "wrapper around the same `python -m agent`):"
+    )
+    emit("")
+    emit("| N | secrets-agent (named), GC off | / by-path CLI | / seed flow | gain over the agent as is |")
+    emit("|---:|---:|---:|---:|---:|")
+    for size in SIZES:
+        gc_off = _get(results, AGENT_GC_OFF, size)
+        named = _get(results, AGENT_NAMED, size)
+        cli = _get(results, CLI_BY_PATH, size)
+        if gc_off is None or named is None or cli is None:
+            continue
+        seed, _ = seed_seconds(results, size)
+        emit(
+            f"| {size} | {_s(gc_off.median_seconds)} | {_ratio(gc_off.median_seconds / cli.median_seconds)} "
+            f"| {_ratio(gc_off.median_seconds / seed)} "
+            f"| {(named.median_seconds - gc_off.median_seconds) * 1000:.0f} ms "
+            f"({(1 - gc_off.median_seconds / named.median_seconds) * 100:.0f}%) |"
+        )
+    emit("")
+    emit("Spread (min-max seconds over the rounds), for the noise: ")
+    emit("")
+    emit("| N | " + " | ".join(t for t in _spread_tools()) + " |")
+    emit("|---:|" + "---:|" * len(_spread_tools()))
+    for size in SIZES:
+        cells = []
+        for tool in _spread_tools():
+            series = _get(results, tool, size)
+            spread = series.spread() if series else None
+            cells.append(f"{_s(spread[0])}-{_s(spread[1])} ({series.runs})" if spread and series else "-")
+        emit(f"| {size} | " + " | ".join(cells) + " |")
+    emit("")
+    del AGENT_PATH
+
+
+def _spread_tools() -> tuple[str, ...]:
+    from bench.run import TOOLS
+
+    return TOOLS
+
+
+def _floor(results: Results, add: Callable[[str], None]) -> None:
+    from bench.run import AGENT_NAMED, AGENT_PATH, SIZES
+
+    emit = add
+    emit("## 2. The floor, and where the agent's time goes")
+    emit("")
+    emit("| floor | median seconds | peak RSS MiB |")
+    emit("|---|---:|---:|")
+    for label, series in results.floors.items():
+        emit(f"| `{label}` | {_s(series.median_seconds)} | {series.median_rss_mib:.0f} |")
+    for label, ms in results.round_trips_ms.items():
+        emit(f"| round trip, warm: {label} | {ms / 1000:.4f} | |")
+    emit("")
+    boto3_floor = results.floors.get('python -c "import boto3"')
+    if boto3_floor is None:
+        return
+    rt = list(results.round_trips_ms.values())
+    imds_ms, get_ms, page_ms = rt[0], rt[1], rt[2]
+    emit(
+        'Floor(N) = `python -c "import boto3"` + the 4 IMDS requests + the minimum SSM calls '
+        "(ceil(N/10) GetParameters, or the server's pages), each at its warm round-trip time. "
+        "Overhead = agent - floor."
+    )
+    emit("")
+    emit(
+        "| N | floor, named (s) | agent named (s) | overhead (s) | agent / floor | floor, path (s) | agent path (s) | agent path / floor |"
+    )
+    emit("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for size in SIZES:
+        named = _get(results, AGENT_NAMED, size)
+        path = _get(results, AGENT_PATH, size)
+        if named is None or path is None:
+            continue
+        floor_named = boto3_floor.median_seconds + (imds_ms + math.ceil(size / 10) * get_ms) / 1000
+        floor_path = boto3_floor.median_seconds + (imds_ms + results.server_min_pages[size] * page_ms) / 1000
+        emit(
+            f"| {size} | {_s(floor_named)} | {_s(named.median_seconds)} | "
+            f"{named.median_seconds - floor_named:+.3f} | {_ratio(named.median_seconds / floor_named)} "
+            f"| {_s(floor_path)} | {_s(path.median_seconds)} | {_ratio(path.median_seconds / floor_path)} |"
+        )
+    emit("")
+    for size, stages in results.profiles.items():
+        total = results.profile_totals[size]
+        emit(
+            f"Profile of one render, N={size} (`python -m bench.instrumented`: the real `agent.cli.main` "
+            f"with timestamps at each stage; median of each stage; total {total:.0f} ms):"
+        )
+        emit("")
+        emit("| stage | ms | share |")
+        emit("|---|---:|---:|")
+        for stage, ms in stages.items():
+            emit(f"| {stage} | {ms:.1f} | {ms / total * 100:.0f}% |")
+        emit("")
+    if results.import_shares:
+        total = sum(share.milliseconds for share in results.import_shares)
+        emit(
+            f"Imports of one render (N=10) by package, from `python -X importtime` (each module's own "
+            f"time, charged to the package that pulled it in; importtime itself inflates them; total "
+            f"{total:.0f} ms):"
+        )
+        emit("")
+        emit("| package | ms | share |")
+        emit("|---|---:|---:|")
+        for share in results.import_shares:
+            emit(f"| {share.group} | {share.milliseconds:.1f} | {share.milliseconds / total * 100:.0f}% |")
+        emit("")
+
+
+def _calls(results: Results, add: Callable[[str], None]) -> None:
+    from bench.run import AGENT_NAMED, AGENT_PATH, CLI_BY_PATH, SEED_FLOW, SIZES
+
+    emit = add
+    emit("## 3. Calls per render, counted at the fake servers")
+    emit("")
+    emit(
+        "Counted server side (the proxy in front of moto, the IMDS fake) for each run, and checked on "
+        "every run: the agent makes exactly ceil(N/10) GetParameters for N named parameters, exactly "
+        "the pages the server hands out for a path, and at most 4 IMDS requests."
+    )
+    emit("")
+    emit(
+        "| N | agent named: GetParameters (ceil(N/10)) | agent path: GetParametersByPath "
+        "(server's minimum) | agent: IMDS requests | seed flow: GetParameter | by-path CLI: pages |"
+    )
+    emit("|---:|---:|---:|---:|---:|---:|")
+    for size in SIZES:
+        named = results.calls.get((AGENT_NAMED, size), {})
+        path = results.calls.get((AGENT_PATH, size), {})
+        seed = results.calls.get((SEED_FLOW, size), {})
+        cli = results.calls.get((CLI_BY_PATH, size), {})
+        emit(
+            f"| {size} | {named.get('GetParameters', '-')} ({math.ceil(size / 10)}) "
+            f"| {path.get('GetParametersByPath', '-')} ({results.server_min_pages.get(size, '-')}) "
+            f"| {named.get('IMDS', '-')} | {seed.get('GetParameter', '-')} | {cli.get('GetParametersByPath', '-')} |"
+        )
+    emit("")
+    emit(
+        "moto hands out a next-page token after a full page even when nothing follows, so a path with "
+        "a multiple of 10 parameters takes one more (empty) page than ceil(N/10); the CLI pays it too."
+    )
+    emit("")
+
+
+def _storm(results: Results, add: Callable[[str], None]) -> None:
+    emit = add
+    options = results.options
+    emit("## 4. Fleet boot storm")
+    emit("")
+    if not results.storms:
+        emit("Not run (--skip-storm).")
+        emit("")
+        return
+    rate = options.storm_rate
+    scale = 40 / rate
+    emit(
+        f"{options.storm_agents} agents start at once, as separate processes (each a real cold "
+        f"`python -m agent render`, as on its own instance; threads would share one interpreter's "
+        f"imports and GIL, and boto3 Sessions are not thread-safe), each rendering "
+        f"{options.storm_parameters} named parameters ({math.ceil(options.storm_parameters / 10)} "
+        f"GetParameters calls). The proxy lets {rate:g} SSM calls a second through (a token bucket, "
+        f"burst {max(1.0, rate):g}) and answers the rest with `ThrottlingException: Rate exceeded`. "
+        f"Scaled down from AWS's 40 TPS by {scale:g}: the same contention as "
+        f"{options.storm_agents * scale:.0f} instances booting against the default quota. The rate is "
+        "low enough that the throttle, not this machine's CPUs, sets the pace: the same fleet with no "
+        "throttle finishes in the first row's time. Agents keep their default 60 s deadline."
+    )
+    emit("")
+    emit(
+        "| fleet | agents | failed | total s | ideal s (calls / rate) | total / ideal | time at the "
+        "throttle s (first call to last) | slowest agent s | median agent s | calls let through "
+        "| throttled answers |"
+    )
+    emit("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for storm in results.storms:
+        ideal = storm.ideal_seconds
+        ratio = storm.ratio_to_ideal
+        emit(
+            f"| {storm.label} | {storm.agents} | {storm.failed} | {storm.total_seconds:.1f} "
+            f"| {f'{ideal:.1f}' if ideal else '-'} | {f'{ratio:.2f}x' if ratio else '-'} "
+            f"| {f'{storm.span_seconds:.1f}' if storm.span_seconds is not None else '-'} "
+            f"| {storm.slowest_agent_seconds:.1f} | {storm.median_agent_seconds:.1f} "
+            f"| {storm.calls_allowed} | {storm.calls_throttled} |"
+        )
+    emit("")
+    agent = next((s for s in results.storms if s.label == "secrets-agent"), None)
+    if agent is not None and agent.ratio_to_ideal is not None:
+        emit(
+            f"Target: zero failed agents (**{agent.failed}**) and total within {STORM_RATIO}x of the ideal "
+            f"(**{agent.ratio_to_ideal:.2f}x**): "
+            + ("met." if agent.failed == 0 and agent.ratio_to_ideal <= STORM_RATIO else "**missed**.")
+        )
+        emit("")
+    for storm in results.storms:
+        if storm.failure_samples:
+            sample = storm.failure_samples[0].strip().splitlines()[-1]
+            emit(f"- {storm.label}: a failed agent's last line: `{sample}`")
+    emit("")
+
+
+def _memory(results: Results, add: Callable[[str], None]) -> None:
+    from bench.run import AGENT_NAMED, AGENT_PATH, CLI_BY_PATH, SEED_FLOW, SIZES
+
+    emit = add
+    emit("## 5. Memory: peak RSS of one render (MiB, median)")
+    emit("")
+    emit(
+        "| N | secrets-agent (named) | secrets-agent (path) | seed flow (largest aws process) | by-path CLI |"
+    )
+    emit("|---:|---:|---:|---:|---:|")
+    for size in SIZES:
+        cells = []
+        for tool in (AGENT_NAMED, AGENT_PATH, SEED_FLOW, CLI_BY_PATH):
+            series = _get(results, tool, size)
+            cells.append(f"{series.median_rss_mib:.0f}" if series else "- (not run)")
+        emit(f"| {size} | " + " | ".join(cells) + " |")
+    emit("")
+
+
+def _levers(results: Results, add: Callable[[str], None]) -> None:
+    emit = add
+    emit("## 6. Levers: what would take time back, each measured in this run")
+    emit("")
+    emit("| change | where | now ms | with it ms | gain ms | how measured |")
+    emit("|---|---|---:|---:|---:|---|")
+    from bench.run import AGENT_GC_OFF, AGENT_NAMED
+
+    for size in (10, 1000):
+        named = _get(results, AGENT_NAMED, size)
+        gc_off = _get(results, AGENT_GC_OFF, size)
+        if named and gc_off:
+            emit(
+                f"| GC off for the run, heap frozen at exit (N={size}) | agent/__main__.py and the "
+                f"console script | {named.median_seconds * 1000:.0f} | {gc_off.median_seconds * 1000:.0f} "
+                f"| {(named.median_seconds - gc_off.median_seconds) * 1000:.0f} | whole cold render, "
+                f"{named.runs} interleaved runs each |"
+            )
+    for lever in results.levers:
+        emit(
+            f"| {lever.name} | {lever.where} | {lever.now_ms:.1f} | {lever.with_change_ms:.1f} "
+            f"| {lever.gain_ms:.1f} | {lever.how} |"
+        )
+    emit("")
+
+
+def _reading(results: Results, add: Callable[[str], None]) -> None:
+    emit = add
+    notes = getattr(results, "reading", None)
+    if notes:
+        emit("## Reading")
+        emit("")
+        for note in notes:
+            emit(note)
+        emit("")
