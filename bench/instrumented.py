@@ -36,11 +36,13 @@ def _timed(function: Callable[..., Any], start: str, end: str) -> Callable[..., 
 
 
 def _instrument() -> Any:
-    from agent import cli
+    import importlib
+
+    cli: Any = importlib.import_module("agent.cli")
 
     note("imported")
 
-    class TimedImdsClient(cli.ImdsClient):  # type: ignore[name-defined,misc]
+    class TimedImdsClient(cli.ImdsClient):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             note("imds_start")
             super().__init__(*args, **kwargs)
@@ -49,7 +51,7 @@ def _instrument() -> Any:
             super().close()
             note("imds_end")
 
-    class TimedSsmClient(cli.SsmClient):  # type: ignore[name-defined,misc]
+    class TimedSsmClient(cli.SsmClient):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             note("ssm_client_start")
             # The same imports SsmClient makes lazily; timed apart from building the client.

@@ -50,7 +50,8 @@ class Spawner:
             "stdout": str(stdout) if stdout is not None else os.devnull,
             "stderr": str(stderr_path),
         }
-        assert self._process.stdin is not None and self._process.stdout is not None
+        assert self._process.stdin is not None
+        assert self._process.stdout is not None
         self._process.stdin.write(json.dumps(request) + "\n")
         self._process.stdin.flush()
         answer = json.loads(self._process.stdout.readline())

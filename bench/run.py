@@ -147,7 +147,7 @@ def _prepare(emulator: Emulator) -> dict[str, str]:
 
 
 def _server_min_pages(emulator: Emulator, size: int) -> int:
-    """Pages a client must fetch to list the path: follow the server's tokens, 10 per page, straight to moto."""
+    """Pages a client must fetch to list the path, following the server's tokens (10 a page, to moto)."""
     import botocore.session
 
     client = botocore.session.Session().create_client(
@@ -249,7 +249,7 @@ class Runner:
                 self.results.violations.append(
                     f"{tool} N={size}: {calls[action]} {action} calls, not {count}"
                 )
-        if tool != CLI_BY_PATH and tool != SEED_FLOW and calls["IMDS"] > 4:
+        if tool not in (CLI_BY_PATH, SEED_FLOW) and calls["IMDS"] > 4:
             self.results.violations.append(f"{tool} N={size}: {calls['IMDS']} IMDS requests, more than 4")
 
 

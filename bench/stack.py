@@ -84,7 +84,8 @@ class Emulator:
         # The proxy's handler writes the status line and headers, then the body, in two sends: with
         # Nagle's algorithm on, the body waits for the client's delayed ACK, 40 ms per call here.
         # TODO(lead): `disable_nagle_algorithm = True` in RecordingProxy's Handler makes this moot.
-        self.proxy._server.RequestHandlerClass.disable_nagle_algorithm = True
+        handler: Any = self.proxy._server.RequestHandlerClass
+        handler.disable_nagle_algorithm = True
         self.proxy.start()
         self.imds = FakeImds(region=REGION, role=ROLE)
         self.imds.start()

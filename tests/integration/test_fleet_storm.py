@@ -76,7 +76,7 @@ def imds_url() -> Iterator[str]:
 def test_throttled_fleet_all_render_at_the_throttles_pace(
     clean_moto_url: str, seeded: dict[str, str], imds_url: str, tmp_path: Path, tmpfs_path: Path
 ) -> None:
-    """Every agent of a fleet throttled to 1 call/s renders its file, near calls/rate and with no extra call."""
+    """Every agent of a fleet throttled to 1 call/s renders its file, near calls/rate, with no extra call."""
     config = tmp_path / "etc"
     config.mkdir()
     (config / "app.env.j2").write_text(named_template(seeded), encoding="utf-8")
