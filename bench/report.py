@@ -385,19 +385,19 @@ def _storm(results: Results, add: Callable[[str], None]) -> None:
     emit("")
 
 
-def _memory(results: Results, add: Callable[[str], None]) -> None:
-    from bench.run import AGENT_NAMED, AGENT_PATH, CLI_BY_PATH, SEED_FLOW, SIZES
+def _memory(results: Results, emit: Callable[[str], None]) -> None:
+    from bench.run import AGENT_GC_OFF, AGENT_NAMED, AGENT_PATH, CLI_BY_PATH, SEED_FLOW, SIZES
 
-    emit = add
     emit("## 5. Memory: peak RSS of one render (MiB, median)")
     emit("")
     emit(
-        "| N | secrets-agent (named) | secrets-agent (path) | seed flow (largest aws process) | by-path CLI |"
+        "| N | secrets-agent (named) | secrets-agent (path) | secrets-agent (named), GC off "
+        "| seed flow (largest aws process) | by-path CLI |"
     )
-    emit("|---:|---:|---:|---:|---:|")
+    emit("|---:|---:|---:|---:|---:|---:|")
     for size in SIZES:
         cells = []
-        for tool in (AGENT_NAMED, AGENT_PATH, SEED_FLOW, CLI_BY_PATH):
+        for tool in (AGENT_NAMED, AGENT_PATH, AGENT_GC_OFF, SEED_FLOW, CLI_BY_PATH):
             series = _get(results, tool, size)
             cells.append(f"{series.median_rss_mib:.0f}" if series else "- (not run)")
         emit(f"| {size} | " + " | ".join(cells) + " |")
@@ -457,9 +457,10 @@ def _reading(results: Results, emit: Callable[[str], None]) -> None:
     )
     exit_ms = profile.get("interpreter exit", 0.0)
     emit(
-        f"- **Exit.** {exit_ms:.0f} ms go to interpreter shutdown: CPython's final garbage collections "
-        "walk every object botocore loaded (service model, endpoint rules). Turning the collector off "
-        "for the run and freezing the heap at exit removes that and the collections during loading"
+        f"- **Exit.** {exit_ms:.0f} ms go to interpreter shutdown: CPython runs full garbage collections "
+        "over every object the process still holds, most of them botocore's loaded service model and "
+        "endpoint rules. Turning the collector off for the run and freezing the heap at exit removes "
+        "that and the collections during loading"
         + (
             f": {gc_off.median_seconds * 1000:.0f} ms at N=10, "
             f"{gc_off.median_seconds / cli.median_seconds:.2f}x the by-path CLI call."
