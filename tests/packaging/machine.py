@@ -1,167 +1,136 @@
-"""Debian 12 root filesystems booted with systemd-nspawn, for the packaging tests' containers.
+"""Containers for the packaging tests, on the system-test harness (tests/system/nspawn.py).
 
-Provisional: the system-test harness in tests/system/ is meant to provide these, and the
-packaging tests switch to it once it does. Root file systems are built once with debootstrap
-and cached outside the repository; each test boots its own copy.
+Two root file systems of its own, cached beside the harness's: a Debian 12 without the agent's
+Python libraries, so that apt-get takes the .deb's dependencies from Debian's archive, and the
+same with cloud-init. Also the harness's installer that puts the .deb, not the source tree, into
+the system tests' machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
-import hashlib
-import os
 import shutil
 import subprocess
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
+from typing import Callable
 
-CACHE_DIR = Path(os.environ.get("SECRETS_AGENT_TEST_CACHE", "/var/cache/secrets-agent-tests"))
-MIRROR = "http://deb.debian.org/debian"
-# A booting minbase container, and apt to install the .deb: no Python library preinstalled,
-# so that the .deb's dependencies come from Debian's archive when apt-get installs it.
-BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "ca-certificates")
-# cloud-init's locale module fails on a root without a generated en_US.UTF-8.
+from tests.system import nspawn
+from tests.system.nspawn import Machine
+
+# A booting minbase Debian 12 and nothing of the agent's: no python3-boto3 and the like.
+BARE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "ca-certificates")
+# cloud-init as Debian packages it; its locale module fails on a root without en_US.UTF-8.
 CLOUD_PACKAGES = ("cloud-init", "locales")
-DEBOOTSTRAP_TIMEOUT_SECONDS = 900
-BOOT_TIMEOUT_SECONDS = 90
-POWEROFF_TIMEOUT_SECONDS = 60
+CLOUD_LOCALE = "en_US.UTF-8 UTF-8\n"
+# The harness boots with --console=passive: nothing reads the container's console, and once its
+# pty buffer is full PID 1 blocks writing to it, for good. cloud-init's services copy all their
+# output to the console, which fills it at first boot; in this test root they write to the journal
+# only. (Booting with --console=pipe in tests/system/nspawn.py would make this unneeded.)
+QUIET_CONSOLE = {
+    "etc/systemd/system.conf.d/quiet-console.conf": "[Manager]\nShowStatus=no\n",
+    **{
+        f"etc/systemd/system/{unit}.service.d/quiet-console.conf": "[Service]\nStandardOutput=journal\n"
+        for unit in ("cloud-init-local", "cloud-init", "cloud-config", "cloud-final")
+    },
+}
+# Part of the cache key: a change to how the layer is made must make a new one.
+CLOUD_LAYER_RECIPE = ("layer-2", *CLOUD_PACKAGES, *sorted(QUIET_CONSOLE))
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
+__all__ = ["Machine", "booted", "fresh_rootfs", "install_agent_from_deb", "run"]
 
-def _cached_rootfs(packages: Sequence[str]) -> Path:
-    """A debootstrapped Debian 12 with `packages` (installed by apt), built once into CACHE_DIR."""
-    key = hashlib.sha256(" ".join((MIRROR, *BASE_PACKAGES, *sorted(packages))).encode()).hexdigest()[:12]
-    target = CACHE_DIR / f"bookworm-{key}"
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    with (CACHE_DIR / "build.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / ".complete").exists():
-            return target
-        if shutil.which("debootstrap") is None or shutil.which("systemd-nspawn") is None:
-            subprocess.run(["apt-get", "install", "-y", "debootstrap", "systemd-container"], check=True)
-        partial = target.with_name(target.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        subprocess.run(
-            ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", "bookworm",
-             str(partial), MIRROR],
-            check=True,
-            capture_output=True,
-            timeout=DEBOOTSTRAP_TIMEOUT_SECONDS,
-        )  # fmt: skip
-        if packages:
-            # apt, unlike debootstrap's --include, resolves every dependency (cloud-init's do need it).
-            shutil.copyfile("/etc/resolv.conf", partial / "etc" / "resolv.conf")
-            subprocess.run(
-                ["chroot", str(partial), "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install",
-                 "-y", "--no-install-recommends", *packages],
-                check=True,
-                capture_output=True,
-                timeout=DEBOOTSTRAP_TIMEOUT_SECONDS,
-            )  # fmt: skip
-        if "locales" in packages:
-            (partial / "etc" / "locale.gen").write_text("en_US.UTF-8 UTF-8\n", encoding="utf-8")
-            subprocess.run(["chroot", str(partial), "locale-gen"], check=True, capture_output=True)
-        # An empty machine-id: each copy boots as a new machine (first boot semantics).
-        (partial / "etc" / "machine-id").write_text("", encoding="utf-8")
-        subprocess.run(["chroot", str(partial), "apt-get", "clean"], check=True)
-        (partial / ".complete").touch()
-        partial.rename(target)
+
+def _cloud_rootfs() -> Path:
+    """The bare root with cloud-init installed by apt (debootstrap --include cannot resolve its
+    dependencies), built once next to the harness's cache."""
+    base = nspawn.build_rootfs(BARE_PACKAGES, log=lambda _line: None)
+    target = nspawn.CACHE_ROOT / f"cloud-init-{nspawn.rootfs_key((*BARE_PACKAGES, *CLOUD_LAYER_RECIPE))}"
+    if (target / "usr/bin/cloud-init").exists():
         return target
+    with open(nspawn.CACHE_ROOT / ".lock-cloud-init", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "usr/bin/cloud-init").exists():
+            return target
+        building = Path(tempfile.mkdtemp(prefix=f".build-{target.name}-", dir=nspawn.CACHE_ROOT))
+        try:
+            root = building / "root"
+            subprocess.run(["cp", "-a", "--reflink=auto", str(base), str(root)], check=True)
+            nspawn.trust_host_certificates(root)
+            (root / "etc/locale.gen").write_text(CLOUD_LOCALE, encoding="utf-8")
+            nspawn.run_in_root(root, ["apt-get", "update", "-q"])
+            nspawn.run_in_root(
+                root,
+                ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
+                 "--no-install-recommends", *CLOUD_PACKAGES],
+            )  # fmt: skip
+            nspawn.run_in_root(root, ["locale-gen"])
+            nspawn.run_in_root(root, ["apt-get", "clean"])
+            for relative, content in QUIET_CONSOLE.items():
+                (root / relative).parent.mkdir(parents=True, exist_ok=True)
+                (root / relative).write_text(content, encoding="utf-8")
+            root.rename(target)
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+    return target
 
 
 def fresh_rootfs(destination: Path, *, cloud_init: bool = False) -> Path:
-    """A new copy of the cached Debian 12 root at `destination` (with cloud-init if asked)."""
-    source = _cached_rootfs(CLOUD_PACKAGES if cloud_init else ())
+    """A new copy at `destination` of the bare Debian 12 root (with cloud-init if asked)."""
+    nspawn.ensure_host_tools()
+    source = _cloud_rootfs() if cloud_init else nspawn.build_rootfs(BARE_PACKAGES, log=lambda _line: None)
     subprocess.run(["cp", "-a", "--reflink=auto", str(source), str(destination)], check=True)
-    (destination / ".complete").unlink()
-    # The host's resolver: the container shares the host's network.
-    shutil.copyfile("/etc/resolv.conf", destination / "etc" / "resolv.conf")
+    nspawn.trust_host_certificates(destination)
     return destination
 
 
-@dataclass
-class Machine:
-    """A booted container: commands run in it with nsenter, as root."""
-
-    root: Path
-    process: subprocess.Popen[bytes]
-    leader: int
-
-    def run(
-        self, *argv: str, check: bool = True, timeout: float = 120, cwd: str = "/"
-    ) -> subprocess.CompletedProcess[str]:
-        """Run `argv` in the container with a clean environment; fail on a non-zero exit if `check`."""
-        command = [
-            "nsenter", "-t", str(self.leader), "-a", "--",
-            "env", "-i", f"--chdir={cwd}", f"PATH={CONTAINER_PATH}", "LANG=C.UTF-8", "HOME=/root", *argv,
-        ]  # fmt: skip
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-        if check and result.returncode != 0:
-            raise AssertionError(f"{argv} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
-        return result
-
-    def poweroff(self) -> None:
-        """Shut the container down cleanly and wait for it to be gone."""
-        if self.process.poll() is not None:
-            return
-        self.run("systemctl", "poweroff", "--no-block", check=False)
-        try:
-            self.process.wait(timeout=POWEROFF_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-
-def _leader_of(nspawn_pid: int) -> Optional[int]:
-    try:
-        children = Path(f"/proc/{nspawn_pid}/task/{nspawn_pid}/children").read_text().split()
-    except OSError:
-        return None
-    return int(children[0]) if children else None
-
-
-@contextmanager
+@contextlib.contextmanager
 def booted(root: Path, name: str) -> Iterator[Machine]:
-    """Boot `root` with systemd-nspawn on the host's network; power it off afterwards."""
-    log = (root.parent / f"{name}.console.log").open("wb")
-    nspawn = ["systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--console=passive"]
-    process = subprocess.Popen(
-        [*nspawn, f"--machine={name}", f"--directory={root}"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    machine: Optional[Machine] = None
+    """Boot `root` with the harness and power it off afterwards; the root stays for inspection."""
+    console_log = root.parent / f"{name}.console.log"
     try:
-        deadline = time.monotonic() + BOOT_TIMEOUT_SECONDS
-        while machine is None:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"{name} did not start: see {log.name}")
-            leader = _leader_of(process.pid)
-            if leader is not None:
-                machine = Machine(root=root, process=process, leader=leader)
-            else:
-                time.sleep(0.1)
-        while True:
-            state = machine.run(
-                "systemctl", "is-system-running", "--wait", check=False, timeout=BOOT_TIMEOUT_SECONDS
-            )
-            if state.stdout.strip() in ("running", "degraded"):
-                break
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{name} did not finish booting ({state.stdout.strip()}): see {log.name}"
-                )
-            time.sleep(0.2)
+        machine = nspawn.boot(root, name, console_log)
+    except (TimeoutError, subprocess.TimeoutExpired) as exc:
+        tail = console_log.read_bytes()[-6000:].decode(errors="replace") if console_log.exists() else ""
+        raise AssertionError(f"{name} did not boot ({exc}); its console said:\n{tail}") from None
+    try:
         yield machine
     finally:
-        if machine is not None:
-            machine.poweroff()
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-        log.close()
+        nspawn.poweroff(machine)
+
+
+def run(
+    machine: Machine, *argv: str, check: bool = True, timeout: float = 300, cwd: str = "/"
+) -> subprocess.CompletedProcess[str]:
+    """Run `argv` in the machine with a clean environment (not the host's) as text."""
+    result = machine.run(
+        "env", "-i", f"--chdir={cwd}", f"PATH={CONTAINER_PATH}", "LANG=C.UTF-8", "HOME=/root",
+        "DEBIAN_FRONTEND=noninteractive", *argv, check=check, timeout=timeout,
+    )  # fmt: skip
+    return subprocess.CompletedProcess(
+        result.args,
+        result.returncode,
+        result.stdout.decode(errors="replace"),
+        result.stderr.decode(errors="replace"),
+    )
+
+
+def install_agent_from_deb(deb: Path) -> Callable[[Path], None]:
+    """The harness's Installer that apt-get installs `deb` into a root before it boots."""
+
+    def install(root: Path) -> None:
+        copy = root / "tmp" / deb.name
+        shutil.copyfile(deb, copy)
+        try:
+            # The harness's root has the dependencies already; apt resolves any that are missing.
+            nspawn.run_in_root(
+                root,
+                ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
+                 "--no-install-recommends", f"/tmp/{deb.name}"],
+            )  # fmt: skip
+        finally:
+            copy.unlink()
+
+    return install

@@ -8,6 +8,7 @@ import http.server
 import secrets
 import shutil
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,8 +21,9 @@ from agent.envfile import parse_env
 from agent.fakeimds import FakeImds
 from tests.integration.moto_server import RecordingProxy
 from tests.packaging.conftest import REPO, Artefacts, skip_unless_root
-from tests.packaging.machine import Machine, booted, fresh_rootfs
+from tests.packaging.machine import Machine, booted, fresh_rootfs, run
 from tests.packaging.test_cloud_init_files import USER_DATA, with_location
+from tests.system import nspawn
 
 pytestmark = pytest.mark.system
 
@@ -112,9 +114,10 @@ def package_server(artefacts: Artefacts) -> Iterator[tuple[str, list[str]]]:
 
 
 @pytest.fixture
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A folder for one container's root on the host's disk (not tmpfs), removed afterwards."""
-    path = tmp_path_factory.mktemp("container")
+def workdir() -> Iterator[Path]:
+    """A folder for one container's root beside the harness's cache, removed afterwards."""
+    nspawn.WORK_ROOT.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="secrets-agent-packaging-", dir=nspawn.WORK_ROOT))
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -129,9 +132,9 @@ def write(root: Path, path: str, content: str, mode: int = 0o644) -> None:
 
 def app_environment(machine: Machine) -> dict[str, str]:
     """The environment app.service's main process runs with."""
-    pid = machine.run("systemctl", "show", "--value", "-p", "MainPID", "app.service").stdout.strip()
-    assert pid not in ("", "0"), machine.run("systemctl", "status", "app.service", check=False).stdout
-    environ = machine.run("cat", f"/proc/{pid}/environ").stdout.encode()
+    pid = run(machine, "systemctl", "show", "--value", "-p", "MainPID", "app.service").stdout.strip()
+    assert pid not in ("", "0"), run(machine, "systemctl", "status", "app.service", check=False).stdout
+    environ = machine.run("cat", f"/proc/{pid}/environ").stdout
     pairs = [item.split(b"=", 1) for item in environ.split(b"\0") if b"=" in item]
     return {key.decode(): value.decode() for key, value in pairs}
 
@@ -164,30 +167,35 @@ def test_apt_installs_the_deb_with_debians_libraries_and_it_renders(
     write(root, "/etc/secrets-agent/app.env.j2", APP_TEMPLATE, 0o640)
     write(root, "/etc/systemd/system/app.service", APP_UNIT)
     with booted(root, "sa-pkg-apt") as machine:
-        machine.run("apt-get", "update", "-q", timeout=APT_TIMEOUT_SECONDS)
-        machine.run(
-            "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
+        run(machine, "apt-get", "update", "-q", timeout=APT_TIMEOUT_SECONDS)
+        run(machine,
+            "apt-get", "install", "-y", "-q",
             f"./{artefacts.deb.name}", cwd="/root", timeout=APT_TIMEOUT_SECONDS,
         )  # fmt: skip
-        installed = machine.run(
-            "dpkg-query", "-W", "-f=${Package} ${Version}\n", "secrets-agent", *DEBIAN_LIBRARY_VERSIONS
+        installed = run(
+            machine,
+            "dpkg-query",
+            "-W",
+            "-f=${Package} ${Version}\n",
+            "secrets-agent",
+            *DEBIAN_LIBRARY_VERSIONS,
         ).stdout
         versions = dict(line.split() for line in installed.splitlines())
         assert versions["secrets-agent"] == artefacts.version
         for package, prefix in DEBIAN_LIBRARY_VERSIONS.items():
             assert versions[package].startswith(prefix), (package, versions[package])
-        assert machine.run("secrets-agent", "--version").stdout.split() == [
+        assert run(machine, "secrets-agent", "--version").stdout.split() == [
             "secrets-agent",
             artefacts.version,
         ]
         # Installing fetched nothing and started nothing.
         assert fakes.imds.count() == 0
         assert fakes.ssm.actions == []
-        units = machine.run("systemctl", "list-units", "--all", "--no-legend", "secrets-agent@*").stdout
+        units = run(machine, "systemctl", "list-units", "--all", "--no-legend", "secrets-agent@*").stdout
         assert units.strip() == ""
 
-        machine.run("secrets-agent", "enable", "app")
-        machine.run("systemctl", "start", "app.service")
+        run(machine, "secrets-agent", "enable", "app")
+        run(machine, "systemctl", "start", "app.service")
         environment = app_environment(machine)
         assert {key: environment.get(key) for key in ("DATABASE_URL", "API_TOKEN")} == expected_app_values(
             fakes
@@ -202,20 +210,20 @@ def test_purge_removes_the_package_and_keeps_the_operators_files(artefacts: Arte
     write(root, "/etc/secrets-agent/app.env.j2", APP_TEMPLATE, 0o640)
     write(root, "/etc/systemd/system/app.service", APP_UNIT)
     with booted(root, "sa-pkg-purge") as machine:
-        machine.run("apt-get", "update", "-q", timeout=APT_TIMEOUT_SECONDS)
-        machine.run(
-            "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
+        run(machine, "apt-get", "update", "-q", timeout=APT_TIMEOUT_SECONDS)
+        run(machine,
+            "apt-get", "install", "-y", "-q",
             f"./{artefacts.deb.name}", cwd="/root", timeout=APT_TIMEOUT_SECONDS,
         )  # fmt: skip
-        machine.run("secrets-agent", "enable", "app")
+        run(machine, "secrets-agent", "enable", "app")
         shipped = [
             path
-            for path in machine.run("dpkg", "-L", "secrets-agent").stdout.splitlines()
+            for path in run(machine, "dpkg", "-L", "secrets-agent").stdout.splitlines()
             if (root / path.lstrip("/")).is_file()
         ]
         assert "/usr/bin/secrets-agent" in shipped
-        machine.run("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "purge", "-y", "-q", "secrets-agent")
-        assert machine.run("systemctl", "cat", "secrets-agent@app.service", check=False).returncode != 0
+        run(machine, "apt-get", "purge", "-y", "-q", "secrets-agent")
+        assert run(machine, "systemctl", "cat", "secrets-agent@app.service", check=False).returncode != 0
     left = [path for path in shipped if (root / path.lstrip("/")).exists()]
     assert left == []
     assert not (root / "usr/lib/python3/dist-packages/agent").exists()  # with py3compile's __pycache__
@@ -236,23 +244,29 @@ def test_cloud_init_first_boot_installs_the_deb_and_starts_the_app(
     # The test's stand-in for EC2's IMDS and SSM; on EC2 no agent.toml is needed.
     write(root, "/etc/secrets-agent/agent.toml", fakes.agent_toml())
     with booted(root, "sa-pkg-cloud") as machine:
-        status = machine.run(
-            "cloud-init", "status", "--wait", "--long", check=False, timeout=CLOUD_INIT_TIMEOUT_SECONDS
+        status = run(
+            machine,
+            "cloud-init",
+            "status",
+            "--wait",
+            "--long",
+            check=False,
+            timeout=CLOUD_INIT_TIMEOUT_SECONDS,
         )
-        result = machine.run("cat", "/run/cloud-init/result.json").stdout
-        output = machine.run("cat", "/var/log/cloud-init-output.log", check=False).stdout
+        result = run(machine, "cat", "/run/cloud-init/result.json").stdout
+        output = run(machine, "cat", "/var/log/cloud-init-output.log", check=False).stdout
         assert status.returncode == 0, status.stdout + result + output
         assert "status: done" in status.stdout
         assert '"errors": []' in result, result
         assert requested == [f"/{artefacts.deb.name}"]
-        version = machine.run("dpkg-query", "-W", "-f=${Version}", "secrets-agent").stdout
+        version = run(machine, "dpkg-query", "-W", "-f=${Version}", "secrets-agent").stdout
         assert version == artefacts.version
-        assert machine.run("systemctl", "is-active", "app.service").stdout.strip() == "active"
+        assert run(machine, "systemctl", "is-active", "app.service").stdout.strip() == "active"
         environment = app_environment(machine)
         assert {key: environment.get(key) for key in ("DATABASE_URL", "API_TOKEN")} == expected_app_values(
             fakes
         )
-        rendered = machine.run("cat", "/run/secrets-agent/app/env").stdout
+        rendered = run(machine, "cat", "/run/secrets-agent/app/env").stdout
         assert dict(parse_env(rendered))["API_TOKEN"] == fakes.values["/app/prod/API_TOKEN"]
         for value in fakes.values.values():
             assert value not in output
@@ -270,7 +284,8 @@ def test_ami_bake_leaves_no_secret_and_the_image_boots_the_app(
     write(root, "/etc/secrets-agent/app.env.j2", APP_TEMPLATE, 0o640)
     write(root, "/etc/systemd/system/app.service", APP_UNIT)
     with booted(root, "sa-pkg-bake") as builder:
-        bake = builder.run(
+        bake = run(
+            builder,
             "bash",
             "/root/ami-bake.sh",
             f"/root/{artefacts.deb.name}",
@@ -280,8 +295,8 @@ def test_ami_bake_leaves_no_secret_and_the_image_boots_the_app(
         )
         assert bake.returncode == 0, bake.stdout + bake.stderr
         assert "verified: no rendered secret" in bake.stderr
-        assert builder.run("systemctl", "is-enabled", "app.service").stdout.strip() == "enabled"
-        assert builder.run("systemctl", "is-active", "app.service", check=False).stdout.strip() == "inactive"
+        assert run(builder, "systemctl", "is-enabled", "app.service").stdout.strip() == "enabled"
+        assert run(builder, "systemctl", "is-active", "app.service", check=False).stdout.strip() == "inactive"
     assert fakes.imds.count() == 0
     assert fakes.ssm.actions == []
     (root / "root" / artefacts.deb.name).unlink()
@@ -289,7 +304,7 @@ def test_ami_bake_leaves_no_secret_and_the_image_boots_the_app(
     # An instance launched from the image: the app comes up at boot with its secrets.
     with booted(root, "sa-pkg-instance") as instance:
         # app.service is part of multi-user.target, which booting waited for.
-        assert instance.run("systemctl", "is-active", "app.service", check=False).stdout.strip() == "active"
+        assert run(instance, "systemctl", "is-active", "app.service", check=False).stdout.strip() == "active"
         environment = app_environment(instance)
         assert {key: environment.get(key) for key in ("DATABASE_URL", "API_TOKEN")} == expected_app_values(
             fakes

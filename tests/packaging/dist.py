@@ -1,0 +1,68 @@
+"""The artefacts `make dist` makes, built once per test process by packaging/build-dist.sh.
+
+Shared by the packaging tests and the system tests (which can boot the .deb instead of the
+source tree), so that one session builds them once.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent import __version__
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = REPO / "packaging" / "build-dist.sh"
+# The Debian build, lintian and the wheel build with its own setuptools take about 20 s.
+BUILD_TIMEOUT_SECONDS = 600
+
+
+class BuildUnavailable(Exception):
+    """The artefacts cannot be built on this host (the .deb build installs Debian tools as root)."""
+
+
+@dataclass(frozen=True)
+class Artefacts:
+    """What packaging/build-dist.sh made: the folder and the three files in it."""
+
+    folder: Path
+    version: str
+    wheel: Path
+    sdist: Path
+    deb: Path
+    build_log: str
+
+
+@functools.cache
+def built_artefacts() -> Artefacts:
+    """Build the wheel, sdist and .deb of this tree into a temporary dist/ (once per process)."""
+    if os.geteuid() != 0:
+        raise BuildUnavailable("building the .deb needs root (it installs missing Debian build tools)")
+    outdir = Path(tempfile.mkdtemp(prefix="secrets-agent-dist-"))
+    atexit.register(shutil.rmtree, outdir, ignore_errors=True)
+    result = subprocess.run(
+        ["bash", str(BUILD_SCRIPT), "--outdir", str(outdir)],
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT_SECONDS,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"build-dist.sh failed:\n{result.stdout}\n{result.stderr}")
+    return Artefacts(
+        folder=outdir,
+        version=__version__,
+        # The wheel spec turns the name's "-" into "_"; setuptools does the same for the sdist.
+        wheel=outdir / f"secrets_agent-{__version__}-py3-none-any.whl",
+        sdist=outdir / f"secrets_agent-{__version__}.tar.gz",
+        deb=outdir / f"secrets-agent_{__version__}_all.deb",
+        build_log=result.stderr,
+    )
