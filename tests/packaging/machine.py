@@ -134,3 +134,18 @@ def install_agent_from_deb(deb: Path) -> Callable[[Path], None]:
             copy.unlink()
 
     return install
+
+
+def cloud_init_schema(config: Path) -> subprocess.CompletedProcess[str]:
+    """`cloud-init schema --config-file CONFIG` by Debian's cloud-init: the host's if installed,
+    else the one in the cached cloud-init root (run in a private mount namespace, which leaves the
+    cache untouched)."""
+    if shutil.which("cloud-init") is not None:
+        argv = ["cloud-init", "schema", "--config-file", str(config)]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    root = _cloud_rootfs()
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copyfile(config, Path(folder) / "user-data.yaml")
+        script = 'mount --bind "$1" "$2/tmp" && exec chroot "$2" cloud-init schema --config-file "$3"'
+        argv = ["unshare", "--mount", "sh", "-c", script, "sh", folder, str(root), "/tmp/user-data.yaml"]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
