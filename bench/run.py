@@ -57,6 +57,13 @@ SEED_FLOW = "seed flow (aws get-parameter x N)"
 TOOLS = (AGENT_NAMED, AGENT_PATH, AGENT_GC_OFF, CLI_BY_PATH, SEED_FLOW)
 
 
+def agent_turns_gc_off() -> bool:
+    """True once agent/__main__.py turns the collector off itself: the GC-off variant is then moot."""
+    import agent.__main__ as entry
+
+    return "gc.disable()" in Path(entry.__file__).read_text(encoding="utf-8")
+
+
 @dataclass
 class Options:
     """What one run measures and how often."""
@@ -255,9 +262,12 @@ class Runner:
 
 def _measure_renders(runner: Runner, options: Options) -> None:
     shuffle = random.Random(2026)
+    gc_already_off = agent_turns_gc_off()
     for round_index in range(options.rounds):
         for size in SIZES:
             tools = [t for t in TOOLS if t != SEED_FLOW or _seed_flow_due(size, round_index, options)]
+            if gc_already_off:
+                tools.remove(AGENT_GC_OFF)
             shuffle.shuffle(tools)
             for tool in tools:
                 runner.run(tool, size)
