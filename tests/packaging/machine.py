@@ -38,6 +38,7 @@ QUIET_CONSOLE = {
 }
 # Part of the cache key: a change to how the layer is made must make a new one.
 CLOUD_LAYER_RECIPE = ("layer-2", *CLOUD_PACKAGES, *sorted(QUIET_CONSOLE))
+APT_RETRIES_CONF = "etc/apt/apt.conf.d/80-secrets-agent-tests-retries"
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 __all__ = ["Machine", "booted", "fresh_rootfs", "install_agent_from_deb", "run"]
@@ -83,6 +84,9 @@ def fresh_rootfs(destination: Path, *, cloud_init: bool = False) -> Path:
     source = _cloud_rootfs() if cloud_init else nspawn.build_rootfs(BARE_PACKAGES, log=lambda _line: None)
     subprocess.run(["cp", "-a", "--reflink=auto", str(source), str(destination)], check=True)
     nspawn.trust_host_certificates(destination)
+    # This host's resolver has failed now and then for a moment: let apt try again, in the tests
+    # and in the user-data's installs alike.
+    (destination / APT_RETRIES_CONF).write_text('Acquire::Retries "5";\n', encoding="utf-8")
     return destination
 
 
