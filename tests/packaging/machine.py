@@ -125,14 +125,15 @@ def install_agent_from_deb(deb: Path) -> Callable[[Path], None]:
     """The harness's Installer that apt-get installs `deb` into a root before it boots."""
 
     def install(root: Path) -> None:
-        copy = root / "tmp" / deb.name
+        # Not /tmp: systemd-nspawn mounts a tmpfs over it.
+        copy = root / "root" / deb.name
         shutil.copyfile(deb, copy)
         try:
             # The harness's root has the dependencies already; apt resolves any that are missing.
             nspawn.run_in_root(
                 root,
                 ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
-                 "--no-install-recommends", f"/tmp/{deb.name}"],
+                 "--no-install-recommends", f"/root/{deb.name}"],
             )  # fmt: skip
         finally:
             copy.unlink()
