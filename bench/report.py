@@ -65,7 +65,8 @@ def render(results: Results) -> str:
     add("")
     add(
         f"- Machine: {os.cpu_count()} CPUs ({_cpu_model()}), Linux {platform.release()}, "
-        f"Python {sys.version.split()[0]}."
+        f"Python {sys.version.split()[0]}; 1-minute load average {results.load_before:.2f} at the start, "
+        f"{results.load_after:.2f} at the end (anything above 0 is other work sharing the CPUs)."
     )
     add(f"- Packages: {_versions()}.")
     add(

@@ -12,6 +12,7 @@ import argparse
 import http.client
 import json
 import math
+import os
 import random
 import statistics
 import subprocess
@@ -95,6 +96,9 @@ class Results:
     storms: list[StormResult] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
+    # 1-minute load average at the start and at the end: other work on the machine skews timings.
+    load_before: float = field(default_factory=lambda: os.getloadavg()[0])
+    load_after: float = 0.0
     seconds: float = 0.0
 
 
@@ -468,6 +472,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"fleet storm: {options.storm_agents} agents at {options.storm_rate:g} SSM calls/s", flush=True)
         _storms(options, results)
     results.seconds = time.perf_counter() - started
+    results.load_after = os.getloadavg()[0]
     text = report.render(results)
     options.output.write_text(text, encoding="utf-8")
     print(text)
