@@ -9,6 +9,8 @@
 # Environment: PYTHON (default .venv/bin/python, else python3) must have the `build`
 # module; DEB_BUILD_OPTIONS is passed to the Debian build (nocheck skips its tests).
 set -euo pipefail
+# The modes in the wheel, the sdist and the .deb must not depend on the caller's umask.
+umask 022
 
 usage() {
     echo "usage: $0 [--outdir DIR]" >&2

@@ -26,6 +26,15 @@ def skip_unless_root(what: str) -> None:
         skip_or_fail(f"{what} needs root")
 
 
+@pytest.fixture(autouse=True)
+def _conventional_umask() -> Iterator[None]:
+    """Files these tests put into containers need everyday modes (resolv.conf readable by apt's
+    sandbox user), whatever umask an earlier in-process test left behind."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
 @pytest.fixture(scope="session")
 def artefacts() -> Artefacts:
     """The wheel, sdist and .deb of this tree, built by packaging/build-dist.sh into a temporary dist/."""

@@ -60,6 +60,7 @@ def _cloud_rootfs() -> Path:
             root = building / "root"
             subprocess.run(["cp", "-a", "--reflink=auto", str(base), str(root)], check=True)
             nspawn.trust_host_certificates(root)
+            (root / "etc/resolv.conf").chmod(0o644)
             (root / "etc/locale.gen").write_text(CLOUD_LOCALE, encoding="utf-8")
             nspawn.run_in_root(root, ["apt-get", "update", "-q"])
             nspawn.run_in_root(
@@ -84,9 +85,12 @@ def fresh_rootfs(destination: Path, *, cloud_init: bool = False) -> Path:
     source = _cloud_rootfs() if cloud_init else nspawn.build_rootfs(BARE_PACKAGES, log=lambda _line: None)
     subprocess.run(["cp", "-a", "--reflink=auto", str(source), str(destination)], check=True)
     nspawn.trust_host_certificates(destination)
+    # apt resolves names as its unprivileged sandbox user.
+    (destination / "etc/resolv.conf").chmod(0o644)
     # This host's resolver has failed now and then for a moment: let apt try again, in the tests
     # and in the user-data's installs alike.
     (destination / APT_RETRIES_CONF).write_text('Acquire::Retries "5";\n', encoding="utf-8")
+    (destination / APT_RETRIES_CONF).chmod(0o644)
     return destination
 
 
