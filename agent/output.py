@@ -96,14 +96,19 @@ def open_dir_nofollow(
     FileNotFoundError (when not creating, or when its own parent is missing too).
     """
     name = path.name if parent_fd is not None else str(path)
+    created = False
     for attempt in range(2):
         try:
-            return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+            if created:
+                os.fchmod(fd, mode)  # the mode asked for, whatever the umask (077 in the CLI)
+            return fd
         except FileNotFoundError:
             if not create or attempt:
                 raise
             with contextlib.suppress(FileExistsError):
                 os.mkdir(name, mode, dir_fd=parent_fd)
+                created = True
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise OutputError(

@@ -69,3 +69,13 @@ def tmpfs_path() -> Iterator[Any]:
     path = Path(tempfile.mkdtemp(prefix="secrets-agent-test-", dir=_memory_backed_root()))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _restore_umask() -> Iterator[None]:
+    """The CLI sets umask 077 for its whole process, as it should; in-process tests must not
+    hand that to the next test."""
+    previous = os.umask(0o022)
+    os.umask(previous)
+    yield
+    os.umask(previous)

@@ -210,14 +210,22 @@ def test_enable_refuses_a_symlink_at_the_dropin(root: Path, tmp_path_factory: py
     assert dropin.is_symlink()
 
 
-def test_enable_creates_missing_folders_below_etc(tmp_path: Path) -> None:
-    """A root with /etc but no /etc/systemd/system (a bare image) gets the folders."""
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_enable_creates_missing_folders_below_etc(tmp_path: Path, umask: int) -> None:
+    """A root with /etc but no /etc/systemd/system (a bare image) gets the folders, 0755
+    even under the CLI's umask 077, so systemd and operators can read them."""
     (tmp_path / "etc").mkdir()
 
-    enable_service("web", None, tmp_path)
+    previous = os.umask(umask)
+    try:
+        enable_service("web", None, tmp_path)
+    finally:
+        os.umask(previous)
 
     assert _dropin(tmp_path, "web.service").is_file()
+    assert _mode(tmp_path / "etc/systemd") == 0o755
     assert _mode(tmp_path / "etc/systemd/system") == 0o755
+    assert _mode(tmp_path / "etc/systemd/system/web.service.d") == 0o755
 
 
 def test_enable_refuses_a_root_without_etc(tmp_path: Path) -> None:
