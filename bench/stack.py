@@ -81,11 +81,6 @@ class Emulator:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self.moto, self.moto_url = start_moto_server()
         self.proxy = RecordingProxy(self.moto_url, self.responder)
-        # The proxy's handler writes the status line and headers, then the body, in two sends: with
-        # Nagle's algorithm on, the body waits for the client's delayed ACK, 40 ms per call here.
-        # TODO(lead): `disable_nagle_algorithm = True` in RecordingProxy's Handler makes this moot.
-        handler: Any = self.proxy._server.RequestHandlerClass
-        handler.disable_nagle_algorithm = True
         self.proxy.start()
         self.imds = FakeImds(region=REGION, role=ROLE)
         self.imds.start()

@@ -181,7 +181,7 @@ def install_agent_from_source(root: Path) -> None:
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(REPO / "agent", target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     command = root / "usr/bin/secrets-agent"
-    command.write_text("#!/usr/bin/python3\nfrom agent.cli import main\n\nraise SystemExit(main())\n")
+    command.write_text("#!/usr/bin/python3\nfrom agent.__main__ import run\n\nraise SystemExit(run())\n")
     command.chmod(0o755)
     units = root / "usr/lib/systemd/system"
     shutil.copy2(REPO / "systemd/secrets-agent@.service", units / "secrets-agent@.service")
