@@ -12,11 +12,21 @@ from typing import Any
 
 import pytest
 from moto.server import ThreadedMotoServer
-from nspawn import HostNotSuitable, Machine, booted_machine, build_rootfs, ensure_host_tools
-from system_helpers import LOOPBACK, MARK, REGION, ROLE, App, install_app, skip_or_fail
+from nspawn import (
+    HostNotSuitable,
+    Installer,
+    Machine,
+    booted_machine,
+    build_rootfs,
+    ensure_host_tools,
+    install_agent_from_source,
+)
+from system_helpers import LOOPBACK, MARK, REGION, ROLE, App, install_app, install_mode, skip_or_fail
 
 from agent.fakeimds import FakeImds
 from tests.integration.moto_server import admin_ssm_client
+from tests.packaging.dist import BuildUnavailable, built_artefacts
+from tests.packaging.machine import install_agent_from_deb
 
 
 @dataclass
@@ -27,6 +37,18 @@ class Timings:
 
 
 TIMINGS = Timings()
+
+
+def _installer() -> Installer:
+    if install_mode() == "source":
+        return install_agent_from_source
+    started = time.monotonic()
+    try:
+        deb = built_artefacts().deb
+    except BuildUnavailable as exc:
+        skip_or_fail(str(exc))
+    TIMINGS.phases["dist"] = time.monotonic() - started
+    return install_agent_from_deb(deb)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -95,7 +117,8 @@ def machine(moto_url: str, imds: FakeImds) -> Iterator[Machine]:
         (root / "etc/secrets-agent").mkdir(mode=0o755, exist_ok=True)
 
     assert rootfs.is_dir()
-    with booted_machine(prepare=point_at_fakes) as booted:
+    install = _installer()
+    with booted_machine(install=install, prepare=point_at_fakes) as booted:
         TIMINGS.phases.update(booted.timings)
         yield booted
         poweroff_started = time.monotonic()

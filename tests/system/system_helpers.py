@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import pytest
 from nspawn import Machine
@@ -30,7 +30,21 @@ ExecStart=/bin/sleep infinity
 """
 
 
-def skip_or_fail(reason: str) -> None:
+# How the agent gets into the machine: "deb" (the default, and what CI runs) builds the .deb with
+# packaging/build-dist.sh and apt-get installs it, so the system tests prove the package Debian
+# users get; "source" copies this tree's agent/ in, which saves the build while iterating.
+INSTALL_ENV = "SECRETS_AGENT_SYSTEM_INSTALL"
+
+
+def install_mode() -> str:
+    """The install mode, "deb" or "source", from SECRETS_AGENT_SYSTEM_INSTALL."""
+    mode = os.environ.get(INSTALL_ENV, "deb")
+    if mode not in ("deb", "source"):
+        raise pytest.UsageError(f"{INSTALL_ENV} must be deb or source, not {mode!r}")
+    return mode
+
+
+def skip_or_fail(reason: str) -> NoReturn:
     """Skip with a one-line reason; in CI (CI=true) the system tests must run, so fail instead."""
     if os.environ.get("CI") == "true":
         pytest.fail(f"system tests cannot run: {reason}; CI must run them", pytrace=False)

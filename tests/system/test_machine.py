@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 from nspawn import Machine
+from system_helpers import install_mode
+
+from agent import __version__
 
 pytestmark = pytest.mark.system
 
@@ -29,3 +32,20 @@ def test_machine_has_the_agent_and_its_debian_dependencies(machine: Machine) -> 
     assert requests_version.startswith("2.28.")
     assert structlog_version.startswith("22.")
     assert machine.text("secrets-agent", "--version").startswith("secrets-agent ")
+
+
+def test_machine_runs_the_agent_as_installed(machine: Machine) -> None:
+    """By default the machine's agent is the .deb, installed by apt-get: dpkg owns the command
+    and the unit, and its version is this tree's. SECRETS_AGENT_SYSTEM_INSTALL=source copies
+    the tree in instead, and dpkg knows nothing of it."""
+    owners = machine.run(
+        "dpkg-query", "-S", "/usr/bin/secrets-agent", "/usr/lib/systemd/system/secrets-agent@.service",
+        check=False,
+    )  # fmt: skip
+    if install_mode() == "source":
+        assert owners.returncode != 0
+        return
+    assert owners.returncode == 0, owners.stderr
+    assert [line.split(":")[0] for line in owners.stdout.decode().splitlines()] == ["secrets-agent"] * 2
+    status = machine.text("dpkg-query", "-W", "-f", "${Status} ${Version}", "secrets-agent")
+    assert status == f"install ok installed {__version__}"
