@@ -39,7 +39,7 @@ def test_machine_runs_the_agent_as_installed(machine: Machine) -> None:
     and the unit, and its version is this tree's. SECRETS_AGENT_SYSTEM_INSTALL=source copies
     the tree in instead, and dpkg knows nothing of it."""
     owners = machine.run(
-        "dpkg-query", "-S", "/usr/bin/secrets-agent", "/usr/lib/systemd/system/secrets-agent@.service",
+        "dpkg-query", "-S", "/usr/bin/secrets-agent", "/lib/systemd/system/secrets-agent@.service",
         check=False,
     )  # fmt: skip
     if install_mode() == "source":
