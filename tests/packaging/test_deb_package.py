@@ -129,13 +129,12 @@ def test_deb_lists_exactly_the_expected_files(artefacts: Artefacts) -> None:
 
 
 def test_wheel_holds_the_agent_package_only(artefacts: Artefacts) -> None:
-    """The wheel holds agent/*.py and its metadata: no tests, no packaging files."""
+    """The wheel holds agent/*.py, its metadata and the licence: no tests, no packaging files."""
     with zipfile.ZipFile(artefacts.wheel) as wheel:
         names = set(wheel.namelist())
     info = f"secrets_agent-{artefacts.version}.dist-info/"
-    expected = {f"agent/{name}" for name in agent_modules()} | {
-        info + name for name in ("METADATA", "WHEEL", "entry_points.txt", "top_level.txt", "RECORD")
-    }
+    metadata = ("METADATA", "WHEEL", "entry_points.txt", "top_level.txt", "RECORD", "licenses/LICENSE")
+    expected = {f"agent/{name}" for name in agent_modules()} | {info + name for name in metadata}
     assert names == expected
 
 
