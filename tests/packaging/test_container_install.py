@@ -157,6 +157,16 @@ def expected_app_values(fakes: Fakes) -> dict[str, str]:
     }
 
 
+def apt_install_deb(machine: Machine, deb: Path) -> None:
+    """`apt-get install ./secrets-agent_*.deb` as the README says, from the machine's /root,
+    where the test copied it; its dependencies come from Debian's archive."""
+    run(machine, "apt-get", "update", "-q", timeout=APT_TIMEOUT_SECONDS)
+    run(machine,
+        "apt-get", "install", "-y", "-q",
+        f"./{deb.name}", cwd="/root", timeout=APT_TIMEOUT_SECONDS,
+    )  # fmt: skip
+
+
 def test_apt_installs_the_deb_with_debians_libraries_and_it_renders(
     artefacts: Artefacts, fakes: Fakes, workdir: Path
 ) -> None:
@@ -167,11 +177,7 @@ def test_apt_installs_the_deb_with_debians_libraries_and_it_renders(
     write(root, "/etc/secrets-agent/app.env.j2", APP_TEMPLATE, 0o640)
     write(root, "/etc/systemd/system/app.service", APP_UNIT)
     with booted(root, "sa-pkg-apt") as machine:
-        run(machine, "apt-get", "update", "-q", timeout=APT_TIMEOUT_SECONDS)
-        run(machine,
-            "apt-get", "install", "-y", "-q",
-            f"./{artefacts.deb.name}", cwd="/root", timeout=APT_TIMEOUT_SECONDS,
-        )  # fmt: skip
+        apt_install_deb(machine, artefacts.deb)
         installed = run(
             machine,
             "dpkg-query",
@@ -210,11 +216,7 @@ def test_purge_removes_the_package_and_keeps_the_operators_files(artefacts: Arte
     write(root, "/etc/secrets-agent/app.env.j2", APP_TEMPLATE, 0o640)
     write(root, "/etc/systemd/system/app.service", APP_UNIT)
     with booted(root, "sa-pkg-purge") as machine:
-        run(machine, "apt-get", "update", "-q", timeout=APT_TIMEOUT_SECONDS)
-        run(machine,
-            "apt-get", "install", "-y", "-q",
-            f"./{artefacts.deb.name}", cwd="/root", timeout=APT_TIMEOUT_SECONDS,
-        )  # fmt: skip
+        apt_install_deb(machine, artefacts.deb)
         run(machine, "secrets-agent", "enable", "app")
         shipped = [
             path
