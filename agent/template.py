@@ -129,7 +129,7 @@ class CompiledTemplate:
         try:
             ast = self._env.parse(source, filename=filename)
             self.requirements = self._discover(ast)
-            self._template = self._env.from_string(source)
+            self._template = self._env.from_string(ast)  # parsed once, not twice
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(f"{filename}:{exc.lineno}: {exc.message}") from None
 
