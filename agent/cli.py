@@ -105,7 +105,7 @@ class _FetchedResolver:
 
     def get(self, selector: str) -> Optional[ParamValue]:
         if selector not in self._found and selector not in self._missing:
-            log.debug("fetching computed parameter", parameter=selector)
+            log.debug("ssm_computed_parameter", parameter=selector)
             found, missing = self._client.fetch([selector])
             self._missing.update(missing)
             for key, p in found.items():
@@ -153,7 +153,7 @@ def _ssm_client(settings: AgentSettings, deadline: Deadline) -> SsmClient:
             REDACTOR.add(secret)
         credentials = (creds.access_key_id, creds.secret_access_key, creds.token)
         role = creds.role
-        log.info("credentials from IMDSv2", role=role, region=region)
+        log.info("imds_credentials", role=role, region=region)
     elif region is None:
         raise ConfigError(
             "no AWS region: set AWS_REGION, or region in agent.toml (IMDS is not used when "
@@ -292,10 +292,10 @@ def main(
         commands = {"render": cmd_render, "check": cmd_check, "clean": cmd_clean}
         return commands[args.command](settings, service, out)
     except ParameterNotFound as exc:
-        log.error("missing parameters", service=args.name, parameters=exc.names, error=exc.message)
+        log.error("parameters_missing", service=args.name, parameters=exc.names, error=exc.message)
         return exc.exit_code
     except AgentError as exc:
-        log.error(f"{args.command} failed", service=args.name, error=exc.message, exit_code=exc.exit_code)
+        log.error(f"{args.command}_failed", service=args.name, error=exc.message, exit_code=exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
         log.error("interrupted", service=args.name)
