@@ -23,7 +23,14 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from agent import __version__
-from agent.errors import AccessDenied, AgentError, ConfigError, CredentialsError, ServiceUnavailable
+from agent.errors import (
+    AccessDenied,
+    AgentError,
+    ConfigError,
+    CredentialsError,
+    ServiceUnavailable,
+    TemplateError,
+)
 from agent.retry import Backoff, Deadline
 
 _log = structlog.get_logger()
@@ -97,6 +104,10 @@ CREDENTIALS_ERROR_CODES = frozenset(
         "AuthFailure",
     }
 )
+# SSM refused the request itself: a name, path or selector that breaks its rules (a path not
+# starting with "/", more than 15 levels, a reserved "aws"/"ssm" prefix, a malformed selector):
+# the template names it, so it is a template error.
+VALIDATION_ERROR_CODES = frozenset({"ValidationException", "InvalidParameterException"})
 # Answers that mean "this selector does not exist" when GetParameters fails a whole batch for it.
 NOT_FOUND_ERROR_CODES = frozenset({"ParameterNotFound", "ParameterVersionNotFound"})
 
@@ -215,6 +226,13 @@ def map_client_error(
             f"SSM at {endpoint} rejected the credentials for ssm:{action} ({code}): check that the "
             "instance profile is attached and IMDS hands out its credentials, and that the system "
             "clock is right (signatures expire)"
+        )
+    if code in VALIDATION_ERROR_CODES:
+        return TemplateError(
+            f"SSM refused ssm:{action} on {listed} as invalid ({code}): fix the name in the template. "
+            "A name holds only letters, digits and _.-/ and does not start with aws or ssm (but for "
+            "/aws/reference/secretsmanager/...); a path starts with '/'; at most 15 levels; "
+            "a selector adds :VERSION or :LABEL"
         )
     if is_retryable_error(error):
         return _unavailable(code, action=action, listed=listed, endpoint=endpoint)

@@ -19,7 +19,7 @@ from agent import __version__
 from agent.cli import main
 from agent.envfile import parse_env
 from agent.fakeimds import FakeImds
-from tests.integration.moto_server import RecordingProxy, admin_ssm_client
+from tests.integration.moto_server import CannedResponse, RecordingProxy, admin_ssm_client, aws_json_error
 
 HARD_VALUES = {
     "/prod/DATABASE_URL": "postgres://app:p@ss'w\"rd$HOME`id`\\x@db:5432/app?x=1#frag",
@@ -166,6 +166,31 @@ def test_paths_versions_and_labels(stack: Stack) -> None:
         ("PREVIOUS", "v2"),
         ("LATEST", "v3"),
     ]
+
+
+def test_a_path_ssm_refuses_is_a_template_error_and_keeps_the_old_file(stack: Stack) -> None:
+    """SSM's ValidationException for a path (real SSM refuses, moto does not validate: the proxy
+    answers as AWS does) exits 3 naming the path, and the previous good file stays whole."""
+    stack.put("/p/a", "good value")
+    stack.template('A={{ param("/p/a") }}\n')
+    assert stack.run("render", "app")[0] == 0
+    before = stack.output.read_bytes()
+    stack.template(
+        'A={{ param("/p/a") }}\n{% for k, v in params("/ssm/x/").items() %}{{ k }}={{ v }}\n{% endfor %}'
+    )
+    refused = aws_json_error("ValidationException", "Parameter path: can't be prefixed with ssm")
+
+    def refuse_paths(_index: int, action: str) -> Optional[CannedResponse]:
+        return refused if action == "GetParametersByPath" else None
+
+    with RecordingProxy(stack.ssm_url, refuse_paths) as proxy:
+        stack.env["AWS_ENDPOINT_URL_SSM"] = proxy.url
+        code, out, err = stack.run("render", "app")
+    assert code == 3
+    assert "SSM refused ssm:GetParametersByPath on /ssm/x/ as invalid (ValidationException)" in err
+    assert out == ""
+    assert stack.output.read_bytes() == before
+    assert sorted(path.name for path in stack.output.parent.iterdir()) == ["env"]
 
 
 def test_check_lists_parameters_and_never_values(stack: Stack) -> None:

@@ -15,7 +15,7 @@ import structlog
 from botocore.exceptions import ClientError
 from moto_server import CannedResponse, RecordingProxy, admin_ssm_client, aws_json_error
 
-from agent.errors import AccessDenied, AgentError, CredentialsError, ServiceUnavailable
+from agent.errors import AccessDenied, AgentError, CredentialsError, ServiceUnavailable, TemplateError
 from agent.retry import Backoff, Deadline
 from agent.ssm import (
     ACCESS_DENIED_ERROR_CODES,
@@ -23,6 +23,7 @@ from agent.ssm import (
     KMS_ERROR_CODES,
     THROTTLING_ERROR_CODES,
     TRANSIENT_ERROR_CODES,
+    VALIDATION_ERROR_CODES,
     Parameter,
     SsmClient,
     is_retryable_error,
@@ -205,16 +206,35 @@ def test_credential_codes_become_credentials_error(code: str) -> None:
 
 def test_unknown_code_becomes_agent_error_with_code_and_action() -> None:
     """A code outside the table becomes a plain AgentError naming the code, action and names."""
-    error = client_error("ValidationException", "bad")
+    error = client_error("SomethingNew", "bad")
     mapped = map_client_error(error, action="GetParameters", names=["/a"])
     assert type(mapped) is AgentError
-    assert mapped.message == "SSM failed ssm:GetParameters on /a with ValidationException"
+    assert mapped.message == "SSM failed ssm:GetParameters on /a with SomethingNew"
+
+
+@pytest.mark.parametrize("code", sorted(VALIDATION_ERROR_CODES))
+def test_validation_codes_are_template_errors_naming_the_parameter(code: str) -> None:
+    """A name SSM refuses as invalid is the template's fault: exit 3, the name and SSM's rules."""
+    error = client_error(code, 'Parameter name: can\'t be prefixed with "ssm" (case-insensitive).')
+    mapped = map_client_error(error, action="GetParameters", names=["ssm-reserved"])
+    assert type(mapped) is TemplateError
+    assert mapped.exit_code == 3
+    assert mapped.message.startswith(
+        f"SSM refused ssm:GetParameters on ssm-reserved as invalid ({code}): fix the name in the template."
+    )
+    assert "15 levels" in mapped.message
 
 
 def test_mapped_messages_carry_no_aws_text() -> None:
     """AWS's own message text never reaches the agent's message (only parsed ARNs and role names)."""
     canary = "CANARY-TEXT-FROM-AWS"
-    codes = ACCESS_DENIED_ERROR_CODES | KMS_ERROR_CODES | CREDENTIALS_ERROR_CODES | {"Weird", "Throttling"}
+    codes = (
+        ACCESS_DENIED_ERROR_CODES
+        | KMS_ERROR_CODES
+        | CREDENTIALS_ERROR_CODES
+        | VALIDATION_ERROR_CODES
+        | {"Weird", "Throttling"}
+    )
     for code in sorted(codes):
         mapped = map_client_error(client_error(code, canary), action="GetParameters", names=["/a"])
         assert canary not in mapped.message
