@@ -3,7 +3,7 @@
     AgentError                      1  unexpected failure
     ├── UsageError                  2  bad command line or name
     │   └── ConfigError             2  agent.toml / <name>.toml / template file problems
-    ├── TemplateError               3  the template cannot be rendered
+    ├── TemplateError               3  the template cannot be rendered, or names what SSM refuses
     │   └── ValueNotRepresentable   3  a value systemd cannot carry (NUL, bad UTF-8, > 128 KiB)
     ├── ParameterNotFound           4  named parameters do not exist in SSM
     ├── AccessDenied                5  IAM or KMS refused a call
@@ -43,7 +43,7 @@ class ConfigError(UsageError):
 
 
 class TemplateError(AgentError):
-    """The template cannot be parsed or rendered."""
+    """The template cannot be parsed or rendered, or names a parameter or path SSM refuses as invalid."""
 
     exit_code = 3
 
