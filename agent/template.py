@@ -197,14 +197,14 @@ class CompiledTemplate:
         self._state = state = _RenderState(resolver=resolver)
         try:
             text = self._template.render()
-        except jinja2.UndefinedError as exc:
-            raise TemplateError(f"{self.filename}: {redact(str(exc))}") from None
-        except jinja2.TemplateError as exc:
-            raise TemplateError(f"{self.filename}: {redact(str(exc))}") from None
+        except jinja2.TemplateError as exc:  # undefined names, sandbox refusals
+            raise TemplateError(f"{self.filename}{_template_line(exc)}: {redact(str(exc))}") from None
         except TemplateError:
             raise
         except Exception as exc:  # a filter or method failed on a value: never echo the value
-            raise TemplateError(f"{self.filename}: {type(exc).__name__}: {redact(str(exc))}") from None
+            raise TemplateError(
+                f"{self.filename}{_template_line(exc)}: {type(exc).__name__}: {redact(str(exc))}"
+            ) from None
         finally:
             self._state = None
         if state.missing:
@@ -255,6 +255,21 @@ class CompiledTemplate:
                 origin = f" (from {', '.join(sources)})" if sources else ""
                 raise ValueNotRepresentable(f"{where}: the value of {key}{origin} {problem}")
             yield Assignment(key=key, value=value, line=number, sources=tuple(sources))
+
+
+def _template_line(exc: BaseException) -> str:
+    """ ":LINE" of the template line an error was raised on, or "" when Jinja did not say.
+
+    Jinja rewrites a render's traceback so that the template's own frames carry its line numbers
+    under the file name "<template>" (the name of a template compiled from a string or tree).
+    """
+    line = ""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = f":{tb.tb_lineno}"
+        tb = tb.tb_next
+    return line
 
 
 def compile_template(source: str, filename: str) -> CompiledTemplate:

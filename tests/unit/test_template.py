@@ -124,7 +124,10 @@ def test_all_missing_parameters_are_reported_at_once() -> None:
     [
         ('A={{ param("/a") ', "app.env.j2:1"),
         ("A=1\nB={% if %}\n", "app.env.j2:2"),
-        ("A={{ undefined_name }}", "undefined"),
+        ("A={{ undefined_name }}", "app.env.j2:1: 'undefined_name' is undefined"),
+        ("A=1\n\n{% if x %}\nB=2\n{% endif %}", "app.env.j2:3: 'x' is undefined"),
+        ('A=1\nB={{ param("/a") | int // 0 }}', "app.env.j2:2: ZeroDivisionError"),
+        ("A=1\nB={{ ''.__class__.__mro__ }}", "app.env.j2:2: access to attribute '__class__'"),
         ("just text without equals", "without '='"),
         ('{{ param("/a") }}=x', "cannot be used as a variable name"),
         ('1BAD={{ param("/a") }}', "not a valid variable name"),
@@ -136,7 +139,7 @@ def test_all_missing_parameters_are_reported_at_once() -> None:
     ],
 )
 def test_template_errors_name_the_problem(source: str, message: str) -> None:
-    """Syntax errors name the file and line; bad lines say what is expected."""
+    """Syntax and render errors name the file and template line; bad lines say what is expected."""
     with pytest.raises(TemplateError, match=None) as info:
         render(source, {"/a": "the-secret-value"})
     assert message in str(info.value)
