@@ -22,7 +22,7 @@ from agent.fakeimds import FakeImds
 from tests.integration.moto_server import RecordingProxy
 from tests.packaging.conftest import REPO, Artefacts, skip_unless_root
 from tests.packaging.machine import Machine, booted, fresh_rootfs, run
-from tests.packaging.test_cloud_init_files import USER_DATA, with_location
+from tests.packaging.test_cloud_init_files import USER_DATA, USER_DATA_WHEEL, with_location
 from tests.system import nspawn
 
 pytestmark = pytest.mark.system
@@ -233,6 +233,19 @@ def test_purge_removes_the_package_and_keeps_the_operators_files(artefacts: Arte
     assert (root / "etc/systemd/system/app.service.d/secrets-agent.conf").is_file()
 
 
+def first_boot_output(machine: Machine) -> str:
+    """Wait for cloud-init's first boot to end, check it is done without errors, return its output log."""
+    status = run(
+        machine, "cloud-init", "status", "--wait", "--long", check=False, timeout=CLOUD_INIT_TIMEOUT_SECONDS
+    )
+    result = run(machine, "cat", "/run/cloud-init/result.json").stdout
+    output = run(machine, "cat", "/var/log/cloud-init-output.log", check=False).stdout
+    assert status.returncode == 0, status.stdout + result + output
+    assert "status: done" in status.stdout
+    assert '"errors": []' in result, result
+    return output
+
+
 def test_cloud_init_first_boot_installs_the_deb_and_starts_the_app(
     artefacts: Artefacts, fakes: Fakes, package_server: tuple[str, list[str]], workdir: Path
 ) -> None:
@@ -246,20 +259,7 @@ def test_cloud_init_first_boot_installs_the_deb_and_starts_the_app(
     # The test's stand-in for EC2's IMDS and SSM; on EC2 no agent.toml is needed.
     write(root, "/etc/secrets-agent/agent.toml", fakes.agent_toml())
     with booted(root, "sa-pkg-cloud") as machine:
-        status = run(
-            machine,
-            "cloud-init",
-            "status",
-            "--wait",
-            "--long",
-            check=False,
-            timeout=CLOUD_INIT_TIMEOUT_SECONDS,
-        )
-        result = run(machine, "cat", "/run/cloud-init/result.json").stdout
-        output = run(machine, "cat", "/var/log/cloud-init-output.log", check=False).stdout
-        assert status.returncode == 0, status.stdout + result + output
-        assert "status: done" in status.stdout
-        assert '"errors": []' in result, result
+        output = first_boot_output(machine)
         assert requested == [f"/{artefacts.deb.name}"]
         version = run(machine, "dpkg-query", "-W", "-f=${Version}", "secrets-agent").stdout
         assert version == artefacts.version
@@ -270,6 +270,40 @@ def test_cloud_init_first_boot_installs_the_deb_and_starts_the_app(
         )
         rendered = run(machine, "cat", "/run/secrets-agent/app/env").stdout
         assert dict(parse_env(rendered))["API_TOKEN"] == fakes.values["/app/prod/API_TOKEN"]
+        for value in fakes.values.values():
+            assert value not in output
+
+
+def test_cloud_init_first_boot_installs_the_wheel_in_a_venv_and_starts_the_app(
+    artefacts: Artefacts, fakes: Fakes, package_server: tuple[str, list[str]], workdir: Path
+) -> None:
+    """The wheel's user-data at first boot: python3-venv from Debian's archive, the wheel and its
+    libraries from PyPI into /opt/secrets-agent, the unit from write_files; the app gets its secrets."""
+    url, requested = package_server
+    root = fresh_rootfs(workdir / "root", cloud_init=True)
+    write(
+        root,
+        "/var/lib/cloud/seed/nocloud/user-data",
+        with_location(USER_DATA_WHEEL, f"{url}/{artefacts.wheel.name}"),
+    )
+    write(root, "/var/lib/cloud/seed/nocloud/meta-data", "instance-id: iid-secrets-agent-wheel\n")
+    write(root, "/etc/secrets-agent/agent.toml", fakes.agent_toml())
+    # Test only: this machine reaches PyPI through its own CA, whose bundle the harness copied in.
+    write(root, "/etc/pip.conf", "[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n")
+    with booted(root, "sa-pkg-wheel") as machine:
+        output = first_boot_output(machine)
+        assert requested == [f"/{artefacts.wheel.name}"]
+        assert run(machine, "/opt/secrets-agent/bin/secrets-agent", "--version").stdout.split() == [
+            "secrets-agent",
+            artefacts.version,
+        ]
+        # No .deb: dpkg knows nothing of the agent.
+        assert run(machine, "dpkg-query", "-W", "secrets-agent", check=False).returncode != 0
+        assert run(machine, "systemctl", "is-active", "app.service").stdout.strip() == "active"
+        environment = app_environment(machine)
+        assert {key: environment.get(key) for key in ("DATABASE_URL", "API_TOKEN")} == expected_app_values(
+            fakes
+        )
         for value in fakes.values.values():
             assert value not in output
 
