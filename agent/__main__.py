@@ -12,10 +12,15 @@ import atexit
 import gc
 
 
-def run() -> int:
-    """Run the command line with the cyclic collector off; returns the exit code."""
+def collector_off() -> None:
+    """Turn the cyclic collector off for the rest of the process and freeze the heap at exit."""
     gc.disable()
     atexit.register(gc.freeze)
+
+
+def run() -> int:
+    """Run the command line with the cyclic collector off; returns the exit code."""
+    collector_off()
     from agent.cli import main  # noqa: PLC0415 - imported with the collector already off
 
     return main()

@@ -11,12 +11,9 @@ import time
 
 FIRST_LINE_AT = time.time()
 
-import atexit  # noqa: E402 - the first timestamp must come before any import
-import gc  # noqa: E402
-import json  # noqa: E402
+import json  # noqa: E402 - the first timestamp must come before any import
 import os  # noqa: E402
 import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
 EVENTS: list[tuple[str, float]] = [("started", FIRST_LINE_AT)]
@@ -96,18 +93,13 @@ def _instrument() -> Any:
     return cli
 
 
-def _start_like_the_entry_point() -> None:
-    # `python -m agent` may set the collector up before importing agent.cli (see agent/__main__.py);
-    # calling agent.cli.main directly would skip that, so the same is done here.
-    entry = Path(__file__).resolve().parent.parent / "agent" / "__main__.py"
-    if "gc.disable()" in entry.read_text(encoding="utf-8"):
-        gc.disable()
-        atexit.register(gc.freeze)
-
-
 def main() -> int:
     """Render the service named in argv[1] and print the events as JSON."""
-    _start_like_the_entry_point()
+    # The entry point turns the collector off before importing agent.cli; calling agent.cli.main
+    # directly would skip that, so the same step runs here (agent.__main__ imports nothing else).
+    from agent.__main__ import collector_off
+
+    collector_off()
     cli = _instrument()
     note("main_start")
     code: int = cli.main(["render", sys.argv[1]])

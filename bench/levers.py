@@ -21,14 +21,6 @@ IMPORT_PROBES = {
     'python -c "import boto3, requests, jinja2"': "import boto3, requests, jinja2",
 }
 
-# The command `python -m agent` with the garbage collector off while it runs and the heap frozen at
-# exit: interpreter shutdown then skips collecting botocore's large model dicts.
-GC_OFF_AGENT_PREFIX = [
-    "-c",
-    "import atexit, gc, runpy; gc.disable(); atexit.register(gc.freeze); "
-    "runpy.run_module('agent', run_name='__main__', alter_sys=True)",
-]
-
 _CLIENT_CREATION_SCRIPT = """
 import json, sys, time
 import botocore.loaders, botocore.session
@@ -47,24 +39,6 @@ session.create_client(
     config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
 )
 print(json.dumps(time.perf_counter() - started))
-"""
-
-_TEMPLATE_COMPILE_SCRIPT = """
-import json, sys, time
-import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-source = sys.stdin.read()
-results = {"twice": [], "ast": []}
-for _ in range(5):
-    for mode in results:
-        env = ImmutableSandboxedEnvironment(
-            undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True,
-            trim_blocks=True, lstrip_blocks=True)
-        started = time.perf_counter()
-        ast = env.parse(source)
-        env.from_string(source if mode == "twice" else ast)
-        results[mode].append(time.perf_counter() - started)
-print(json.dumps(results))
 """
 
 
@@ -116,25 +90,6 @@ def client_creation_lever(rounds: int) -> Lever:
         now_ms=statistics.median(samples["default"]) * 1000,
         with_change_ms=statistics.median(samples["narrow"]) * 1000,
         how="create_client in a fresh process, median of each",
-    )
-
-
-def template_compile_lever(source: str, label: str) -> Lever:
-    """Jinja compile parsing the source twice (as now) against compiling the AST already parsed."""
-    out = subprocess.run(
-        [sys.executable, "-c", _TEMPLATE_COMPILE_SCRIPT],
-        input=source,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    results = json.loads(out.stdout)
-    return Lever(
-        name=f"template compile: from_string(ast), not from_string(source) ({label})",
-        where="agent/template.py CompiledTemplate.__init__",
-        now_ms=statistics.median(results["twice"]) * 1000,
-        with_change_ms=statistics.median(results["ast"]) * 1000,
-        how="parse + compile in one process, median of 5",
     )
 
 

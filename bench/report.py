@@ -118,7 +118,7 @@ def seed_seconds(results: Results, size: int) -> tuple[float, str]:
 
 
 def _renders(results: Results, add: Callable[[str], None]) -> None:
-    from bench.run import AGENT_GC_OFF, AGENT_NAMED, AGENT_PATH, CLI_BY_PATH, SIZES
+    from bench.run import AGENT_NAMED, AGENT_PATH, CLI_BY_PATH, SIZES
 
     emit = add
     emit("## 1. Cold-process render time")
@@ -182,31 +182,6 @@ def _renders(results: Results, add: Callable[[str], None]) -> None:
             "- Faster than the by-path CLI call at every N: "
             + ("**met**." if not slower else f"**missed** at N={', '.join(map(str, slower))}.")
         )
-        emit("")
-    if any(_get(results, AGENT_GC_OFF, size) for size in SIZES):
-        emit(
-            "With the garbage collector off (the change proposed in section 6, measured here through a "
-            "wrapper around the same `python -m agent`):"
-        )
-        emit("")
-        emit(
-            "| N | secrets-agent (named), GC off | / by-path CLI | / seed flow | gain over the agent as is |"
-        )
-        emit("|---:|---:|---:|---:|---:|")
-        for size in SIZES:
-            gc_off = _get(results, AGENT_GC_OFF, size)
-            named = _get(results, AGENT_NAMED, size)
-            cli = _get(results, CLI_BY_PATH, size)
-            if gc_off is None or named is None or cli is None:
-                continue
-            seed, _ = seed_seconds(results, size)
-            emit(
-                f"| {size} | {_s(gc_off.median_seconds)} "
-                f"| {_ratio(gc_off.median_seconds / cli.median_seconds)} "
-                f"| {_ratio(gc_off.median_seconds / seed)} "
-                f"| {(named.median_seconds - gc_off.median_seconds) * 1000:.0f} ms "
-                f"({(1 - gc_off.median_seconds / named.median_seconds) * 100:.0f}%) |"
-            )
         emit("")
     emit("Spread (min-max seconds over the rounds), for the noise: ")
     emit("")
@@ -391,24 +366,17 @@ def _storm(results: Results, add: Callable[[str], None]) -> None:
 
 
 def _memory(results: Results, emit: Callable[[str], None]) -> None:
-    from bench.run import AGENT_GC_OFF, AGENT_NAMED, AGENT_PATH, CLI_BY_PATH, SEED_FLOW, SIZES
+    from bench.run import AGENT_NAMED, AGENT_PATH, CLI_BY_PATH, SEED_FLOW, SIZES
 
-    columns = {
-        AGENT_NAMED: "secrets-agent (named)",
-        AGENT_PATH: "secrets-agent (path)",
-        AGENT_GC_OFF: "secrets-agent (named), GC off",
-        SEED_FLOW: "seed flow (largest aws process)",
-        CLI_BY_PATH: "by-path CLI",
-    }
-    # The GC-off variant is only run while the agent does not turn the collector off itself.
-    tools = [tool for tool in columns if any(_get(results, tool, size) for size in SIZES)]
     emit("## 5. Memory: peak RSS of one render (MiB, median)")
     emit("")
-    emit("| N | " + " | ".join(columns[tool] for tool in tools) + " |")
-    emit("|---:|" + "---:|" * len(tools))
+    emit(
+        "| N | secrets-agent (named) | secrets-agent (path) | seed flow (largest aws process) | by-path CLI |"
+    )
+    emit("|---:|---:|---:|---:|---:|")
     for size in SIZES:
         cells = []
-        for tool in tools:
+        for tool in (AGENT_NAMED, AGENT_PATH, SEED_FLOW, CLI_BY_PATH):
             series = _get(results, tool, size)
             cells.append(f"{series.median_rss_mib:.0f}" if series else "-")
         emit(f"| {size} | " + " | ".join(cells) + " |")
@@ -421,18 +389,6 @@ def _levers(results: Results, add: Callable[[str], None]) -> None:
     emit("")
     emit("| change | where | now ms | with it ms | gain ms | how measured |")
     emit("|---|---|---:|---:|---:|---|")
-    from bench.run import AGENT_GC_OFF, AGENT_NAMED
-
-    for size in (10, 1000):
-        named = _get(results, AGENT_NAMED, size)
-        gc_off = _get(results, AGENT_GC_OFF, size)
-        if named and gc_off:
-            emit(
-                f"| GC off for the run, heap frozen at exit (N={size}) | agent/__main__.py and the "
-                f"console script | {named.median_seconds * 1000:.0f} | {gc_off.median_seconds * 1000:.0f} "
-                f"| {(named.median_seconds - gc_off.median_seconds) * 1000:.0f} | whole cold render, "
-                f"{named.runs} interleaved runs each |"
-            )
     for lever in results.levers:
         emit(
             f"| {lever.name} | {lever.where} | {lever.now_ms:.1f} | {lever.with_change_ms:.1f} "
@@ -443,11 +399,10 @@ def _levers(results: Results, add: Callable[[str], None]) -> None:
 
 def _reading(results: Results, emit: Callable[[str], None]) -> None:
     """A few sentences over the figures above, written from them."""
-    from bench.run import AGENT_GC_OFF, AGENT_NAMED, CLI_BY_PATH
+    from bench.run import AGENT_NAMED, CLI_BY_PATH
 
     named = _get(results, AGENT_NAMED, 10)
     cli = _get(results, CLI_BY_PATH, 10)
-    gc_off = _get(results, AGENT_GC_OFF, 10)
     profile = results.profiles.get(10, {})
     if named is None or cli is None or not profile:
         return
@@ -467,29 +422,17 @@ def _reading(results: Results, emit: Callable[[str], None]) -> None:
         f"{profile.get('IMDS (token, region, credentials)', 0) + profile.get('SSM calls', 0):.0f} ms."
     )
     exit_ms = profile.get("interpreter exit", 0.0)
-    if gc_off:
-        emit(
-            f"- **Exit.** {exit_ms:.0f} ms go to interpreter shutdown: CPython runs full garbage "
-            "collections over every object the process still holds, most of them botocore's loaded "
-            "service model and endpoint rules. Turning the collector off for the run and freezing the "
-            "heap at exit removes that and the collections during loading: "
-            f"{gc_off.median_seconds * 1000:.0f} ms at N=10, "
-            f"{gc_off.median_seconds / cli.median_seconds:.2f}x the by-path CLI call."
-        )
-    else:
-        emit(
-            f"- **Exit.** The agent turns the garbage collector off for its short run and freezes the "
-            f"heap at exit; shutdown takes {exit_ms:.0f} ms."
-        )
+    emit(
+        f"- **Exit.** The agent turns the garbage collector off for its short run and freezes the "
+        f"heap at exit; shutdown takes {exit_ms:.0f} ms."
+    )
     if ratio > BY_PATH_RATIO_AT_10:
         emit(
             f"- **Target missed at N=10** ({ratio:.2f}x, not {BY_PATH_RATIO_AT_10}x): the agent pays "
             "for structlog, requests and jinja2 on top of botocore, and for CPython's shutdown, while "
             "the CLI pays for botocore and its own command tables. What closes it, measured in "
-            "section 6: "
-            + ("the GC change alone; then " if gc_off else "")
-            + "a narrower botocore loader, IMDS over urllib3, and (a dependency change) logging "
-            "without structlog."
+            "section 6: a narrower botocore loader, IMDS over urllib3, and (a dependency change) "
+            "logging without structlog."
         )
     large = _get(results, AGENT_NAMED, 1000)
     cli_large = _get(results, CLI_BY_PATH, 1000)

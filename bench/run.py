@@ -52,24 +52,9 @@ SEED_FLOW_SCRIPT = BENCH_DIR / "seed_flow.sh"
 # The tools side by side; each round runs them in a new random order.
 AGENT_NAMED = "secrets-agent (named)"
 AGENT_PATH = "secrets-agent (path)"
-AGENT_GC_OFF = "secrets-agent (named), GC off (proposed)"
 CLI_BY_PATH = "aws get-parameters-by-path"
 SEED_FLOW = "seed flow (aws get-parameter x N)"
-TOOLS = (AGENT_NAMED, AGENT_PATH, AGENT_GC_OFF, CLI_BY_PATH, SEED_FLOW)
-
-
-def agent_turns_gc_off() -> bool:
-    """True once agent/__main__.py turns the collector off itself: the GC-off variant is then moot."""
-    import agent.__main__ as entry
-
-    return "gc.disable()" in Path(entry.__file__).read_text(encoding="utf-8")
-
-
-def agent_compiles_parsed_template() -> bool:
-    """True once agent/template.py compiles the tree it parsed for discovery: that lever is then moot."""
-    from agent import template
-
-    return "from_string(ast)" in Path(template.__file__).read_text(encoding="utf-8")
+TOOLS = (AGENT_NAMED, AGENT_PATH, CLI_BY_PATH, SEED_FLOW)
 
 
 @dataclass
@@ -206,9 +191,6 @@ class Runner:
             return [sys.executable, "-m", "agent", "render", _service("named", size)], emu.agent_env(), None
         if tool == AGENT_PATH:
             return [sys.executable, "-m", "agent", "render", _service("path", size)], emu.agent_env(), None
-        if tool == AGENT_GC_OFF:
-            argv = [sys.executable, *levers.GC_OFF_AGENT_PREFIX, "render", _service("named", size)]
-            return argv, emu.agent_env(), None
         out = self.out_dir / f"{tool.split(maxsplit=1)[0]}-{size}.out"
         if tool == CLI_BY_PATH:
             argv = [self.aws, "ssm", "get-parameters-by-path", "--path", _prefix(size), "--recursive"]
@@ -238,7 +220,7 @@ class Runner:
     def _check_output(self, tool: str, size: int, out: Optional[Path]) -> None:
         prefix = _prefix(size)
         expected = {name: value for name, value in self.values.items() if name.startswith(prefix)}
-        if tool in (AGENT_NAMED, AGENT_PATH, AGENT_GC_OFF):
+        if tool in (AGENT_NAMED, AGENT_PATH):
             kind = "path" if tool == AGENT_PATH else "named"
             path = self.emulator.runtime_dir / _service(kind, size) / "env"
             got = dict(parse_env(path.read_text(encoding="utf-8")))
@@ -256,7 +238,7 @@ class Runner:
 
     def _check_calls(self, tool: str, size: int, calls: dict[str, int]) -> None:
         expected: dict[str, int] = {"GetParameter": 0, "GetParameters": 0, "GetParametersByPath": 0}
-        if tool in (AGENT_NAMED, AGENT_GC_OFF):
+        if tool == AGENT_NAMED:
             expected["GetParameters"] = math.ceil(size / 10)
         elif tool in (AGENT_PATH, CLI_BY_PATH):
             expected["GetParametersByPath"] = self.results.server_min_pages[size]
@@ -273,12 +255,9 @@ class Runner:
 
 def _measure_renders(runner: Runner, options: Options) -> None:
     shuffle = random.Random(2026)
-    gc_already_off = agent_turns_gc_off()
     for round_index in range(options.rounds):
         for size in SIZES:
             tools = [t for t in TOOLS if t != SEED_FLOW or _seed_flow_due(size, round_index, options)]
-            if gc_already_off:
-                tools.remove(AGENT_GC_OFF)
             shuffle.shuffle(tools)
             for tool in tools:
                 runner.run(tool, size)
@@ -469,15 +448,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for size, runs in ((10, 7), (1000, 3)):
             results.profiles[size], results.profile_totals[size] = _profile(emulator, size, runs)
         results.import_shares = _importtime(emulator)
-        results.levers = [levers.client_creation_lever(rounds=9)]
-        if not agent_compiles_parsed_template():
-            results.levers += [
-                levers.template_compile_lever(
-                    named_template(parameter_names(_prefix(size), size)), f"N={size}"
-                )
-                for size in (10, 1000)
-            ]
-        results.levers += levers.import_levers(rounds=9)
+        results.levers = [levers.client_creation_lever(rounds=9), *levers.import_levers(rounds=9)]
     if not options.skip_storm:
         print(f"fleet storm: {options.storm_agents} agents at {options.storm_rate:g} SSM calls/s", flush=True)
         _storms(options, results)
