@@ -258,7 +258,7 @@ class CompiledTemplate:
 
 
 def _template_line(exc: BaseException) -> str:
-    """ ":LINE" of the template line an error was raised on, or "" when Jinja did not say.
+    """The ":LINE" suffix naming the template line an error was raised on, or "" if Jinja did not say.
 
     Jinja rewrites a render's traceback so that the template's own frames carry its line numbers
     under the file name "<template>" (the name of a template compiled from a string or tree).

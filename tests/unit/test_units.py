@@ -216,11 +216,8 @@ def test_enable_creates_missing_folders_below_etc(tmp_path: Path, umask: int) ->
     even under the CLI's umask 077, so systemd and operators can read them."""
     (tmp_path / "etc").mkdir()
 
-    previous = os.umask(umask)
-    try:
-        enable_service("web", None, tmp_path)
-    finally:
-        os.umask(previous)
+    os.umask(umask)  # the suite's autouse fixture restores it
+    enable_service("web", None, tmp_path)
 
     assert _dropin(tmp_path, "web.service").is_file()
     assert _mode(tmp_path / "etc/systemd") == 0o755
