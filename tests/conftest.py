@@ -48,6 +48,12 @@ for _var in [v for v in os.environ if v.startswith("AWS_")]:
     del os.environ[_var]
 os.environ["AWS_CONFIG_FILE"] = os.devnull
 os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+# The audit hook above guards this process only. A child process (an agent a test starts) that
+# was not pointed at a fake gets a closed loopback port (discard, 9) instead of 169.254.169.254
+# or AWS's endpoints, so it fails at once on this machine and never leaves it.
+DEAD_LOCAL_ENDPOINT = "http://127.0.0.1:9"
+os.environ["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = DEAD_LOCAL_ENDPOINT
+os.environ["AWS_ENDPOINT_URL"] = DEAD_LOCAL_ENDPOINT
 
 
 def _memory_backed_root() -> str:
