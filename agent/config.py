@@ -26,13 +26,16 @@ DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254"
 # is a little longer so that the agent, not systemd, reports what went wrong.
 DEFAULT_DEADLINE_SECONDS = 60.0
 OUTPUT_FORMATS = ("env", "dotenv", "json")
+# What `secrets-agent refresh` does when a parameter changed (see agent/refresh.py).
+ON_CHANGE_ACTIONS = ("restart", "reload", "render", "none")
+DEFAULT_ON_CHANGE = "restart"
 
 # Instance names end up in paths and unit names: keep them boring.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
 _TRUE = {"1", "true", "yes", "on"}
 
 _AGENT_KEYS = {"imds_endpoint", "ssm_endpoint", "region", "deadline_seconds"}
-_SERVICE_KEYS = {"format", "owner", "group", "allow_persistent", "deadline_seconds"}
+_SERVICE_KEYS = {"format", "owner", "group", "allow_persistent", "deadline_seconds", "on_change"}
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,13 @@ class ServiceSettings:
     group: Optional[str]
     allow_persistent: bool
     deadline_seconds: float
+    # refresh: restart (default), reload, render or none when a parameter changed.
+    on_change: str = DEFAULT_ON_CHANGE
+
+    @property
+    def state_path(self) -> Path:
+        """What the last render used (names, versions; never a value), next to the rendered file."""
+        return self.output_dir / "state.json"
 
 
 def validate_name(name: str) -> str:
@@ -195,6 +205,11 @@ def load_service_settings(agent: AgentSettings, name: str) -> ServiceSettings:
     owner = _typed(path, table, "owner", str, "a user name")
     group = _typed(path, table, "group", str, "a group name")
     allow_persistent = bool(_typed(path, table, "allow_persistent", bool, "true or false"))
+    on_change = _typed(path, table, "on_change", str, "a string") or DEFAULT_ON_CHANGE
+    if on_change not in ON_CHANGE_ACTIONS:
+        raise ConfigError(
+            f"{path}: on_change must be one of {', '.join(ON_CHANGE_ACTIONS)}, not {on_change!r}"
+        )
 
     output_dir = agent.runtime_dir / name
     return ServiceSettings(
@@ -207,4 +222,5 @@ def load_service_settings(agent: AgentSettings, name: str) -> ServiceSettings:
         group=group,
         allow_persistent=allow_persistent,
         deadline_seconds=_deadline(path, table) or agent.deadline_seconds,
+        on_change=on_change,
     )
