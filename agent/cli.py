@@ -17,7 +17,8 @@ from agent.config import AgentSettings, ServiceSettings, load_agent_settings, lo
 from agent.errors import EXIT_INTERRUPTED, AgentError, ConfigError, ParameterNotFound
 from agent.imds import ImdsClient
 from agent.log import REDACTOR, configure_logging
-from agent.output import remove_secret_file, resolve_ownership, write_secret_file
+from agent.output import Ownership, remove_secret_file, resolve_ownership, write_secret_file
+from agent.refresh import SsmVersions, Systemctl, Systemd, make_record, refresh, write_record
 from agent.retry import Deadline
 from agent.ssm import Parameter, SsmClient
 from agent.template import Assignment, CompiledTemplate, ParamValue, compile_template
@@ -64,6 +65,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "clean": "remove RUNTIME_DIR/NAME/env",
         "enable": "put UNIT (default NAME.service) behind the agent with a systemd drop-in",
         "disable": "remove the drop-in that `enable` wrote",
+        "refresh": "if NAME's app runs, compare the versions its render used with SSM's (no "
+        "decryption) and act as on_change in NAME.toml says",
     }
     for command, text in helps.items():
         cmd = sub.add_parser(command, parents=[common], help=text, description=text)
@@ -91,6 +94,9 @@ class _FetchedResolver:
         self._missing = set(missing)
         self._paths: dict[tuple[str, bool], dict[str, ParamValue]] = {}
         self.parameters: dict[str, Parameter] = dict(found)
+        # What the render used, for refresh's record: by selector, and each path's listing.
+        self.by_selector: dict[str, Parameter] = dict(found)
+        self.listings: dict[tuple[str, bool], dict[str, int]] = {}
 
     @staticmethod
     def _wrap(parameter: Parameter) -> ParamValue:
@@ -100,6 +106,7 @@ class _FetchedResolver:
     def prefetch_path(self, path: str, recursive: bool) -> None:
         found = self._client.fetch_path(path, recursive=recursive)
         self._paths[(path, recursive)] = {p.name: self._wrap(p) for p in found}
+        self.listings[(path, recursive)] = {p.name: p.version for p in found}
         for p in found:
             self.parameters.setdefault(p.name, p)
 
@@ -111,12 +118,17 @@ class _FetchedResolver:
             for key, p in found.items():
                 self._found[key] = self._wrap(p)
                 self.parameters[key] = p
+                self.by_selector[key] = p
         return self._found.get(selector)
 
     def get_path(self, path: str, recursive: bool) -> dict[str, ParamValue]:
         if (path, recursive) not in self._paths:
             self.prefetch_path(path, recursive)
         return self._paths[(path, recursive)]
+
+    @property
+    def missing(self) -> list[str]:
+        return sorted(self._missing)
 
 
 def _read_template(service: ServiceSettings) -> CompiledTemplate:
@@ -196,6 +208,7 @@ def cmd_render(settings: AgentSettings, service: ServiceSettings, out: TextIO) -
     write_secret_file(
         service.output_path, data, ownership=ownership, allow_persistent=service.allow_persistent
     )
+    _record_render(service, resolver, ownership)
     log.info(
         "rendered",
         service=service.name,
@@ -205,6 +218,27 @@ def cmd_render(settings: AgentSettings, service: ServiceSettings, out: TextIO) -
         seconds=round(time.monotonic() - started, 3),
     )
     return 0
+
+
+def _record_render(service: ServiceSettings, resolver: _FetchedResolver, ownership: Ownership) -> None:
+    record = make_record(service.name, resolver.by_selector, resolver.missing, resolver.listings)
+    try:
+        write_record(service, record, ownership)
+    except AgentError as exc:
+        # The file is complete and the app can start; only refresh loses its point of comparison.
+        log.warning("state_not_recorded", service=service.name, error=exc.message)
+
+
+def cmd_refresh(
+    settings: AgentSettings, service: ServiceSettings, out: TextIO, systemd: Optional[Systemd] = None
+) -> int:
+    def versions() -> SsmVersions:
+        return SsmVersions(_ssm_client(settings, Deadline(service.deadline_seconds)))
+
+    def rerender() -> None:
+        cmd_render(settings, service, out)
+
+    return refresh(service, systemd=systemd or Systemctl(), versions=versions, rerender=rerender)
 
 
 def cmd_check(settings: AgentSettings, service: ServiceSettings, out: TextIO) -> int:
@@ -222,6 +256,7 @@ def cmd_check(settings: AgentSettings, service: ServiceSettings, out: TextIO) ->
 
 
 def cmd_clean(settings: AgentSettings, service: ServiceSettings, out: TextIO) -> int:
+    remove_secret_file(service.state_path)  # names and versions only; the folder goes with the file
     removed = remove_secret_file(service.output_path)
     log.info(
         "cleaned" if removed else "nothing to clean", service=service.name, path=str(service.output_path)
@@ -268,6 +303,7 @@ def main(
     env: Optional[Mapping[str, str]] = None,
     stdout: Optional[TextIO] = None,
     stderr: Optional[TextIO] = None,
+    systemd: Optional[Systemd] = None,
 ) -> int:
     """Run one command; returns the exit code (the only place that decides one)."""
     os.umask(0o077)  # nothing this process creates is readable by anyone else
@@ -289,6 +325,8 @@ def main(
         if args.command == "disable":
             return cmd_disable(args, settings, out)
         service = load_service_settings(settings, args.name)
+        if args.command == "refresh":
+            return cmd_refresh(settings, service, out, systemd)
         commands = {"render": cmd_render, "check": cmd_check, "clean": cmd_clean}
         return commands[args.command](settings, service, out)
     except ParameterNotFound as exc:
