@@ -22,7 +22,14 @@ from agent.refresh import SsmVersions, Systemctl, Systemd, make_record, refresh,
 from agent.retry import Deadline
 from agent.ssm import Parameter, SsmClient
 from agent.template import Assignment, CompiledTemplate, ParamValue, compile_template
-from agent.units import disable_service, enable_service
+from agent.units import (
+    DEFAULT_REFRESH_INTERVAL,
+    DEFAULT_REFRESH_INTERVAL_SECONDS,
+    disable_refresh,
+    disable_service,
+    enable_refresh,
+    enable_service,
+)
 
 log = structlog.get_logger("secrets-agent")
 
@@ -78,6 +85,21 @@ def _build_parser() -> argparse.ArgumentParser:
                 metavar="DIR",
                 default="/",
                 help="operate on the system under DIR (a mounted image) instead of /",
+            )
+        if command == "enable":
+            cmd.add_argument(
+                "--refresh",
+                nargs="?",
+                const=DEFAULT_REFRESH_INTERVAL,
+                metavar="INTERVAL",
+                help="also turn on the rotation timer, secrets-agent-refresh@NAME.timer, every "
+                f"INTERVAL (default {DEFAULT_REFRESH_INTERVAL}; 1h, 90s, ...)",
+            )
+        if command == "disable":
+            cmd.add_argument(
+                "--refresh",
+                action="store_true",
+                help="turn off the rotation timer only, and keep the drop-in",
             )
     return parser
 
@@ -264,6 +286,15 @@ def cmd_clean(settings: AgentSettings, service: ServiceSettings, out: TextIO) ->
     return 0
 
 
+def _enable_refresh(args: argparse.Namespace, out: TextIO) -> None:
+    timer = enable_refresh(args.name, args.refresh, Path(args.root))
+    out.write(
+        f"{timer.timer}: checks every {timer.interval_seconds} s"
+        + (f" ({timer.dropin_path})" if timer.interval_seconds != DEFAULT_REFRESH_INTERVAL_SECONDS else "")
+        + (", enabled and started\n" if timer.started else ", enabled; it starts at next boot\n")
+    )
+
+
 def cmd_enable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -> int:
     result = enable_service(args.name, args.unit, Path(args.root))
     out.write(
@@ -280,10 +311,19 @@ def cmd_enable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -
         if result.reloaded
         else "systemd not reloaded (not running, or --root given): it reads the drop-in at next boot\n"
     )
+    if args.refresh is not None:
+        _enable_refresh(args, out)
     return 0
 
 
 def cmd_disable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -> int:
+    timer_off = disable_refresh(args.name, Path(args.root))
+    if timer_off:
+        out.write(f"turned off secrets-agent-refresh@{args.name}.timer\n")
+    if args.refresh:
+        if not timer_off:
+            out.write(f"secrets-agent-refresh@{args.name}.timer was not on: nothing to do\n")
+        return 0
 
     removed = disable_service(args.name, args.unit, Path(args.root))
     unit = args.unit or f"{args.name}.service"

@@ -140,23 +140,8 @@ def enable_service(
 def disable_service(name: str, unit: Optional[str], root: Path = Path("/"), *, reload: bool = True) -> bool:
     """Remove UNIT's secrets-agent drop-in (and its folder if now empty); True if there was one."""
     chosen = unit_for(name, unit)
-    dropin_dir = UNIT_DIR / f"{chosen}.d"
-    dropin_path = root / dropin_dir / DROPIN_NAME
-    try:
-        with _open_under(root, dropin_dir, create=False) as dir_fd:
-            try:
-                os.unlink(DROPIN_NAME, dir_fd=dir_fd)
-            except FileNotFoundError:
-                return False
-            except IsADirectoryError:
-                raise OutputError(f"{dropin_path} is a folder, not a drop-in: remove it by hand") from None
-            except OSError as exc:
-                raise OutputError(f"cannot remove {dropin_path}: {exc.strerror}") from None
-    except FileNotFoundError:
+    if not _remove_dropin(Path(root), UNIT_DIR / f"{chosen}.d", DROPIN_NAME):
         return False
-    # Other drop-ins of the operator's own stay, and with them the folder.
-    with _open_under(root, dropin_dir.parent, create=False) as parent_fd, contextlib.suppress(OSError):
-        os.rmdir(dropin_dir.name, dir_fd=parent_fd)
     if reload:
         _reload_systemd(root)
     return True
@@ -293,3 +278,158 @@ def _reload_systemd(root: Path) -> bool:
             f"systemctl daemon-reload failed ({detail}): the files are in place; run it yourself"
         )
     return True
+
+
+# -- the rotation timer: `enable NAME --refresh [INTERVAL]`, `disable NAME [--refresh]` --------
+
+REFRESH_TIMER = "secrets-agent-refresh@{name}.timer"
+REFRESH_DROPIN_NAME = "interval.conf"
+DEFAULT_REFRESH_INTERVAL = "15min"
+DEFAULT_REFRESH_INTERVAL_SECONDS = 900
+MIN_REFRESH_INTERVAL_SECONDS = 5
+MAX_REFRESH_INTERVAL_SECONDS = 7 * 86400
+# The unit's own spread is a third of its interval (5 min of 15); a drop-in keeps that ratio.
+REFRESH_DELAY_FRACTION = 3
+_SPAN_UNITS = {
+    "s": 1, "sec": 1, "second": 1, "seconds": 1,
+    "m": 60, "min": 60, "minute": 60, "minutes": 60,
+    "h": 3600, "hr": 3600, "hour": 3600, "hours": 3600,
+    "d": 86400, "day": 86400, "days": 86400,
+}  # fmt: skip
+_SPAN_PART_RE = re.compile(r"(\d+)\s*([a-z]*)")
+_SPAN_RE = re.compile(r"(?:\s*\d+\s*[a-z]*)+\s*")
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    """What `enable --refresh` did: the timer, its interval, its drop-in and whether systemctl ran."""
+
+    timer: str
+    interval_seconds: int
+    dropin_path: Path
+    dropin_changed: bool
+    started: bool
+
+
+def parse_interval(text: str) -> int:
+    """A systemd-style time span ("15min", "1h 30min", "90s", "300") in whole seconds, checked."""
+    cleaned = text.strip().lower()
+    parts = _SPAN_PART_RE.findall(cleaned) if _SPAN_RE.fullmatch(cleaned) else []
+    seconds = sum(int(number) * _SPAN_UNITS[unit or "s"] for number, unit in parts)
+    if (
+        not parts
+        or any(unit and unit not in _SPAN_UNITS for _, unit in parts)
+        or not (MIN_REFRESH_INTERVAL_SECONDS <= seconds <= MAX_REFRESH_INTERVAL_SECONDS)
+    ):
+        raise UsageError(
+            f"invalid refresh interval {text!r}: give a time span such as 15min, 1h or 90s, "
+            f"between {MIN_REFRESH_INTERVAL_SECONDS} s and 7 days"
+        )
+    return seconds
+
+
+def render_refresh_dropin(name: str, seconds: int) -> str:
+    """The timer drop-in that sets NAME's check interval (and a third of it as random delay)."""
+    validate_name(name)
+    delay = max(1, seconds // REFRESH_DELAY_FRACTION)
+    return (
+        f"# Written by `secrets-agent enable {name} --refresh {seconds}s`: checks every {seconds} s,\n"
+        f"# after a random delay of up to {delay} s fixed for this machine.\n"
+        "[Timer]\n"
+        "OnActiveSec=\n"
+        f"OnActiveSec={seconds}s\n"
+        "OnUnitActiveSec=\n"
+        f"OnUnitActiveSec={seconds}s\n"
+        f"RandomizedDelaySec={delay}s\n"
+    )
+
+
+def enable_refresh(name: str, interval: str, root: Path = Path("/")) -> RefreshResult:
+    """Turn on NAME's rotation timer: the interval drop-in (none for the default), then enable it."""
+    validate_name(name)
+    seconds = parse_interval(interval)
+    timer = REFRESH_TIMER.format(name=name)
+    dropin_dir = UNIT_DIR / f"{timer}.d"
+    dropin_path = root / dropin_dir / REFRESH_DROPIN_NAME
+    if seconds == DEFAULT_REFRESH_INTERVAL_SECONDS:
+        changed = _remove_dropin(root, dropin_dir, REFRESH_DROPIN_NAME)
+    else:
+        with _open_under(root, dropin_dir) as dir_fd:
+            data = render_refresh_dropin(name, seconds).encode()
+            changed = _replace_if_changed(dir_fd, dropin_path, data, DROPIN_MODE)
+    started = _systemctl_on(root, "enable", timer, restart=changed)
+    return RefreshResult(
+        timer=timer,
+        interval_seconds=seconds,
+        dropin_path=dropin_path,
+        dropin_changed=changed,
+        started=started,
+    )
+
+
+def refresh_enabled(name: str, root: Path = Path("/")) -> bool:
+    """True when NAME's rotation timer is enabled (its link in timers.target.wants exists)."""
+    link = root / UNIT_DIR / "timers.target.wants" / REFRESH_TIMER.format(name=name)
+    return link.is_symlink() or link.exists()
+
+
+def disable_refresh(name: str, root: Path = Path("/")) -> bool:
+    """Turn off NAME's rotation timer and remove its interval drop-in; True if either was there."""
+    validate_name(name)
+    timer = REFRESH_TIMER.format(name=name)
+    removed = _remove_dropin(root, UNIT_DIR / f"{timer}.d", REFRESH_DROPIN_NAME)
+    if not refresh_enabled(name, root):
+        return removed
+    _systemctl_on(root, "disable", timer, restart=False)
+    return True
+
+
+def _remove_dropin(root: Path, dropin_dir: Path, name: str) -> bool:
+    """Remove ROOT/DROPIN_DIR/NAME, and the folder if now empty; True if the file was there."""
+    path = root / dropin_dir / name
+    try:
+        with _open_under(root, dropin_dir, create=False) as dir_fd:
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                return False
+            except IsADirectoryError:
+                raise OutputError(f"{path} is a folder, not a drop-in: remove it by hand") from None
+            except OSError as exc:
+                raise OutputError(f"cannot remove {path}: {exc.strerror}") from None
+    except FileNotFoundError:
+        return False
+    # Other drop-ins of the operator's own stay, and with them the folder.
+    with _open_under(root, dropin_dir.parent, create=False) as parent_fd, contextlib.suppress(OSError):
+        os.rmdir(dropin_dir.name, dir_fd=parent_fd)
+    return True
+
+
+def _systemctl_on(root: Path, verb: str, timer: str, *, restart: bool) -> bool:
+    """`systemctl VERB --now TIMER` on the running system, else `systemctl --root=ROOT VERB TIMER`
+    (an image: links only); True when it ran against a live systemd."""
+    live = root.resolve() == Path("/") and SYSTEMD_RUNNING_MARKER.is_dir()
+    if not live:
+        _systemctl(f"--root={root}", verb, timer)
+        return False
+    _systemctl("daemon-reload")
+    _systemctl(verb, "--now", timer)
+    if restart and verb == "enable":
+        _systemctl("restart", timer)  # a new interval takes effect now, not at the next boot
+    return True
+
+
+def _systemctl(*args: str) -> None:
+    try:
+        completed = subprocess.run(
+            ["systemctl", *args],
+            capture_output=True,
+            text=True,
+            timeout=SYSTEMCTL_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise AgentError(f"systemctl {' '.join(args)} failed ({exc}): run it yourself") from None
+    if completed.returncode != 0:
+        detail = completed.stderr.strip() or f"exit status {completed.returncode}"
+        raise AgentError(f"systemctl {' '.join(args)} failed ({detail}): run it yourself")
