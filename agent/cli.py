@@ -19,7 +19,8 @@ from agent.imds import ImdsClient
 from agent.log import REDACTOR, configure_logging
 from agent.output import remove_secret_file, resolve_ownership, write_secret_file
 from agent.retry import Deadline
-from agent.ssm import Parameter, SsmClient
+from agent.answers import Parameter
+from agent.ssm import SsmClient
 from agent.template import Assignment, CompiledTemplate, ParamValue, compile_template
 from agent.units import disable_service, enable_service
 
