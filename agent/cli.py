@@ -20,7 +20,8 @@ from agent.log import REDACTOR, configure_logging
 from agent.output import Ownership, remove_secret_file, resolve_ownership, write_secret_file
 from agent.refresh import SsmVersions, Systemctl, Systemd, make_record, refresh, write_record
 from agent.retry import Deadline
-from agent.ssm import Parameter, SsmClient
+from agent.answers import Parameter
+from agent.ssm import SsmClient
 from agent.template import Assignment, CompiledTemplate, ParamValue, compile_template
 from agent.units import (
     DEFAULT_REFRESH_INTERVAL,
