@@ -16,10 +16,11 @@ from typing import Any, Callable, Optional, Protocol
 
 import structlog
 
+from agent.answers import split_selector
 from agent.config import ServiceSettings
 from agent.errors import AgentError
 from agent.output import Ownership, write_secret_file
-from agent.ssm import SsmClient, split_selector
+from agent.ssm import SsmClient
 
 log = structlog.get_logger("secrets-agent")
 

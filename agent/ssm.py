@@ -129,8 +129,13 @@ class SsmClient:
             elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
         )
 
-    def fetch(self, selectors: Iterable[str]) -> tuple[dict[str, Parameter], list[str]]:
-        """Resolve every selector with GetParameters, 10 per call; return found by selector, and missing."""
+    def fetch(
+        self, selectors: Iterable[str], *, decrypt: bool = True
+    ) -> tuple[dict[str, Parameter], list[str]]:
+        """Resolve every selector with GetParameters, 10 per call; return found by selector, and missing.
+
+        decrypt=False asks WithDecryption=false: versions without kms:Decrypt (a SecureString's
+        Value is then its ciphertext, which nothing uses)."""
         unique = list(dict.fromkeys(selectors))
         started = time.perf_counter()
         found: dict[str, Parameter] = {}
@@ -138,7 +143,7 @@ class SsmClient:
         calls = 0
         for start in range(0, len(unique), GET_PARAMETERS_MAX_NAMES):
             batch = unique[start : start + GET_PARAMETERS_MAX_NAMES]
-            batch_found, batch_missing, batch_calls = self._fetch_batch(batch)
+            batch_found, batch_missing, batch_calls = self._fetch_batch(batch, decrypt)
             found.update(batch_found)
             missing.extend(batch_missing)
             calls += batch_calls
@@ -153,14 +158,14 @@ class SsmClient:
         )
         return found, missing
 
-    def fetch_path(self, path: str, *, recursive: bool) -> list[Parameter]:
+    def fetch_path(self, path: str, *, recursive: bool, decrypt: bool = True) -> list[Parameter]:
         """Every parameter under `path` (one level, or all with `recursive`), following every page."""
         started = time.perf_counter()
         parameters: list[Parameter] = []
         request: dict[str, Any] = {
             "Path": path,
             "Recursive": recursive,
-            "WithDecryption": True,
+            "WithDecryption": decrypt,
             "MaxResults": GET_PARAMETERS_BY_PATH_MAX_RESULTS,
         }
         seen_tokens: set[str] = set()
@@ -201,30 +206,30 @@ class SsmClient:
         )
         return parameters
 
-    def _fetch_batch(self, batch: list[str]) -> tuple[dict[str, Parameter], list[str], int]:
+    def _fetch_batch(self, batch: list[str], decrypt: bool) -> tuple[dict[str, Parameter], list[str], int]:
         """One GetParameters call for up to 10 selectors, plus follow-ups only when AWS's answer leaves
         a selector unresolved (a batch refused for one missing secret, or labels it cannot tell apart)."""
         try:
             found, missing, ambiguous = self._call(
                 "GetParameters",
                 batch,
-                {"Names": batch, "WithDecryption": True},
+                {"Names": batch, "WithDecryption": decrypt},
                 lambda response: check_get_parameters(batch, response),
             )
         except _RejectedCall as rejected:
             if rejected.code not in NOT_FOUND_ERROR_CODES:
                 raise rejected.mapped from None
-            return self._split_rejected_batch(batch, rejected)
+            return self._split_rejected_batch(batch, rejected, decrypt)
         calls = 1
         for selector in ambiguous:
-            one_found, one_missing, one_calls = self._fetch_batch([selector])
+            one_found, one_missing, one_calls = self._fetch_batch([selector], decrypt)
             found.update(one_found)
             missing.extend(one_missing)
             calls += one_calls
         return found, missing, calls
 
     def _split_rejected_batch(
-        self, batch: list[str], rejected: _RejectedCall
+        self, batch: list[str], rejected: _RejectedCall, decrypt: bool
     ) -> tuple[dict[str, Parameter], list[str], int]:
         # GetParameters may fail a whole batch for one absent secret reference or version instead
         # of listing it in InvalidParameters; find that one, report it missing and ask for the rest.
@@ -247,7 +252,7 @@ class SsmClient:
         if rest:
             groups.insert(0, rest)
         for group in groups:
-            group_found, group_missing, group_calls = self._fetch_batch(group)
+            group_found, group_missing, group_calls = self._fetch_batch(group, decrypt)
             found.update(group_found)
             missing.extend(group_missing)
             calls += group_calls
