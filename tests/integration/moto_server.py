@@ -86,6 +86,8 @@ class RecordingProxy:
         self.upstream = upstream
         self.responder = responder
         self.actions: list[str] = []
+        # The JSON body of each request, in the same order as `actions`.
+        self.bodies: list[bytes] = []
         self._lock = threading.Lock()
         proxy = self
 
@@ -102,6 +104,7 @@ class RecordingProxy:
                 with proxy._lock:
                     index = len(proxy.actions)
                     proxy.actions.append(action)
+                    proxy.bodies.append(body)
                 canned = proxy.responder(index, action) if proxy.responder else None
                 if canned is None:
                     canned = proxy._forward(self.path, dict(self.headers.items()), body)
@@ -136,6 +139,12 @@ class RecordingProxy:
         """How many requests for `action` arrived."""
         with self._lock:
             return self.actions.count(action)
+
+    def requests(self, action: str) -> list[dict[str, Any]]:
+        """The parsed JSON bodies of the requests for `action` that arrived, in order."""
+        with self._lock:
+            pairs = list(zip(self.actions, self.bodies))
+        return [json.loads(body) for name, body in pairs if name == action]
 
     def _forward(self, path: str, headers: dict[str, str], body: bytes) -> CannedResponse:
         if self.upstream is None:
