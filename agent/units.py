@@ -315,7 +315,7 @@ def parse_interval(text: str) -> int:
     """A systemd-style time span ("15min", "1h 30min", "90s", "300") in whole seconds, checked."""
     cleaned = text.strip().lower()
     parts = _SPAN_PART_RE.findall(cleaned) if _SPAN_RE.fullmatch(cleaned) else []
-    seconds = sum(int(number) * _SPAN_UNITS[unit or "s"] for number, unit in parts)
+    seconds = sum(int(number) * _SPAN_UNITS.get(unit or "s", 0) for number, unit in parts)
     if (
         not parts
         or any(unit and unit not in _SPAN_UNITS for _, unit in parts)
