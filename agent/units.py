@@ -336,9 +336,9 @@ def render_refresh_dropin(name: str, seconds: int) -> str:
         f"# Written by `secrets-agent enable {name} --refresh {seconds}s`: checks every {seconds} s,\n"
         f"# after a random delay of up to {delay} s fixed for this machine.\n"
         "[Timer]\n"
+        "# An empty On*Sec= empties the list of every kind of On*Sec=, the unit's 15min included.\n"
         "OnActiveSec=\n"
         f"OnActiveSec={seconds}s\n"
-        "OnUnitActiveSec=\n"
         f"OnUnitActiveSec={seconds}s\n"
         f"RandomizedDelaySec={delay}s\n"
     )

@@ -95,9 +95,10 @@ def test_bad_intervals_are_refused(text: str) -> None:
 
 
 def test_interval_dropin_resets_and_sets_both_timers_with_a_third_as_delay() -> None:
-    """The drop-in empties the unit's OnActiveSec=/OnUnitActiveSec= before setting them."""
+    """The drop-in empties the unit's timers once (an empty On*Sec= empties them all) and sets both."""
     text = render_refresh_dropin("app", 30)
-    assert "OnActiveSec=\nOnActiveSec=30s\nOnUnitActiveSec=\nOnUnitActiveSec=30s\n" in text
+    assert "OnActiveSec=\nOnActiveSec=30s\nOnUnitActiveSec=30s\n" in text
+    assert "OnUnitActiveSec=\n" not in text
     assert "RandomizedDelaySec=10s\n" in text
 
 
