@@ -197,7 +197,15 @@ def test_apt_installs_the_deb_with_debians_libraries_and_it_renders(
         # Installing fetched nothing and started nothing.
         assert fakes.imds.count() == 0
         assert fakes.ssm.actions == []
-        units = run(machine, "systemctl", "list-units", "--all", "--no-legend", "secrets-agent@*").stdout
+        units = run(
+            machine,
+            "systemctl",
+            "list-units",
+            "--all",
+            "--no-legend",
+            "secrets-agent@*",
+            "secrets-agent-refresh@*",
+        ).stdout
         assert units.strip() == ""
 
         run(machine, "secrets-agent", "enable", "app")
