@@ -12,13 +12,14 @@ import os
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, Union
 
 import structlog
 
-from agent.answers import split_selector
+from agent.answers import SECRETS_MANAGER_PREFIX, split_selector
 from agent.config import ServiceSettings
 from agent.errors import AgentError
+from agent.log import REDACTOR
 from agent.output import Ownership, write_secret_file
 from agent.ssm import SsmClient
 
@@ -29,6 +30,8 @@ STATE_FORMAT = 1
 STATE_MAX_BYTES = 4 * 1024 * 1024
 SYSTEMCTL_TIMEOUT_SECONDS = 120
 AGENT_UNIT = "secrets-agent@{name}.service"
+# A parameter's version number, or a Secrets Manager secret's AWSCURRENT version id.
+Version = Union[int, str]
 
 
 class Versioned(Protocol):
@@ -39,6 +42,9 @@ class Versioned(Protocol):
 
     @property
     def version(self) -> int: ...
+
+    @property
+    def source_version(self) -> Optional[str]: ...
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,7 @@ class RenderRecord:
 
     service: str
     # selector ("/x", "/x:3", "/x:live") -> (parameter name, version)
-    selectors: Mapping[str, tuple[str, int]]
+    selectors: Mapping[str, tuple[str, Version]]
     # selectors SSM did not have (the template used its default=): one appearing is a change
     missing: tuple[str, ...]
     paths: tuple[PathListing, ...]
@@ -86,7 +92,7 @@ class RenderRecord:
             if document.get("format") != STATE_FORMAT:
                 raise ValueError(f"format {document.get('format')!r}, expected {STATE_FORMAT}")
             selectors = {
-                str(item["selector"]): (str(item["name"]), _version(item["version"]))
+                str(item["selector"]): (str(item["name"]), _selector_version(item["version"]))
                 for item in document["parameters"]
             }
             paths = tuple(
@@ -116,6 +122,10 @@ def _version(value: Any) -> int:
     return value
 
 
+def _selector_version(value: Any) -> Version:
+    return value if isinstance(value, str) and value else _version(value)
+
+
 def make_record(
     service: str,
     found: Mapping[str, Versioned],
@@ -125,7 +135,7 @@ def make_record(
     """Build the record of a render from what it resolved: by selector, absent, and by path."""
     return RenderRecord(
         service=service,
-        selectors={selector: (p.name, p.version) for selector, p in found.items()},
+        selectors={selector: (p.name, p.source_version or p.version) for selector, p in found.items()},
         missing=tuple(sorted(set(missing))),
         paths=tuple(
             PathListing(path=path, recursive=recursive, versions=dict(versions))
@@ -170,7 +180,7 @@ def read_record(service: ServiceSettings) -> RenderRecord:
 class VersionSource(Protocol):
     """SSM's current versions, asked without decryption."""
 
-    def current_versions(self, selectors: Sequence[str]) -> tuple[dict[str, int], list[str]]:
+    def current_versions(self, selectors: Sequence[str]) -> tuple[dict[str, Version], list[str]]:
         """The version each selector resolves to now, and the selectors SSM does not have."""
 
     def current_listing(self, path: str, recursive: bool) -> dict[str, int]:
@@ -184,10 +194,27 @@ class SsmVersions:
     def __init__(self, client: SsmClient) -> None:
         self._client = client
 
-    def current_versions(self, selectors: Sequence[str]) -> tuple[dict[str, int], list[str]]:
-        """Versions by selector, 10 selectors a call; and those SSM does not have."""
-        found, missing = self._client.fetch(selectors, decrypt=False)
-        return {selector: p.version for selector, p in found.items()}, missing
+    def current_versions(self, selectors: Sequence[str]) -> tuple[dict[str, Version], list[str]]:
+        """Versions by selector, 10 selectors a call; and those SSM does not have.
+
+        SSM refuses Secrets Manager references without decryption, so those go in calls of their
+        own with WithDecryption=true: the value comes along (kept in memory, redacted, unused) and
+        the secret's AWSCURRENT version id is compared."""
+        plain = [s for s in selectors if not s.startswith(SECRETS_MANAGER_PREFIX)]
+        secrets = [s for s in selectors if s.startswith(SECRETS_MANAGER_PREFIX)]
+        versions: dict[str, Version] = {}
+        missing: list[str] = []
+        if plain:
+            found, absent = self._client.fetch(plain, decrypt=False)
+            versions.update({selector: p.version for selector, p in found.items()})
+            missing.extend(absent)
+        if secrets:
+            found, absent = self._client.fetch(secrets, decrypt=True)
+            for selector, p in found.items():
+                REDACTOR.add(p.value)
+                versions[selector] = p.source_version or p.version
+            missing.extend(absent)
+        return versions, missing
 
     def current_listing(self, path: str, recursive: bool) -> dict[str, int]:
         """Versions by name of everything under `path`, every page."""
@@ -200,8 +227,8 @@ class Change:
     """One difference between the last render and SSM: None is "absent"."""
 
     name: str
-    old: Optional[int]
-    new: Optional[int]
+    old: Optional[Version]
+    new: Optional[Version]
     path: Optional[str] = None
 
     def as_log(self) -> dict[str, Any]:

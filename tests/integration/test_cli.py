@@ -190,7 +190,7 @@ def test_a_path_ssm_refuses_is_a_template_error_and_keeps_the_old_file(stack: St
     assert "SSM refused ssm:GetParametersByPath on /ssm/x/ as invalid (ValidationException)" in err
     assert out == ""
     assert stack.output.read_bytes() == before
-    assert sorted(path.name for path in stack.output.parent.iterdir()) == ["env"]
+    assert sorted(path.name for path in stack.output.parent.iterdir()) == ["env", "state.json"]
 
 
 def test_check_lists_parameters_and_never_values(stack: Stack) -> None:
@@ -277,7 +277,7 @@ def test_failure_keeps_previous_good_file(stack: Stack) -> None:
     stack.template('A={{ param("/p/a") }}\nB={{ param("/p/gone") }}\n')
     assert stack.run("render", "app")[0] == 4
     assert stack.output.read_bytes() == before
-    assert os.listdir(stack.output.parent) == ["env"]
+    assert sorted(os.listdir(stack.output.parent)) == ["env", "state.json"]
 
 
 @pytest.mark.parametrize(

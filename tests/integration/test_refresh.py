@@ -339,3 +339,40 @@ def test_clean_removes_the_record_with_the_file(rotation: Rotation) -> None:
     rotation.render()
     assert rotation.stack.run("clean", "app")[0] == 0
     assert not Path(rotation.stack.output.parent).exists()
+
+
+def test_a_rotated_secrets_manager_secret_is_detected_by_its_awscurrent_version(rotation: Rotation) -> None:
+    """A Secrets Manager reference is asked in a call of its own with WithDecryption=true (SSM refuses
+    it otherwise) and a new AWSCURRENT version is a change; the plain parameter still goes without."""
+    import boto3
+
+    secrets = boto3.client(
+        "secretsmanager",
+        region_name="eu-west-1",
+        endpoint_url=rotation.stack.ssm_url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    secrets.create_secret(Name="prod/db", SecretString=f"{MARK}sm-old")
+    rotation.stack.put("/app/plain", f"{MARK}plain")
+    reference = "/aws/reference/secretsmanager/prod/db"
+    rotation.stack.template(f'DB={{{{ param("{reference}") }}}}\nPLAIN={{{{ param("/app/plain") }}}}\n')
+    rotation.render()
+    start = len(rotation.proxy.actions)
+
+    code, err = rotation.refresh()
+    assert code == 0, err
+    asked = sorted((body["Names"], body["WithDecryption"]) for _, body in rotation.since(start))
+    assert asked == [(["/app/plain"], False), ([reference], True)]
+    assert _events(err, "refresh_unchanged")
+
+    secrets.put_secret_value(SecretId="prod/db", SecretString=f"{MARK}sm-new")
+    code, err = rotation.refresh()
+    assert code == 0, err
+    (changed,) = _events(err, "refresh_changed")
+    (change,) = changed["changes"]  # type: ignore[misc]
+    assert change["name"] == reference
+    assert change["old_version"] != change["new_version"]
+    assert isinstance(change["new_version"], str)
+    assert MARK not in err
+    assert rotation.systemd.calls == [("try-restart", "app.service")]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.answers import current_secret_version
 from agent.errors import AgentError, UsageError
 from agent.refresh import PathListing, RenderRecord, is_fixed_version, selectors_to_check
 from agent.units import (
@@ -44,7 +45,7 @@ def test_record_survives_its_json() -> None:
             {
                 "format": 1,
                 "service": "app",
-                "parameters": [{"selector": "/a", "name": "/a", "version": "3"}],
+                "parameters": [{"selector": "/a", "name": "/a", "version": [3]}],
                 "missing": [],
                 "paths": [],
             }
@@ -138,3 +139,20 @@ def test_the_default_interval_needs_no_dropin(image: Path) -> None:
     assert result.interval_seconds == 900
     assert not result.dropin_path.exists()
     assert refresh_enabled("app", image)
+
+
+@pytest.mark.parametrize(
+    ("source_result", "expected"),
+    [
+        (json.dumps({"VersionIdsToStages": {"v1": ["AWSPREVIOUS"], "v2": ["AWSCURRENT"]}}), "v2"),
+        (json.dumps({"VersionId": "v3", "VersionStages": ["AWSCURRENT"]}), "v3"),
+        (json.dumps({"VersionId": "v3", "VersionStages": ["AWSPENDING"]}), None),
+        (json.dumps({"VersionIdsToStages": {"a": ["AWSCURRENT"], "b": ["AWSCURRENT"]}}), None),
+        ("not json", None),
+        (None, None),
+        (json.dumps([1]), None),
+    ],
+)
+def test_awscurrent_version_of_a_secrets_manager_reference(source_result: object, expected: object) -> None:
+    """The AWSCURRENT version id is read from SourceResult in either shape; anything else gives None."""
+    assert current_secret_version(source_result) == expected
