@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol, Union
@@ -22,13 +21,13 @@ from agent.errors import AgentError
 from agent.log import REDACTOR
 from agent.output import Ownership, write_secret_file
 from agent.ssm import SsmClient
+from agent.systemd import systemctl
 
 log = structlog.get_logger("secrets-agent")
 
 STATE_FORMAT = 1
 # A record of 10,000 parameters is under 1 MiB; anything bigger was not written by the agent.
 STATE_MAX_BYTES = 4 * 1024 * 1024
-SYSTEMCTL_TIMEOUT_SECONDS = 120
 AGENT_UNIT = "secrets-agent@{name}.service"
 # A parameter's version number, or a Secrets Manager secret's AWSCURRENT version id.
 Version = Union[int, str]
@@ -290,45 +289,22 @@ class Systemd(Protocol):
 class Systemctl:
     """Systemd through the `systemctl` command."""
 
-    def __init__(self, command: str = "systemctl") -> None:
-        self._command = command
-
-    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        try:
-            return subprocess.run(
-                [self._command, *args],
-                capture_output=True,
-                text=True,
-                timeout=SYSTEMCTL_TIMEOUT_SECONDS,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise AgentError(f"systemctl {' '.join(args)} failed: {exc}") from None
-
     def active_apps(self, name: str) -> list[str]:
         """Units that Require= the agent instance (what `enable` wrote), else NAME.service; active ones."""
-        shown = self._run("show", "--property=RequiredBy", "--value", AGENT_UNIT.format(name=name))
-        if shown.returncode != 0:
-            raise AgentError(f"systemctl show failed: {shown.stderr.strip() or shown.returncode}")
+        shown = systemctl("show", "--property=RequiredBy", "--value", AGENT_UNIT.format(name=name))
         units = shown.stdout.split() or [f"{name}.service"]
-        states = self._run("is-active", *units)
+        states = systemctl("is-active", *units, check=False)
         # One line per unit, in order; exit status is non-zero when any is not active.
         lines = states.stdout.split()
         return [unit for unit, state in zip(units, lines) if state in ("active", "reloading")]
 
-    def _act(self, verb: str, unit: str) -> None:
-        done = self._run(verb, unit)
-        if done.returncode != 0:
-            detail = done.stderr.strip() or f"exit status {done.returncode}"
-            raise AgentError(f"systemctl {verb} {unit} failed: {detail}")
-
     def try_restart(self, unit: str) -> None:
         """Restart UNIT if it runs; its agent instance re-runs first (PartOf=, Requires=)."""
-        self._act("try-restart", unit)
+        systemctl("try-restart", unit)
 
     def try_reload_or_restart(self, unit: str) -> None:
         """Reload UNIT if it can, else restart it; nothing if it does not run."""
-        self._act("try-reload-or-restart", unit)
+        systemctl("try-reload-or-restart", unit)
 
 
 def refresh(

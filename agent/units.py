@@ -11,15 +11,15 @@ import os
 import re
 import secrets
 import stat
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from agent.config import validate_name
-from agent.errors import AgentError, OutputError, UsageError
+from agent.errors import OutputError, UsageError
 from agent.output import lstat_at, open_dir_nofollow
+from agent.systemd import systemctl
 
 DROPIN_NAME = "secrets-agent.conf"
 DROPIN_MODE = 0o644
@@ -30,7 +30,6 @@ UNIT_DIR = Path("etc/systemd/system")
 CONFIG_DIR = Path("etc/secrets-agent")
 # systemd's marker that it is PID 1 (sd_booted()); absent in chroots and image builds.
 SYSTEMD_RUNNING_MARKER = Path("/run/systemd/system")
-SYSTEMCTL_TIMEOUT_SECONDS = 120
 TMP_PREFIX = ".secrets-agent.tmp-"
 AGENT_TEMPLATE_UNIT = "secrets-agent@"
 
@@ -260,29 +259,14 @@ def _reload_systemd(root: Path) -> bool:
     """Run `systemctl daemon-reload` when ROOT is this machine and systemd runs it; True if it ran."""
     if root.resolve() != Path("/") or not SYSTEMD_RUNNING_MARKER.is_dir():
         return False
-    try:
-        completed = subprocess.run(
-            ["systemctl", "daemon-reload"],
-            capture_output=True,
-            text=True,
-            timeout=SYSTEMCTL_TIMEOUT_SECONDS,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise AgentError(
-            f"systemctl daemon-reload failed ({exc}): the files are in place; run it yourself"
-        ) from None
-    if completed.returncode != 0:
-        detail = completed.stderr.strip() or f"exit status {completed.returncode}"
-        raise AgentError(
-            f"systemctl daemon-reload failed ({detail}): the files are in place; run it yourself"
-        )
+    systemctl("daemon-reload", fix="the files are in place; run it yourself")
     return True
 
 
 # -- the rotation timer: `enable NAME --refresh [INTERVAL]`, `disable NAME [--refresh]` --------
 
 REFRESH_TIMER = "secrets-agent-refresh@{name}.timer"
+RUN_IT_YOURSELF = "the files are in place; run it yourself"
 REFRESH_DROPIN_NAME = "interval.conf"
 DEFAULT_REFRESH_INTERVAL = "15min"
 DEFAULT_REFRESH_INTERVAL_SECONDS = 900
@@ -410,26 +394,11 @@ def _systemctl_on(root: Path, verb: str, timer: str, *, restart: bool) -> bool:
     (an image: links only); True when it ran against a live systemd."""
     live = root.resolve() == Path("/") and SYSTEMD_RUNNING_MARKER.is_dir()
     if not live:
-        _systemctl(f"--root={root}", verb, timer)
+        systemctl(f"--root={root}", verb, timer, fix=RUN_IT_YOURSELF)
         return False
-    _systemctl("daemon-reload")
-    _systemctl(verb, "--now", timer)
+    systemctl("daemon-reload", fix=RUN_IT_YOURSELF)
+    systemctl(verb, "--now", timer, fix=RUN_IT_YOURSELF)
     if restart and verb == "enable":
-        _systemctl("restart", timer)  # a new interval takes effect now, not at the next boot
+        # A new interval takes effect now, not at the next boot.
+        systemctl("restart", timer, fix=RUN_IT_YOURSELF)
     return True
-
-
-def _systemctl(*args: str) -> None:
-    try:
-        completed = subprocess.run(
-            ["systemctl", *args],
-            capture_output=True,
-            text=True,
-            timeout=SYSTEMCTL_TIMEOUT_SECONDS,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise AgentError(f"systemctl {' '.join(args)} failed ({exc}): run it yourself") from None
-    if completed.returncode != 0:
-        detail = completed.stderr.strip() or f"exit status {completed.returncode}"
-        raise AgentError(f"systemctl {' '.join(args)} failed ({detail}): run it yourself")
