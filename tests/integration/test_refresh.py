@@ -72,6 +72,12 @@ class Rotation:
         code, _out, err = self.stack.run("render", "app")
         assert code == 0, err
 
+    def render_db(self) -> None:
+        """Render a template of one parameter, /app/db, at version 1."""
+        self.stack.put("/app/db", f"{MARK}old")
+        self.stack.template('DB={{ param("/app/db") }}\n')
+        self.render()
+
     def settings(self, text: str) -> None:
         (self.stack.config / "app.toml").write_text(text)
 
@@ -237,9 +243,7 @@ def test_on_change_render_reload_and_none(
     """render writes the new value and touches nothing else; reload also asks systemd to reload;
     none leaves the file as it was and only logs."""
     rotation.settings(f'on_change = "{action}"\n')
-    rotation.stack.put("/app/db", f"{MARK}old")
-    rotation.stack.template('DB={{ param("/app/db") }}\n')
-    rotation.render()
+    rotation.render_db()
     rotation.stack.put("/app/db", f"{MARK}new")
 
     code, err = rotation.refresh()
@@ -259,9 +263,7 @@ def test_a_failed_re_render_keeps_the_old_file_and_touches_no_app(rotation: Rota
     """on_change = "reload": a parameter deleted in SSM fails the re-render (exit 4), the old file
     stays and systemd is asked for nothing."""
     rotation.settings('on_change = "reload"\n')
-    rotation.stack.put("/app/db", f"{MARK}old")
-    rotation.stack.template('DB={{ param("/app/db") }}\n')
-    rotation.render()
+    rotation.render_db()
     admin_ssm_client(rotation.stack.ssm_url).delete_parameter(Name="/app/db")
 
     code, err = rotation.refresh()
@@ -276,9 +278,7 @@ def test_ssm_down_fails_the_check_and_the_next_one_acts(rotation: Rotation) -> N
     """SSM failing until the deadline: exit 7, refresh_failed names the cause, no action; once SSM is
     back the next check detects the change as usual."""
     rotation.settings("deadline_seconds = 1\n")
-    rotation.stack.put("/app/db", f"{MARK}old")
-    rotation.stack.template('DB={{ param("/app/db") }}\n')
-    rotation.render()
+    rotation.render_db()
     rotation.stack.put("/app/db", f"{MARK}new")
     down: Optional[CannedResponse] = aws_json_error("ServiceUnavailable", "Service Unavailable", 503)
     rotation.proxy.responder = lambda _index, _action: down
@@ -300,9 +300,7 @@ def test_ssm_down_fails_the_check_and_the_next_one_acts(rotation: Rotation) -> N
 
 def test_an_app_that_does_not_run_costs_no_call_at_all(rotation: Rotation) -> None:
     """When the app does not run, refresh asks neither IMDS nor SSM anything and exits 0."""
-    rotation.stack.put("/app/db", f"{MARK}old")
-    rotation.stack.template('DB={{ param("/app/db") }}\n')
-    rotation.render()
+    rotation.render_db()
     rotation.stack.put("/app/db", f"{MARK}new")
     rotation.systemd.active = []
     ssm_before, imds_before = len(rotation.proxy.actions), len(rotation.stack.imds.requests)
@@ -319,9 +317,7 @@ def test_an_app_that_does_not_run_costs_no_call_at_all(rotation: Rotation) -> No
 
 def test_without_a_record_refresh_fails_and_says_how_to_get_one(rotation: Rotation) -> None:
     """An app running without state.json (started by an older agent): exit 1 with the fix, no call."""
-    rotation.stack.put("/app/db", f"{MARK}old")
-    rotation.stack.template('DB={{ param("/app/db") }}\n')
-    rotation.render()
+    rotation.render_db()
     (rotation.stack.output.parent / "state.json").unlink()
     before = len(rotation.proxy.actions)
 
@@ -334,9 +330,7 @@ def test_without_a_record_refresh_fails_and_says_how_to_get_one(rotation: Rotati
 
 def test_clean_removes_the_record_with_the_file(rotation: Rotation) -> None:
     """clean removes state.json along with env, and the folder with them."""
-    rotation.stack.put("/app/db", f"{MARK}old")
-    rotation.stack.template('DB={{ param("/app/db") }}\n')
-    rotation.render()
+    rotation.render_db()
     assert rotation.stack.run("clean", "app")[0] == 0
     assert not Path(rotation.stack.output.parent).exists()
 
