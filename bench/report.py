@@ -52,7 +52,7 @@ def _cpu_model() -> str:
 
 def render(results: Results) -> str:
     """The whole report."""
-    from bench import run
+    from bench import rotation, run
 
     lines: list[str] = []
     add = lines.append
@@ -89,6 +89,7 @@ def render(results: Results) -> str:
     _storm(results, add)
     _memory(results, add)
     _levers(results, add)
+    rotation.report(results.rotation, add)
     _reading(results, add)
     if results.violations:
         add("## Failed checks")

@@ -24,7 +24,7 @@ from typing import Any, Optional
 from urllib.parse import urlsplit
 
 from agent.envfile import parse_env
-from bench import levers, report
+from bench import levers, report, rotation
 from bench.measure import Series, Spawner
 from bench.stack import (
     CLI_ACCESS_KEY_ID,
@@ -69,6 +69,7 @@ class Options:
     storm_parameters: int
     skip_storm: bool
     output: Path
+    skip_rotation: bool = False
 
 
 @dataclass
@@ -86,6 +87,7 @@ class Results:
     import_shares: list[levers.ImportShare] = field(default_factory=list)
     levers: list[levers.Lever] = field(default_factory=list)
     storms: list[StormResult] = field(default_factory=list)
+    rotation: Optional[rotation.RotationResults] = None
     violations: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     # 1-minute load average at the start and at the end: other work on the machine skews timings.
@@ -110,6 +112,7 @@ def _parse_options(argv: Optional[list[str]]) -> Options:
     parser.add_argument("--storm-parameters", type=int, default=20, help="parameters each agent renders")
     parser.add_argument("--skip-storm", action="store_true", help="leave the fleet storm out")
     parser.add_argument("--output", type=Path, default=BENCH_DIR / "RESULTS.md")
+    parser.add_argument("--skip-rotation", action="store_true", help="leave the rotation checks out")
     args = parser.parse_args(argv)
     return Options(
         rounds=args.rounds,
@@ -120,6 +123,7 @@ def _parse_options(argv: Optional[list[str]]) -> Options:
         storm_parameters=args.storm_parameters,
         skip_storm=args.skip_storm,
         output=args.output,
+        skip_rotation=args.skip_rotation,
     )
 
 
@@ -452,6 +456,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not options.skip_storm:
         print(f"fleet storm: {options.storm_agents} agents at {options.storm_rate:g} SSM calls/s", flush=True)
         _storms(options, results)
+    if not options.skip_rotation:
+        results.rotation = rotation.measure(skip_fleets=options.skip_storm)
+        results.violations.extend(results.rotation.violations)
     results.seconds = time.perf_counter() - started
     results.load_after = os.getloadavg()[0]
     text = report.render(results)
