@@ -431,7 +431,7 @@ def test_a_proxy_page_never_turns_a_secret_into_its_default(stack: Stack) -> Non
     assert "fallback" not in err
     assert "Blocked by policy" not in err
     assert _read(stack.output) == before
-    assert sorted(p.name for p in stack.output.parent.iterdir()) == ["env"]
+    assert sorted(p.name for p in stack.output.parent.iterdir()) == ["env", "state.json"]
 
 
 def test_a_proxy_page_then_ssm_renders_the_real_value(stack: Stack) -> None:
