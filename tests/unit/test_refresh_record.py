@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.answers import current_secret_version
+from agent.cli import main
 from agent.errors import AgentError, UsageError
 from agent.refresh import PathListing, RenderRecord, is_fixed_version, selectors_to_check
 from agent.units import (
@@ -156,3 +158,21 @@ def test_the_default_interval_needs_no_dropin(image: Path) -> None:
 def test_awscurrent_version_of_a_secrets_manager_reference(source_result: object, expected: object) -> None:
     """The AWSCURRENT version id is read from SourceResult in either shape; anything else gives None."""
     assert current_secret_version(source_result) == expected
+
+
+def test_enable_refresh_and_plain_disable_through_the_command(image: Path) -> None:
+    """`enable NAME --refresh 2min --root DIR` turns the timer on with its drop-in; a plain `disable`
+    takes the app's drop-in and the timer away together."""
+    out = io.StringIO()
+    args = ["--root", str(image)]
+    assert main(["enable", "app", "--refresh", "2min", *args], env={}, stdout=out, stderr=io.StringIO()) == 0
+    assert "secrets-agent-refresh@app.timer: checks every 120 s" in out.getvalue()
+    assert refresh_enabled("app", image)
+
+    out = io.StringIO()
+    assert main(["disable", "app", *args], env={}, stdout=out, stderr=io.StringIO()) == 0
+
+    assert "turned off secrets-agent-refresh@app.timer" in out.getvalue()
+    assert "removed the secrets-agent drop-in of app.service" in out.getvalue()
+    assert not refresh_enabled("app", image)
+    assert not (image / "etc/systemd/system/secrets-agent-refresh@app.timer.d").exists()
