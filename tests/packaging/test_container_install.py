@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,10 +131,19 @@ def write(root: Path, path: str, content: str, mode: int = 0o644) -> None:
     target.chmod(mode)
 
 
+EXEC_WAIT_SECONDS = 10.0
+
+
 def app_environment(machine: Machine) -> dict[str, str]:
     """The environment app.service's main process runs with."""
     pid = run(machine, "systemctl", "show", "--value", "-p", "MainPID", "app.service").stdout.strip()
     assert pid not in ("", "0"), run(machine, "systemctl", "status", "app.service", check=False).stdout
+    # MainPID is known from the fork on; until the child execs the app it is a copy of systemd with
+    # systemd's environment, so wait for the exec.
+    deadline = time.monotonic() + EXEC_WAIT_SECONDS
+    while machine.run("readlink", f"/proc/{pid}/exe", check=False).stdout.strip().endswith(b"/systemd"):
+        assert time.monotonic() < deadline, f"app.service's main process {pid} never exec'd"
+        time.sleep(0.05)
     environ = machine.run("cat", f"/proc/{pid}/environ").stdout
     pairs = [item.split(b"=", 1) for item in environ.split(b"\0") if b"=" in item]
     return {key.decode(): value.decode() for key, value in pairs}
