@@ -317,7 +317,8 @@ def refresh(
     """Check NAME's parameters and act on a change; exit code 0 when the check (and action) worked.
 
     Nothing is fetched, not even credentials, when NAME's app does not run. Errors propagate as
-    AgentError: the app is left as it was.
+    AgentError (the CLI logs refresh_failed): a failed check or re-render leaves the app as it was;
+    a restart whose render fails leaves it down, as at boot.
     """
     apps = systemd.active_apps(service.name)
     if not apps:
