@@ -22,8 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from agent.answers import SECRETS_MANAGER_PREFIX, split_selector
 from agent.errors import AgentError, CredentialsError, UsageError
-from agent.ssm import SECRETS_MANAGER_PREFIX, split_selector
 from agent.template import Requirements
 
 AWS_MANAGED_SSM_KEY = "alias/aws/ssm"

@@ -48,7 +48,9 @@ def _template(stack: Stack, names: Any) -> None:
     stack.template("".join(f'K{i}={{{{ param("{name}") }}}}\n' for i, name in enumerate(names)))
 
 
-def test_batched_role_renders_with_ceil_n_over_10_calls(iam: IamWorld, tmp_path: Path, tmpfs_path: Path) -> None:
+def test_batched_role_renders_with_ceil_n_over_10_calls(
+    iam: IamWorld, tmp_path: Path, tmpfs_path: Path
+) -> None:
     """With ssm:GetParameters granted, N names take exactly ceil(N/10) GetParameters calls and no GetParameter."""
     values = _seed(iam, 23)
     with role_stack(iam, tmp_path, tmpfs_path, policy_of(allow("ssm:GetParameters"))) as (stack, proxy):
@@ -61,11 +63,13 @@ def test_batched_role_renders_with_ceil_n_over_10_calls(iam: IamWorld, tmp_path:
         assert written == {f"K{i}": value for i, value in enumerate(values.values())}
 
 
-def test_no_ssm_action_exits_5_naming_action_and_role(iam: IamWorld, tmp_path: Path, tmpfs_path: Path) -> None:
+def test_no_ssm_action_exits_5_naming_action_and_role(
+    iam: IamWorld, tmp_path: Path, tmpfs_path: Path
+) -> None:
     """A role without any ssm action: exit 5, the message names ssm:GetParameters and the role."""
     _seed(iam, 2)
     policy = policy_of(allow("sts:GetCallerIdentity"))
-    with role_stack(iam, tmp_path, tmpfs_path, policy) as (stack, proxy):
+    with role_stack(iam, tmp_path, tmpfs_path, policy) as (stack, _proxy):
         _template(stack, ["/prod/app/v000", "/prod/app/v001"])
         code, _out, err = stack.run("render", "app")
         assert code == 5, err

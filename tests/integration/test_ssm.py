@@ -17,20 +17,21 @@ from moto_server import CannedResponse, RecordingProxy, admin_ssm_client, aws_js
 
 from agent.errors import AccessDenied, AgentError, CredentialsError, ServiceUnavailable, TemplateError
 from agent.retry import Backoff, Deadline
-from agent.ssm import (
+from agent.answers import (
     ACCESS_DENIED_ERROR_CODES,
     CREDENTIALS_ERROR_CODES,
     KMS_ERROR_CODES,
     THROTTLING_ERROR_CODES,
     TRANSIENT_ERROR_CODES,
     VALIDATION_ERROR_CODES,
+    NotSsmAnswer,
     Parameter,
-    SsmClient,
     is_retryable_error,
     map_client_error,
     match_parameters,
     split_selector,
 )
+from agent.ssm import SsmClient
 
 REGION = "us-east-1"
 CREDENTIALS = ("AKIDTESTTESTTESTTEST", "test-secret-key", "test-session-token")
@@ -313,11 +314,10 @@ def test_match_reports_labels_it_cannot_tell_apart() -> None:
     assert (found, missing, sorted(ambiguous)) == ({}, [], ["/x:a", "/x:b"])
 
 
-def test_match_reports_unanswered_selectors_as_missing() -> None:
-    """A selector neither answered nor listed as invalid is reported missing rather than guessed."""
-    found, missing, _ = match_parameters(["/a", "/b"], [answer("/a", 1, "va")], [])
-    assert list(found) == ["/a"]
-    assert missing == ["/b"]
+def test_match_refuses_an_answer_that_leaves_a_selector_unaccounted_for() -> None:
+    """A selector neither answered nor listed as invalid makes the answer not SSM's, never "missing"."""
+    with pytest.raises(NotSsmAnswer, match="/b neither answered nor listed as invalid"):
+        match_parameters(["/a", "/b"], [answer("/a", 1, "va")], [])
 
 
 # ---------------------------------------------------------------------------------------------
