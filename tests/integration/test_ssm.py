@@ -582,14 +582,18 @@ def test_read_timeout_is_retried(admin: Any, clean_moto_url: str) -> None:
 
 
 def test_access_denied_from_ssm(admin: Any, clean_moto_url: str) -> None:
-    """An IAM denial is not retried and names the denied parameter and the role."""
-    denied = aws_json_error("AccessDeniedException", DENIED_ROLE_MESSAGE)
-    with RecordingProxy(None, lambda _i, _a: denied) as proxy:
+    """A denial of both read actions is not retried and names the parameter, both actions and the role."""
+
+    def deny(_index: int, action: str) -> CannedResponse:
+        return aws_json_error("AccessDeniedException", DENIED_ROLE_MESSAGE.replace("GetParameters", action))
+
+    with RecordingProxy(None, deny) as proxy:
         with pytest.raises(AccessDenied) as raised:
             make_client(proxy.url, role="app-role").fetch(["/prod/app/api", "/prod/app/db"])
-        assert proxy.count("GetParameters") == 1
+        assert proxy.actions == ["GetParameters", "GetParameter"]
     assert raised.value.message == (
-        "SSM denied ssm:GetParameters on /prod/app/db for role app-role: grant it in the instance profile"
+        "SSM denied both ssm:GetParameters and ssm:GetParameter on /prod/app/api for role app-role: grant "
+        "ssm:GetParameters (10 names a call) or ssm:GetParameter on it in the instance profile"
     )
     assert raised.value.__cause__ is None
     assert raised.value.__suppress_context__
