@@ -26,6 +26,7 @@ from agent.answers import (
     VALIDATION_ERROR_CODES,
     NotSsmAnswer,
     Parameter,
+    denies_action,
     is_retryable_error,
     map_client_error,
     match_parameters,
@@ -604,6 +605,7 @@ def test_kms_denial_names_the_key() -> None:
     denied = aws_json_error("AccessDeniedException", KMS_DENIED_MESSAGE)
     with RecordingProxy(None, lambda _i, _a: denied) as proxy, pytest.raises(AccessDenied) as raised:
         make_client(proxy.url).fetch(["/prod/app/db"])
+    assert proxy.actions == ["GetParameters"]  # a KMS denial is no reason to fall back to GetParameter
     assert KMS_KEY_ARN in raised.value.message
     assert "kms:Decrypt" in raised.value.message
 
@@ -639,3 +641,21 @@ def test_logs_carry_names_and_versions_but_never_values(admin: Any, clean_moto_u
     assert fetched["versions"] == {"/log/db": 1}
     assert fetched["missing"] == ["/log/missing"]
     assert SECRET_VALUE not in repr(logs)
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "expected"),
+    [
+        ("AccessDeniedException", DENIED_ROLE_MESSAGE, True),
+        ("AccessDeniedException", DENIED_ROLE_MESSAGE.replace("GetParameters", "GetParametersByPath"), False),
+        ("AccessDeniedException", DENIED_ROLE_MESSAGE.replace("GetParameters", "GetParameter"), False),
+        ("AccessDeniedException", KMS_DENIED_MESSAGE, False),
+        ("AccessDeniedException", DENIED_ROLE_MESSAGE + " (Service: AWSKMS)", False),
+        ("ThrottlingException", DENIED_ROLE_MESSAGE, False),
+        ("UnrecognizedClientException", "The security token included is invalid.", False),
+        ("AccessDeniedException", "Access denied", False),
+    ],
+)
+def test_only_a_denial_of_get_parameters_itself_falls_back(code: str, message: str, expected: bool) -> None:
+    """The fallback to GetParameter is taken for IAM denying ssm:GetParameters by name, never for other errors."""
+    assert denies_action(code, message, "GetParameters") is expected
