@@ -29,6 +29,7 @@ from agent.units import disable_service, enable_service
 log = structlog.get_logger("secrets-agent")
 
 _COMMANDS_WITH_UNIT = ("enable", "disable")
+POLICY_DEADLINE_SECONDS = 10.0
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -266,7 +267,8 @@ def cmd_policy(
     needs = _read_template(service).requirements
     if args.region:
         settings = replace(settings, region=args.region)
-    deadline = Deadline(service.deadline_seconds)
+    # An operator waits at a shell: a laptop without IMDS should not cost the full render deadline.
+    deadline = Deadline(min(service.deadline_seconds, POLICY_DEADLINE_SECONDS))
     access: Optional[_AwsAccess] = None
     try:
         access = _aws_access(settings, deadline)

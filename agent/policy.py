@@ -271,7 +271,7 @@ def generate_policy(
         raise UsageError(f"--account must be a 12-digit AWS account id, not {account!r}")
     if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d", region):
         raise UsageError(f"{region!r} is not an AWS region name such as eu-west-1")
-    if account is None or partition is None:
+    if account is None:
         if identity is None:
             raise CredentialsError("no AWS credentials to look up the account: pass --account")
         arn = identity()
