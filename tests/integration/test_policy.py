@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from agent.cli import main
-from tests.integration.iam_world import ACCOUNT, REGION, IamWorld, actions_only, allow, policy_of
+from tests.integration.iam_world import ACCOUNT, REGION, IamWorld, actions_only, allow, policy_of, ssm_proxy
 from tests.integration.test_iam import ROLE, role_stack
 
 TEMPLATE = (
@@ -125,8 +125,15 @@ def test_without_key_lookup_a_placeholder_stands_in(iam: IamWorld, tmp_path: Pat
     """A role that may not call DescribeParameters gets a clearly named placeholder and a note on stderr."""
     _seed(iam)
     keys = iam.role("reader", policy_of(allow("ssm:GetParameter")))
-    env = {**keys.env(), "AWS_REGION": REGION, "AWS_ENDPOINT_URL": iam.url}
-    code, out, err = _policy(iam, tmp_path, "--account", ACCOUNT, env=env)
+    with ssm_proxy(iam.url) as proxy:
+        env = {
+            **keys.env(),
+            "AWS_REGION": REGION,
+            "AWS_ENDPOINT_URL": iam.url,
+            "AWS_ENDPOINT_URL_SSM": proxy.url,
+        }
+        code, out, err = _policy(iam, tmp_path, "--account", ACCOUNT, env=env)
+        assert proxy.actions == ["DescribeParameters"]
     assert code == 0, err
     policy = json.loads(out)
     placeholder = [s for s in policy["Statement"] if s["Sid"].startswith("Placeholder")]
