@@ -16,6 +16,9 @@ import structlog
 from agent import __version__, envfile
 from agent.answers import Parameter
 from agent.config import AgentSettings, ServiceSettings, load_agent_settings, load_service_settings
+from agent.doctor import Inputs as DoctorInputs
+from agent.doctor import report as report_checks
+from agent.doctor import run_checks
 from agent.errors import EXIT_INTERRUPTED, AgentError, ConfigError, ParameterNotFound
 from agent.imds import ImdsClient
 from agent.log import REDACTOR, configure_logging
@@ -28,7 +31,7 @@ from agent.units import disable_service, enable_service
 
 log = structlog.get_logger("secrets-agent")
 
-_COMMANDS_WITH_UNIT = ("enable", "disable")
+_COMMANDS_WITH_UNIT = ("enable", "disable", "doctor")
 POLICY_DEADLINE_SECONDS = 10.0
 
 
@@ -76,6 +79,7 @@ def _build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("name", metavar="NAME", help="the service name: /etc/secrets-agent/NAME.env.j2")
         if command in _COMMANDS_WITH_UNIT:
             cmd.add_argument("--unit", metavar="UNIT", help="the unit to put behind the agent")
+        if command in ("enable", "disable"):
             cmd.add_argument(
                 "--root",
                 metavar="DIR",
@@ -300,6 +304,19 @@ def cmd_policy(
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO) -> int:
+    def load_settings() -> tuple[AgentSettings, ServiceSettings]:
+        settings = load_agent_settings(
+            environ,
+            config_dir=getattr(args, "config_dir", None),
+            runtime_dir=getattr(args, "runtime_dir", None),
+        )
+        return settings, load_service_settings(settings, args.name)
+
+    inputs = DoctorInputs(load_settings=load_settings, load_template=_read_template, unit=args.unit)
+    return report_checks(run_checks(args.name, inputs), out.write)
+
+
 def cmd_enable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -> int:
     result = enable_service(args.name, args.unit, Path(args.root))
     out.write(
@@ -350,6 +367,8 @@ def main(
     )
     environ = os.environ if env is None else env
     try:
+        if args.command == "doctor":
+            return cmd_doctor(args, environ, out)
         settings = load_agent_settings(
             environ,
             config_dir=getattr(args, "config_dir", None),
