@@ -93,6 +93,7 @@ NOT_FOUND_ERROR_CODES = frozenset({"ParameterNotFound", "ParameterVersionNotFoun
 _KMS_MESSAGE_RE = re.compile(r"AWSKMS|kms:|\bKMS\b|ciphertext refers to a customer master key", re.I)
 _KMS_KEY_ARN_RE = re.compile(r"arn:aws[\w-]*:kms:[\w-]+:\d{12}:(?:key|alias)/[\w/-]+")
 _SSM_PARAMETER_ARN_RE = re.compile(r"arn:aws[\w-]*:ssm:[\w-]*:\d{12}:parameter(/?[\w./@:-]*[\w/@-])")
+_DENIED_ACTION_RE = re.compile(r"not authorized to perform: ([\w-]+:\w+)")
 _ASSUMED_ROLE_RE = re.compile(r":assumed-role/([\w+=,.@-]+)/")
 _ARN_RESOURCE_PREFIX_RE = re.compile(r"^arn:aws[\w-]*:ssm:[\w-]*:\d*:parameter")
 
@@ -197,6 +198,13 @@ def map_client_error(
             "and make sure the key exists and is enabled"
         )
     if code in ACCESS_DENIED_ERROR_CODES:
+        other = _DENIED_ACTION_RE.search(message)
+        if other and not other.group(1).startswith("ssm:"):
+            # SSM acts as the caller on another service (Secrets Manager for a reference).
+            return AccessDenied(
+                f"SSM could not read {listed} for {who_text}: {other.group(1)} was denied; grant it "
+                "in the instance profile"
+            )
         return AccessDenied(
             f"SSM denied ssm:{action} on {listed} for {who_text}: grant it in the instance profile"
         )

@@ -131,6 +131,8 @@ class IamWorld:
         key = iam.create_access_key(UserName=ADMIN_USER)["AccessKey"]
         self.admin = Keys(key["AccessKeyId"], key["SecretAccessKey"])
         self.admin_arn = f"arn:aws:iam::{ACCOUNT}:user/{ADMIN_USER}"
+        # Keys handed out by role(), by access key id: whom a signed request came from.
+        self.callers: dict[str, tuple[str, Keys]] = {}
 
     def client(self, service: str, keys: Optional[Keys] = None, endpoint: Optional[str] = None) -> Any:
         """A boto3 client signed with `keys` (the administrator's by default)."""
@@ -164,7 +166,75 @@ class IamWorld:
         answer = self.client("sts").assume_role(
             RoleArn=f"arn:aws:iam::{ACCOUNT}:role/{name}", RoleSessionName=SESSION_NAME
         )["Credentials"]
-        return Keys(answer["AccessKeyId"], answer["SecretAccessKey"], answer["SessionToken"])
+        keys = Keys(answer["AccessKeyId"], answer["SecretAccessKey"], answer["SessionToken"])
+        self.callers[keys.access_key_id] = (
+            f"arn:aws:sts::{ACCOUNT}:assumed-role/{name}/{SESSION_NAME}",
+            keys,
+        )
+        return keys
+
+    def as_ssm(self, answer: CannedResponse, headers: Mapping[str, str], body: bytes) -> CannedResponse:
+        """SSM's answer as AWS gives it: denials in SSM's shape, and what SSM does on the caller's behalf
+        checked as the caller (forward access): a Secrets Manager reference needs
+        secretsmanager:GetSecretValue, a SecureString under a customer managed key needs kms:Decrypt.
+        moto's SSM skips both checks; here they are made against moto's IAM, as the caller."""
+        answer = ssm_denial(answer, headers, body)
+        action = headers.get("X-Amz-Target", "").rpartition(".")[2]
+        scope = re.search(r"Credential=([^/]+)/", headers.get("Authorization", ""))
+        caller = self.callers.get(scope.group(1)) if scope else None
+        if answer.status != 200 or caller is None or not action.startswith("GetParameter"):
+            return answer
+        principal, keys = caller
+        parsed, request = json.loads(answer.body), json.loads(body or b"{}")
+        items = parsed.get("Parameters") or ([parsed["Parameter"]] if "Parameter" in parsed else [])
+        # moto answers a reference under the secret's bare name: take references from the request.
+        asked = [str(name) for name in request.get("Names") or [request.get("Name") or ""]]
+        checks = [(name, "reference") for name in asked if name.startswith("/aws/reference/secretsmanager/")]
+        checks += [(str(item["Name"]), str(item["Type"])) for item in items]
+        for name, kind in checks:
+            denial = self._forward_access_denial(name, kind, keys)
+            if denial is not None:
+                resource, denied_action, suffix = denial
+                message = (
+                    f"User: {principal} is not authorized to perform: {denied_action} on resource: {resource} "
+                    f"because no identity-based policy allows the {denied_action} action{suffix}"
+                )
+                return CannedResponse(
+                    status=400,
+                    body=json.dumps({"__type": "AccessDeniedException", "message": message}).encode(),
+                    headers=(("Content-Type", "application/x-amz-json-1.1"),),
+                )
+        return answer
+
+    def _forward_access_denial(self, name: str, kind: str, keys: Keys) -> Optional[tuple[str, str, str]]:
+        from botocore.exceptions import ClientError  # noqa: PLC0415
+
+        if kind == "reference":
+            secret = name[len("/aws/reference/secretsmanager/") :].partition(":")[0]
+            try:
+                self.client("secretsmanager", keys).get_secret_value(SecretId=secret)
+            except ClientError:
+                return secret, "secretsmanager:GetSecretValue", ""
+            return None
+        if kind != "SecureString" or not name.startswith("/"):
+            return None
+        described = self.client("ssm").describe_parameters(
+            ParameterFilters=[{"Key": "Name", "Option": "Equals", "Values": [name]}]
+        )["Parameters"]
+        key_id = described[0].get("KeyId", "alias/aws/ssm") if described else "alias/aws/ssm"
+        if key_id.endswith("alias/aws/ssm"):
+            return None  # the AWS managed key: its key policy lets the account's principals decrypt
+        context = {"PARAMETER_ARN": f"arn:aws:ssm:{self.region}:{ACCOUNT}:parameter{name}"}
+        blob = self.client("kms").encrypt(KeyId=key_id, Plaintext=b"probe", EncryptionContext=context)
+        try:
+            self.client("kms", keys).decrypt(CiphertextBlob=blob["CiphertextBlob"], EncryptionContext=context)
+        except ClientError:
+            return (
+                blob["KeyId"],
+                "kms:Decrypt",
+                " (Service: AWSKMS; Status Code: 400; Error Code: AccessDeniedException)",
+            )
+        return None
 
     def imds(self, role: str, keys: Keys) -> FakeImds:
         """A strict IMDSv2 fake (not started) serving `keys` as the instance role's credentials."""
@@ -246,6 +316,7 @@ def ssm_denial(moto_answer: CannedResponse, headers: Mapping[str, str], body: by
     )
 
 
-def ssm_proxy(upstream: str) -> RecordingProxy:
-    """A recording proxy in front of the enforcing server that turns its denials into SSM's shape."""
-    return RecordingProxy(upstream, rewrite=ssm_denial)
+def ssm_proxy(upstream: str, world: Optional[IamWorld] = None) -> RecordingProxy:
+    """A recording proxy in front of the enforcing server that answers as SSM does: denials in SSM's
+    shape and, given the `world`, the caller's rights on Secrets Manager and KMS checked too."""
+    return RecordingProxy(upstream, rewrite=ssm_denial if world is None else world.as_ssm)

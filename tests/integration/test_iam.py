@@ -25,7 +25,7 @@ def role_stack(
     keys = iam.role(role, policy)
     config = tmp_path / "etc"
     config.mkdir(exist_ok=True)
-    with iam.imds(role, keys) as imds, ssm_proxy(iam.url) as proxy:
+    with iam.imds(role, keys) as imds, ssm_proxy(iam.url, iam) as proxy:
         yield (
             Stack(
                 ssm_url=iam.url,

@@ -166,7 +166,8 @@ def test_generated_policy_lets_the_role_render_and_each_statement_is_needed(
     iam: IamWorld, tmp_path: Path, tmpfs_path: Path
 ) -> None:
     """Attached as the role's only policy under enforcement (actions; moto cannot evaluate ARNs) render
-    succeeds; without any one SSM statement it fails with exit 5 naming that action."""
+    succeeds; without any one statement it fails with exit 5 naming that action (Secrets Manager and KMS
+    checked as the caller, as SSM does)."""
     _seed(iam)
     code, out, err = _policy(iam, tmp_path)
     assert code == 0, err
@@ -175,7 +176,13 @@ def test_generated_policy_lets_the_role_render_and_each_statement_is_needed(
         stack.template(TEMPLATE)
         code, _out, err = stack.run("render", "app")
         assert code == 0, err
-    needed = {"ReadNamedParameters": "ssm:GetParameter", "ListParameterPaths": "ssm:GetParametersByPath"}
+    needed = {
+        "ReadNamedParameters": "ssm:GetParameter",
+        "ListParameterPaths": "ssm:GetParametersByPath",
+        "ReadReferencedSecrets": "secretsmanager:GetSecretValue",
+        "DecryptSecureStrings1": "kms:Decrypt",
+    }
+    assert [statement["Sid"] for statement in policy["Statement"]] == list(needed)
     for number, (sid, action) in enumerate(needed.items()):
         reduced = copy.deepcopy(policy)
         reduced["Statement"] = [s for s in reduced["Statement"] if s["Sid"] != sid]
