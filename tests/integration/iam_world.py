@@ -195,19 +195,11 @@ class IamWorld:
             denial = self._forward_access_denial(name, kind, keys)
             if denial is not None:
                 resource, denied_action, suffix = denial
-                message = (
-                    f"User: {principal} is not authorized to perform: {denied_action} on resource: {resource} "
-                    f"because no identity-based policy allows the {denied_action} action{suffix}"
-                )
-                return CannedResponse(
-                    status=400,
-                    body=json.dumps({"__type": "AccessDeniedException", "message": message}).encode(),
-                    headers=(("Content-Type", "application/x-amz-json-1.1"),),
-                )
+                return access_denied(principal, denied_action, resource, suffix)
         return answer
 
     def _forward_access_denial(self, name: str, kind: str, keys: Keys) -> Optional[tuple[str, str, str]]:
-        from botocore.exceptions import ClientError  # noqa: PLC0415
+        from botocore.exceptions import ClientError
 
         if kind == "reference":
             secret = name[len("/aws/reference/secretsmanager/") :].partition(":")[0]
@@ -301,10 +293,14 @@ def ssm_denial(moto_answer: CannedResponse, headers: Mapping[str, str], body: by
     region = scope.group(1) if scope else REGION
     parts = _ARN_PARTS_RE.match(principal)
     partition, account = (parts.group(1), parts.group(2)) if parts else ("aws", ACCOUNT)
-    resource = _resource_arn(action, body, region, partition, account)
+    return access_denied(principal, action, _resource_arn(action, body, region, partition, account))
+
+
+def access_denied(principal: str, action: str, resource: str, suffix: str = "") -> CannedResponse:
+    """SSM's AccessDeniedException: HTTP 400, JSON, AWS's wording."""
     message = (
         f"User: {principal} is not authorized to perform: {action} on resource: {resource} "
-        f"because no identity-based policy allows the {action} action"
+        f"because no identity-based policy allows the {action} action{suffix}"
     )
     return CannedResponse(
         status=400,
