@@ -16,7 +16,6 @@ import os
 import re
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import boto3
 
 # The one place the tests import the IMDSv2 fake from (it may move out of agent/).
 from agent.fakeimds import FakeImds
-from tests.integration.moto_server import CannedResponse, RecordingProxy
+from tests.integration.moto_server import CannedResponse, RecordingProxy, moto_api
 
 LOOPBACK = "127.0.0.1"
 REGION = "eu-west-1"
@@ -81,14 +80,6 @@ def enforcing_moto_server() -> Iterator[str]:
             process.wait()
 
 
-def _post(url: str, data: bytes) -> None:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    # Not a form: moto reads the raw body, which Flask empties for form-encoded requests.
-    request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "text/plain"})
-    with opener.open(request, timeout=10) as response:
-        response.read()
-
-
 @dataclass(frozen=True)
 class Keys:
     """An access key triple; never printed (repr hides the secrets)."""
@@ -114,9 +105,9 @@ class IamWorld:
     def __init__(self, url: str, region: str = REGION) -> None:
         self.url = url
         self.region = region
-        _post(f"{url}/moto-api/reset", b"")
+        moto_api(url, "reset")
         # Re-arm the unchecked calls: the administrator is created with them, then enforcement holds.
-        _post(f"{url}/moto-api/reset-auth", str(BOOTSTRAP_CALLS).encode())
+        moto_api(url, "reset-auth", str(BOOTSTRAP_CALLS).encode())
         iam = boto3.client(
             "iam", region_name=region, endpoint_url=url, aws_access_key_id="x", aws_secret_access_key="x"
         )

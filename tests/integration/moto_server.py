@@ -38,13 +38,21 @@ def moto_server() -> Iterator[str]:
         server.stop()
 
 
-def reset_moto(url: str) -> None:
-    """Forget every resource moto holds (its documented reset API)."""
-    # No proxy: the request must go straight to 127.0.0.1 whatever the environment says.
+def moto_api(url: str, action: str, data: bytes = b"") -> None:
+    """POST to one of moto's own endpoints (/moto-api/ACTION)."""
+    # No proxy: the request must go straight to 127.0.0.1 whatever the environment says. Not a form
+    # either: moto reads the raw body, which Flask empties for form-encoded requests.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    request = urllib.request.Request(f"{url}/moto-api/reset", data=b"", method="POST")
+    request = urllib.request.Request(
+        f"{url}/moto-api/{action}", data=data, method="POST", headers={"Content-Type": "text/plain"}
+    )
     with opener.open(request, timeout=10) as response:
         response.read()
+
+
+def reset_moto(url: str) -> None:
+    """Forget every resource moto holds (its documented reset API)."""
+    moto_api(url, "reset")
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,18 @@ def _lines(out: str) -> dict[str, tuple[str, str]]:
     return checks
 
 
+def _doctor_with(
+    iam: IamWorld, tmp_path: Path, runtime: Path, imds: FakeImds
+) -> tuple[int, dict[str, tuple[str, str]]]:
+    """Run doctor on a host whose IMDS is `imds` (started or not); (exit code, checks by name)."""
+    config = tmp_path / "etc"
+    config.mkdir(exist_ok=True)
+    stack = Stack(iam.url, imds, config, runtime, env={"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url})
+    stack.template(TEMPLATE)
+    code, out, _err = stack.run("doctor", "app")
+    return code, _lines(out)
+
+
 def _seed(iam: IamWorld) -> None:
     iam.put("/prod/app/db", SECRET)
     iam.put("/prod/shared/token", SECRET + "-shared")
@@ -99,13 +111,8 @@ def test_get_parameter_only_role_is_flagged_for_its_cost(
 
 def test_no_role_attached(iam: IamWorld, tmp_path: Path, tmpfs_path: Path) -> None:
     """IMDS up but no instance profile: the role check fails with the associate command; SSM checks skip."""
-    config = tmp_path / "etc"
-    config.mkdir()
     with FakeImds(role=None) as imds:
-        stack = Stack(iam.url, imds, config, tmpfs_path, env={"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url})
-        stack.template(TEMPLATE)
-        code, out, _err = stack.run("doctor", "app")
-    checks = _lines(out)
+        code, checks = _doctor_with(iam, tmp_path, tmpfs_path, imds)
     assert code == 1
     assert checks["role"][0] == "failed"
     assert "associate-iam-instance-profile" in checks["role"][1]
@@ -114,15 +121,10 @@ def test_no_role_attached(iam: IamWorld, tmp_path: Path, tmpfs_path: Path) -> No
 
 def test_imds_down(iam: IamWorld, tmp_path: Path, tmpfs_path: Path) -> None:
     """Nothing listening at the IMDS address: the line names the address and how to enable IMDS."""
-    config = tmp_path / "etc"
-    config.mkdir()
     imds = FakeImds()
     imds.start()
     imds.stop()  # the port is now closed
-    stack = Stack(iam.url, imds, config, tmpfs_path, env={"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url})
-    stack.template(TEMPLATE)
-    code, out, _err = stack.run("doctor", "app")
-    checks = _lines(out)
+    code, checks = _doctor_with(iam, tmp_path, tmpfs_path, imds)
     assert code == 1
     assert checks["imds"][0] == "failed"
     assert f"127.0.0.1:{imds.port}" in checks["imds"][1]
@@ -134,13 +136,8 @@ def test_token_put_without_answer_points_at_the_hop_limit(
     iam: IamWorld, tmp_path: Path, tmpfs_path: Path
 ) -> None:
     """IMDS accepts connections but the token PUT never answers in time: the hop limit is named."""
-    config = tmp_path / "etc"
-    config.mkdir()
     with FakeImds(delay_seconds=3.0) as imds:
-        stack = Stack(iam.url, imds, config, tmpfs_path, env={"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url})
-        stack.template(TEMPLATE)
-        code, out, _err = stack.run("doctor", "app")
-    checks = _lines(out)
+        code, checks = _doctor_with(iam, tmp_path, tmpfs_path, imds)
     assert code == 1
     assert checks["imds"][0] == "passed"
     assert checks["imds token"][0] == "failed"
