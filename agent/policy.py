@@ -154,15 +154,21 @@ def build_policy(requirements: Requirements, scope: Scope, keys: Optional[KeyFin
     """
     parameters: dict[str, None] = {}
     secrets: dict[str, None] = {}
+    # What SSM passes as PARAMETER_ARN when it decrypts: parameters and whatever lies under the paths.
+    encrypted: dict[str, None] = {}
     for selector in requirements.names:
         name = base_name(selector)
         parameters[scope.ssm_arn(name)] = None
         secret = secret_of_reference(name)
         if secret is not None:
             secrets[scope.secret_arn(secret.partition(":")[0])] = None
+        else:
+            encrypted[scope.ssm_arn(name)] = None
     paths: dict[str, None] = {}
     for path, _recursive in requirements.paths:
-        paths.update(dict.fromkeys(path_arns(scope, path)))
+        arns = path_arns(scope, path)
+        paths.update(dict.fromkeys(arns))
+        encrypted[arns[-1]] = None
 
     statements: list[dict[str, Any]] = []
     if parameters:
@@ -173,9 +179,9 @@ def build_policy(requirements: Requirements, scope: Scope, keys: Optional[KeyFin
         statements.append(_allow("ListParameterPaths", ["ssm:GetParametersByPath"], paths))
     if secrets:
         statements.append(_allow("ReadReferencedSecrets", ["secretsmanager:GetSecretValue"], secrets))
-    if keys is None or keys.unknown:
+    if (keys is None or keys.unknown) and encrypted:
         statement = _allow(PLACEHOLDER_SID, ["kms:Decrypt"], [scope.key_arn(PLACEHOLDER_KEY_ID)])
-        statement["Condition"] = _context_condition(sorted({*parameters, *_path_patterns(paths)}))
+        statement["Condition"] = _context_condition(sorted(encrypted))
         statements.append(statement)
     if keys is not None:
         for number, (key, contexts) in enumerate(sorted(keys.grants.items()), start=1):
@@ -187,10 +193,6 @@ def build_policy(requirements: Requirements, scope: Scope, keys: Optional[KeyFin
 
 def _allow(sid: str, actions: Sequence[str], resources: Iterable[str]) -> dict[str, Any]:
     return {"Sid": sid, "Effect": "Allow", "Action": list(actions), "Resource": sorted(resources)}
-
-
-def _path_patterns(path_resources: Mapping[str, None]) -> list[str]:
-    return [arn for arn in path_resources if arn.endswith("/*")]
 
 
 def _context_condition(parameter_arns: Sequence[str]) -> dict[str, Any]:
@@ -303,4 +305,7 @@ def generate_policy(
             "a Secrets Manager secret encrypted with a customer managed key also needs kms:Decrypt on "
             "that key (not looked up)"
         )
-    return GeneratedPolicy(document=build_policy(requirements, scope, keys), notes=tuple(notes))
+    document = build_policy(requirements, scope, keys)
+    if not document["Statement"]:
+        notes.append("the template names no parameter, path or secret: rendering it needs no permission")
+    return GeneratedPolicy(document=document, notes=tuple(notes))
