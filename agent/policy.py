@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 
 from agent.answers import SECRETS_MANAGER_PREFIX, split_selector
 from agent.errors import AgentError, CredentialsError, UsageError
+from agent.ssm import create_client
 from agent.template import Requirements
 
 AWS_MANAGED_SSM_KEY = "alias/aws/ssm"
@@ -212,22 +213,15 @@ def caller_arn(
     timeout_seconds: float,
 ) -> str:
     """The ARN STS GetCallerIdentity names for these credentials (no permission is needed for it)."""
-    import botocore.session  # noqa: PLC0415  (only `policy` pays for it)
-    from botocore.config import Config  # noqa: PLC0415
+    from botocore.config import Config  # noqa: PLC0415  (only `policy` pays for it)
     from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
 
-    access_key, secret_key, token = credentials if credentials else (None, None, None)
+    config = Config(
+        retries={"mode": "standard"}, connect_timeout=timeout_seconds, read_timeout=timeout_seconds
+    )
     try:
-        client: Any = botocore.session.Session().create_client(
-            "sts",
-            region_name=region,
-            endpoint_url=endpoint_url,
-            aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key,
-            aws_session_token=token or None,
-            config=Config(
-                retries={"mode": "standard"}, connect_timeout=timeout_seconds, read_timeout=timeout_seconds
-            ),
+        client = create_client(
+            "sts", region=region, endpoint_url=endpoint_url, credentials=credentials, config=config
         )
         return str(client.get_caller_identity()["Arn"])
     except ClientError as exc:

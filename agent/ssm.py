@@ -95,7 +95,6 @@ class SsmClient:
         # Imported here, not at the top: botocore.session costs ~100 ms, which commands that never
         # call SSM (--version, clean, enable) should not pay. botocore's Session directly, since
         # boto3 only adds import time on top of it.
-        import botocore.session  # noqa: PLC0415
         from botocore.config import Config  # noqa: PLC0415
 
         self._deadline = deadline
@@ -110,16 +109,9 @@ class SsmClient:
             read_timeout=read_timeout_seconds,
             user_agent_extra=f"secrets-agent/{__version__}",
         )
-        access_key, secret_key, token = credentials if credentials else (None, None, None)
         try:
-            self._client: Any = botocore.session.Session().create_client(
-                "ssm",
-                region_name=region,
-                endpoint_url=endpoint_url,
-                aws_access_key_id=access_key,
-                aws_secret_access_key=secret_key,
-                aws_session_token=token or None,
-                config=config,
+            self._client: Any = create_client(
+                "ssm", region=region, endpoint_url=endpoint_url, credentials=credentials, config=config
             )
         except (BotoCoreError, ValueError) as exc:
             # botocore's messages here name only the region or the URL, never a secret.
@@ -405,6 +397,29 @@ class SsmClient:
                     "check the network path to SSM (VPC endpoint, NAT, security groups) or, for throttling, "
                     "raise deadline_seconds or the account's Parameter Store throughput"
                 )
+
+
+def create_client(
+    service: str,
+    *,
+    region: str,
+    endpoint_url: Optional[str],
+    credentials: Optional[tuple[str, str, str]],
+    config: Any,
+) -> Any:
+    """A botocore client for `service`; `credentials` None leaves them to botocore's default chain."""
+    import botocore.session  # noqa: PLC0415  (see SsmClient: commands without AWS calls skip it)
+
+    access_key, secret_key, token = credentials if credentials else (None, None, None)
+    return botocore.session.Session().create_client(
+        service,
+        region_name=region,
+        endpoint_url=endpoint_url,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        aws_session_token=token or None,
+        config=config,
+    )
 
 
 class _GetParametersDenied(Exception):

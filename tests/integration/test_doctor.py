@@ -36,7 +36,11 @@ def _doctor_with(
     """Run doctor on a host whose IMDS is `imds` (started or not); (exit code, checks by name)."""
     config = tmp_path / "etc"
     config.mkdir(exist_ok=True)
-    stack = Stack(iam.url, imds, config, runtime, env={"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url})
+    return _doctor(Stack(iam.url, imds, config, runtime, env={"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url}))
+
+
+def _doctor(stack: Stack) -> tuple[int, dict[str, tuple[str, str]]]:
+    """Run doctor on TEMPLATE; (exit code, checks by name)."""
     stack.template(TEMPLATE)
     code, out, _err = stack.run("doctor", "app")
     return code, _lines(out)
@@ -156,9 +160,7 @@ def test_skewed_date_fails_the_clock_check(iam: IamWorld, tmp_path: Path, tmpfs_
 
         with RecordingProxy(iam.url, answer, rewrite=ssm_denial) as skewing:
             stack.env["AWS_ENDPOINT_URL_SSM"] = skewing.url
-            stack.template(TEMPLATE)
-            code, out, _err = stack.run("doctor", "app")
-    checks = _lines(out)
+            code, checks = _doctor(stack)
     assert code == 1
     assert checks["clock"][0] == "failed"
     assert "behind SSM's clock" in checks["clock"][1]
@@ -169,9 +171,7 @@ def test_ssm_endpoint_unreachable_names_the_address(iam: IamWorld, tmp_path: Pat
     """An SSM endpoint nobody listens on: the line names the URL and the address tried."""
     with role_stack(iam, tmp_path, tmpfs_path, READER) as (stack, _proxy):
         stack.env["AWS_ENDPOINT_URL_SSM"] = "http://127.0.0.1:9"
-        stack.template(TEMPLATE)
-        code, out, _err = stack.run("doctor", "app")
-    checks = _lines(out)
+        code, checks = _doctor(stack)
     assert code == 1
     assert checks["ssm endpoint"][0] == "failed"
     assert "http://127.0.0.1:9 (127.0.0.1:9)" in checks["ssm endpoint"][1]
@@ -183,9 +183,7 @@ def test_runtime_folder_on_disk_fails(iam: IamWorld, tmp_path: Path, tmpfs_path:
     on_disk = tmp_path / "run"
     on_disk.mkdir()
     with role_stack(iam, tmp_path, on_disk, READER) as (stack, _proxy):
-        stack.template(TEMPLATE)
-        code, out, _err = stack.run("doctor", "app")
-    checks = _lines(out)
+        code, checks = _doctor(stack)
     assert code == 1
     assert checks["runtime folder"][0] == "failed"
     assert "is not on tmpfs" in checks["runtime folder"][1]
