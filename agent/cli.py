@@ -22,6 +22,7 @@ from agent.doctor import run_checks
 from agent.errors import EXIT_INTERRUPTED, AgentError, ConfigError, ParameterNotFound
 from agent.imds import ImdsClient
 from agent.log import REDACTOR, configure_logging
+from agent.notify import StatusNotifier
 from agent.output import remove_secret_file, resolve_ownership, write_secret_file
 from agent.policy import PARTITIONS, caller_arn, generate_policy, render_policy
 from agent.retry import Deadline
@@ -201,6 +202,7 @@ def _ssm_client(
         credentials=access.credentials,
         deadline=deadline,
         role=access.role,
+        on_status=StatusNotifier(settings.notify_socket).status,
     )
 
 
@@ -209,7 +211,7 @@ def _resolve(
 ) -> tuple[list[Assignment], _FetchedResolver, CompiledTemplate]:
     template = _read_template(service)
     needs = template.requirements
-    deadline = Deadline(service.deadline_seconds)
+    deadline = Deadline(service.deadline_seconds, throttled_seconds=service.throttle_deadline_seconds)
     client = _ssm_client(settings, deadline)
     found, missing = client.fetch(needs.names) if needs.names else ({}, [])
     resolver = _FetchedResolver(client, found, missing)
