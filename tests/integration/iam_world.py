@@ -23,7 +23,8 @@ from typing import Any, Optional
 
 import boto3
 
-# The one place the tests import the IMDSv2 fake from (it may move out of agent/).
+# The one place the IAM tests import the IMDSv2 fake from (it may move out of agent/); they take
+# FakeImds from here.
 from agent.fakeimds import FakeImds
 from tests.integration.moto_server import CannedResponse, RecordingProxy, moto_api
 

@@ -6,8 +6,7 @@ import email.utils
 import time
 from pathlib import Path
 
-from agent.fakeimds import FakeImds
-from tests.integration.iam_world import IamWorld, allow, policy_of, ssm_denial
+from tests.integration.iam_world import FakeImds, IamWorld, allow, policy_of, ssm_denial
 from tests.integration.moto_server import CannedResponse, RecordingProxy
 from tests.integration.test_cli import Stack
 from tests.integration.test_iam import ROLE, role_stack
