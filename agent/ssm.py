@@ -143,7 +143,9 @@ class SsmClient:
     def fetch(self, selectors: Iterable[str]) -> tuple[dict[str, Parameter], list[str]]:
         """Resolve every selector with GetParameters, 10 per call; return found by selector, and missing."""
         unique = list(dict.fromkeys(selectors))
-        self.calls_planned += -(-len(unique) // GET_PARAMETERS_MAX_NAMES)
+        self.calls_planned += (
+            len(unique) if self.fetches_one_by_one else -(-len(unique) // GET_PARAMETERS_MAX_NAMES)
+        )
         started = time.perf_counter()
         found: dict[str, Parameter] = {}
         missing: list[str] = []
@@ -254,6 +256,7 @@ class SsmClient:
         """Switch this client to one GetParameter per name, and say once what that costs."""
         self.fetches_one_by_one = True
         batched = -(-remaining // GET_PARAMETERS_MAX_NAMES)
+        self.calls_planned += remaining - batched
         _log.warning(
             "ssm_get_parameters_denied",
             role=self._role,

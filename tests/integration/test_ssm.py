@@ -899,3 +899,34 @@ def test_an_outage_after_throttling_counts_from_the_last_answer() -> None:
                 proxy.url, deadline_seconds=0.5, throttled_seconds=60.0, read_timeout_seconds=0.2
             ).fetch(["/a"])
     assert time.monotonic() - started < 3.0
+
+
+def test_fallback_counts_one_call_a_name_while_throttled(admin: Any, clean_moto_url: str) -> None:
+    """Falling back to GetParameter, a throttled agent reports the calls it really has left (one a name)."""
+    for name in ("/f/a", "/f/b", "/f/c"):
+        put(admin, name, "v")
+    throttled: list[str] = []
+
+    def respond(_index: int, action: str) -> Optional[CannedResponse]:
+        if action == "GetParameters":
+            return aws_json_error("AccessDeniedException", DENIED_ROLE_MESSAGE)
+        if action == "GetParameter" and not throttled:
+            throttled.append(action)
+            return THROTTLED
+        return None
+
+    with RecordingProxy(clean_moto_url, respond) as proxy:
+        with capture_logs() as logs:
+            found, missing = make_client(proxy.url, role="app-role").fetch(["/f/a", "/f/b", "/f/c"])
+        assert proxy.actions == [
+            "GetParameters",
+            "GetParameter",
+            "GetParameter",
+            "GetParameter",
+            "GetParameter",
+        ]
+    assert sorted(found) == ["/f/a", "/f/b", "/f/c"]
+    assert missing == []
+    (waiting,) = [entry for entry in logs if entry["event"] == "ssm_throttled"]
+    assert waiting["calls_left"] == 3
+    assert [entry["event"] for entry in logs].count("ssm_get_parameters_denied") == 1
