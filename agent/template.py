@@ -381,7 +381,8 @@ class CompiledTemplate:
         except jinja2.TemplateError as exc:  # undefined names, sandbox refusals
             raise TemplateError(f"{self.filename}{_template_line(exc)}: {redact(str(exc))}") from None
         except ValueFilterError as exc:
-            raise TemplateError(f"{self.filename}{_template_line(exc)}: {exc}") from None
+            # A field name may itself come from a secret: the message is redacted too.
+            raise TemplateError(f"{self.filename}{_template_line(exc)}: {redact(str(exc))}") from None
         except TemplateError:
             raise
         except Exception as exc:  # a filter or method failed on a value: never echo the value
