@@ -28,6 +28,7 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 TMP_PREFIX = ".env.tmp-"
 FOLDER_TMP_PREFIX = ".credentials.tmp-"
+RETIRED_PREFIX = ".credentials.old-"
 # renameat2() flags from linux/fs.h.
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -236,8 +237,8 @@ def write_secret_folder(folder: Path, files: Mapping[str, bytes], *, allow_persi
 
     The new set is written into a fresh 0700 folder next to it, files 0600 and fsynced, then
     swapped in with renameat2(RENAME_EXCHANGE), so a reader of the path finds the old set or the
-    new set, always a real folder, never a mix; the old set is then deleted. On any failure
-    the new folder is removed and the old set stays as it was.
+    new set, always a real folder, never a mix. On any failure the new folder is removed and the
+    old set stays as it was; on success the old set is removed by the next write.
     """
     output_dir = folder.parent
     try:
@@ -257,9 +258,19 @@ def write_secret_folder(folder: Path, files: Mapping[str, bytes], *, allow_persi
                     _renameat2(dir_fd, tmp_name, folder.name, RENAME_NOREPLACE)
                 else:
                     _renameat2(dir_fd, tmp_name, folder.name, RENAME_EXCHANGE)
-            finally:
-                # The new set if anything failed, else the old set it replaced.
+                    # The old set, now under the temporary name, is retired rather than deleted: a
+                    # unit starting at this instant may be loading it through a descriptor opened
+                    # before the swap, and systemd silently skips files that vanish meanwhile, which
+                    # would give it half a set. The next write, `clean` or the unit's stop removes it.
+                    os.rename(
+                        tmp_name,
+                        RETIRED_PREFIX + secrets.token_hex(8),
+                        src_dir_fd=dir_fd,
+                        dst_dir_fd=dir_fd,
+                    )
+            except BaseException:
                 _remove_tree(dir_fd, tmp_name)
+                raise
             os.fsync(dir_fd)
     except OutputError:
         raise
@@ -346,8 +357,8 @@ def _remove_tree(dir_fd: int, name: str) -> bool:
 
 
 def _remove_leftovers(dir_fd: int) -> bool:
-    """Remove folders a killed run left half-written; True if there was one."""
-    stale = [name for name in os.listdir(dir_fd) if name.startswith(FOLDER_TMP_PREFIX)]
+    """Remove folders a killed run left half-written and sets retired by a swap; True if there was one."""
+    stale = [name for name in os.listdir(dir_fd) if name.startswith((FOLDER_TMP_PREFIX, RETIRED_PREFIX))]
     for name in stale:
         _remove_tree(dir_fd, name)
     return bool(stale)
