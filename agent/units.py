@@ -186,13 +186,20 @@ def check_credentials_supported(root: Path = Path("/")) -> int:
     return version
 
 
-def render_starter_template(name: str) -> str:
+def render_starter_template(name: str, *, credentials: bool = False) -> str:
     """A starter NAME.env.j2: a Jinja comment with examples, so it renders to an empty file."""
     validate_name(name)
+    where = (
+        f"  Template for {name}: secrets-agent renders it into /run/secrets-agent/{name}/credentials/,\n"
+        f"  one file per line, which `secrets-agent enable {name} --credentials` hands to the unit\n"
+        f"  (the app reads KEY from $CREDENTIALS_DIRECTORY/{CREDENTIAL_ID_PREFIX}_KEY).\n"
+        if credentials
+        else f"  Template for {name}: secrets-agent renders it into /run/secrets-agent/{name}/env, the\n"
+        f"  EnvironmentFile= of the unit put behind the agent with `secrets-agent enable {name}`.\n"
+    )
     return (
         "{#\n"
-        f"  Template for {name}: secrets-agent renders it into /run/secrets-agent/{name}/env, the\n"
-        f"  EnvironmentFile= of the unit put behind the agent with `secrets-agent enable {name}`.\n"
+        f"{where}"
         "  Write one KEY=expression line per variable. The agent quotes and escapes every value\n"
         "  itself, so never put quotes around an expression. For example:\n"
         "\n"
@@ -251,7 +258,10 @@ def enable_service(
     settings_created = False
     with _open_under(root, CONFIG_DIR) as dir_fd:
         template_created = _create_if_missing(
-            dir_fd, root / CONFIG_DIR / template_name, render_starter_template(name).encode(), TEMPLATE_MODE
+            dir_fd,
+            root / CONFIG_DIR / template_name,
+            render_starter_template(name, credentials=credentials).encode(),
+            TEMPLATE_MODE,
         )
         if credentials and settings_missing:
             settings_created = _create_if_missing(

@@ -10,6 +10,7 @@ import pytest
 
 from agent.cli import main
 from agent.errors import UsageError
+from agent.template import ParamValue, compile_template
 from agent.units import (
     DROPIN_NAME,
     disable_service,
@@ -163,3 +164,24 @@ def test_enable_command_refuses_old_systemd_with_exit_2(tmp_path: Path) -> None:
 
     assert code == 2
     assert "runs systemd 247; --credentials needs 251 or newer" in err.getvalue()
+
+
+def test_the_credentials_starter_template_says_where_the_app_reads_and_renders_nothing(
+    tmp_path: Path,
+) -> None:
+    """enable --credentials writes a starter that names the credentials folder and the id form."""
+    root = _image(tmp_path, 252)
+    enable_service("web", None, root, credentials=True)
+    text = (root / "etc/secrets-agent/web.env.j2").read_text()
+    assert "/run/secrets-agent/web/credentials/" in text
+    assert "$CREDENTIALS_DIRECTORY/secrets_KEY" in text
+    assert "EnvironmentFile" not in text
+    assert compile_template(text, "web.env.j2").render(_NoValues()) == []
+
+
+class _NoValues:
+    def get(self, selector: str) -> None:
+        return None
+
+    def get_path(self, path: str, recursive: bool) -> dict[str, ParamValue]:
+        return {}
