@@ -172,6 +172,18 @@ def _refuse_persistent(dir_fd: int, output_dir: Path, allow_persistent: bool) ->
         )
 
 
+def _existing_of_kind(dir_fd: int, path: Path, *, folder: bool) -> Optional[os.stat_result]:
+    """What is at `path` now (None if nothing); anything but a regular file (or folder) is refused."""
+    existing = lstat_at(dir_fd, path.name)
+    is_kind = stat.S_ISDIR if folder else stat.S_ISREG
+    if existing is not None and not is_kind(existing.st_mode):
+        raise OutputError(
+            f"{path} exists and is not {'a folder' if folder else 'a regular file'} (a symlink?): "
+            "refusing to replace it; remove it and run the agent again"
+        )
+    return existing
+
+
 def write_secret_file(
     output_path: Path,
     data: bytes,
@@ -184,12 +196,7 @@ def write_secret_file(
     try:
         with _service_dir(output_dir, create=True, ownership=ownership) as dir_fd:
             _refuse_persistent(dir_fd, output_dir, allow_persistent)
-            existing = lstat_at(dir_fd, output_path.name)
-            if existing is not None and not stat.S_ISREG(existing.st_mode):
-                raise OutputError(
-                    f"{output_path} exists and is not a regular file (a symlink?): refusing to "
-                    "replace it; remove it and run the agent again"
-                )
+            _existing_of_kind(dir_fd, output_path, folder=False)
             _replace_atomically(dir_fd, output_path, data, ownership)
     except OutputError:
         raise
@@ -244,12 +251,7 @@ def write_secret_folder(folder: Path, files: Mapping[str, bytes], *, allow_persi
     try:
         with _service_dir(output_dir, create=True, ownership=Ownership()) as dir_fd:
             _refuse_persistent(dir_fd, output_dir, allow_persistent)
-            existing = lstat_at(dir_fd, folder.name)
-            if existing is not None and not stat.S_ISDIR(existing.st_mode):
-                raise OutputError(
-                    f"{folder} exists and is not a folder (a symlink?): refusing to replace it; "
-                    "remove it and run the agent again"
-                )
+            existing = _existing_of_kind(dir_fd, folder, folder=True)
             _remove_leftovers(dir_fd)
             tmp_name = FOLDER_TMP_PREFIX + secrets.token_hex(8)
             try:
@@ -278,14 +280,21 @@ def write_secret_folder(folder: Path, files: Mapping[str, bytes], *, allow_persi
         raise OutputError(f"cannot write {folder}: {exc.strerror}") from None
 
 
+def _open_if_present(folder: Path) -> Optional[int]:
+    """A descriptor for `folder` (not through a link at its last component), or None if it is missing."""
+    try:
+        return os.open(str(folder), _DIR_FLAGS)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise OutputError(f"cannot open {folder}: {exc.strerror}") from None
+
+
 def remove_secret_folder(folder: Path) -> bool:
     """Remove `folder` and any half-written one next to it, never following a link; True if any existed."""
-    try:
-        dir_fd = os.open(str(folder.parent), _DIR_FLAGS)
-    except FileNotFoundError:
+    dir_fd = _open_if_present(folder.parent)
+    if dir_fd is None:
         return False
-    except OSError as exc:
-        raise OutputError(f"cannot open {folder.parent}: {exc.strerror}") from None
     try:
         removed = _remove_leftovers(dir_fd)
         return _remove_tree(dir_fd, folder.name) or removed
@@ -367,12 +376,9 @@ def _remove_leftovers(dir_fd: int) -> bool:
 def remove_secret_file(output_path: Path) -> bool:
     """Remove the rendered file, any leftover temporary file and the empty folder; True if any existed."""
     output_dir = output_path.parent
-    try:
-        base_fd = os.open(str(output_dir.parent), _DIR_FLAGS)
-    except FileNotFoundError:
+    base_fd = _open_if_present(output_dir.parent)
+    if base_fd is None:
         return False
-    except OSError as exc:
-        raise OutputError(f"cannot open {output_dir.parent}: {exc.strerror}") from None
     removed = False
     try:
         try:

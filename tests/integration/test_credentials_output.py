@@ -212,19 +212,9 @@ def test_json_fields_are_redacted_from_every_log_line(stack: Stack) -> None:
     stack.put("/prod/rds", json.dumps({"which": field_name, "password": password}))
     # The lookup fails on a field whose name is itself a secret's field: the error would show it.
     stack.template('{% set rds = param("/prod/rds") | from_json %}\nX={{ rds[rds["which"]] }}\n')
+    command = [sys.executable, "-m", "agent", "-v", f"--config-dir={stack.config}"]
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "agent",
-            "-v",
-            "--config-dir",
-            str(stack.config),
-            "--runtime-dir",
-            str(stack.runtime),
-            "render",
-            "app",
-        ],
+        [*command, f"--runtime-dir={stack.runtime}", "render", "app"],
         env={**os.environ, **stack.env},
         capture_output=True,
         text=True,

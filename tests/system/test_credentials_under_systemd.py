@@ -114,8 +114,9 @@ def _wait_ready(machine: Machine, app: App, cursor: str) -> list[str]:
 
 
 @pytest.fixture
-def credentials_app(machine: Machine) -> Iterator[Callable[[str], App]]:
-    """A factory of DynamicUser= apps put behind the agent with `enable --credentials`; undone afterwards."""
+def credentials_app(machine: Machine, new_app: Callable[..., App]) -> Iterator[Callable[[str], App]]:
+    """A factory of DynamicUser= apps, not yet behind the agent; their drop-ins and settings are
+    removed afterwards (new_app stops them)."""
     apps: list[App] = []
     script = machine.path("/usr/local/bin/credentials-app")
     script.parent.mkdir(parents=True, exist_ok=True)
@@ -123,16 +124,14 @@ def credentials_app(machine: Machine) -> Iterator[Callable[[str], App]]:
     script.chmod(0o755)
 
     def make(name: str) -> App:
-        machine.path(f"/etc/systemd/system/{name}.service").write_text(APP_UNIT.format(name=name))
+        app = new_app(name, behind_agent=False)
+        machine.path(f"/etc/systemd/system/{app.unit}").write_text(APP_UNIT.format(name=name))
         machine.daemon_reload()
-        app = App(machine=machine, name=name, prefix=f"/{name}-{secrets.token_hex(4)}")
         apps.append(app)
         return app
 
     yield make
     for app in apps:
-        machine.systemctl("stop", app.unit, app.agent_unit, check=False)
-        machine.systemctl("reset-failed", app.unit, app.agent_unit, check=False)
         machine.run("secrets-agent", "disable", app.name, check=False)
         for leftover in (f"{app.name}.toml", f"{app.name}.env.j2"):
             machine.path(f"/etc/secrets-agent/{leftover}").unlink(missing_ok=True)
