@@ -199,7 +199,7 @@ def _const_bool(call: nodes.Call) -> Optional[bool]:
 
 
 def _where(value: Any) -> str:
-    return value.source if isinstance(value, (ParamValue, BinaryValue)) else "a value that is not a parameter"
+    return value.source if isinstance(value, (ParamValue, BinaryValue)) else "an expression"
 
 
 def _from_json_tree(node: Any, where: str) -> Any:
