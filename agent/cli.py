@@ -13,6 +13,7 @@ from typing import Optional, TextIO
 import structlog
 
 from agent import __version__, credentials, envfile
+from agent.answers import Parameter
 from agent.config import AgentSettings, ServiceSettings, load_agent_settings, load_service_settings
 from agent.errors import EXIT_INTERRUPTED, AgentError, ConfigError, ParameterNotFound
 from agent.imds import ImdsClient
@@ -25,7 +26,7 @@ from agent.output import (
     write_secret_folder,
 )
 from agent.retry import Deadline
-from agent.ssm import Parameter, SsmClient
+from agent.ssm import SsmClient
 from agent.template import TEXT_CARRIER, Assignment, CompiledTemplate, ParamValue, compile_template
 from agent.units import disable_service, enable_service
 
