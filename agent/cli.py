@@ -7,23 +7,35 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, TextIO
 
 import structlog
 
-from agent import __version__, envfile
+from agent import __version__, credentials, envfile
 from agent.answers import Parameter
 from agent.config import AgentSettings, ServiceSettings, load_agent_settings, load_service_settings
+from agent.doctor import Inputs as DoctorInputs
+from agent.doctor import report as report_checks
+from agent.doctor import run_checks
 from agent.errors import EXIT_INTERRUPTED, AgentError, ConfigError, ParameterNotFound
 from agent.imds import ImdsClient
 from agent.log import REDACTOR, configure_logging
 from agent.notify import StatusNotifier
-from agent.output import Ownership, remove_secret_file, resolve_ownership, write_secret_file
+from agent.output import (
+    Ownership,
+    remove_secret_file,
+    remove_secret_folder,
+    resolve_ownership,
+    write_secret_file,
+    write_secret_folder,
+)
+from agent.policy import PARTITIONS, caller_arn, generate_policy, render_policy
 from agent.refresh import SsmVersions, Systemctl, Systemd, make_record, refresh, write_record
 from agent.retry import Deadline
-from agent.ssm import SsmClient
-from agent.template import Assignment, CompiledTemplate, ParamValue, compile_template
+from agent.ssm import READ_TIMEOUT_SECONDS, SsmClient
+from agent.template import TEXT_CARRIER, Assignment, CompiledTemplate, ParamValue, compile_template
 from agent.units import (
     DEFAULT_REFRESH_INTERVAL,
     DEFAULT_REFRESH_INTERVAL_SECONDS,
@@ -35,7 +47,8 @@ from agent.units import (
 
 log = structlog.get_logger("secrets-agent")
 
-_COMMANDS_WITH_UNIT = ("enable", "disable")
+_COMMANDS_WITH_UNIT = ("enable", "disable", "doctor")
+POLICY_DEADLINE_SECONDS = 10.0
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -76,19 +89,38 @@ def _build_parser() -> argparse.ArgumentParser:
         "disable": "remove the drop-in that `enable` wrote",
         "refresh": "if NAME's app runs, compare the versions its render used with SSM's (no "
         "decryption) and act as on_change in NAME.toml says",
+        "policy": "print the least-privilege IAM policy (JSON) that lets the instance role render NAME",
+        "doctor": "check everything NAME's render needs, one line per check, with the fix (never a value)",
     }
     for command, text in helps.items():
         cmd = sub.add_parser(command, parents=[common], help=text, description=text)
         cmd.add_argument("name", metavar="NAME", help="the service name: /etc/secrets-agent/NAME.env.j2")
         if command in _COMMANDS_WITH_UNIT:
             cmd.add_argument("--unit", metavar="UNIT", help="the unit to put behind the agent")
+        if command in ("enable", "disable"):
             cmd.add_argument(
                 "--root",
                 metavar="DIR",
                 default="/",
                 help="operate on the system under DIR (a mounted image) instead of /",
             )
+        if command == "policy":
+            cmd.add_argument(
+                "--account", metavar="ID", help="the account id (default: STS GetCallerIdentity)"
+            )
+            cmd.add_argument("--region", metavar="REGION", help="the region (default: as render finds it)")
+            cmd.add_argument(
+                "--partition",
+                choices=PARTITIONS,
+                help="the ARN partition (default: STS GetCallerIdentity, else from the region)",
+            )
         if command == "enable":
+            cmd.add_argument(
+                "--credentials",
+                action="store_true",
+                help="hand the secrets over as systemd credentials (LoadCredential=, systemd >= 251) "
+                'instead of an EnvironmentFile; NAME.toml must say format = "credentials"',
+            )
             cmd.add_argument(
                 "--refresh",
                 nargs="?",
@@ -173,7 +205,16 @@ def _read_template(service: ServiceSettings) -> CompiledTemplate:
     return compile_template(source, str(path))
 
 
-def _ssm_client(settings: AgentSettings, deadline: Deadline) -> SsmClient:
+@dataclass(frozen=True)
+class _AwsAccess:
+    """The region, the credentials (None: boto's default chain) and the instance role, if any."""
+
+    region: str
+    credentials: Optional[tuple[str, str, str]] = field(repr=False)
+    role: Optional[str]
+
+
+def _aws_access(settings: AgentSettings, deadline: Deadline) -> _AwsAccess:
     region = settings.region
     credentials = settings.env_credentials
     role: Optional[str] = None
@@ -195,12 +236,19 @@ def _ssm_client(settings: AgentSettings, deadline: Deadline) -> SsmClient:
             "no AWS region: set AWS_REGION, or region in agent.toml (IMDS is not used when "
             "AWS_EC2_METADATA_DISABLED=true or AWS credentials are in the environment)"
         )
+    return _AwsAccess(region=region, credentials=credentials, role=role)
+
+
+def _ssm_client(
+    settings: AgentSettings, deadline: Deadline, access: Optional[_AwsAccess] = None
+) -> SsmClient:
+    access = access or _aws_access(settings, deadline)
     return SsmClient(
-        region=region,
+        region=access.region,
         endpoint_url=settings.ssm_endpoint,
-        credentials=credentials,
+        credentials=access.credentials,
         deadline=deadline,
-        role=role,
+        role=access.role,
         on_status=StatusNotifier(settings.notify_socket).status,
     )
 
@@ -216,7 +264,9 @@ def _resolve(
     resolver = _FetchedResolver(client, found, missing)
     for path, recursive in needs.paths:
         resolver.prefetch_path(path, recursive)
-    return template.render(resolver, redact=REDACTOR.redact), resolver, template
+    carrier = credentials.CREDENTIALS_CARRIER if service.format == "credentials" else TEXT_CARRIER
+    assignments = template.render(resolver, redact=REDACTOR.redact, remember=REDACTOR.add, carrier=carrier)
+    return assignments, resolver, template
 
 
 def _encode(service: ServiceSettings, assignments: Sequence[Assignment]) -> bytes:
@@ -229,15 +279,21 @@ def cmd_render(settings: AgentSettings, service: ServiceSettings, out: TextIO) -
     started = time.monotonic()
     ownership = resolve_ownership(service.owner, service.group)
     assignments, resolver, _ = _resolve(settings, service)
-    data = _encode(service, assignments)
-    write_secret_file(
-        service.output_path, data, ownership=ownership, allow_persistent=service.allow_persistent
-    )
+    if service.format == "credentials":
+        files = credentials.encode_credentials(assignments)
+        write_secret_folder(service.credentials_dir, files, allow_persistent=service.allow_persistent)
+        path = service.credentials_dir
+    else:
+        data = _encode(service, assignments)
+        write_secret_file(
+            service.output_path, data, ownership=ownership, allow_persistent=service.allow_persistent
+        )
+        path = service.output_path
     _record_render(service, resolver, ownership)
     log.info(
         "rendered",
         service=service.name,
-        path=str(service.output_path),
+        path=str(path),
         variables=len(assignments),
         parameters=len(resolver.parameters),
         seconds=round(time.monotonic() - started, 3),
@@ -268,11 +324,23 @@ def cmd_refresh(
 
 def cmd_check(settings: AgentSettings, service: ServiceSettings, out: TextIO) -> int:
     assignments, resolver, _ = _resolve(settings, service)
-    _encode(service, assignments)  # the format must be able to carry every value
+    # The format must be able to carry every value.
+    if service.format == "credentials":
+        credentials.encode_credentials(assignments)
+    else:
+        _encode(service, assignments)
     width = max((len(name) for name in resolver.parameters), default=0)
     for selector, p in sorted(resolver.parameters.items()):
         label = selector if selector == p.name else f"{selector} -> {p.name}"
         out.write(f"{label:<{width}}  version {p.version:<4} {p.type}\n")
+    if service.format == "credentials":
+        out.write(
+            f"{service.name}: {len(resolver.parameters)} parameters resolved, {len(assignments)} "
+            f"credentials would be written to {service.credentials_dir}; the app reads them as "
+            + ", ".join(f"$CREDENTIALS_DIRECTORY/{credentials.credential_id(a.key)}" for a in assignments)
+            + "\n"
+        )
+        return 0
     out.write(
         f"{service.name}: {len(resolver.parameters)} parameters resolved, {len(assignments)} variables "
         f"would be written to {service.output_path}\n"
@@ -281,12 +349,66 @@ def cmd_check(settings: AgentSettings, service: ServiceSettings, out: TextIO) ->
 
 
 def cmd_clean(settings: AgentSettings, service: ServiceSettings, out: TextIO) -> int:
-    remove_secret_file(service.state_path)  # names and versions only; the folder goes with the file
-    removed = remove_secret_file(service.output_path)
+    # The credentials folder first: the file's removal takes the service's folder once it is empty.
+    removed = remove_secret_folder(service.credentials_dir)
+    removed = remove_secret_file(service.state_path) or removed  # names and versions, never a value
+    removed = remove_secret_file(service.output_path) or removed
     log.info(
         "cleaned" if removed else "nothing to clean", service=service.name, path=str(service.output_path)
     )
     return 0
+
+
+def cmd_policy(
+    args: argparse.Namespace, settings: AgentSettings, service: ServiceSettings, out: TextIO, err: TextIO
+) -> int:
+    needs = _read_template(service).requirements
+    if args.region:
+        settings = replace(settings, region=args.region)
+    # An operator waits at a shell: a laptop without IMDS should not cost the full render deadline.
+    deadline = Deadline(min(service.deadline_seconds, POLICY_DEADLINE_SECONDS))
+    access: Optional[_AwsAccess] = None
+    try:
+        access = _aws_access(settings, deadline)
+    except AgentError as exc:
+        if settings.region is None:
+            raise
+        err.write(f"note: no AWS credentials ({exc.message}); nothing is looked up\n")
+    region = access.region if access else str(settings.region)
+
+    def identity() -> str:
+        return caller_arn(
+            region=region,
+            endpoint_url=settings.sts_endpoint,
+            credentials=access.credentials if access else None,
+            timeout_seconds=READ_TIMEOUT_SECONDS,
+        )
+
+    generated = generate_policy(
+        needs,
+        region=region,
+        account=args.account,
+        partition=args.partition,
+        identity=identity if access else None,
+        describe=_ssm_client(settings, deadline, access).describe_parameters if access else None,
+    )
+    for note in generated.notes:
+        err.write(f"note: {note}\n")
+    out.write(render_policy(generated.document))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO) -> int:
+    def load_settings() -> tuple[AgentSettings, ServiceSettings]:
+        settings = load_agent_settings(
+            environ,
+            config_dir=getattr(args, "config_dir", None),
+            runtime_dir=getattr(args, "runtime_dir", None),
+        )
+        return settings, load_service_settings(settings, args.name)
+
+    inputs = DoctorInputs(load_settings=load_settings, load_template=_read_template, unit=args.unit)
+    return report_checks(run_checks(args.name, inputs), out.write)
 
 
 def _enable_refresh(args: argparse.Namespace, out: TextIO) -> None:
@@ -299,12 +421,19 @@ def _enable_refresh(args: argparse.Namespace, out: TextIO) -> None:
 
 
 def cmd_enable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -> int:
-    result = enable_service(args.name, args.unit, Path(args.root))
+    result = enable_service(args.name, args.unit, Path(args.root), credentials=args.credentials)
+    gets = (
+        f"loads /run/secrets-agent/{args.name}/credentials with LoadCredential= (each variable KEY in "
+        f"$CREDENTIALS_DIRECTORY/{credentials.credential_id('KEY')})"
+        if args.credentials
+        else f"reads /run/secrets-agent/{args.name}/env"
+    )
     out.write(
         f"{'wrote' if result.dropin_written else 'unchanged'} {result.dropin_path}: "
-        f"{result.unit} now starts after secrets-agent@{args.name}.service and reads "
-        f"/run/secrets-agent/{args.name}/env\n"
+        f"{result.unit} now starts after secrets-agent@{args.name}.service and {gets}\n"
     )
+    if result.settings_created:
+        out.write(f'created {result.settings_path} with format = "credentials"\n')
     if result.template_created:
         out.write(f"created {result.template_path}: list the parameters {result.unit} needs there\n")
     else:
@@ -358,6 +487,8 @@ def main(
     )
     environ = os.environ if env is None else env
     try:
+        if args.command == "doctor":
+            return cmd_doctor(args, environ, out)
         settings = load_agent_settings(
             environ,
             config_dir=getattr(args, "config_dir", None),
@@ -368,6 +499,8 @@ def main(
         if args.command == "disable":
             return cmd_disable(args, settings, out)
         service = load_service_settings(settings, args.name)
+        if args.command == "policy":
+            return cmd_policy(args, settings, service, out, err)
         if args.command == "refresh":
             return cmd_refresh(settings, service, out, systemd)
         commands = {"render": cmd_render, "check": cmd_check, "clean": cmd_clean}

@@ -29,7 +29,9 @@ DEFAULT_DEADLINE_SECONDS = 60.0
 # for a fleet needing 24,000 calls at the default 40 calls/s (2,400 instances of 100 parameters).
 # The unit's TimeoutStartSec= is a little longer, for the same reason as above.
 DEFAULT_THROTTLE_DEADLINE_SECONDS = 600.0
-OUTPUT_FORMATS = ("env", "dotenv", "json")
+OUTPUT_FORMATS = ("env", "dotenv", "json", "credentials")
+# format = "credentials": one file per variable in this folder below the service's runtime folder.
+CREDENTIALS_FOLDER_NAME = "credentials"
 # What `secrets-agent refresh` does when a parameter changed (see agent/refresh.py).
 ON_CHANGE_ACTIONS = ("restart", "reload", "render", "none")
 DEFAULT_ON_CHANGE = "restart"
@@ -68,6 +70,8 @@ class AgentSettings:
     # Keys from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, handed to the
     # SSM client explicitly because this module is the only reader of the environment.
     env_credentials: Optional[tuple[str, str, str]] = field(default=None, repr=False)
+    # STS (for `policy`'s account lookup): AWS_ENDPOINT_URL_STS, else AWS_ENDPOINT_URL, else AWS's.
+    sts_endpoint: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,11 @@ class ServiceSettings:
     def state_path(self) -> Path:
         """What the last render used (names, versions; never a value), next to the rendered file."""
         return self.output_dir / "state.json"
+
+    @property
+    def credentials_dir(self) -> Path:
+        """Where format = "credentials" writes its files: RUNTIME_DIR/NAME/credentials."""
+        return self.output_dir / CREDENTIALS_FOLDER_NAME
 
 
 def validate_name(name: str) -> str:
@@ -154,6 +163,14 @@ def _endpoint(source: str, value: str) -> str:
     return value.rstrip("/")
 
 
+def _env_endpoint(env: Mapping[str, str], service_var: str) -> Optional[str]:
+    """The service's own endpoint variable, else AWS_ENDPOINT_URL, else None."""
+    for var in (service_var, "AWS_ENDPOINT_URL"):
+        if env.get(var):
+            return _endpoint(var, env[var])
+    return None
+
+
 def load_agent_settings(
     env: Mapping[str, str],
     *,
@@ -174,14 +191,9 @@ def load_agent_settings(
     else:
         imds = DEFAULT_IMDS_ENDPOINT
 
-    ssm: Optional[str] = None
-    for var in ("AWS_ENDPOINT_URL_SSM", "AWS_ENDPOINT_URL"):
-        if env.get(var):
-            ssm = _endpoint(var, env[var])
-            break
-    else:
-        if table.get("ssm_endpoint") is not None:
-            ssm = _endpoint(f"{path}: ssm_endpoint", _typed(path, table, "ssm_endpoint", str, "a URL"))
+    ssm = _env_endpoint(env, "AWS_ENDPOINT_URL_SSM")
+    if ssm is None and table.get("ssm_endpoint") is not None:
+        ssm = _endpoint(f"{path}: ssm_endpoint", _typed(path, table, "ssm_endpoint", str, "a URL"))
 
     region = (
         env.get("AWS_REGION")
@@ -209,7 +221,15 @@ def load_agent_settings(
             if has_env_credentials
             else None
         ),
+        sts_endpoint=_env_endpoint(env, "AWS_ENDPOINT_URL_STS"),
     )
+
+
+def configured_format(path: Path) -> Optional[str]:
+    """The `format` a service's settings file sets, or None when the file or the setting is absent."""
+    table = _read_toml(path, required=False)
+    fmt = _typed(path, table, "format", str, "a string")
+    return None if fmt is None else str(fmt)
 
 
 def load_service_settings(agent: AgentSettings, name: str) -> ServiceSettings:
@@ -224,6 +244,11 @@ def load_service_settings(agent: AgentSettings, name: str) -> ServiceSettings:
         raise ConfigError(f"{path}: format must be one of {', '.join(OUTPUT_FORMATS)}, not {fmt!r}")
     owner = _typed(path, table, "owner", str, "a user name")
     group = _typed(path, table, "group", str, "a group name")
+    if fmt == "credentials" and (owner is not None or group is not None):
+        raise ConfigError(
+            f'{path}: owner and group do not apply to format = "credentials": systemd copies the '
+            "credentials for the app's own user at its start; remove them"
+        )
     allow_persistent = bool(_typed(path, table, "allow_persistent", bool, "true or false"))
     on_change = _typed(path, table, "on_change", str, "a string") or DEFAULT_ON_CHANGE
     if on_change not in ON_CHANGE_ACTIONS:
