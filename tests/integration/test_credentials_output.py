@@ -86,7 +86,7 @@ def test_render_writes_one_exact_file_per_variable(stack: Stack) -> None:
     assert stat.S_IMODE(folder.parent.stat().st_mode) == 0o700
     assert {stat.S_IMODE(path.stat().st_mode) for path in folder.iterdir()} == {0o600}
     # No EnvironmentFile, no temporary folder: the service's folder holds the set only.
-    assert os.listdir(folder.parent) == ["credentials"]
+    assert sorted(os.listdir(folder.parent)) == ["credentials", "state.json"]
 
 
 def test_a_new_render_replaces_the_whole_set(stack: Stack) -> None:
@@ -106,10 +106,14 @@ def test_a_new_render_replaces_the_whole_set(stack: Stack) -> None:
     assert _files(_folder(stack)) == {"A": b"new a", "C": b"old b"}
     assert _folder(stack).stat().st_ino != first  # a new folder, swapped in
     # The set it replaced is retired under a hidden name until the next write, never more than one.
-    [retired] = [name for name in os.listdir(_folder(stack).parent) if name != "credentials"]
+    [retired] = [
+        name for name in os.listdir(_folder(stack).parent) if name not in ("credentials", "state.json")
+    ]
     assert retired.startswith(RETIRED_PREFIX)
     assert stack.run("render", "app")[0] == 0
-    [again] = [name for name in os.listdir(_folder(stack).parent) if name != "credentials"]
+    [again] = [
+        name for name in os.listdir(_folder(stack).parent) if name not in ("credentials", "state.json")
+    ]
     assert again != retired
     assert stack.run("clean", "app")[0] == 0
     assert not _folder(stack).parent.exists()
@@ -155,7 +159,10 @@ def test_a_failed_render_keeps_the_previous_set_whole(stack: Stack) -> None:
     assert code == 3
     assert "'B/C' cannot be a credential id" in err
     assert _files(_folder(stack)) == {"A": b"good"}
-    assert os.listdir(_folder(stack).parent) == ["credentials"]  # no half-written folder
+    assert sorted(os.listdir(_folder(stack).parent)) == [
+        "credentials",
+        "state.json",
+    ]  # no half-written folder
 
 
 def test_env_format_refuses_binary_by_name(stack: Stack) -> None:
