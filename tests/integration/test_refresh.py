@@ -15,8 +15,10 @@ import pytest
 
 from agent.cli import main
 from agent.envfile import parse_env
+from tests.integration.iam_world import IamWorld, allow, policy_of
 from tests.integration.moto_server import CannedResponse, RecordingProxy, admin_ssm_client, aws_json_error
 from tests.integration.test_cli import Stack, stack  # noqa: F401 - the fixture is used below
+from tests.integration.test_iam import role_stack
 
 MARK = "r0tat3d-v4lue-"
 
@@ -370,3 +372,39 @@ def test_a_rotated_secrets_manager_secret_is_detected_by_its_awscurrent_version(
     assert isinstance(change["new_version"], str)
     assert MARK not in err
     assert rotation.systemd.calls == [("try-restart", "app.service")]
+
+
+def test_a_check_needs_only_get_parameters_and_by_path_under_real_iam(
+    iam: IamWorld, tmp_path: Path, tmpfs_path: Path
+) -> None:
+    """Under moto's IAM enforcement, a role allowed ssm:GetParameters and ssm:GetParametersByPath and
+    nothing else checks a named parameter and a path without decryption, and sees a change."""
+    iam.put("/prod/app/db", "first")
+    iam.put("/prod/app/dir/a", "a")
+    policy = policy_of(allow("ssm:GetParameters", "ssm:GetParametersByPath"))
+    with role_stack(iam, tmp_path, tmpfs_path, policy) as (role_stack_, proxy):
+        role_stack_.template(
+            'DB={{ param("/prod/app/db") }}\n'
+            '{% for n, v in params("/prod/app/dir/").items() %}{{ n | env_name }}={{ v }}\n{% endfor %}'
+        )
+        assert role_stack_.run("render", "app")[0] == 0
+        checking = Rotation(stack=role_stack_, proxy=proxy, systemd=FakeSystemd())
+        start = len(proxy.actions)
+
+        code, err = checking.refresh()
+        assert code == 0, err
+        assert _events(err, "refresh_unchanged")
+        asked = [(action, body["WithDecryption"]) for action, body in checking.since(start)]
+        assert asked == [("GetParameters", False), ("GetParametersByPath", False)]
+
+        iam.put("/prod/app/db", "second")
+        code, err = checking.refresh()
+        assert code == 0, err
+        assert checking.systemd.calls == [("try-restart", "app.service")]
+
+    # The same check under a role without ssm:GetParametersByPath is refused: the enforcement is real.
+    narrow = policy_of(allow("ssm:GetParameters"))
+    with role_stack(iam, tmp_path, tmpfs_path, narrow, role="narrow-role") as (narrow_stack, proxy):
+        code, err = Rotation(stack=narrow_stack, proxy=proxy, systemd=FakeSystemd()).refresh()
+        assert code == 5, err
+        assert "ssm:GetParametersByPath on /prod/app/dir/ for role narrow-role" in err
