@@ -71,6 +71,26 @@ def aws_json_error(code: str, message: str, status: int = 400) -> CannedResponse
     )
 
 
+def forward_request(
+    upstream: str, method: str, path: str, headers: dict[str, str], body: bytes
+) -> CannedResponse:
+    """Send one request to `upstream` as it came and return its whole answer, minus hop-by-hop headers."""
+    parts = urlsplit(upstream)
+    connection = http.client.HTTPConnection(parts.hostname or LOOPBACK, parts.port, timeout=10)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        payload = response.read()
+        kept = tuple(
+            (name, value)
+            for name, value in response.getheaders()
+            if name.lower() not in {"content-length", "transfer-encoding", "connection", "server", "date"}
+        )
+        return CannedResponse(status=response.status, body=payload, headers=kept)
+    finally:
+        connection.close()
+
+
 # Given the request's number (from 0) and its action ("GetParameters"), a canned answer, or None
 # to forward the request to the upstream server.
 Responder = Callable[[int, str], Optional[CannedResponse]]
@@ -140,20 +160,7 @@ class RecordingProxy:
     def _forward(self, path: str, headers: dict[str, str], body: bytes) -> CannedResponse:
         if self.upstream is None:
             raise RuntimeError("RecordingProxy has no upstream and the responder did not answer")
-        parts = urlsplit(self.upstream)
-        connection = http.client.HTTPConnection(parts.hostname or LOOPBACK, parts.port, timeout=10)
-        try:
-            connection.request("POST", path, body=body, headers=headers)
-            response = connection.getresponse()
-            payload = response.read()
-            kept = tuple(
-                (name, value)
-                for name, value in response.getheaders()
-                if name.lower() not in {"content-length", "transfer-encoding", "connection", "server", "date"}
-            )
-            return CannedResponse(status=response.status, body=payload, headers=kept)
-        finally:
-            connection.close()
+        return forward_request(self.upstream, "POST", path, headers, body)
 
     def start(self) -> None:
         """Begin serving (or use the proxy as a context manager)."""

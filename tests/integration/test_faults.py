@@ -1,0 +1,389 @@
+"""Fault injection: no fault of SSM or IMDS, nor any answer that only looks like theirs, ever puts a
+wrong value (or a default in place of an existing parameter) into the rendered file.
+
+The agent runs through its command (agent.cli.main, in process) against moto's server and the fake
+IMDS, each behind a seeded FaultProxy. A failure message carries both proxies' seeds and the fault
+given to every request, so the run can be replayed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.cli import main
+from agent.envfile import parse_env
+from agent.errors import ServiceUnavailable
+from agent.fakeimds import FakeImds
+from agent.output import TMP_PREFIX
+from agent.retry import Deadline
+from agent.ssm import SsmClient
+from tests.integration.faults import (
+    HTML_MARKER,
+    IMDS_FAULTS,
+    SSM_FAULTS,
+    FaultPair,
+    FaultPlan,
+    FaultProxy,
+    every_request,
+    later_path_pages,
+)
+from tests.integration.moto_server import admin_ssm_client, reset_moto
+
+# "slow" needs a read timeout shorter than the agent's 10 s, which only SsmClient's constructor
+# sets: the command-level tests leave it out and test_slow_* cover it on the client.
+CLI_SSM_FAULTS = tuple(kind for kind in SSM_FAULTS if kind != "slow")
+# The shortest deadline_seconds the agent accepts: runs that must fail cost one second each.
+DEADLINE_SECONDS = 1.0
+# A deadline no healthy run comes near, for runs that must succeed.
+GENEROUS_DEADLINE_SECONDS = 30.0
+# How late after its deadline a run may end on a loaded 2-core machine.
+LATE_SLACK_SECONDS = 2.5
+
+API_VERSIONS = ("api-key-one", "api-key-two 'live' $HOME", "api-key-three\nEVIL=1")
+PAGED = {f"/fi/paged/p{i:02d}": f'paged-{i:02d} "q" `id` \\ {"x" * i}' for i in range(23)}
+EXISTING = {
+    "/fi/app/db": "postgres://app:p@ss'w\"rd$HOME`id`\\x@db:5432/app?x=1#frag",
+    "/fi/app/optional": "present, not the default",
+    "/fi/app/unicode": "  sk_live_ünïcødé-🔑 ; # = ",
+}
+TEMPLATE = (
+    "# every selector kind, a default on an existing and on an absent parameter, a paged path\n"
+    'DB={{ param("/fi/app/db") }}\n'
+    'UNICODE={{ param("/fi/app/unicode") }}\n'
+    'API={{ param("/fi/app/api") }}\n'
+    'API_V1={{ param("/fi/app/api:1") }}\n'
+    'API_LIVE={{ param("/fi/app/api:live") }}\n'
+    'OPTIONAL={{ param("/fi/app/optional", default="fallback-must-not-appear") }}\n'
+    'ABSENT={{ param("/fi/app/absent", default="absent-default") }}\n'
+    '{% for name, value in params("/fi/paged/").items() %}{{ name | env_name }}={{ value }}\n{% endfor %}'
+)
+EXPECTED = {
+    "DB": EXISTING["/fi/app/db"],
+    "UNICODE": EXISTING["/fi/app/unicode"],
+    "API": API_VERSIONS[2],
+    "API_V1": API_VERSIONS[0],
+    "API_LIVE": API_VERSIONS[1],
+    "OPTIONAL": EXISTING["/fi/app/optional"],
+    "ABSENT": "absent-default",
+    **{name.rsplit("/", 1)[1].upper(): value for name, value in PAGED.items()},
+}
+SECRETS = [*EXISTING.values(), *API_VERSIONS, *PAGED.values()]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished command: exit code, log lines and how long it took."""
+
+    code: int
+    stderr: str
+    seconds: float
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON log lines."""
+        return [json.loads(line) for line in self.stderr.splitlines() if line.startswith("{")]
+
+    def error(self) -> str:
+        """The message of the failure line, "" when none was logged."""
+        return next((str(e.get("error", "")) for e in self.events() if e.get("event") == "render_failed"), "")
+
+
+@dataclass
+class Agent:
+    """A config dir with the template, a tmpfs runtime dir, and the proxies' URLs."""
+
+    config: Path
+    runtime: Path
+    faults: FaultPair
+
+    @property
+    def output(self) -> Path:
+        return self.runtime / "app" / "env"
+
+    def render(self, deadline_seconds: float) -> Run:
+        (self.config / "app.toml").write_text(f"deadline_seconds = {deadline_seconds}\n")
+        out, err = io.StringIO(), io.StringIO()
+        env = {
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": self.faults.imds.url,
+            "AWS_ENDPOINT_URL_SSM": self.faults.ssm.url,
+        }
+        started = time.monotonic()
+        code = main(
+            ["--config-dir", str(self.config), "--runtime-dir", str(self.runtime), "render", "app"],
+            env=env,
+            stdout=out,
+            stderr=err,
+        )
+        return Run(code, err.getvalue(), time.monotonic() - started)
+
+    def rendered(self) -> dict[str, str]:
+        return dict(parse_env(self.output.read_bytes().decode("utf-8")))
+
+    def folder(self) -> list[str]:
+        folder = self.output.parent
+        return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+    def snapshot(self) -> tuple[Optional[bytes], list[str]]:
+        """The rendered file's bytes (None when absent) and the folder's entries."""
+        return (self.output.read_bytes() if self.output.exists() else None), self.folder()
+
+
+@dataclass
+class World:
+    """moto with the parameters created once, the fake IMDS, and a fault proxy in front of each."""
+
+    faults: FaultPair
+
+
+@pytest.fixture(scope="module")
+def world(moto_url: str) -> Iterator[World]:
+    """Parameters in moto (three versions and a label, a path of three pages), proxies started."""
+    reset_moto(moto_url)
+    admin = admin_ssm_client(moto_url)
+    for name, value in [*EXISTING.items(), *PAGED.items()]:
+        admin.put_parameter(Name=name, Value=value, Type="SecureString")
+    for value in API_VERSIONS:
+        admin.put_parameter(Name="/fi/app/api", Value=value, Type="SecureString", Overwrite=True)
+    admin.label_parameter_version(Name="/fi/app/api", ParameterVersion=2, Labels=["live"])
+    imds = FakeImds(region="eu-west-1", role="app-role")
+    imds_url = imds.start()
+    ssm_proxy = FaultProxy(moto_url, slow_seconds=1.0)
+    imds_proxy = FaultProxy(imds_url, expire_tokens=imds.expire_tokens)
+    ssm_proxy.start()
+    imds_proxy.start()
+    try:
+        yield World(FaultPair(ssm_proxy, imds_proxy))
+    finally:
+        ssm_proxy.stop()
+        imds_proxy.stop()
+        imds.stop()
+
+
+@pytest.fixture
+def agent(world: World, tmp_path: Path, tmpfs_path: Path) -> Agent:
+    """The agent's folders for one test, with no fault in force."""
+    world.faults.set()
+    world.faults.notes.clear()
+    config = tmp_path / "etc"
+    config.mkdir()
+    (config / "app.env.j2").write_text(TEMPLATE, encoding="utf-8")
+    return Agent(config=config, runtime=tmpfs_path, faults=world.faults)
+
+
+def _render_good(agent: Agent) -> bytes:
+    """A fault-free render, whose file later failures must keep intact."""
+    agent.faults.set()
+    run = agent.render(GENEROUS_DEADLINE_SECONDS)
+    assert run.code == 0, run.stderr
+    assert agent.rendered() == EXPECTED
+    return agent.output.read_bytes()
+
+
+def _assert_sound(agent: Agent, run: Run, good: Optional[bytes]) -> None:
+    """The properties every run keeps, whatever the faults: exit 0 with SSM's exact values, or exit 7
+    with the earlier file intact; no temporary file; no value or body content in the log."""
+    context = f"exit {run.code} after {run.seconds:.2f} s\n{agent.faults.describe()}\n{run.stderr[-3000:]}"
+    assert run.code in (0, 7), context
+    if run.code == 0:
+        assert agent.rendered() == EXPECTED, context
+    else:
+        assert agent.snapshot() == (good, ["env"] if good is not None else []), context
+    assert not [name for name in agent.folder() if name.startswith(TMP_PREFIX)], context
+    assert HTML_MARKER not in run.stderr, context
+    leaked = [value for value in SECRETS if value in run.stderr]
+    assert not leaked, context
+
+
+def _plan(side: str, kinds: tuple[str, ...], rate: float, seed: int, **extra: Any) -> dict[str, FaultPlan]:
+    return {side: FaultPlan(kinds=kinds, rate=rate, seed=seed, **extra)}
+
+
+# -- property 1: a 30% fault rate of every kind is survived, with every value exact ----------------
+
+
+def test_thirty_percent_of_every_fault_still_renders_exact_values_twenty_times(agent: Agent) -> None:
+    """At a 30% rate of every fault on SSM and IMDS, 20 renders in a row exit 0 with every value exact."""
+    given = {"ssm": 0, "imds": 0}
+    for render in range(20):
+        agent.faults.set(
+            ssm=FaultPlan(kinds=CLI_SSM_FAULTS, rate=0.3, seed=1000 + render),
+            imds=FaultPlan(kinds=IMDS_FAULTS, rate=0.3, seed=2000 + render),
+        )
+        run = agent.render(GENEROUS_DEADLINE_SECONDS)
+        context = f"render {render}: exit {run.code}\n{agent.faults.describe()}\n{run.stderr[-3000:]}"
+        assert run.code == 0, context
+        assert agent.rendered() == EXPECTED, context
+        given["ssm"] += len(agent.faults.ssm.faults_given())
+        given["imds"] += len(agent.faults.imds.faults_given())
+    # The faults were really there: some 30% of the requests on each side.
+    assert given["ssm"] >= 10, given
+    assert given["imds"] >= 10, given
+
+
+# -- property 2: at 100% of one kind the agent exits 7 at its deadline, nothing lost --------------
+
+
+@pytest.mark.parametrize(
+    ("side", "kind"),
+    [("ssm", kind) for kind in CLI_SSM_FAULTS] + [("imds", kind) for kind in IMDS_FAULTS],
+)
+def test_every_answer_faulty_exits_7_at_the_deadline_and_keeps_the_good_file(
+    agent: Agent, side: str, kind: str
+) -> None:
+    """With every answer of one side faulty, render exits 7 at its deadline (never 0 or 4), names the
+    endpoint without quoting the body, keeps the earlier file byte for byte and leaves no temp file."""
+    good = _render_good(agent)
+    agent.faults.set(**_plan(side, (kind,), 1.0, seed=7))
+    run = agent.render(DEADLINE_SECONDS)
+    context = (
+        f"{side} {kind}: exit {run.code} after {run.seconds:.2f} s\n{agent.faults.describe()}\n{run.stderr}"
+    )
+    assert run.code == 7, context
+    assert DEADLINE_SECONDS - 0.05 <= run.seconds <= DEADLINE_SECONDS + LATE_SLACK_SECONDS, context
+    assert agent.snapshot() == (good, ["env"]), context
+    proxy = agent.faults.ssm if side == "ssm" else agent.faults.imds
+    assert proxy.faults_given(), context
+    assert proxy.url in run.error(), context
+    _assert_sound(agent, run, good)
+
+
+# -- property 4: faults on later pages of a path, selectors and defaults in the same template -----
+
+
+# Transport faults on a later page take the same path as on the first; these are the kinds whose
+# damage is in the page itself.
+@pytest.mark.parametrize(
+    "kind", ["throttling", "reset_mid_body", "html_200", "wrong_shape", "truncated_json"]
+)
+def test_faulty_later_pages_of_a_path_exit_7_and_keep_the_good_file(agent: Agent, kind: str) -> None:
+    """When only pages after the first of GetParametersByPath are faulty, render exits 7 at its
+    deadline and never writes a partial mapping."""
+    good = _render_good(agent)
+    agent.faults.set(**_plan("ssm", (kind,), 1.0, seed=11, applies=later_path_pages))
+    run = agent.render(DEADLINE_SECONDS)
+    context = f"{kind}: exit {run.code} after {run.seconds:.2f} s\n{agent.faults.describe()}\n{run.stderr}"
+    assert agent.faults.ssm.faults_given(), context  # the path really has later pages
+    assert run.code == 7, context
+    _assert_sound(agent, run, good)
+
+
+def test_half_of_later_pages_faulty_still_renders_the_whole_path(agent: Agent) -> None:
+    """At a 50% rate of every fault on later pages only, ten renders exit 0 with every value exact."""
+    for render in range(10):
+        agent.faults.set(**_plan("ssm", CLI_SSM_FAULTS, 0.5, seed=300 + render, applies=later_path_pages))
+        run = agent.render(GENEROUS_DEADLINE_SECONDS)
+        context = f"render {render}: exit {run.code}\n{agent.faults.describe()}\n{run.stderr[-3000:]}"
+        assert run.code == 0, context
+        assert agent.rendered() == EXPECTED, context
+
+
+# -- property 3: for any seed and fault mix, never a wrong value, never a default for what exists --
+
+
+@dataclass(frozen=True)
+class FaultMix:
+    """One example of property 3: which faults on each side, how often, and where."""
+
+    seed: int
+    ssm_kinds: tuple[str, ...]
+    imds_kinds: tuple[str, ...]
+    rate: float
+    later_pages_only: bool
+
+    def plans(self) -> dict[str, FaultPlan]:
+        ssm_applies = later_path_pages if self.later_pages_only else every_request
+        return {
+            "ssm": FaultPlan(kinds=self.ssm_kinds, rate=self.rate, seed=self.seed, applies=ssm_applies),
+            "imds": FaultPlan(kinds=self.imds_kinds, rate=self.rate, seed=self.seed + 1),
+        }
+
+
+def _kinds(kinds: tuple[str, ...], min_size: int) -> st.SearchStrategy[tuple[str, ...]]:
+    return st.sets(st.sampled_from(kinds), min_size=min_size).map(lambda chosen: tuple(sorted(chosen)))
+
+
+FAULT_MIXES = st.builds(
+    FaultMix,
+    seed=st.integers(min_value=0, max_value=2**31),
+    ssm_kinds=_kinds(CLI_SSM_FAULTS, 1),
+    imds_kinds=_kinds(IMDS_FAULTS, 0),
+    rate=st.sampled_from((0.1, 0.3, 0.5, 0.7)),
+    later_pages_only=st.booleans(),
+)
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(mix=FAULT_MIXES)
+def test_no_fault_mix_yields_a_wrong_value_or_a_default_for_an_existing_parameter(
+    agent: Agent, mix: FaultMix
+) -> None:
+    """For any seed and mix of faults a run exits 0 with every value exactly SSM's (a default only
+    for the absent parameter), or exits 7 with the earlier file intact; never anything else."""
+    good = agent.snapshot()[0]
+    agent.faults.set(**mix.plans())
+    run = agent.render(DEADLINE_SECONDS)
+    _assert_sound(agent, run, good)
+
+
+# -- "slow": a read timeout shorter than the agent's default, on the client itself ----------------
+
+
+NAMED = {
+    "/fi/app/db": EXISTING["/fi/app/db"],
+    "/fi/app/api:1": API_VERSIONS[0],
+    "/fi/app/api:live": API_VERSIONS[1],
+}
+
+
+def _short_read_timeout_client(world: World, deadline_seconds: float) -> SsmClient:
+    """An SsmClient on the SSM proxy with a 0.3 s read timeout: answers held 1 s are too slow."""
+    return SsmClient(
+        region="eu-west-1",
+        endpoint_url=world.faults.ssm.url,
+        credentials=("testing", "testing", ""),
+        deadline=Deadline(deadline_seconds),
+        read_timeout_seconds=0.3,
+    )
+
+
+def test_slow_answers_past_the_read_timeout_end_in_exit_7_at_the_deadline(world: World) -> None:
+    """When every SSM answer comes after the read timeout, fetching fails as unavailable (exit 7)
+    within the deadline plus one read timeout."""
+    world.faults.set(ssm=FaultPlan(kinds=("slow",), rate=1.0, seed=5))
+    client = _short_read_timeout_client(world, DEADLINE_SECONDS)
+    started = time.monotonic()
+    with pytest.raises(ServiceUnavailable) as failure:
+        client.fetch(list(NAMED))
+    seconds = time.monotonic() - started
+    context = world.faults.describe()
+    world.faults.set()
+    assert failure.value.exit_code == 7
+    assert seconds <= DEADLINE_SECONDS + 0.3 + LATE_SLACK_SECONDS, context
+    assert world.faults.ssm.url in failure.value.message, context
+
+
+def test_thirty_percent_slow_answers_still_fetch_exact_values(world: World) -> None:
+    """At a 30% rate of answers slower than the read timeout, 20 fetches in a row return exact values."""
+    client = _short_read_timeout_client(world, GENEROUS_DEADLINE_SECONDS)
+    for attempt in range(20):
+        world.faults.set(ssm=FaultPlan(kinds=("slow",), rate=0.3, seed=500 + attempt))
+        found, missing = client.fetch(list(NAMED))
+        context = world.faults.describe()
+        assert missing == [], context
+        assert {selector: p.value for selector, p in found.items()} == NAMED, context
+    world.faults.set()
