@@ -13,13 +13,14 @@ from typing import Optional, TextIO
 import structlog
 
 from agent import __version__, envfile
+from agent.answers import Parameter
 from agent.config import AgentSettings, ServiceSettings, load_agent_settings, load_service_settings
 from agent.errors import EXIT_INTERRUPTED, AgentError, ConfigError, ParameterNotFound
 from agent.imds import ImdsClient
 from agent.log import REDACTOR, configure_logging
 from agent.output import remove_secret_file, resolve_ownership, write_secret_file
 from agent.retry import Deadline
-from agent.ssm import Parameter, SsmClient
+from agent.ssm import SsmClient
 from agent.template import Assignment, CompiledTemplate, ParamValue, compile_template
 from agent.units import disable_service, enable_service
 
