@@ -28,6 +28,7 @@ from agent.output import TMP_PREFIX
 from agent.retry import Deadline
 from agent.ssm import SsmClient
 from tests.integration.faults import (
+    BAD_ANSWER_FAULTS,
     HTML_MARKER,
     IMDS_FAULTS,
     SSM_FAULTS,
@@ -85,6 +86,7 @@ class Run:
     """One finished command: exit code, log lines and how long it took."""
 
     code: int
+    stdout: str
     stderr: str
     seconds: float
 
@@ -94,7 +96,8 @@ class Run:
 
     def error(self) -> str:
         """The message of the failure line, "" when none was logged."""
-        return next((str(e.get("error", "")) for e in self.events() if e.get("event") == "render_failed"), "")
+        failed = ("render_failed", "check_failed")
+        return next((str(e.get("error", "")) for e in self.events() if e.get("event") in failed), "")
 
 
 @dataclass
@@ -109,7 +112,7 @@ class Agent:
     def output(self) -> Path:
         return self.runtime / "app" / "env"
 
-    def render(self, deadline_seconds: float) -> Run:
+    def render(self, deadline_seconds: float, command: str = "render") -> Run:
         (self.config / "app.toml").write_text(f"deadline_seconds = {deadline_seconds}\n")
         out, err = io.StringIO(), io.StringIO()
         env = {
@@ -118,12 +121,12 @@ class Agent:
         }
         started = time.monotonic()
         code = main(
-            ["--config-dir", str(self.config), "--runtime-dir", str(self.runtime), "render", "app"],
+            ["--config-dir", str(self.config), "--runtime-dir", str(self.runtime), command, "app"],
             env=env,
             stdout=out,
             stderr=err,
         )
-        return Run(code, err.getvalue(), time.monotonic() - started)
+        return Run(code, out.getvalue(), err.getvalue(), time.monotonic() - started)
 
     def rendered(self) -> dict[str, str]:
         return dict(parse_env(self.output.read_bytes().decode("utf-8")))
@@ -253,7 +256,23 @@ def test_every_answer_faulty_exits_7_at_the_deadline_and_keeps_the_good_file(
     proxy = agent.faults.ssm if side == "ssm" else agent.faults.imds
     assert proxy.faults_given(), context
     assert proxy.url in run.error(), context
+    if kind in BAD_ANSWER_FAULTS:
+        assert ("not SSM's" if side == "ssm" else "no valid answer") in run.error(), context
     _assert_sound(agent, run, good)
+
+
+@pytest.mark.parametrize("kind", ["html_200", "wrong_shape", "truncated_json"])
+def test_check_never_reports_an_answer_that_is_not_ssms(agent: Agent, kind: str) -> None:
+    """`check` with every SSM answer bad exits 7 naming the endpoint and lists no parameter, neither as
+    resolved nor as missing."""
+    agent.faults.set(**_plan("ssm", (kind,), 1.0, seed=13))
+    run = agent.render(DEADLINE_SECONDS, command="check")
+    context = f"{kind}: exit {run.code}\n{agent.faults.describe()}\n{run.stdout}\n{run.stderr}"
+    assert run.code == 7, context
+    assert run.stdout == "", context
+    assert "parameters_missing" not in [event.get("event") for event in run.events()], context
+    assert "not SSM's" in run.error(), context
+    assert agent.folder() == [], context
 
 
 # -- property 4: faults on later pages of a path, selectors and defaults in the same template -----
