@@ -21,7 +21,13 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional
 
-from tests.integration.moto_server import LOOPBACK, CannedResponse, aws_json_error, forward_request
+from tests.integration.moto_server import (
+    CannedResponse,
+    LoopbackServer,
+    aws_json_error,
+    forward_request,
+    send_canned,
+)
 
 # The answer forwarded untouched.
 PASS = "pass"
@@ -153,7 +159,7 @@ def _fits(kind: str, exchange: Exchange) -> bool:
     return True
 
 
-class FaultProxy:
+class FaultProxy(LoopbackServer):
     """A proxy on 127.0.0.1 in front of `upstream` that injects the faults of its current plan.
 
     `expire_tokens` is called for a "token_expired" fault (FakeImds.expire_tokens); `slow_seconds`
@@ -177,12 +183,8 @@ class FaultProxy:
         self._rng = random.Random(0)  # noqa: S311  (seeded on purpose: replayable)
         self._log: list[Injection] = []
         self.plan = plan or FaultPlan()
-        self._server = _FaultServer((LOOPBACK, 0), _FaultHandler)
-        self._server.proxy = self
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
+        super().__init__(_FaultHandler, _FaultServer)
+        self._server.proxy = self  # type: ignore[attr-defined]
 
     # -- the plan and its record -------------------------------------------------------------
 
@@ -255,29 +257,10 @@ class FaultProxy:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    @property
-    def url(self) -> str:
-        """The URL the agent uses in place of the upstream's."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> None:
-        """Begin serving (or use the proxy as a context manager)."""
-        self._thread.start()
-
     def stop(self) -> None:
         """Stop serving, release held answers and the port."""
         self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> FaultProxy:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        super().stop()
 
 
 _CANNED: dict[str, CannedResponse] = {
@@ -354,15 +337,6 @@ class _FaultHandler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server: _FaultServer
 
-    def do_GET(self) -> None:
-        self._handle()
-
-    def do_PUT(self) -> None:
-        self._handle()
-
-    def do_POST(self) -> None:
-        self._handle()
-
     def log_message(self, format: str, *args: object) -> None:
         pass
 
@@ -378,18 +352,15 @@ class _FaultHandler(BaseHTTPRequestHandler):
         response = reply.response
         sent = response.body if reply.cut_at is None else response.body[: reply.cut_at]
         try:
-            self.send_response(response.status)
-            for name, value in response.headers:
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(response.body)))
-            self.end_headers()
-            self.wfile.write(sent)
+            send_canned(self, response, sent)
             self.wfile.flush()
         except OSError:
             self.close_connection = True  # the client gave up (a read timeout under test)
             return
         if reply.cut_at is not None:
             self._reset()
+
+    do_GET = do_PUT = do_POST = _handle
 
     def _reset(self) -> None:
         """Abort the connection with an RST: linger 0, and every handle on the socket closed."""
