@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -261,6 +264,31 @@ def test_every_answer_faulty_exits_7_at_the_deadline_and_keeps_the_good_file(
     _assert_sound(agent, run, good)
 
 
+def test_the_command_itself_exits_7_on_answers_that_are_not_ssms(agent: Agent) -> None:
+    """`python -m agent render` as its own process, every SSM answer a proxy's page: exit 7 at the
+    deadline, the earlier file intact, the endpoint named and the page never quoted."""
+    good = _render_good(agent)
+    agent.faults.set(ssm=FaultPlan(kinds=("html_200",), rate=1.0, seed=17))
+    (agent.config / "app.toml").write_text(f"deadline_seconds = {DEADLINE_SECONDS}\n")
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT": agent.faults.imds.url,
+        "AWS_ENDPOINT_URL_SSM": agent.faults.ssm.url,
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+    args = ["--config-dir", str(agent.config), "--runtime-dir", str(agent.runtime), "render", "app"]
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", *args], env=env, capture_output=True, text=True, check=False
+    )
+    run = Run(result.returncode, result.stdout, result.stderr, seconds=0.0)
+    context = f"exit {run.code}\n{agent.faults.describe()}\n{run.stderr}"
+    assert run.code == 7, context
+    assert agent.faults.ssm.url in run.error(), context
+    assert "not SSM's" in run.error(), context
+    _assert_sound(agent, run, good)
+
+
 @pytest.mark.parametrize("kind", ["html_200", "wrong_shape", "truncated_json"])
 def test_check_never_reports_an_answer_that_is_not_ssms(agent: Agent, kind: str) -> None:
     """`check` with every SSM answer bad exits 7 naming the endpoint and lists no parameter, neither as
@@ -296,8 +324,8 @@ def test_faulty_later_pages_of_a_path_exit_7_and_keep_the_good_file(agent: Agent
 
 
 def test_half_of_later_pages_faulty_still_renders_the_whole_path(agent: Agent) -> None:
-    """At a 50% rate of every fault on later pages only, ten renders exit 0 with every value exact."""
-    for render in range(10):
+    """At a 50% rate of every fault on later pages only, six renders exit 0 with every value exact."""
+    for render in range(6):
         agent.faults.set(**_plan("ssm", CLI_SSM_FAULTS, 0.5, seed=300 + render, applies=later_path_pages))
         run = agent.render(GENEROUS_DEADLINE_SECONDS)
         context = f"render {render}: exit {run.code}\n{agent.faults.describe()}\n{run.stderr[-3000:]}"
@@ -341,7 +369,7 @@ FAULT_MIXES = st.builds(
 
 
 @settings(
-    max_examples=12,
+    max_examples=10,
     deadline=None,
     derandomize=True,
     database=None,
