@@ -28,6 +28,7 @@ from agent import __version__
 from agent.answers import (
     NOT_FOUND_ERROR_CODES,
     SECRETS_MANAGER_PREFIX,
+    THROTTLING_ERROR_CODES,
     NotSsmAnswer,
     Parameter,
     check_get_parameters,
@@ -42,7 +43,7 @@ from agent.answers import (
     split_selector,
 )
 from agent.errors import AgentError, ConfigError, CredentialsError, ServiceUnavailable
-from agent.retry import Backoff, Deadline
+from agent.retry import Backoff, Deadline, ThrottleMemory
 
 _log = structlog.get_logger()
 
@@ -51,6 +52,9 @@ GET_PARAMETERS_MAX_NAMES = 10
 GET_PARAMETERS_BY_PATH_MAX_RESULTS = 10
 CONNECT_TIMEOUT_SECONDS = 3.0
 READ_TIMEOUT_SECONDS = 10.0
+# While throttled, one journal line (and one systemd status) at most this often: enough to show an
+# operator the agent is waiting, not hung.
+THROTTLED_REPORT_INTERVAL_SECONDS = 10.0
 
 # Failures below botocore's own types: a body cut short mid-read (urllib3's ProtocolError,
 # http.client's IncompleteRead) escapes botocore unwrapped when it makes no retries of its own.
@@ -84,6 +88,7 @@ class SsmClient:
         deadline: Deadline,
         backoff_factory: Callable[[], Backoff] = Backoff,
         role: Optional[str] = None,
+        on_status: Callable[[str], None] = lambda _text: None,
         connect_timeout_seconds: float = CONNECT_TIMEOUT_SECONDS,
         read_timeout_seconds: float = READ_TIMEOUT_SECONDS,
     ) -> None:
@@ -96,6 +101,14 @@ class SsmClient:
 
         self._deadline = deadline
         self._backoff_factory = backoff_factory
+        self._on_status = on_status
+        # What this process knows of the fleet's throttling, kept from one call to the next.
+        self._throttle_memory = ThrottleMemory()
+        self._throttled_since: Optional[float] = None
+        self._throttled_answers = 0
+        self._reported_at = 0.0
+        self.calls_planned = 0
+        self.calls_done = 0
         self._role = role
         config = Config(
             # Our loop retries until the deadline; botocore's would stop after a count.
@@ -132,6 +145,7 @@ class SsmClient:
     def fetch(self, selectors: Iterable[str]) -> tuple[dict[str, Parameter], list[str]]:
         """Resolve every selector with GetParameters, 10 per call; return found by selector, and missing."""
         unique = list(dict.fromkeys(selectors))
+        self.calls_planned += -(-len(unique) // GET_PARAMETERS_MAX_NAMES)
         started = time.perf_counter()
         found: dict[str, Parameter] = {}
         missing: list[str] = []
@@ -175,6 +189,7 @@ class SsmClient:
             return page, token
 
         pages = 0
+        self.calls_planned += 1
         while True:
             try:
                 page, token = self._call("GetParametersByPath", [path], request, check_page)
@@ -190,6 +205,7 @@ class SsmClient:
                 break
             seen_tokens.add(token)
             request["NextToken"] = token
+            self.calls_planned += 1
         _log.info(
             "ssm_path_fetched",
             path=path,
@@ -260,25 +276,27 @@ class SsmClient:
         and answers that are not SSM's until the deadline."""
         method = getattr(self._client, _snake_case(action))
         backoff = self._backoff_factory()
+        backoff.memory = self._throttle_memory
         attempt = 0
-        not_ssm: Optional[str] = None  # why the last answer was not believed, if that was the failure
-        response: Any = None
         while True:
             attempt += 1
             started = time.perf_counter()
-            not_ssm = None
+            not_ssm: Optional[str] = None  # why the last answer was not believed, if that was the failure
+            is_throttled = False
+            response: Any = None
             try:
                 response = method(**request)
                 result = check(response)
             except NotSsmAnswer as bad:
                 not_ssm = f"{bad.reason} ({describe_http(response)})"
-                last_error = "an answer that is not SSM's: " + not_ssm
             except ClientError as error:
                 last_error = error_code(error)
                 if is_foreign_error(error):
                     not_ssm = f"HTTP {last_error}, no SSM error in the body"
-                    last_error = "an answer that is not SSM's: " + not_ssm
+                elif last_error in THROTTLING_ERROR_CODES:
+                    is_throttled = True
                 elif not is_retryable_error(error):
+                    self._deadline.note_answer()
                     raise _RejectedCall(
                         last_error,
                         error_message(error),
@@ -299,36 +317,97 @@ class SsmClient:
                 raise AgentError(f"ssm:{action} failed before reaching SSM: {type(error).__name__}") from None
             except _PARSE_ERRORS as error:
                 not_ssm = f"a body botocore could not read as SSM's ({type(error).__name__})"
-                last_error = "an answer that is not SSM's: " + not_ssm
             else:
-                _log.debug(
-                    "ssm_call",
-                    action=action,
-                    names=list(names),
-                    attempt=attempt,
-                    elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
-                )
+                self._let_through(action, names, attempt, started)
                 return result
-            _log.warning(
-                "ssm_retry",
-                action=action,
-                attempt=attempt,
-                error=last_error,
-                remaining_seconds=round(self._deadline.remaining, 2),
-            )
-            if not backoff.wait(self._deadline):
-                if not_ssm is not None:
-                    raise ServiceUnavailable(
-                        f"SSM at {self.endpoint} gave no valid answer to ssm:{action} within the "
-                        f"{self._deadline.seconds:g} s deadline ({attempt} attempts): the last answer was "
-                        f"not SSM's: {not_ssm}; {_NOT_SSM_FIX}"
-                    )
-                raise ServiceUnavailable(
-                    f"SSM at {self.endpoint} did not answer ssm:{action} within the "
-                    f"{self._deadline.seconds:g} s deadline ({attempt} attempts, last error {last_error}): "
-                    "check the network path to SSM (VPC endpoint, NAT, security groups) or, for throttling, "
-                    "raise deadline_seconds or the account's Parameter Store throughput"
+            if not_ssm is not None:
+                last_error = "an answer that is not SSM's: " + not_ssm
+            if is_throttled:
+                self._throttled(action)
+            else:
+                _log.warning(
+                    "ssm_retry",
+                    action=action,
+                    attempt=attempt,
+                    error=last_error,
+                    remaining_seconds=round(self._deadline.remaining, 2),
                 )
+            if not backoff.wait(self._deadline, is_throttled=is_throttled):
+                raise self._gave_up(action, attempt, last_error, not_ssm=not_ssm, is_throttled=is_throttled)
+
+    def _let_through(self, action: str, names: Sequence[str], attempt: int, started: float) -> None:
+        self._deadline.note_answer()
+        self._throttle_memory.let_through()
+        self.calls_done += 1
+        if self._throttled_since is not None:
+            _log.info(
+                "ssm_throttle_passed",
+                action=action,
+                throttled_seconds=round(time.monotonic() - self._throttled_since, 1),
+                throttled_answers=self._throttled_answers,
+                calls_left=max(0, self.calls_planned - self.calls_done),
+            )
+            self._throttled_since = None
+            self._throttled_answers = 0
+            self._on_status("SSM let the call through; fetching")
+        _log.debug(
+            "ssm_call",
+            action=action,
+            names=list(names),
+            attempt=attempt,
+            elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+
+    def _throttled(self, action: str) -> None:
+        """SSM is up and busy: count it, keep the outage deadline from running out, and say so at most
+        every THROTTLED_REPORT_INTERVAL_SECONDS."""
+        self._deadline.note_answer()
+        now = time.monotonic()
+        if self._throttled_since is None:
+            self._throttled_since = now
+        self._throttled_answers += 1
+        if now - self._reported_at < THROTTLED_REPORT_INTERVAL_SECONDS and self._throttled_answers > 1:
+            return
+        self._reported_at = now
+        waited = round(now - self._throttled_since, 1)
+        calls_left = max(1, self.calls_planned - self.calls_done)
+        budget_left = round(self._deadline.remaining)
+        _log.warning(
+            "ssm_throttled",
+            action=action,
+            throttled_seconds=waited,
+            throttled_answers=self._throttled_answers,
+            calls_left=calls_left,
+            budget_left_seconds=budget_left,
+        )
+        self._on_status(
+            f"SSM is throttling (fleet boot?): waiting {waited:g} s so far, {calls_left} "
+            f"{'call' if calls_left == 1 else 'calls'} left, giving up in {budget_left} s"
+        )
+
+    def _gave_up(
+        self, action: str, attempts: int, last_error: str, *, not_ssm: Optional[str], is_throttled: bool
+    ) -> ServiceUnavailable:
+        if not_ssm is not None:
+            return ServiceUnavailable(
+                f"SSM at {self.endpoint} gave no valid answer to ssm:{action} within the "
+                f"{self._deadline.seconds:g} s deadline ({attempts} attempts): the last answer was "
+                f"not SSM's: {not_ssm}; {_NOT_SSM_FIX}"
+            )
+        if is_throttled:
+            return ServiceUnavailable(
+                f"SSM at {self.endpoint} kept throttling ssm:{action} ({last_error}) until the "
+                f"{self._deadline.budget_seconds:g} s throttled budget ran out ({self._throttled_answers} "
+                "throttled answers): the account's Parameter Store throughput (shared by every instance "
+                "and tool in the account and region) is exhausted; raise throttle_deadline_seconds, "
+                "enable higher throughput (aws ssm update-service-setting --setting-id "
+                "/ssm/parameter-store/high-throughput-enabled --setting-value true) or stagger the boot"
+            )
+        return ServiceUnavailable(
+            f"SSM at {self.endpoint} did not answer ssm:{action} within the "
+            f"{self._deadline.seconds:g} s deadline ({attempts} attempts, last error {last_error}): "
+            "check the network path to SSM (VPC endpoint, NAT, security groups), or raise deadline_seconds"
+        )
 
 
 class _RejectedCall(Exception):

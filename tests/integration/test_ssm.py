@@ -15,6 +15,7 @@ import pytest
 import structlog
 from botocore.exceptions import ClientError
 from moto_server import CannedResponse, RecordingProxy, admin_ssm_client, aws_json_error
+from structlog.testing import capture_logs
 
 from agent.answers import (
     ACCESS_DENIED_ERROR_CODES,
@@ -55,7 +56,7 @@ KMS_DENIED_MESSAGE = (
 
 def fast_backoff() -> Backoff:
     """Backoff with millisecond delays, so retry tests take milliseconds."""
-    return Backoff(base=0.001, cap=0.005)
+    return Backoff(base=0.001, cap=0.005, throttled_step=0.001, throttled_cap=0.005)
 
 
 def make_client(
@@ -64,14 +65,17 @@ def make_client(
     deadline_seconds: float = 10.0,
     read_timeout_seconds: float = 10.0,
     role: Optional[str] = None,
+    throttled_seconds: Optional[float] = None,
+    on_status: Callable[[str], None] = lambda _text: None,
 ) -> SsmClient:
     return SsmClient(
         region=REGION,
         endpoint_url=endpoint,
         credentials=CREDENTIALS,
-        deadline=Deadline(deadline_seconds),
+        deadline=Deadline(deadline_seconds, throttled_seconds=throttled_seconds),
         backoff_factory=fast_backoff,
         role=role,
+        on_status=on_status,
         read_timeout_seconds=read_timeout_seconds,
     )
 
@@ -636,7 +640,7 @@ def test_logs_carry_names_and_versions_but_never_values(admin: Any, clean_moto_u
             client.fetch(["/log/db", "/log/missing"])
             client.fetch_path("/log", recursive=True)
     events = [entry["event"] for entry in logs]
-    assert {"ssm_retry", "ssm_fetched", "ssm_path_fetched"} <= set(events)
+    assert {"ssm_throttled", "ssm_throttle_passed", "ssm_fetched", "ssm_path_fetched"} <= set(events)
     fetched = next(entry for entry in logs if entry["event"] == "ssm_fetched")
     assert fetched["versions"] == {"/log/db": 1}
     assert fetched["missing"] == ["/log/missing"]
@@ -799,3 +803,77 @@ def test_a_page_of_names_outside_the_path_is_not_believed() -> None:
         parameters = make_client(proxy.url).fetch_path("/e", recursive=False)
     assert [p.name for p in parameters] == ["/e/a"]
     assert proxy.count("GetParametersByPath") == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Throttling is not an outage: a longer budget while SSM answers "slow down", the short one otherwise.
+
+
+def throttle_for(seconds: float) -> Callable[[int, str], Optional[CannedResponse]]:
+    """A responder that throttles every call for `seconds` from its first request, then forwards."""
+    first: list[float] = []
+
+    def respond(_index: int, _action: str) -> Optional[CannedResponse]:
+        first.append(time.monotonic()) if not first else None
+        return THROTTLED if time.monotonic() - first[0] < seconds else None
+
+    return respond
+
+
+def test_throttled_longer_than_the_short_deadline_still_succeeds(admin: Any, clean_moto_url: str) -> None:
+    """Throttled for 1.5 s with a 0.5 s outage deadline and a 10 s throttled budget: the values arrive."""
+    put(admin, "/t/a", "va")
+    statuses: list[str] = []
+    with RecordingProxy(clean_moto_url, throttle_for(1.5)) as proxy:
+        client = make_client(
+            proxy.url, deadline_seconds=0.5, throttled_seconds=10.0, on_status=statuses.append
+        )
+        with capture_logs() as logs:
+            found, _ = client.fetch(["/t/a"])
+    assert found["/t/a"].value == "va"
+    waiting = [entry for entry in logs if entry["event"] == "ssm_throttled"]
+    # The first throttled answer is reported at once, then at most every 10 s.
+    assert len(waiting) == 1
+    assert waiting[0]["calls_left"] == 1
+    assert "va" not in repr(logs)
+    assert statuses[0].startswith("SSM is throttling")
+    assert statuses[-1] == "SSM let the call through; fetching"
+    passed = [entry for entry in logs if entry["event"] == "ssm_throttle_passed"]
+    assert passed[0]["throttled_seconds"] >= 1.0  # 1.5 s less the first answer's round trip
+
+
+def test_throttling_past_its_budget_names_the_budget_and_the_fix() -> None:
+    """Throttled past the throttled budget: exit 7 saying the quota is exhausted and how to raise it."""
+    with RecordingProxy(None, lambda _i, _a: THROTTLED) as proxy:
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailable) as raised:
+            make_client(proxy.url, deadline_seconds=0.2, throttled_seconds=0.8).fetch(["/t/a"])
+        elapsed = time.monotonic() - started
+    assert 0.7 < elapsed < 2.0
+    assert "0.8 s throttled budget" in raised.value.message
+    assert "throttle_deadline_seconds" in raised.value.message
+    assert "high-throughput-enabled" in raised.value.message
+
+
+def test_refused_connection_fails_at_the_short_deadline_whatever_the_throttled_budget() -> None:
+    """An outage is not throttling: a closed port fails at the short deadline even with a long budget."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(ServiceUnavailable, match="EndpointConnectionError"):
+        make_client(f"http://127.0.0.1:{port}", deadline_seconds=0.3, throttled_seconds=60.0).fetch(["/a"])
+    assert time.monotonic() - started < 2.0
+
+
+def test_an_outage_after_throttling_counts_from_the_last_answer() -> None:
+    """Throttled, then no answer at all: the outage deadline counts from SSM's last answer."""
+    answers = [THROTTLED] * 3
+    dropped = CannedResponse(200, b"", delay_seconds=5.0)  # never answers within the read timeout
+    with RecordingProxy(None, lambda i, _a: answers[i] if i < len(answers) else dropped) as proxy:
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailable, match=r"did not answer ssm:GetParameters within the 0\.5 s"):
+            make_client(
+                proxy.url, deadline_seconds=0.5, throttled_seconds=60.0, read_timeout_seconds=0.2
+            ).fetch(["/a"])
+    assert time.monotonic() - started < 3.0
