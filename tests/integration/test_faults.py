@@ -48,6 +48,10 @@ from tests.integration.moto_server import admin_ssm_client, reset_moto
 CLI_SSM_FAULTS = tuple(kind for kind in SSM_FAULTS if kind != "slow")
 # The shortest deadline_seconds the agent accepts: runs that must fail cost one second each.
 DEADLINE_SECONDS = 1.0
+# The throttled budget (throttle_deadline_seconds) where throttling runs out, and one far beyond the
+# short deadline where other faults must end at the short one all the same.
+THROTTLED_BUDGET_SECONDS = 2.0
+UNUSED_THROTTLED_BUDGET_SECONDS = 8.0
 # A deadline no healthy run comes near, for runs that must succeed.
 GENEROUS_DEADLINE_SECONDS = 30.0
 # Property 3's examples: few in `make test`; raise it for a soak run (the examples stay derandomized).
@@ -117,8 +121,11 @@ class Agent:
     def output(self) -> Path:
         return self.runtime / "app" / "env"
 
-    def render(self, deadline_seconds: float, command: str = "render") -> Run:
-        (self.config / "app.toml").write_text(f"deadline_seconds = {deadline_seconds}\n")
+    def render(
+        self, deadline_seconds: float, throttled_seconds: Optional[float] = None, command: str = "render"
+    ) -> Run:
+        """Run the command with these deadlines (the throttled budget defaults to the short one)."""
+        self.configure(deadline_seconds, throttled_seconds)
         out, err = io.StringIO(), io.StringIO()
         env = {
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": self.faults.imds.url,
@@ -132,6 +139,13 @@ class Agent:
             stderr=err,
         )
         return Run(code, out.getvalue(), err.getvalue(), time.monotonic() - started)
+
+    def configure(self, deadline_seconds: float, throttled_seconds: Optional[float] = None) -> None:
+        """Write app.toml with the short deadline and the throttled budget."""
+        (self.config / "app.toml").write_text(
+            f"deadline_seconds = {deadline_seconds}\n"
+            f"throttle_deadline_seconds = {throttled_seconds or deadline_seconds}\n"
+        )
 
     def rendered(self) -> dict[str, str]:
         return dict(parse_env(self.output.read_bytes().decode("utf-8")))
@@ -251,12 +265,17 @@ def test_every_answer_faulty_exits_7_at_the_deadline_and_keeps_the_good_file(
     endpoint without quoting the body, keeps the earlier file byte for byte and leaves no temp file."""
     good = _render_good(agent)
     agent.faults.set(**_plan(side, (kind,), 1.0, seed=7))
-    run = agent.render(DEADLINE_SECONDS)
+    # Throttling runs out at the throttled budget; every other fault at the short deadline, however
+    # long the throttled budget.
+    is_throttling = kind == "throttling"
+    throttled = THROTTLED_BUDGET_SECONDS if is_throttling else UNUSED_THROTTLED_BUDGET_SECONDS
+    ends = THROTTLED_BUDGET_SECONDS if is_throttling else DEADLINE_SECONDS
+    run = agent.render(DEADLINE_SECONDS, throttled)
     context = (
         f"{side} {kind}: exit {run.code} after {run.seconds:.2f} s\n{agent.faults.describe()}\n{run.stderr}"
     )
     assert run.code == 7, context
-    assert DEADLINE_SECONDS - 0.05 <= run.seconds <= DEADLINE_SECONDS + LATE_SLACK_SECONDS, context
+    assert ends - 0.05 <= run.seconds <= ends + LATE_SLACK_SECONDS, context
     assert agent.snapshot() == (good, ["env"]), context
     proxy = agent.faults.ssm if side == "ssm" else agent.faults.imds
     assert proxy.faults_given(), context
@@ -271,7 +290,7 @@ def test_the_command_itself_exits_7_on_answers_that_are_not_ssms(agent: Agent) -
     deadline, the earlier file intact, the endpoint named and the page never quoted."""
     good = _render_good(agent)
     agent.faults.set(ssm=FaultPlan(kinds=("html_200",), rate=1.0, seed=17))
-    (agent.config / "app.toml").write_text(f"deadline_seconds = {DEADLINE_SECONDS}\n")
+    agent.configure(DEADLINE_SECONDS)
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "AWS_EC2_METADATA_SERVICE_ENDPOINT": agent.faults.imds.url,
