@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ from agent.envfile import parse_env
 from agent.errors import ServiceUnavailable
 from agent.fakeimds import FakeImds
 from agent.output import TMP_PREFIX
-from agent.retry import Deadline
+from agent.retry import Backoff, Deadline
 from agent.ssm import SsmClient
 from tests.integration.faults import (
     BAD_ANSWER_FAULTS,
@@ -275,7 +276,9 @@ def test_every_answer_faulty_exits_7_at_the_deadline_and_keeps_the_good_file(
         f"{side} {kind}: exit {run.code} after {run.seconds:.2f} s\n{agent.faults.describe()}\n{run.stderr}"
     )
     assert run.code == 7, context
-    assert ends - 0.05 <= run.seconds <= ends + LATE_SLACK_SECONDS, context
+    # Not before the short deadline, not after its own; test_throttling_is_not_cut_short_* pins the
+    # throttled budget down with a backoff that is not random.
+    assert DEADLINE_SECONDS - 0.05 <= run.seconds <= ends + LATE_SLACK_SECONDS, context
     assert agent.snapshot() == (good, ["env"]), context
     proxy = agent.faults.ssm if side == "ssm" else agent.faults.imds
     assert proxy.faults_given(), context
@@ -418,14 +421,15 @@ NAMED = {
 }
 
 
-def _short_read_timeout_client(world: World, deadline_seconds: float) -> SsmClient:
+def _short_read_timeout_client(world: World, deadline: Deadline, **extra: Any) -> SsmClient:
     """An SsmClient on the SSM proxy with a 0.3 s read timeout: answers held 1 s are too slow."""
     return SsmClient(
         region="eu-west-1",
         endpoint_url=world.faults.ssm.url,
         credentials=("testing", "testing", ""),
-        deadline=Deadline(deadline_seconds),
+        deadline=deadline,
         read_timeout_seconds=0.3,
+        **extra,
     )
 
 
@@ -433,7 +437,7 @@ def test_slow_answers_past_the_read_timeout_end_in_exit_7_at_the_deadline(world:
     """When every SSM answer comes after the read timeout, fetching fails as unavailable (exit 7)
     within the deadline plus one read timeout."""
     world.faults.set(ssm=FaultPlan(kinds=("slow",), rate=1.0, seed=5))
-    client = _short_read_timeout_client(world, DEADLINE_SECONDS)
+    client = _short_read_timeout_client(world, Deadline(DEADLINE_SECONDS))
     started = time.monotonic()
     with pytest.raises(ServiceUnavailable) as failure:
         client.fetch(list(NAMED))
@@ -447,7 +451,7 @@ def test_slow_answers_past_the_read_timeout_end_in_exit_7_at_the_deadline(world:
 
 def test_thirty_percent_slow_answers_still_fetch_exact_values(world: World) -> None:
     """At a 30% rate of answers slower than the read timeout, 20 fetches in a row return exact values."""
-    client = _short_read_timeout_client(world, GENEROUS_DEADLINE_SECONDS)
+    client = _short_read_timeout_client(world, Deadline(GENEROUS_DEADLINE_SECONDS))
     for attempt in range(20):
         world.faults.set(ssm=FaultPlan(kinds=("slow",), rate=0.3, seed=500 + attempt))
         found, missing = client.fetch(list(NAMED))
@@ -455,3 +459,26 @@ def test_thirty_percent_slow_answers_still_fetch_exact_values(world: World) -> N
         assert missing == [], context
         assert {selector: p.value for selector, p in found.items()} == NAMED, context
     world.faults.set()
+
+
+class _LongestDelays(random.Random):
+    """An rng whose every backoff delay is the longest allowed: no luck in a timing test."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def test_throttling_is_not_cut_short_by_the_outage_deadline(world: World) -> None:
+    """Under endless throttling the client keeps trying for the whole throttled budget, even when a
+    throttled backoff delay is longer than the short deadline."""
+    world.faults.set(ssm=FaultPlan(kinds=("throttling",), rate=1.0, seed=19))
+    deadline = Deadline(DEADLINE_SECONDS, throttled_seconds=3.0)
+    client = _short_read_timeout_client(
+        world, deadline, backoff_factory=lambda: Backoff(rng=_LongestDelays())
+    )
+    with pytest.raises(ServiceUnavailable) as failure:
+        client.fetch(list(NAMED))
+    seconds = time.monotonic() - deadline.started
+    context = f"gave up after {seconds:.2f} s: {failure.value.message}\n{world.faults.describe()}"
+    world.faults.set()
+    assert 3.0 - 0.05 <= seconds <= 3.0 + LATE_SLACK_SECONDS, context
