@@ -53,6 +53,8 @@ DEADLINE_SECONDS = 1.0
 # short deadline where other faults must end at the short one all the same.
 THROTTLED_BUDGET_SECONDS = 2.0
 UNUSED_THROTTLED_BUDGET_SECONDS = 8.0
+# How long a "slow" answer is held: past the 0.3 s read timeout of the clients that test it.
+SLOW_ANSWER_SECONDS = 1.0
 # A deadline no healthy run comes near, for runs that must succeed.
 GENEROUS_DEADLINE_SECONDS = 30.0
 # Property 3's examples: few in `make test`; raise it for a soak run (the examples stay derandomized).
@@ -179,7 +181,7 @@ def world(moto_url: str) -> Iterator[World]:
     admin.label_parameter_version(Name="/fi/app/api", ParameterVersion=2, Labels=["live"])
     imds = FakeImds(region="eu-west-1", role="app-role")
     imds_url = imds.start()
-    ssm_proxy = FaultProxy(moto_url, slow_seconds=1.0)
+    ssm_proxy = FaultProxy(moto_url, slow_seconds=SLOW_ANSWER_SECONDS)
     imds_proxy = FaultProxy(imds_url, expire_tokens=imds.expire_tokens)
     ssm_proxy.start()
     imds_proxy.start()
@@ -310,6 +312,22 @@ def test_the_command_itself_exits_7_on_answers_that_are_not_ssms(agent: Agent) -
     assert run.code == 7, context
     assert agent.faults.ssm.url in run.error(), context
     assert "not SSM's" in run.error(), context
+    _assert_sound(agent, run, good)
+
+
+def test_an_ssm_that_never_answers_ends_at_the_deadline_not_the_read_timeout(agent: Agent) -> None:
+    """When SSM accepts the request and never answers, render exits 7 at its deadline, not after
+    botocore's 10 s read timeout."""
+    good = _render_good(agent)
+    agent.faults.ssm.slow_seconds = 30.0
+    agent.faults.set(ssm=FaultPlan(kinds=("slow",), rate=1.0, seed=23))
+    try:
+        run = agent.render(DEADLINE_SECONDS)
+    finally:
+        agent.faults.ssm.slow_seconds = SLOW_ANSWER_SECONDS
+    context = f"exit {run.code} after {run.seconds:.2f} s\n{agent.faults.describe()}\n{run.error()}"
+    assert run.code == 7, context
+    assert run.seconds <= DEADLINE_SECONDS + LATE_SLACK_SECONDS, context
     _assert_sound(agent, run, good)
 
 
