@@ -112,6 +112,10 @@ class Run:
         return next((str(e.get("error", "")) for e in self.events() if e.get("event") in failed), "")
 
 
+# The rendered file's bytes (None when absent) and the names in its folder.
+Snapshot = tuple[Optional[bytes], list[str]]
+
+
 @dataclass
 class Agent:
     """A config dir with the template, a tmpfs runtime dir, and the proxies' URLs."""
@@ -157,7 +161,7 @@ class Agent:
         folder = self.output.parent
         return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
-    def snapshot(self) -> tuple[Optional[bytes], list[str]]:
+    def snapshot(self) -> Snapshot:
         """The rendered file's bytes (None when absent) and the folder's entries."""
         return (self.output.read_bytes() if self.output.exists() else None), self.folder()
 
@@ -204,24 +208,25 @@ def agent(world: World, tmp_path: Path, tmpfs_path: Path) -> Agent:
     return Agent(config=config, runtime=tmpfs_path, faults=world.faults)
 
 
-def _render_good(agent: Agent) -> bytes:
-    """A fault-free render, whose file later failures must keep intact."""
+def _render_good(agent: Agent) -> Snapshot:
+    """A fault-free render, whose file (and folder) later failures must keep intact."""
     agent.faults.set()
     run = agent.render(GENEROUS_DEADLINE_SECONDS)
     assert run.code == 0, run.stderr
     assert agent.rendered() == EXPECTED
-    return agent.output.read_bytes()
+    return agent.snapshot()
 
 
-def _assert_sound(agent: Agent, run: Run, good: Optional[bytes]) -> None:
+def _assert_sound(agent: Agent, run: Run, before: Snapshot) -> None:
     """The properties every run keeps, whatever the faults: exit 0 with SSM's exact values, or exit 7
-    with the earlier file intact; no temporary file; no value or body content in the log."""
+    with the folder as it was before (an earlier file intact); no temporary file; no value or body
+    content in the log."""
     context = f"exit {run.code} after {run.seconds:.2f} s\n{agent.faults.describe()}\n{run.stderr[-3000:]}"
     assert run.code in (0, 7), context
     if run.code == 0:
         assert agent.rendered() == EXPECTED, context
     else:
-        assert agent.snapshot() == (good, ["env"] if good is not None else []), context
+        assert agent.snapshot() == before, context
     assert not [name for name in agent.folder() if name.startswith(TMP_PREFIX)], context
     assert HTML_MARKER not in run.stderr, context
     leaked = [value for value in SECRETS if value in run.stderr]
@@ -266,7 +271,7 @@ def test_every_answer_faulty_exits_7_at_the_deadline_and_keeps_the_good_file(
 ) -> None:
     """With every answer of one side faulty, render exits 7 at its deadline (never 0 or 4), names the
     endpoint without quoting the body, keeps the earlier file byte for byte and leaves no temp file."""
-    good = _render_good(agent)
+    before = _render_good(agent)
     agent.faults.set(**_plan(side, (kind,), 1.0, seed=7))
     # Throttling runs out at the throttled budget; every other fault at the short deadline, however
     # long the throttled budget.
@@ -281,19 +286,19 @@ def test_every_answer_faulty_exits_7_at_the_deadline_and_keeps_the_good_file(
     # Not before the short deadline, not after its own; test_throttling_is_not_cut_short_* pins the
     # throttled budget down with a backoff that is not random.
     assert DEADLINE_SECONDS - 0.05 <= run.seconds <= ends + LATE_SLACK_SECONDS, context
-    assert agent.snapshot() == (good, ["env"]), context
+    assert agent.snapshot() == before, context
     proxy = agent.faults.ssm if side == "ssm" else agent.faults.imds
     assert proxy.faults_given(), context
     assert proxy.url in run.error(), context
     if kind in BAD_ANSWER_FAULTS:
         assert ("not SSM's" if side == "ssm" else "no valid answer") in run.error(), context
-    _assert_sound(agent, run, good)
+    _assert_sound(agent, run, before)
 
 
 def test_the_command_itself_exits_7_on_answers_that_are_not_ssms(agent: Agent) -> None:
     """`python -m agent render` as its own process, every SSM answer a proxy's page: exit 7 at the
     deadline, the earlier file intact, the endpoint named and the page never quoted."""
-    good = _render_good(agent)
+    before = _render_good(agent)
     agent.faults.set(ssm=FaultPlan(kinds=("html_200",), rate=1.0, seed=17))
     agent.configure(DEADLINE_SECONDS)
     env = {
@@ -312,13 +317,13 @@ def test_the_command_itself_exits_7_on_answers_that_are_not_ssms(agent: Agent) -
     assert run.code == 7, context
     assert agent.faults.ssm.url in run.error(), context
     assert "not SSM's" in run.error(), context
-    _assert_sound(agent, run, good)
+    _assert_sound(agent, run, before)
 
 
 def test_an_ssm_that_never_answers_ends_at_the_deadline_not_the_read_timeout(agent: Agent) -> None:
     """When SSM accepts the request and never answers, render exits 7 at its deadline, not after
     botocore's 10 s read timeout."""
-    good = _render_good(agent)
+    before = _render_good(agent)
     agent.faults.ssm.slow_seconds = 30.0
     agent.faults.set(ssm=FaultPlan(kinds=("slow",), rate=1.0, seed=23))
     try:
@@ -328,7 +333,7 @@ def test_an_ssm_that_never_answers_ends_at_the_deadline_not_the_read_timeout(age
     context = f"exit {run.code} after {run.seconds:.2f} s\n{agent.faults.describe()}\n{run.error()}"
     assert run.code == 7, context
     assert run.seconds <= DEADLINE_SECONDS + LATE_SLACK_SECONDS, context
-    _assert_sound(agent, run, good)
+    _assert_sound(agent, run, before)
 
 
 @pytest.mark.parametrize("kind", ["html_200", "wrong_shape", "truncated_json"])
@@ -356,13 +361,13 @@ def test_check_never_reports_an_answer_that_is_not_ssms(agent: Agent, kind: str)
 def test_faulty_later_pages_of_a_path_exit_7_and_keep_the_good_file(agent: Agent, kind: str) -> None:
     """When only pages after the first of GetParametersByPath are faulty, render exits 7 at its
     deadline and never writes a partial mapping."""
-    good = _render_good(agent)
+    before = _render_good(agent)
     agent.faults.set(**_plan("ssm", (kind,), 1.0, seed=11, applies=later_path_pages))
     run = agent.render(DEADLINE_SECONDS)
     context = f"{kind}: exit {run.code} after {run.seconds:.2f} s\n{agent.faults.describe()}\n{run.stderr}"
     assert agent.faults.ssm.faults_given(), context  # the path really has later pages
     assert run.code == 7, context
-    _assert_sound(agent, run, good)
+    _assert_sound(agent, run, before)
 
 
 def test_half_of_later_pages_faulty_still_renders_the_whole_path(agent: Agent) -> None:
@@ -423,10 +428,10 @@ def test_no_fault_mix_yields_a_wrong_value_or_a_default_for_an_existing_paramete
 ) -> None:
     """For any seed and mix of faults a run exits 0 with every value exactly SSM's (a default only
     for the absent parameter), or exits 7 with the earlier file intact; never anything else."""
-    good = agent.snapshot()[0]
+    before = agent.snapshot()
     agent.faults.set(**mix.plans())
     run = agent.render(DEADLINE_SECONDS)
-    _assert_sound(agent, run, good)
+    _assert_sound(agent, run, before)
 
 
 # -- "slow": a read timeout shorter than the agent's default, on the client itself ----------------
