@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from agent.cli import main
@@ -420,6 +420,9 @@ FAULT_MIXES = st.builds(
     deadline=None,
     derandomize=True,
     database=None,
+    # No shrinking: every example costs up to a deadline, and a failure already prints its seed and
+    # every fault given, which is what replays it.
+    phases=(Phase.explicit, Phase.reuse, Phase.generate),
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(mix=FAULT_MIXES)
