@@ -16,7 +16,7 @@ import struct
 import sys
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional
@@ -198,6 +198,8 @@ class FaultProxy(LoopbackServer):
         unknown = set(plan.kinds) - set(SSM_FAULTS) - set(IMDS_FAULTS)
         if unknown:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}")
+        if "token_expired" in plan.kinds and self.expire_tokens is None:
+            raise ValueError("token_expired needs the fake's expire_tokens")
         with self._lock:
             self._plan = plan
             self._rng = random.Random(plan.seed)  # noqa: S311
@@ -377,7 +379,6 @@ class FaultPair:
 
     ssm: FaultProxy
     imds: FaultProxy
-    notes: list[str] = field(default_factory=list)
 
     def set(self, *, ssm: Optional[FaultPlan] = None, imds: Optional[FaultPlan] = None) -> None:
         """Put new plans in force (None: no faults on that side)."""
@@ -386,4 +387,4 @@ class FaultPair:
 
     def describe(self) -> str:
         """Both proxies' seeds, plans and decisions, for a failure message."""
-        return "\n".join([*self.notes, "SSM  " + self.ssm.describe(), "IMDS " + self.imds.describe()])
+        return f"SSM  {self.ssm.describe()}\nIMDS {self.imds.describe()}"

@@ -201,7 +201,6 @@ def world(moto_url: str) -> Iterator[World]:
 def agent(world: World, tmp_path: Path, tmpfs_path: Path) -> Agent:
     """The agent's folders for one test, with no fault in force."""
     world.faults.set()
-    world.faults.notes.clear()
     config = tmp_path / "etc"
     config.mkdir()
     (config / "app.env.j2").write_text(TEMPLATE, encoding="utf-8")
