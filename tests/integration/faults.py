@@ -47,6 +47,7 @@ IMDS_FAULTS = (
     "http_500",
     "drop",
     "reset_mid_body",
+    "slow",
     "html_200",  # token, region, role name or credentials replaced by an HTML page
     "creds_not_json",
     "creds_missing_field",

@@ -44,9 +44,12 @@ from tests.integration.faults import (
 )
 from tests.integration.moto_server import admin_ssm_client, reset_moto
 
-# "slow" needs a read timeout shorter than the agent's 10 s, which only SsmClient's constructor
+# An SSM "slow" needs a read timeout shorter than the agent's 10 s, which only SsmClient's constructor
 # sets: the command-level tests leave it out and test_slow_* cover it on the client.
 CLI_SSM_FAULTS = tuple(kind for kind in SSM_FAULTS if kind != "slow")
+# A slow IMDS answer costs the agent's whole 2 s IMDS timeout: the 20 renders of property 1 leave it
+# out, the other properties keep it (cut short by their 1 s deadline).
+QUICK_IMDS_FAULTS = tuple(kind for kind in IMDS_FAULTS if kind != "slow")
 # The shortest deadline_seconds the agent accepts: runs that must fail cost one second each.
 DEADLINE_SECONDS = 1.0
 # The throttled budget (throttle_deadline_seconds) where throttling runs out, and one far beyond the
@@ -55,6 +58,8 @@ THROTTLED_BUDGET_SECONDS = 2.0
 UNUSED_THROTTLED_BUDGET_SECONDS = 8.0
 # How long a "slow" answer is held: past the 0.3 s read timeout of the clients that test it.
 SLOW_ANSWER_SECONDS = 1.0
+# Past the agent's 2 s IMDS timeout (the agent also cuts it to what is left of the deadline).
+SLOW_IMDS_SECONDS = 2.5
 # A deadline no healthy run comes near, for runs that must succeed.
 GENEROUS_DEADLINE_SECONDS = 30.0
 # Property 3's examples: few in `make test`; raise it for a soak run (the examples stay derandomized).
@@ -186,7 +191,7 @@ def world(moto_url: str) -> Iterator[World]:
     imds = FakeImds(region="eu-west-1", role="app-role")
     imds_url = imds.start()
     ssm_proxy = FaultProxy(moto_url, slow_seconds=SLOW_ANSWER_SECONDS)
-    imds_proxy = FaultProxy(imds_url, expire_tokens=imds.expire_tokens)
+    imds_proxy = FaultProxy(imds_url, expire_tokens=imds.expire_tokens, slow_seconds=SLOW_IMDS_SECONDS)
     ssm_proxy.start()
     imds_proxy.start()
     try:
@@ -245,7 +250,7 @@ def test_thirty_percent_of_every_fault_still_renders_exact_values_twenty_times(a
     for render in range(20):
         agent.faults.set(
             ssm=FaultPlan(kinds=CLI_SSM_FAULTS, rate=0.3, seed=1000 + render),
-            imds=FaultPlan(kinds=IMDS_FAULTS, rate=0.3, seed=2000 + render),
+            imds=FaultPlan(kinds=QUICK_IMDS_FAULTS, rate=0.3, seed=2000 + render),
         )
         run = agent.render(GENEROUS_DEADLINE_SECONDS)
         context = f"render {render}: exit {run.code}\n{agent.faults.describe()}\n{run.stderr[-3000:]}"
