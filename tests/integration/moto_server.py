@@ -39,13 +39,21 @@ def moto_server() -> Iterator[str]:
         server.stop()
 
 
-def reset_moto(url: str) -> None:
-    """Forget every resource moto holds (its documented reset API)."""
-    # No proxy: the request must go straight to 127.0.0.1 whatever the environment says.
+def moto_api(url: str, action: str, data: bytes = b"") -> None:
+    """POST to one of moto's own endpoints (/moto-api/ACTION)."""
+    # No proxy: the request must go straight to 127.0.0.1 whatever the environment says. Not a form
+    # either: moto reads the raw body, which Flask empties for form-encoded requests.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    request = urllib.request.Request(f"{url}/moto-api/reset", data=b"", method="POST")
+    request = urllib.request.Request(
+        f"{url}/moto-api/{action}", data=data, method="POST", headers={"Content-Type": "text/plain"}
+    )
     with opener.open(request, timeout=10) as response:
         response.read()
+
+
+def reset_moto(url: str) -> None:
+    """Forget every resource moto holds (its documented reset API)."""
+    moto_api(url, "reset")
 
 
 @dataclass(frozen=True)
@@ -97,7 +105,11 @@ def send_canned(
 ) -> None:
     """Write `canned` as the handler's answer. `sent`, a part of its body, goes out in place of the whole
     under the whole body's Content-Length (a body cut short)."""
-    handler.send_response(canned.status)
+    # A Date header in the answer replaces the server's own.
+    if any(name.lower() == "date" for name, _ in canned.headers):
+        handler.send_response_only(canned.status)
+    else:
+        handler.send_response(canned.status)
     for name, value in canned.headers:
         handler.send_header(name, value)
     handler.send_header("Content-Length", str(len(canned.body)))
@@ -108,6 +120,8 @@ def send_canned(
 # Given the request's number (from 0) and its action ("GetParameters"), a canned answer, or None
 # to forward the request to the upstream server.
 Responder = Callable[[int, str], Optional[CannedResponse]]
+# Given upstream's answer, the request's headers and body, the answer to send instead.
+Rewriter = Callable[[CannedResponse, dict[str, str], bytes], CannedResponse]
 
 
 _Served = TypeVar("_Served", bound="LoopbackServer")
@@ -155,12 +169,21 @@ class LoopbackServer:
 class RecordingProxy(LoopbackServer):
     """An HTTP server on 127.0.0.1 that records each AWS action it receives, server side.
 
-    It forwards requests to `upstream` (moto) unless `responder` answers them itself.
+    It forwards requests to `upstream` (moto) unless `responder` answers them itself, and passes
+    upstream's answers through `rewrite` when one is given. The Host header is forwarded unchanged,
+    so requests signed with SigV4 still verify upstream. A Date header in an answer replaces the
+    proxy's own.
     """
 
-    def __init__(self, upstream: Optional[str], responder: Optional[Responder] = None) -> None:
+    def __init__(
+        self,
+        upstream: Optional[str],
+        responder: Optional[Responder] = None,
+        rewrite: Optional[Rewriter] = None,
+    ) -> None:
         self.upstream = upstream
         self.responder = responder
+        self.rewrite = rewrite
         self.actions: list[str] = []
         self._lock = threading.Lock()
         proxy = self
@@ -180,7 +203,10 @@ class RecordingProxy(LoopbackServer):
                     proxy.actions.append(action)
                 canned = proxy.responder(index, action) if proxy.responder else None
                 if canned is None:
-                    canned = proxy._forward(self.path, dict(self.headers.items()), body)
+                    headers = dict(self.headers.items())
+                    canned = proxy._forward(self.path, headers, body)
+                    if proxy.rewrite is not None:
+                        canned = proxy.rewrite(canned, headers, body)
                 if canned.delay_seconds:
                     time.sleep(canned.delay_seconds)
                 # The client may have given up (a read timeout under test).
