@@ -31,6 +31,8 @@ from tests.integration.moto_server import (
 
 # The answer forwarded untouched.
 PASS = "pass"
+# A request for one of the proxy's denied_actions: refused as IAM refuses it, whatever the plan.
+DENIED = "denied"
 
 SSM_FAULTS = (
     "http_500",  # AWS's JSON InternalServerError
@@ -109,6 +111,11 @@ def every_request(exchange: Exchange) -> bool:
     return True
 
 
+def get_parameter_calls(exchange: Exchange) -> bool:
+    """Fault only GetParameter, the one-name call."""
+    return exchange.action == "GetParameter"
+
+
 def later_path_pages(exchange: Exchange) -> bool:
     """Fault only GetParametersByPath pages after the first (requests carrying a NextToken)."""
     return exchange.action == "GetParametersByPath" and "NextToken" in exchange.json_body()
@@ -178,6 +185,9 @@ class FaultProxy(LoopbackServer):
         self.upstream = upstream
         self.expire_tokens = expire_tokens
         self.slow_seconds = slow_seconds
+        # SSM actions IAM refuses (AccessDeniedException naming the action), as for a role that may
+        # only call ssm:GetParameter.
+        self.denied_actions: frozenset[str] = frozenset()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._plan = FaultPlan()
@@ -232,12 +242,16 @@ class FaultProxy(LoopbackServer):
             plan = self._plan
             kinds = [k for k in plan.kinds if _fits(k, exchange)] if plan.applies(exchange) else []
             fault = kinds[int(pick * len(kinds))] if kinds and roll < plan.rate else PASS
+            if exchange.action in self.denied_actions:
+                fault = DENIED
             self._log.append(Injection(len(self._log), exchange.target, fault))
         return fault, variant
 
     # -- answers -----------------------------------------------------------------------------
 
     def _reply(self, exchange: Exchange, fault: str, variant: float) -> _Reply:
+        if fault == DENIED:
+            return _Reply(_access_denied(exchange.action))
         canned = _CANNED.get(fault)
         if canned is not None:
             return _Reply(canned)
@@ -272,6 +286,16 @@ _CANNED: dict[str, CannedResponse] = {
     "throttling": aws_json_error("ThrottlingException", "Rate exceeded"),
     "html_200": CannedResponse(200, HTML_PAGE, (("Content-Type", "text/html; charset=utf-8"),)),
 }
+
+
+def _access_denied(action: str) -> CannedResponse:
+    """IAM's refusal of `action` to the fake instance's role, as SSM words it."""
+    return aws_json_error(
+        "AccessDeniedException",
+        "User: arn:aws:sts::123456789012:assumed-role/app-role/i-0fa4e1fa4e1fa4e10 is not authorized "
+        f"to perform: ssm:{action} on resource: arn:aws:ssm:eu-west-1:123456789012:parameter/fi "
+        f"because no identity-based policy allows the ssm:{action} action",
+    )
 
 
 def _cut(body: bytes, variant: float) -> int:

@@ -40,6 +40,7 @@ from tests.integration.faults import (
     FaultPlan,
     FaultProxy,
     every_request,
+    get_parameter_calls,
     later_path_pages,
 )
 from tests.integration.moto_server import admin_ssm_client, reset_moto
@@ -382,6 +383,52 @@ def test_half_of_later_pages_faulty_still_renders_the_whole_path(agent: Agent) -
         context = f"render {render}: exit {run.code}\n{agent.faults.describe()}\n{run.stderr[-3000:]}"
         assert run.code == 0, context
         assert agent.rendered() == EXPECTED, context
+
+
+# -- a role that may only call ssm:GetParameter: the one-by-one fallback under the same faults -----
+
+
+@pytest.fixture
+def get_parameter_only(agent: Agent) -> Iterator[Agent]:
+    """The agent against an SSM that refuses ssm:GetParameters, so it fetches name by name."""
+    agent.faults.ssm.denied_actions = frozenset({"GetParameters"})
+    try:
+        yield agent
+    finally:
+        agent.faults.ssm.denied_actions = frozenset()
+
+
+def test_the_get_parameter_fallback_survives_thirty_percent_faults(get_parameter_only: Agent) -> None:
+    """Fetching one name a call (ssm:GetParameters denied), five renders at a 30% rate of every SSM
+    fault exit 0 with every value exact."""
+    agent = get_parameter_only
+    given: list[str] = []
+    for render in range(5):
+        agent.faults.set(ssm=FaultPlan(kinds=CLI_SSM_FAULTS, rate=0.3, seed=700 + render))
+        run = agent.render(GENEROUS_DEADLINE_SECONDS)
+        context = f"render {render}: exit {run.code}\n{agent.faults.describe()}\n{run.stderr[-3000:]}"
+        assert "GetParameter" in [i.target for i in agent.faults.ssm.injections], context
+        assert run.code == 0, context
+        assert agent.rendered() == EXPECTED, context
+        given += agent.faults.ssm.faults_given()
+    assert len(given) >= 5, given
+
+
+@pytest.mark.parametrize("kind", ["html_200", "wrong_shape", "truncated_json"])
+def test_bad_get_parameter_answers_exit_7_and_keep_the_good_file(
+    get_parameter_only: Agent, kind: str
+) -> None:
+    """Fetching one name a call, every GetParameter answer bad: exit 7 naming the endpoint, never a
+    default in place of the parameter nor "missing", the earlier file intact."""
+    agent = get_parameter_only
+    before = _render_good(agent)
+    agent.faults.set(ssm=FaultPlan(kinds=(kind,), rate=1.0, seed=29, applies=get_parameter_calls))
+    run = agent.render(DEADLINE_SECONDS)
+    context = f"{kind}: exit {run.code}\n{agent.faults.describe()}\n{run.stderr}"
+    assert agent.faults.ssm.faults_given(), context
+    assert run.code == 7, context
+    assert "not SSM's" in run.error(), context
+    _assert_sound(agent, run, before)
 
 
 # -- property 3: for any seed and fault mix, never a wrong value, never a default for what exists --
