@@ -13,7 +13,7 @@ from typing import Optional, TextIO
 
 import structlog
 
-from agent import __version__, envfile
+from agent import __version__, credentials, envfile
 from agent.answers import Parameter
 from agent.config import AgentSettings, ServiceSettings, load_agent_settings, load_service_settings
 from agent.doctor import Inputs as DoctorInputs
@@ -23,11 +23,17 @@ from agent.errors import EXIT_INTERRUPTED, AgentError, ConfigError, ParameterNot
 from agent.imds import ImdsClient
 from agent.log import REDACTOR, configure_logging
 from agent.notify import StatusNotifier
-from agent.output import remove_secret_file, resolve_ownership, write_secret_file
+from agent.output import (
+    remove_secret_file,
+    remove_secret_folder,
+    resolve_ownership,
+    write_secret_file,
+    write_secret_folder,
+)
 from agent.policy import PARTITIONS, caller_arn, generate_policy, render_policy
 from agent.retry import Deadline
 from agent.ssm import READ_TIMEOUT_SECONDS, SsmClient
-from agent.template import Assignment, CompiledTemplate, ParamValue, compile_template
+from agent.template import TEXT_CARRIER, Assignment, CompiledTemplate, ParamValue, compile_template
 from agent.units import disable_service, enable_service
 
 log = structlog.get_logger("secrets-agent")
@@ -96,6 +102,13 @@ def _build_parser() -> argparse.ArgumentParser:
                 "--partition",
                 choices=PARTITIONS,
                 help="the ARN partition (default: STS GetCallerIdentity, else from the region)",
+            )
+        if command == "enable":
+            cmd.add_argument(
+                "--credentials",
+                action="store_true",
+                help="hand the secrets over as systemd credentials (LoadCredential=, systemd >= 251) "
+                'instead of an EnvironmentFile; NAME.toml must say format = "credentials"',
             )
     return parser
 
@@ -217,7 +230,9 @@ def _resolve(
     resolver = _FetchedResolver(client, found, missing)
     for path, recursive in needs.paths:
         resolver.prefetch_path(path, recursive)
-    return template.render(resolver, redact=REDACTOR.redact), resolver, template
+    carrier = credentials.CREDENTIALS_CARRIER if service.format == "credentials" else TEXT_CARRIER
+    assignments = template.render(resolver, redact=REDACTOR.redact, remember=REDACTOR.add, carrier=carrier)
+    return assignments, resolver, template
 
 
 def _encode(service: ServiceSettings, assignments: Sequence[Assignment]) -> bytes:
@@ -230,14 +245,20 @@ def cmd_render(settings: AgentSettings, service: ServiceSettings, out: TextIO) -
     started = time.monotonic()
     ownership = resolve_ownership(service.owner, service.group)
     assignments, resolver, _ = _resolve(settings, service)
-    data = _encode(service, assignments)
-    write_secret_file(
-        service.output_path, data, ownership=ownership, allow_persistent=service.allow_persistent
-    )
+    if service.format == "credentials":
+        files = credentials.encode_credentials(assignments)
+        write_secret_folder(service.credentials_dir, files, allow_persistent=service.allow_persistent)
+        path = service.credentials_dir
+    else:
+        data = _encode(service, assignments)
+        write_secret_file(
+            service.output_path, data, ownership=ownership, allow_persistent=service.allow_persistent
+        )
+        path = service.output_path
     log.info(
         "rendered",
         service=service.name,
-        path=str(service.output_path),
+        path=str(path),
         variables=len(assignments),
         parameters=len(resolver.parameters),
         seconds=round(time.monotonic() - started, 3),
@@ -247,11 +268,23 @@ def cmd_render(settings: AgentSettings, service: ServiceSettings, out: TextIO) -
 
 def cmd_check(settings: AgentSettings, service: ServiceSettings, out: TextIO) -> int:
     assignments, resolver, _ = _resolve(settings, service)
-    _encode(service, assignments)  # the format must be able to carry every value
+    # The format must be able to carry every value.
+    if service.format == "credentials":
+        credentials.encode_credentials(assignments)
+    else:
+        _encode(service, assignments)
     width = max((len(name) for name in resolver.parameters), default=0)
     for selector, p in sorted(resolver.parameters.items()):
         label = selector if selector == p.name else f"{selector} -> {p.name}"
         out.write(f"{label:<{width}}  version {p.version:<4} {p.type}\n")
+    if service.format == "credentials":
+        out.write(
+            f"{service.name}: {len(resolver.parameters)} parameters resolved, {len(assignments)} "
+            f"credentials would be written to {service.credentials_dir}; the app reads them as "
+            + ", ".join(f"$CREDENTIALS_DIRECTORY/{credentials.credential_id(a.key)}" for a in assignments)
+            + "\n"
+        )
+        return 0
     out.write(
         f"{service.name}: {len(resolver.parameters)} parameters resolved, {len(assignments)} variables "
         f"would be written to {service.output_path}\n"
@@ -260,7 +293,9 @@ def cmd_check(settings: AgentSettings, service: ServiceSettings, out: TextIO) ->
 
 
 def cmd_clean(settings: AgentSettings, service: ServiceSettings, out: TextIO) -> int:
-    removed = remove_secret_file(service.output_path)
+    # The credentials folder first: the file's removal takes the service's folder once it is empty.
+    removed = remove_secret_folder(service.credentials_dir)
+    removed = remove_secret_file(service.output_path) or removed
     log.info(
         "cleaned" if removed else "nothing to clean", service=service.name, path=str(service.output_path)
     )
@@ -320,12 +355,19 @@ def cmd_doctor(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO
 
 
 def cmd_enable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -> int:
-    result = enable_service(args.name, args.unit, Path(args.root))
+    result = enable_service(args.name, args.unit, Path(args.root), credentials=args.credentials)
+    gets = (
+        f"loads /run/secrets-agent/{args.name}/credentials with LoadCredential= (each variable KEY in "
+        f"$CREDENTIALS_DIRECTORY/{credentials.credential_id('KEY')})"
+        if args.credentials
+        else f"reads /run/secrets-agent/{args.name}/env"
+    )
     out.write(
         f"{'wrote' if result.dropin_written else 'unchanged'} {result.dropin_path}: "
-        f"{result.unit} now starts after secrets-agent@{args.name}.service and reads "
-        f"/run/secrets-agent/{args.name}/env\n"
+        f"{result.unit} now starts after secrets-agent@{args.name}.service and {gets}\n"
     )
+    if result.settings_created:
+        out.write(f'created {result.settings_path} with format = "credentials"\n')
     if result.template_created:
         out.write(f"created {result.template_path}: list the parameters {result.unit} needs there\n")
     else:

@@ -29,7 +29,9 @@ DEFAULT_DEADLINE_SECONDS = 60.0
 # for a fleet needing 24,000 calls at the default 40 calls/s (2,400 instances of 100 parameters).
 # The unit's TimeoutStartSec= is a little longer, for the same reason as above.
 DEFAULT_THROTTLE_DEADLINE_SECONDS = 600.0
-OUTPUT_FORMATS = ("env", "dotenv", "json")
+OUTPUT_FORMATS = ("env", "dotenv", "json", "credentials")
+# format = "credentials": one file per variable in this folder below the service's runtime folder.
+CREDENTIALS_FOLDER_NAME = "credentials"
 
 # Instance names end up in paths and unit names: keep them boring.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
@@ -82,6 +84,11 @@ class ServiceSettings:
     allow_persistent: bool
     deadline_seconds: float
     throttle_deadline_seconds: float
+
+    @property
+    def credentials_dir(self) -> Path:
+        """Where format = "credentials" writes its files: RUNTIME_DIR/NAME/credentials."""
+        return self.output_dir / CREDENTIALS_FOLDER_NAME
 
 
 def validate_name(name: str) -> str:
@@ -207,6 +214,13 @@ def load_agent_settings(
     )
 
 
+def configured_format(path: Path) -> Optional[str]:
+    """The `format` a service's settings file sets, or None when the file or the setting is absent."""
+    table = _read_toml(path, required=False)
+    fmt = _typed(path, table, "format", str, "a string")
+    return None if fmt is None else str(fmt)
+
+
 def load_service_settings(agent: AgentSettings, name: str) -> ServiceSettings:
     """Build one service's settings from <name>.toml; the template must exist."""
     validate_name(name)
@@ -219,6 +233,11 @@ def load_service_settings(agent: AgentSettings, name: str) -> ServiceSettings:
         raise ConfigError(f"{path}: format must be one of {', '.join(OUTPUT_FORMATS)}, not {fmt!r}")
     owner = _typed(path, table, "owner", str, "a user name")
     group = _typed(path, table, "group", str, "a group name")
+    if fmt == "credentials" and (owner is not None or group is not None):
+        raise ConfigError(
+            f'{path}: owner and group do not apply to format = "credentials": systemd copies the '
+            "credentials for the app's own user at its start; remove them"
+        )
     allow_persistent = bool(_typed(path, table, "allow_persistent", bool, "true or false"))
 
     output_dir = agent.runtime_dir / name

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from agent.config import validate_name
+from agent.config import CREDENTIALS_FOLDER_NAME, configured_format, validate_name
+from agent.credentials import CREDENTIAL_ID_PREFIX, MIN_SYSTEMD_VERSION
 from agent.errors import AgentError, OutputError, UsageError
 from agent.output import lstat_at, open_dir_nofollow
 
@@ -33,6 +34,12 @@ SYSTEMD_RUNNING_MARKER = Path("/run/systemd/system")
 SYSTEMCTL_TIMEOUT_SECONDS = 120
 TMP_PREFIX = ".secrets-agent.tmp-"
 AGENT_TEMPLATE_UNIT = "secrets-agent@"
+# Settings hold no secret, but like templates they map where the secrets are.
+SETTINGS_MODE = 0o640
+# Where an image (or this system) keeps systemd's shared library, named after its version.
+_SYSTEMD_LIBRARY_DIRS = ("usr/lib/systemd", "usr/lib64/systemd", "usr/lib/*/systemd", "lib/systemd")
+_SYSTEMD_LIBRARY_RE = re.compile(r"^libsystemd-shared-([0-9]+)")
+_SYSTEMD_VERSION_RE = re.compile(r"^\s*(?:systemd\s+)?v?([0-9]+)")
 
 # systemd's own rule (unit_name_is_valid): a name, optionally "@" and an instance, a suffix.
 _UNIT_NAME_RE = re.compile(r"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\@-]*)?\.service$")
@@ -51,6 +58,8 @@ class EnableResult:
     template_path: Path
     template_created: bool
     reloaded: bool
+    settings_path: Optional[Path] = None
+    settings_created: bool = False
 
 
 def unit_for(name: str, unit: Optional[str]) -> str:
@@ -70,35 +79,127 @@ def unit_for(name: str, unit: Optional[str]) -> str:
     return chosen
 
 
-def render_dropin(name: str, unit: Optional[str] = None) -> str:
-    """The drop-in that makes UNIT (default NAME.service) start after the agent and read its file."""
+def render_dropin(name: str, unit: Optional[str] = None, *, credentials: bool = False) -> str:
+    """The drop-in that makes UNIT (default NAME.service) start after the agent and read its file.
+
+    With `credentials`, the unit gets the folder of format = "credentials" through LoadCredential=
+    instead of an EnvironmentFile=: each value in $CREDENTIALS_DIRECTORY/secrets_KEY.
+    """
     validate_name(name)
     shown_unit = unit or f"{name}.service"
     undo = f"secrets-agent disable {name}"
     if shown_unit != f"{name}.service":
         undo += f" --unit {shown_unit}"
+    if credentials:
+        folder = f"/run/secrets-agent/{name}/{CREDENTIALS_FOLDER_NAME}"
+        header = (
+            f"# Written by `secrets-agent enable {name} --credentials`: starts secrets-agent@{name}.service\n"
+            f"# before this unit and hands it the secrets in {folder}\n"
+            "# as systemd credentials, copied at start into a folder only its user can read: the\n"
+            f"# app reads KEY from $CREDENTIALS_DIRECTORY/{CREDENTIAL_ID_PREFIX}_KEY, none is in its\n"
+            "# environment.\n"
+            "# Without that folder the unit does not start, so it never runs without its secrets.\n"
+        )
+        setting = f"LoadCredential={CREDENTIAL_ID_PREFIX}:{folder}\n"
+        what = "folder"
+    else:
+        header = (
+            f"# Written by `secrets-agent enable {name}`: starts secrets-agent@{name}.service before\n"
+            f"# this unit and hands it the secrets in /run/secrets-agent/{name}/env. Without that file\n"
+            "# the unit does not start, so it never runs without its secrets.\n"
+        )
+        setting = f"EnvironmentFile=/run/secrets-agent/{name}/env\n"
+        what = "file"
     return (
-        f"# Written by `secrets-agent enable {name}`: starts secrets-agent@{name}.service before\n"
-        f"# this unit and hands it the secrets in /run/secrets-agent/{name}/env. Without that file\n"
-        "# the unit does not start, so it never runs without its secrets.\n"
+        f"{header}"
         f"# Undo: `{undo}`, `systemctl stop secrets-agent@{name}.service`\n"
-        f"# (deletes the file), `systemctl restart {shown_unit}`.\n"
+        f"# (deletes the {what}), `systemctl restart {shown_unit}`.\n"
         "[Unit]\n"
         f"Requires=secrets-agent@{name}.service\n"
         f"After=secrets-agent@{name}.service\n"
         "\n"
         "[Service]\n"
-        f"EnvironmentFile=/run/secrets-agent/{name}/env\n"
+        f"{setting}"
     )
 
 
-def render_starter_template(name: str) -> str:
-    """A starter NAME.env.j2: a Jinja comment with examples, so it renders to an empty file."""
+def render_credentials_settings(name: str) -> str:
+    """The NAME.toml `enable --credentials` creates when there is none."""
     validate_name(name)
     return (
-        "{#\n"
-        f"  Template for {name}: secrets-agent renders it into /run/secrets-agent/{name}/env, the\n"
+        f"# Settings of {name} (written by `secrets-agent enable {name} --credentials`): the agent\n"
+        f"# writes one file per variable into /run/secrets-agent/{name}/{CREDENTIALS_FOLDER_NAME}/ and\n"
+        f"# {name}'s unit loads them with LoadCredential=.\n"
+        'format = "credentials"\n'
+    )
+
+
+def parse_systemd_version(text: str) -> Optional[int]:
+    """The major version in `systemctl --version` or the manager's Version ("252.39-1~deb12u1")."""
+    match = _SYSTEMD_VERSION_RE.match(text)
+    return int(match.group(1)) if match else None
+
+
+def systemd_version(root: Path = Path("/")) -> Optional[int]:
+    """The version of systemd on ROOT: the running manager's, else the installed one's; None if unknown."""
+    if root.resolve() == Path("/"):
+        argvs = [["systemctl", "--version"]]
+        if SYSTEMD_RUNNING_MARKER.is_dir():
+            # The manager that will start the unit, which may be older than the package after an upgrade.
+            argvs.insert(0, ["systemctl", "show", "--property=Version", "--value"])
+        for argv in argvs:
+            try:
+                completed = subprocess.run(
+                    argv, capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT_SECONDS, check=False
+                )
+            except (OSError, subprocess.TimeoutExpired):
+                continue
+            version = parse_systemd_version(completed.stdout) if completed.returncode == 0 else None
+            if version is not None:
+                return version
+        return None
+    # An image: nothing of it runs, but its systemd's shared library carries the version in its name.
+    versions = [
+        int(match.group(1))
+        for pattern in _SYSTEMD_LIBRARY_DIRS
+        for library in root.glob(f"{pattern}/libsystemd-shared-*.so")
+        if (match := _SYSTEMD_LIBRARY_RE.match(library.name))
+    ]
+    return max(versions, default=None)
+
+
+def check_credentials_supported(root: Path = Path("/")) -> int:
+    """Return systemd's version on ROOT, or raise UsageError when it cannot load a folder of credentials."""
+    version = systemd_version(root)
+    where = "this system" if root.resolve() == Path("/") else str(root)
+    fallback = "use `secrets-agent enable NAME` without --credentials (an EnvironmentFile) instead"
+    if version is None:
+        raise UsageError(
+            f"cannot tell which systemd {where} runs: --credentials needs systemd {MIN_SYSTEMD_VERSION} "
+            f"or newer (LoadCredential= of a folder); {fallback}"
+        )
+    if version < MIN_SYSTEMD_VERSION:
+        raise UsageError(
+            f"{where} runs systemd {version}; --credentials needs {MIN_SYSTEMD_VERSION} or newer "
+            f"(LoadCredential= of a folder): upgrade systemd, or {fallback}"
+        )
+    return version
+
+
+def render_starter_template(name: str, *, credentials: bool = False) -> str:
+    """A starter NAME.env.j2: a Jinja comment with examples, so it renders to an empty file."""
+    validate_name(name)
+    where = (
+        f"  Template for {name}: secrets-agent renders it into /run/secrets-agent/{name}/credentials/,\n"
+        f"  one file per line, which `secrets-agent enable {name} --credentials` hands to the unit\n"
+        f"  (the app reads KEY from $CREDENTIALS_DIRECTORY/{CREDENTIAL_ID_PREFIX}_KEY).\n"
+        if credentials
+        else f"  Template for {name}: secrets-agent renders it into /run/secrets-agent/{name}/env, the\n"
         f"  EnvironmentFile= of the unit put behind the agent with `secrets-agent enable {name}`.\n"
+    )
+    return (
+        "{#\n"
+        f"{where}"
         "  Write one KEY=expression line per variable. The agent quotes and escapes every value\n"
         "  itself, so never put quotes around an expression. For example:\n"
         "\n"
@@ -112,20 +213,60 @@ def render_starter_template(name: str) -> str:
     )
 
 
+def _check_settings_format(root: Path, name: str, credentials: bool) -> bool:
+    """Refuse a drop-in that NAME.toml's format contradicts; True when NAME.toml is missing."""
+    path = root / CONFIG_DIR / f"{name}.toml"
+    fmt = configured_format(path)
+    if credentials and fmt not in (None, "credentials"):
+        raise UsageError(
+            f'{path} sets format = "{fmt}": set format = "credentials" there for --credentials, '
+            f"or enable {name} without --credentials"
+        )
+    if credentials and fmt is None and path.exists():
+        raise UsageError(f'{path} sets no format: add format = "credentials" to it for --credentials')
+    if not credentials and fmt == "credentials":
+        raise UsageError(
+            f'{path} sets format = "credentials": enable {name} with --credentials (LoadCredential=), '
+            "or change the format"
+        )
+    return not path.exists()
+
+
 def enable_service(
-    name: str, unit: Optional[str], root: Path = Path("/"), *, reload: bool = True
+    name: str,
+    unit: Optional[str],
+    root: Path = Path("/"),
+    *,
+    reload: bool = True,
+    credentials: bool = False,
 ) -> EnableResult:
-    """Put UNIT behind secrets-agent@NAME: write its drop-in, a starter template if none, reload systemd."""
+    """Put UNIT behind secrets-agent@NAME: write its drop-in, a starter template if none, reload systemd.
+
+    With `credentials` the drop-in uses LoadCredential= (systemd >= 251 is checked first) and a
+    NAME.toml with format = "credentials" is created if there is none.
+    """
     chosen = unit_for(name, unit)
-    dropin = render_dropin(name, chosen).encode()
+    if credentials:
+        check_credentials_supported(root)
+    settings_missing = _check_settings_format(root, name, credentials)
+    dropin = render_dropin(name, chosen, credentials=credentials).encode()
     dropin_dir = UNIT_DIR / f"{chosen}.d"
     with _open_under(root, dropin_dir) as dir_fd:
         dropin_written = _replace_if_changed(dir_fd, root / dropin_dir / DROPIN_NAME, dropin, DROPIN_MODE)
     template_name = f"{name}.env.j2"
+    settings_path = root / CONFIG_DIR / f"{name}.toml"
+    settings_created = False
     with _open_under(root, CONFIG_DIR) as dir_fd:
         template_created = _create_if_missing(
-            dir_fd, root / CONFIG_DIR / template_name, render_starter_template(name).encode(), TEMPLATE_MODE
+            dir_fd,
+            root / CONFIG_DIR / template_name,
+            render_starter_template(name, credentials=credentials).encode(),
+            TEMPLATE_MODE,
         )
+        if credentials and settings_missing:
+            settings_created = _create_if_missing(
+                dir_fd, settings_path, render_credentials_settings(name).encode(), SETTINGS_MODE
+            )
     reloaded = reload and _reload_systemd(root)
     return EnableResult(
         unit=chosen,
@@ -134,6 +275,8 @@ def enable_service(
         template_path=root / CONFIG_DIR / template_name,
         template_created=template_created,
         reloaded=reloaded,
+        settings_path=settings_path if credentials else None,
+        settings_created=settings_created,
     )
 
 
