@@ -56,6 +56,7 @@ GET_PARAMETERS_BY_PATH_MAX_RESULTS = 10
 DESCRIBE_PARAMETERS_MAX_RESULTS = 50
 CONNECT_TIMEOUT_SECONDS = 3.0
 READ_TIMEOUT_SECONDS = 10.0
+MIN_TIMEOUT_SECONDS = 0.1
 # While throttled, one journal line (and one systemd status) at most this often: enough to show an
 # operator the agent is waiting, not hung.
 THROTTLED_REPORT_INTERVAL_SECONDS = 10.0
@@ -118,8 +119,10 @@ class SsmClient:
         config = Config(
             # Our loop retries until the deadline; botocore's would stop after a count.
             retries={"total_max_attempts": 1, "mode": "standard"},
-            connect_timeout=connect_timeout_seconds,
-            read_timeout=read_timeout_seconds,
+            # Never wait for one answer longer than the whole outage deadline: with deadline_seconds = 5
+            # an SSM that never answers ends the run after 5 s (at most twice that), not botocore's 10.
+            connect_timeout=max(MIN_TIMEOUT_SECONDS, min(connect_timeout_seconds, deadline.seconds)),
+            read_timeout=max(MIN_TIMEOUT_SECONDS, min(read_timeout_seconds, deadline.seconds)),
             user_agent_extra=f"secrets-agent/{__version__}",
         )
         try:
