@@ -408,3 +408,36 @@ def test_a_check_needs_only_get_parameters_and_by_path_under_real_iam(
         code, err = Rotation(stack=narrow_stack, proxy=proxy, systemd=FakeSystemd()).refresh()
         assert code == 5, err
         assert "ssm:GetParametersByPath on /prod/app/dir/ for role narrow-role" in err
+
+
+_JSON = (("Content-Type", "application/x-amz-json-1.1"),)
+NOT_SSM_ANSWERS = {
+    "html page": CannedResponse(200, b"<html>Blocked by policy</html>", (("Content-Type", "text/html"),)),
+    "a name missing": CannedResponse(200, b'{"Parameters": [], "InvalidParameters": []}', _JSON),
+    "truncated json": CannedResponse(200, b'{"Parameters": [{"Name": "/app/db", "Version": 9', _JSON),
+    "empty object": CannedResponse(200, b"{}", _JSON),
+}
+
+
+@pytest.mark.parametrize("on_change", ["restart", "render"])
+@pytest.mark.parametrize("kind", sorted(NOT_SSM_ANSWERS))
+def test_a_check_never_acts_on_an_answer_it_could_not_believe(
+    rotation: Rotation, kind: str, on_change: str
+) -> None:
+    """A parameter did change, but every answer is not SSM's: exit 7, no restart, no re-render, the
+    record unchanged; a missing name is never read as "removed"."""
+    rotation.settings(f'on_change = "{on_change}"\ndeadline_seconds = 1\n')
+    rotation.render_db()
+    record = (rotation.stack.output.parent / "state.json").read_bytes()
+    rotation.stack.put("/app/db", f"{MARK}new")
+    rotation.proxy.responder = lambda _index, _action: NOT_SSM_ANSWERS[kind]
+
+    code, err = rotation.refresh()
+
+    assert code == 7, err
+    (failed,) = _events(err, "refresh_failed")
+    assert "not SSM's" in str(failed["error"])
+    assert _events(err, "refresh_changed") == []
+    assert rotation.systemd.calls == []
+    assert rotation.env_file() == {"DB": f"{MARK}old"}
+    assert (rotation.stack.output.parent / "state.json").read_bytes() == record
