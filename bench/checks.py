@@ -24,7 +24,7 @@ from bench.stack import Emulator
 BEFORE_REVISION = "e4d5a9a"
 REPO = Path(__file__).resolve().parents[1]
 # argv[1] is the tree whose `agent` package runs; the rest is the agent's own command line.
-_RUN_FROM_TREE = "import sys; sys.path.insert(0, sys.argv.pop(1)); from agent.__main__ import run; run()"
+RUN_FROM_TREE = "import sys; sys.path.insert(0, sys.argv.pop(1)); from agent.__main__ import run; run()"
 
 
 @dataclass
@@ -73,7 +73,7 @@ def measure(
             order = [(service, which) for service in services for which in trees]
             rng.shuffle(order)
             for service, which in order:
-                argv = [sys.executable, "-c", _RUN_FROM_TREE, trees[which], "render", service]
+                argv = [sys.executable, "-c", RUN_FROM_TREE, trees[which], "render", service]
                 measurement = spawner.run(argv, emulator.agent_env())
                 if measurement.exit_code != 0:
                     raise SystemExit(f"{which} render of {service} failed:\n{measurement.stderr[-2000:]}")

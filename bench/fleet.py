@@ -13,8 +13,10 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
+from bench.checks import BEFORE_REVISION, RUN_FROM_TREE, extract_before
 from bench.stack import Emulator
 from bench.storm import (
     STORM_SERVICE,
@@ -52,10 +54,13 @@ def run_curve(
     rate_per_second: float = FLEET_RATE_PER_SECOND,
     parameters: int = FLEET_PARAMETERS,
     log: bool = True,
+    before_tree: Optional[str] = None,
 ) -> list[CurvePoint]:
-    """Run one storm per fleet size against one emulator, smallest first."""
+    """Run one storm per fleet size against one emulator, smallest first; with `before_tree`, the
+    agent of that tree (as it was before the throttled budget and backoff) instead of this one."""
     responder = ThrottlingResponder(None)
     points = []
+    entry = ("-c", RUN_FROM_TREE, before_tree) if before_tree else ("-m", "agent")
     with Emulator(responder=responder) as emulator:
         prepare_storm(emulator, parameters)
         for agents in sizes:
@@ -66,7 +71,7 @@ def run_curve(
                 emulator,
                 responder,
                 label=label,
-                commands=agent_commands(emulator, agents),
+                commands=agent_commands(emulator, agents, entry=entry),
                 parameters=parameters,
                 rate_per_second=rate_per_second,
                 burst=max(1.0, rate_per_second),
@@ -144,14 +149,46 @@ def render_section(points: Sequence[CurvePoint], *, heading: str = "## Fleet-siz
     return "\n".join(lines) + "\n"
 
 
+def before_and_after(agents: int, rounds: int) -> list[tuple[str, CurvePoint]]:
+    """The same storm by the agent before the throttled budget (BEFORE_REVISION) and by this tree,
+    alternating `rounds` times in one run: what "no slower than before" is measured with."""
+    import tempfile
+
+    pairs: list[tuple[str, CurvePoint]] = []
+    with tempfile.TemporaryDirectory(prefix="secrets-agent-before-") as scratch:
+        before = extract_before(Path(scratch))
+        if before is None:
+            return pairs
+        for _ in range(rounds):
+            pairs.append(
+                (f"before ({BEFORE_REVISION})", run_curve([agents], log=False, before_tree=str(before))[0])
+            )
+            pairs.append(("this tree", run_curve([agents], log=False)[0]))
+    return pairs
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the curve alone and print its section; exit 1 when a target is missed."""
     parser = argparse.ArgumentParser(prog="python -m bench.fleet", description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=list(FLEET_SIZES))
     parser.add_argument("--rate", type=float, default=FLEET_RATE_PER_SECOND)
     parser.add_argument("--parameters", type=int, default=FLEET_PARAMETERS)
+    parser.add_argument(
+        "--before-after",
+        type=int,
+        metavar="ROUNDS",
+        help="instead: 40 agents, before and after, ROUNDS times",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    if args.before_after:
+        for label, point in before_and_after(40, args.before_after):
+            storm = point.storm
+            print(
+                f"{label}: failed {storm.failed}, total {storm.total_seconds:.1f} s "
+                f"({storm.ratio_to_ideal or 0:.2f}x), throttled per call {point.throttled_per_call:.1f}"
+            )
+        return 0
     points = run_curve(args.sizes, rate_per_second=args.rate, parameters=args.parameters)
     print(render_section(points))
     print(f"{math.ceil(time.perf_counter() - started)} s")

@@ -157,14 +157,17 @@ def prepare_storm(emulator: Emulator, parameters: int) -> None:
     emulator.write_template(STORM_SERVICE, named_template(names))
 
 
-def agent_commands(emulator: Emulator, agents: int) -> list[tuple[list[str], dict[str, str]]]:
-    """One `secrets-agent render` per agent, each with a runtime folder of its own (one per instance)."""
+def agent_commands(
+    emulator: Emulator, agents: int, *, entry: Sequence[str] = ("-m", "agent")
+) -> list[tuple[list[str], dict[str, str]]]:
+    """One `secrets-agent render` per agent, each with a runtime folder of its own (one per instance);
+    `entry` picks what runs (another tree's agent, for a before/after)."""
     commands = []
     for index in range(agents):
         env = emulator.agent_env()
         runtime = emulator.runtime_dir / f"agent-{index:03d}"
         env["SECRETS_AGENT_RUNTIME_DIR"] = str(runtime)
-        commands.append(([sys.executable, "-m", "agent", "render", STORM_SERVICE], env))
+        commands.append(([sys.executable, *entry, "render", STORM_SERVICE], env))
     return commands
 
 
