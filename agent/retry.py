@@ -22,7 +22,7 @@ MAX_DELAY_SECONDS = 2.0
 # keeps the last few agents of a storm from sleeping while the quota goes unused. Chosen with a
 # simulation of 8 to 150 agents at 1-2 calls/s (fewer throttled answers per call against time lost
 # at the end of a storm), then measured with real processes by `make bench` (bench/RESULTS.md).
-THROTTLED_STEP_SECONDS = 0.85
+THROTTLED_STEP_SECONDS = 0.6
 THROTTLED_MAX_DELAY_SECONDS = 10.0
 
 
