@@ -1,9 +1,9 @@
 """Containers for the packaging tests, on the system-test harness (tests/system/nspawn.py).
 
-Two root file systems of its own, cached beside the harness's: a Debian 12 without the agent's
-Python libraries, so that apt-get takes the .deb's dependencies from Debian's archive, and the
-same with cloud-init. Also the harness's installer that puts the .deb, not the source tree, into
-the system tests' machine.
+Two root file systems of its own per Debian release, cached beside the harness's: a bare Debian
+without the agent's Python libraries, so that apt-get takes the .deb's dependencies from that
+release's archive, and the same with cloud-init. Also the harness's installer that puts the .deb,
+not the source tree, into the system tests' machine.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Callable
 
 from tests.system import nspawn
-from tests.system.nspawn import Machine
+from tests.system.nspawn import DEFAULT_RELEASE, Machine, Release
 
-# A booting minbase Debian 12 and nothing of the agent's: no python3-boto3 and the like.
+# A booting minbase Debian and nothing of the agent's: no python3-boto3 and the like.
 BARE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "ca-certificates")
 # cloud-init as Debian packages it; its locale module fails on a root without en_US.UTF-8.
 CLOUD_PACKAGES = ("cloud-init", "locales")
@@ -28,12 +28,16 @@ CLOUD_LOCALE = "en_US.UTF-8 UTF-8\n"
 # The harness boots with --console=passive: nothing reads the container's console, and once its
 # pty buffer is full PID 1 blocks writing to it, for good. cloud-init's services copy all their
 # output to the console, which fills it at first boot; in this test root they write to the journal
-# only. (Booting with --console=pipe in tests/system/nspawn.py would make this unneeded.)
+# only. (Booting with --console=pipe in tests/system/nspawn.py would make this unneeded.) Debian 13's
+# cloud-init renamed cloud-init.service to cloud-init-network.service and added cloud-init-main.
+CLOUD_INIT_UNITS = (
+    "cloud-init-local", "cloud-init", "cloud-init-network", "cloud-init-main", "cloud-config", "cloud-final",
+)  # fmt: skip
 QUIET_CONSOLE = {
     "etc/systemd/system.conf.d/quiet-console.conf": "[Manager]\nShowStatus=no\n",
     **{
         f"etc/systemd/system/{unit}.service.d/quiet-console.conf": "[Service]\nStandardOutput=journal\n"
-        for unit in ("cloud-init-local", "cloud-init", "cloud-config", "cloud-final")
+        for unit in CLOUD_INIT_UNITS
     },
 }
 # Part of the cache key: a change to how the layer is made must make a new one.
@@ -44,11 +48,12 @@ CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 __all__ = ["Machine", "booted", "fresh_rootfs", "install_agent_from_deb", "run"]
 
 
-def _cloud_rootfs() -> Path:
-    """The bare root with cloud-init installed by apt (debootstrap --include cannot resolve its
-    dependencies), built once next to the harness's cache."""
-    base = nspawn.build_rootfs(BARE_PACKAGES, log=lambda _line: None)
-    target = nspawn.CACHE_ROOT / f"cloud-init-{nspawn.rootfs_key((*BARE_PACKAGES, *CLOUD_LAYER_RECIPE))}"
+def _cloud_rootfs(release: Release = DEFAULT_RELEASE) -> Path:
+    """The bare root of `release` with cloud-init installed by apt (debootstrap --include cannot
+    resolve its dependencies), built once next to the harness's cache."""
+    base = nspawn.build_rootfs(BARE_PACKAGES, log=lambda _line: None, release=release)
+    key = nspawn.rootfs_key((*BARE_PACKAGES, *CLOUD_LAYER_RECIPE), release)
+    target = nspawn.CACHE_ROOT / f"cloud-init-{key}"
     if (target / "usr/bin/cloud-init").exists():
         return target
     with open(nspawn.CACHE_ROOT / ".lock-cloud-init", "w") as lock:
@@ -79,10 +84,13 @@ def _cloud_rootfs() -> Path:
     return target
 
 
-def fresh_rootfs(destination: Path, *, cloud_init: bool = False) -> Path:
-    """A new copy at `destination` of the bare Debian 12 root (with cloud-init if asked)."""
+def fresh_rootfs(destination: Path, *, cloud_init: bool = False, release: Release = DEFAULT_RELEASE) -> Path:
+    """A new copy at `destination` of the bare root of `release` (with cloud-init if asked)."""
     nspawn.ensure_host_tools()
-    source = _cloud_rootfs() if cloud_init else nspawn.build_rootfs(BARE_PACKAGES, log=lambda _line: None)
+    if cloud_init:
+        source = _cloud_rootfs(release)
+    else:
+        source = nspawn.build_rootfs(BARE_PACKAGES, log=lambda _line: None, release=release)
     subprocess.run(["cp", "-a", "--reflink=auto", str(source), str(destination)], check=True)
     nspawn.trust_host_certificates(destination)
     # apt resolves names as its unprivileged sandbox user.
