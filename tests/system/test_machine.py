@@ -14,7 +14,7 @@ pytestmark = pytest.mark.system
 def test_machine_runs_its_releases_systemd_with_run_on_tmpfs(machine: Machine, release: Release) -> None:
     """The machine is a booted Debian of the session's release, under that release's systemd (252
     on Debian 12, 257 on 13), whose /run, where the secrets go, is tmpfs."""
-    assert machine.release == release
+    assert machine.release.suite == release.suite
     assert machine.text("systemctl", "is-system-running").strip() in ("running", "degraded")
     assert machine.text("systemctl", "--version").split()[1] == str(release.systemd)
     assert machine.text("stat", "-f", "-c", "%T", "/run").strip() == "tmpfs"
