@@ -22,8 +22,10 @@ from tests.system.nspawn import DEFAULT_RELEASE, Machine, Release
 
 # A booting minbase Debian and nothing of the agent's: no python3-boto3 and the like.
 BARE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "ca-certificates")
-# cloud-init as Debian packages it; its locale module fails on a root without en_US.UTF-8.
-CLOUD_PACKAGES = ("cloud-init", "locales")
+# cloud-init as Debian packages it; its locale module fails on a root without en_US.UTF-8. Debian's
+# cloud images hold iproute2 and udev too, which Debian 13's cloud-init (ip) and Debian 11's
+# (udevadm settle) run at first boot and report an error without.
+CLOUD_PACKAGES = ("cloud-init", "locales", "iproute2", "udev")
 CLOUD_LOCALE = "en_US.UTF-8 UTF-8\n"
 # The harness boots with --console=passive: nothing reads the container's console, and once its
 # pty buffer is full PID 1 blocks writing to it, for good. cloud-init's services copy all their
