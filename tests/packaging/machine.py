@@ -42,8 +42,16 @@ QUIET_CONSOLE = {
         for unit in CLOUD_INIT_UNITS
     },
 }
+# A container runs no sshd and holds no ssh-keygen: Debian 13's cloud-init would report its failed
+# attempt to make host keys as an error of the first boot.
+NO_SSH_HOST_KEYS = {"etc/cloud/cloud.cfg.d/90-secrets-agent-tests.cfg": "ssh_genkeytypes: []\n"}
+LAYER_FILES = {**QUIET_CONSOLE, **NO_SSH_HOST_KEYS}
 # Part of the cache key: a change to how the layer is made must make a new one.
-CLOUD_LAYER_RECIPE = ("layer-2", *CLOUD_PACKAGES, *sorted(QUIET_CONSOLE))
+CLOUD_LAYER_RECIPE = (
+    "layer-3",
+    *CLOUD_PACKAGES,
+    *(f"{path}={text}" for path, text in sorted(LAYER_FILES.items())),
+)
 APT_RETRIES_CONF = "etc/apt/apt.conf.d/80-secrets-agent-tests-retries"
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -77,7 +85,7 @@ def _cloud_rootfs(release: Release = DEFAULT_RELEASE) -> Path:
             )  # fmt: skip
             nspawn.run_in_root(root, ["locale-gen"])
             nspawn.run_in_root(root, ["apt-get", "clean"])
-            for relative, content in QUIET_CONSOLE.items():
+            for relative, content in LAYER_FILES.items():
                 (root / relative).parent.mkdir(parents=True, exist_ok=True)
                 (root / relative).write_text(content, encoding="utf-8")
             root.rename(target)

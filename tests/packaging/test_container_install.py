@@ -295,7 +295,7 @@ def assert_renders_every_hard_value(machine: Machine, fakes: Fakes) -> None:
     run(machine, "secrets-agent", "enable", "hard")
     run(machine, "systemctl", "start", "hard.service")
     environment = machine.exec_environ("hard.service")
-    got = {key.decode(): environment.get(key.encode(), b"").decode() for key in HARD_VALUES}
+    got = {key: environment.get(key.encode(), b"").decode() for key in HARD_VALUES}
     assert got == HARD_VALUES
     assert b"EVIL" not in environment
     assert b"EVIL_TOO" not in environment
