@@ -13,13 +13,15 @@ from typing import Optional, TextIO
 import structlog
 
 from agent import __version__, envfile
+from agent.answers import Parameter
 from agent.config import AgentSettings, ServiceSettings, load_agent_settings, load_service_settings
 from agent.errors import EXIT_INTERRUPTED, AgentError, ConfigError, ParameterNotFound
 from agent.imds import ImdsClient
 from agent.log import REDACTOR, configure_logging
+from agent.notify import StatusNotifier
 from agent.output import remove_secret_file, resolve_ownership, write_secret_file
 from agent.retry import Deadline
-from agent.ssm import Parameter, SsmClient
+from agent.ssm import SsmClient
 from agent.template import Assignment, CompiledTemplate, ParamValue, compile_template
 from agent.units import disable_service, enable_service
 
@@ -165,6 +167,7 @@ def _ssm_client(settings: AgentSettings, deadline: Deadline) -> SsmClient:
         credentials=credentials,
         deadline=deadline,
         role=role,
+        on_status=StatusNotifier(settings.notify_socket).status,
     )
 
 
@@ -173,7 +176,7 @@ def _resolve(
 ) -> tuple[list[Assignment], _FetchedResolver, CompiledTemplate]:
     template = _read_template(service)
     needs = template.requirements
-    deadline = Deadline(service.deadline_seconds)
+    deadline = Deadline(service.deadline_seconds, throttled_seconds=service.throttle_deadline_seconds)
     client = _ssm_client(settings, deadline)
     found, missing = client.fetch(needs.names) if needs.names else ({}, [])
     resolver = _FetchedResolver(client, found, missing)

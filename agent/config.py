@@ -25,14 +25,25 @@ DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254"
 # Long enough for a late network or a throttled fleet at boot; the unit's TimeoutStartSec
 # is a little longer so that the agent, not systemd, reports what went wrong.
 DEFAULT_DEADLINE_SECONDS = 60.0
+# While SSM answers but throttles (a fleet booting at once), the agent keeps trying this long: room
+# for a fleet needing 24,000 calls at the default 40 calls/s (2,400 instances of 100 parameters).
+# The unit's TimeoutStartSec= is a little longer, for the same reason as above.
+DEFAULT_THROTTLE_DEADLINE_SECONDS = 600.0
 OUTPUT_FORMATS = ("env", "dotenv", "json")
 
 # Instance names end up in paths and unit names: keep them boring.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
 _TRUE = {"1", "true", "yes", "on"}
 
-_AGENT_KEYS = {"imds_endpoint", "ssm_endpoint", "region", "deadline_seconds"}
-_SERVICE_KEYS = {"format", "owner", "group", "allow_persistent", "deadline_seconds"}
+_AGENT_KEYS = {"imds_endpoint", "ssm_endpoint", "region", "deadline_seconds", "throttle_deadline_seconds"}
+_SERVICE_KEYS = {
+    "format",
+    "owner",
+    "group",
+    "allow_persistent",
+    "deadline_seconds",
+    "throttle_deadline_seconds",
+}
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,9 @@ class AgentSettings:
     ssm_endpoint: Optional[str]
     region: Optional[str]
     deadline_seconds: float
+    throttle_deadline_seconds: float
+    # systemd's notification socket (NOTIFY_SOCKET) when the unit has NotifyAccess=, for STATUS= lines.
+    notify_socket: Optional[str]
     # Outside EC2 (a laptop, CI) boto3's own credential chain is used instead of IMDS.
     use_default_credential_chain: bool
     # Keys from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, handed to the
@@ -65,6 +79,7 @@ class ServiceSettings:
     group: Optional[str]
     allow_persistent: bool
     deadline_seconds: float
+    throttle_deadline_seconds: float
 
 
 def validate_name(name: str) -> str:
@@ -115,10 +130,10 @@ def _typed(path: Path, table: Mapping[str, Any], key: str, kind: type, kind_name
     return value
 
 
-def _deadline(path: Path, table: Mapping[str, Any]) -> Optional[float]:
-    value: Optional[float] = _typed(path, table, "deadline_seconds", float, "a number of seconds")
+def _deadline(path: Path, table: Mapping[str, Any], key: str = "deadline_seconds") -> Optional[float]:
+    value: Optional[float] = _typed(path, table, key, float, "a number of seconds")
     if value is not None and not 1 <= value <= 3600:
-        raise ConfigError(f"{path}: deadline_seconds must be between 1 and 3600, not {value}")
+        raise ConfigError(f"{path}: {key} must be between 1 and 3600, not {value}")
     return value
 
 
@@ -173,6 +188,10 @@ def load_agent_settings(
         ssm_endpoint=ssm,
         region=region,
         deadline_seconds=_deadline(path, table) or DEFAULT_DEADLINE_SECONDS,
+        throttle_deadline_seconds=(
+            _deadline(path, table, "throttle_deadline_seconds") or DEFAULT_THROTTLE_DEADLINE_SECONDS
+        ),
+        notify_socket=env.get("NOTIFY_SOCKET") or None,
         use_default_credential_chain=has_env_credentials or imds_disabled,
         env_credentials=(
             (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_SESSION_TOKEN", ""))
@@ -207,4 +226,7 @@ def load_service_settings(agent: AgentSettings, name: str) -> ServiceSettings:
         group=group,
         allow_persistent=allow_persistent,
         deadline_seconds=_deadline(path, table) or agent.deadline_seconds,
+        throttle_deadline_seconds=(
+            _deadline(path, table, "throttle_deadline_seconds") or agent.throttle_deadline_seconds
+        ),
     )

@@ -11,7 +11,8 @@ import json
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from datetime import datetime, timezone
+from typing import Any, Callable, Optional, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -40,6 +41,19 @@ _RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
 # environment (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY) says.
 _TRANSIENT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 _NO_PROXIES: dict[str, Optional[str]] = {"http": None, "https": None, "all": None}
+
+# What IMDS's answers look like; anything else (a proxy's page, a truncated body) is not believed.
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9+/=_.-]{1,4096}$")
+_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$")
+_ROLE_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}$")
+_CREDENTIAL_FIELDS = ("AccessKeyId", "SecretAccessKey", "Token", "Expiration")
+
+_T = TypeVar("_T")
+
+_NOT_IMDS_FIX = (
+    "check AWS_EC2_METADATA_SERVICE_ENDPOINT or imds_endpoint in agent.toml, and that nothing between "
+    "the agent and IMDS answers in its place"
+)
 
 _ENABLE_IMDS_FIX = (
     "enable it with `aws ec2 modify-instance-metadata-options --instance-id <instance-id> "
@@ -141,29 +155,45 @@ class ImdsClient:
 
     def region(self) -> str:
         """The instance's region, e.g. eu-west-1."""
-        text = self._get(REGION_PATH)
-        region = (text or "").strip()
-        if not region:
+        return self._read_checked(REGION_PATH, self._parse_region)
+
+    def _parse_region(self, text: Optional[str]) -> str:
+        if text is None:
             raise ConfigError(
-                f"IMDS at {self.endpoint} did not give this instance's region ({REGION_PATH}): "
+                f"IMDS at {self.endpoint} has no region for this instance (404 on {REGION_PATH}): "
                 "set AWS_REGION or region in agent.toml"
             )
+        region = text.strip()
+        if not _REGION_RE.fullmatch(region):
+            raise NotImdsAnswer("the region is not a region name")
         return region
 
     def role_credentials(self) -> RoleCredentials:
         """The temporary credentials of the IAM role attached to this instance."""
-        listing = self._get(ROLE_LIST_PATH)
-        roles = [line.strip() for line in (listing or "").splitlines() if line.strip()]
-        if not roles:
-            raise CredentialsError(f"no IAM role is attached to this instance: {_ATTACH_ROLE_FIX}")
-        role = roles[0]
-        document_text = self._get(ROLE_LIST_PATH + role)
-        if document_text is None:
-            raise CredentialsError(
-                f"IMDS lists IAM role {role} but has no credentials for it (404): the instance "
-                "profile may be changing; run the agent again, or re-attach the instance profile"
-            )
-        return _parse_credentials(role, document_text)
+        role = self._read_checked(ROLE_LIST_PATH, _parse_role_list)
+        return self._read_checked(ROLE_LIST_PATH + role, lambda text: _parse_credentials(role, text))
+
+    def _read_checked(self, path: str, parse: Callable[[Optional[str]], _T]) -> _T:
+        """GET `path` and `parse` it, until an answer is believed or the deadline passes."""
+        return self._until_believed(f"GET {path}", lambda: parse(self._get(path)))
+
+    def _until_believed(self, request: str, attempt: Callable[[], _T]) -> _T:
+        """Run `attempt` again while it raises NotImdsAnswer, until the deadline; then name the reason."""
+        backoff = dataclasses.replace(self._backoff, attempt=0)
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                return attempt()
+            except NotImdsAnswer as bad:
+                reason = bad.reason
+            logger.warning("imds_invalid_answer", request=request, attempt=attempts, reason=reason)
+            if not backoff.wait(self._deadline) or self._deadline.remaining < MIN_ATTEMPT_TIMEOUT_SECONDS:
+                tries = f"{attempts} {'attempt' if attempts == 1 else 'attempts'}"
+                raise ServiceUnavailable(
+                    f"IMDS at {self.endpoint} gave no valid answer to {request} within "
+                    f"{self._deadline.seconds:g} s ({tries}): {reason}; {_NOT_IMDS_FIX}"
+                )
 
     # -- protocol --------------------------------------------------------------------------
 
@@ -204,6 +234,13 @@ class ImdsClient:
         return self._token
 
     def _fetch_token(self) -> str:
+        token = self._until_believed(f"PUT {TOKEN_PATH}", self._request_token)
+        REDACTOR.add(token)
+        logger.debug("imds.token_issued", ttl_seconds=self._token_ttl_seconds)
+        return token
+
+    def _request_token(self) -> str:
+        """One PUT for a token (with its own retries on network errors and 5xx)."""
         response = self._send("PUT", TOKEN_PATH, {TOKEN_TTL_HEADER: str(self._token_ttl_seconds)})
         status = response.status_code
         if status == 403:
@@ -219,12 +256,8 @@ class ImdsClient:
                 f"TTL {self._token_ttl_seconds} s): {_REACH_IMDS_FIX}"
             )
         token = response.content.decode("ascii", errors="replace").strip()
-        if not token or any(char in token for char in "\r\n\0"):
-            raise CredentialsError(
-                f"IMDS at {self.endpoint} returned an unusable session token: check the endpoint"
-            )
-        REDACTOR.add(token)
-        logger.debug("imds.token_issued", ttl_seconds=self._token_ttl_seconds)
+        if not _TOKEN_RE.fullmatch(token):
+            raise NotImdsAnswer("the answer is not a session token")
         return token
 
     def _forbidden(self, request: str) -> CredentialsError:
@@ -318,39 +351,72 @@ def _describe_failure(exc: requests.RequestException, timeout: float) -> str:
     return f"connection failed ({type(exc).__name__})"
 
 
-def _parse_credentials(role: str, document_text: str) -> RoleCredentials:
-    """Check IMDS's credentials document and turn it into RoleCredentials."""
+class NotImdsAnswer(Exception):
+    """An answer that does not hold up as IMDS's; `reason` says why and never quotes the body."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _parse_role_list(listing: Optional[str]) -> str:
+    """The role IMDS lists first; a 404 or an empty list means no role is attached."""
+    roles = [line.strip() for line in (listing or "").splitlines() if line.strip()]
+    if not roles:
+        raise CredentialsError(f"no IAM role is attached to this instance: {_ATTACH_ROLE_FIX}")
+    if not _ROLE_NAME_RE.fullmatch(roles[0]):
+        raise NotImdsAnswer("the role list does not hold a role name")
+    return roles[0]
+
+
+def _parse_credentials(
+    role: str, document_text: Optional[str], *, now: Optional[datetime] = None
+) -> RoleCredentials:
+    """Check IMDS's credentials document and turn it into RoleCredentials.
+
+    A document that is not JSON, lacks a field, says a Code other than Success or has already
+    expired is not believed (NotImdsAnswer): IMDS may be mid-rotation, and the caller retries.
+    """
+    if document_text is None:
+        raise NotImdsAnswer(
+            f"IMDS lists IAM role {role} but has no credentials for it (404): the instance profile may "
+            "be changing, or was re-attached"
+        )
     try:
         document = json.loads(document_text)
     except ValueError:
         # The document holds the secret key: never quote it, not even in part.
-        raise CredentialsError(
-            f"IMDS returned a credentials document for IAM role {role} that is not JSON"
-        ) from None
+        raise NotImdsAnswer(f"the credentials document for IAM role {role} is not JSON") from None
     if not isinstance(document, dict):
-        raise CredentialsError(
-            f"IMDS returned a credentials document for IAM role {role} that is not an object"
-        )
+        raise NotImdsAnswer(f"the credentials document for IAM role {role} is not an object")
     code = document.get("Code")
     if code != "Success":
-        raise CredentialsError(
-            f"IMDS could not provide credentials for IAM role {role} (Code={code!s}): check the "
-            "role still exists and trusts ec2.amazonaws.com, or re-attach the instance profile"
+        raise NotImdsAnswer(
+            f"IMDS could not provide credentials for IAM role {role} (Code={code!s}): check the role "
+            "still exists and trusts ec2.amazonaws.com, or re-attach the instance profile"
         )
-    fields = ("AccessKeyId", "SecretAccessKey", "Token")
-    missing = [name for name in fields if not isinstance(document.get(name), str) or not document[name]]
+    missing = [
+        name for name in _CREDENTIAL_FIELDS if not isinstance(document.get(name), str) or not document[name]
+    ]
     if missing:
-        raise CredentialsError(
-            f"IMDS's credentials document for IAM role {role} lacks {', '.join(missing)}: check the endpoint"
-        )
+        raise NotImdsAnswer(f"the credentials document for IAM role {role} lacks {', '.join(missing)}")
+    # Registered before any further check can fail, so that nothing logs them even in part.
     secret_access_key, token = document["SecretAccessKey"], document["Token"]
     REDACTOR.add(secret_access_key)
     REDACTOR.add(token)
-    expiration = document.get("Expiration")
+    expiration = document["Expiration"]
+    try:
+        expires = datetime.fromisoformat(expiration.replace("Z", "+00:00"))
+    except ValueError:
+        raise NotImdsAnswer(f"the credentials of IAM role {role} have an unreadable Expiration") from None
+    if expires.tzinfo is None:
+        expires = expires.replace(tzinfo=timezone.utc)
+    if expires <= (now or datetime.now(timezone.utc)):
+        raise NotImdsAnswer(f"the credentials of IAM role {role} expired at {expiration}")
     return RoleCredentials(
         role=role,
         access_key_id=document["AccessKeyId"],
         secret_access_key=secret_access_key,
         token=token,
-        expiration=expiration if isinstance(expiration, str) else None,
+        expiration=expiration,
     )

@@ -10,6 +10,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from typing import TYPE_CHECKING, Callable, Optional
 
+from bench import checks, fleet
+
 if TYPE_CHECKING:
     from bench.measure import Series
     from bench.run import Results
@@ -87,6 +89,8 @@ def render(results: Results) -> str:
     _floor(results, add)
     _calls(results, add)
     _storm(results, add)
+    add(fleet.render_section(results.fleet_curve, heading="## 4b. Fleet-size curve (no cliff)"))
+    add(checks.render_section(results.check_costs, results.check_note))
     _memory(results, add)
     _levers(results, add)
     _reading(results, add)

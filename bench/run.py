@@ -24,7 +24,7 @@ from typing import Any, Optional
 from urllib.parse import urlsplit
 
 from agent.envfile import parse_env
-from bench import levers, report
+from bench import checks, fleet, levers, report
 from bench.measure import Series, Spawner
 from bench.stack import (
     CLI_ACCESS_KEY_ID,
@@ -68,6 +68,7 @@ class Options:
     storm_rate: float
     storm_parameters: int
     skip_storm: bool
+    skip_fleet_curve: bool
     output: Path
 
 
@@ -86,6 +87,9 @@ class Results:
     import_shares: list[levers.ImportShare] = field(default_factory=list)
     levers: list[levers.Lever] = field(default_factory=list)
     storms: list[StormResult] = field(default_factory=list)
+    fleet_curve: list[fleet.CurvePoint] = field(default_factory=list)
+    check_costs: list[checks.BeforeAfter] = field(default_factory=list)
+    check_note: str = "not run"
     violations: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     # 1-minute load average at the start and at the end: other work on the machine skews timings.
@@ -109,6 +113,9 @@ def _parse_options(argv: Optional[list[str]]) -> Options:
     parser.add_argument("--storm-rate", type=float, default=2.0, help="SSM calls per second let through")
     parser.add_argument("--storm-parameters", type=int, default=20, help="parameters each agent renders")
     parser.add_argument("--skip-storm", action="store_true", help="leave the fleet storm out")
+    parser.add_argument(
+        "--skip-fleet-curve", action="store_true", help="leave the fleet-size curve (10 to 150 agents) out"
+    )
     parser.add_argument("--output", type=Path, default=BENCH_DIR / "RESULTS.md")
     args = parser.parse_args(argv)
     return Options(
@@ -119,6 +126,7 @@ def _parse_options(argv: Optional[list[str]]) -> Options:
         storm_rate=args.storm_rate,
         storm_parameters=args.storm_parameters,
         skip_storm=args.skip_storm,
+        skip_fleet_curve=args.skip_fleet_curve,
         output=args.output,
     )
 
@@ -441,6 +449,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"cold renders: {options.rounds} interleaved rounds", flush=True)
         try:
             _measure_renders(runner, options)
+            print("answer checks: cold renders before and after", flush=True)
+            results.check_costs, results.check_note = checks.measure(
+                emulator, spawner, {_service("named", 10): 10, _service("named", 1000): 1000}, options.rounds
+            )
         finally:
             spawner.close()
         print("round trips, profile, imports, levers", flush=True)
@@ -452,6 +464,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not options.skip_storm:
         print(f"fleet storm: {options.storm_agents} agents at {options.storm_rate:g} SSM calls/s", flush=True)
         _storms(options, results)
+    if not options.skip_fleet_curve:
+        print("fleet-size curve", flush=True)
+        results.fleet_curve = fleet.run_curve()
+        results.violations.extend(fleet.violations(results.fleet_curve))
     results.seconds = time.perf_counter() - started
     results.load_after = os.getloadavg()[0]
     text = report.render(results)

@@ -43,6 +43,7 @@ FAKE_ACCESS_KEY_ID = "ASIAFAKEIMDS00000001"
 FAKE_SECRET_ACCESS_KEY = "fakeImdsSecretAccessKeyForTestsOnly00000"  # noqa: S105
 FAKE_SESSION_TOKEN = "FakeImdsSessionTokenForTestsOnly//////////wEaCWV1LXdlc3QtMSJHMEUCIQ=="  # noqa: S105
 FAKE_INSTANCE_ID = "i-0fa4e1fa4e1fa4e10"
+GARBLED_BODY = b"<html><body>Access to this site is blocked by your proxy</body></html>"
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,8 @@ class FakeImds:
         start_after_seconds: float = 0.0,
         fail_next_n: int = 0,
         fail_status: int = 503,
+        garble_next_n: int = 0,
+        garble_path: Optional[str] = None,
         token_lifetime_seconds: Optional[float] = None,
         clock: Callable[[], float] = time.monotonic,
         log_to_stderr: bool = False,
@@ -187,6 +190,10 @@ class FakeImds:
         self.start_after_seconds = start_after_seconds
         self.fail_next_n = fail_next_n
         self.fail_status = fail_status
+        # The next N answers that would be 200 carry an HTML page instead, as a captive proxy's would.
+        self.garble_next_n = garble_next_n
+        # When set, only answers for this path are garbled.
+        self.garble_path = garble_path
         # When set, tokens die after this many seconds whatever TTL the client asked for.
         self.token_lifetime_seconds = token_lifetime_seconds
         self.clock = clock
@@ -333,9 +340,18 @@ class FakeImds:
         path = raw_path.split("?", 1)[0]
         token = get_header(TOKEN_HEADER)
         status, body, extra = self._route(method, path, token, get_header)
+        if status == 200 and self.garble_path in (None, path) and self._take_garble():
+            body, extra = GARBLED_BODY, {}
         with self._lock:
             self._recorded.append(RecordedRequest(method, path, status, token is not None))
         return status, body, extra
+
+    def _take_garble(self) -> bool:
+        with self._lock:
+            if self.garble_next_n > 0:
+                self.garble_next_n -= 1
+                return True
+            return False
 
     def _take_failure(self) -> bool:
         with self._lock:

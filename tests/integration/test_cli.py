@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -405,3 +407,66 @@ def test_no_secret_reaches_any_output(stack: Stack) -> None:
             if len(piece.strip()) >= 8:
                 assert piece.strip().encode() not in everything, piece
     assert b'"event": "rendered"' in everything or b"rendered" in everything
+
+
+PROXY_PAGE = CannedResponse(
+    200, b"<html><body>Blocked by policy</body></html>", (("Content-Type", "text/html"),)
+)
+
+
+def test_a_proxy_page_never_turns_a_secret_into_its_default(stack: Stack) -> None:
+    """An endpoint answering 200 with a page: exit 7 naming it, the default never used, the old file kept."""
+    stack.put("/prod/real", "the-real-secret")
+    stack.template(
+        'X={{ param("/prod/real", default="fallback") }}\nY={{ param("/prod/other", default="d") }}\n'
+    )
+    assert stack.run("render", "app")[0] == 0
+    before = _read(stack.output)
+    (stack.config / "agent.toml").write_text("deadline_seconds = 1\n")
+    with RecordingProxy(stack.ssm_url, lambda _index, _action: PROXY_PAGE) as proxy:
+        code, _out, err = stack.run("render", "app", env={**stack.env, "AWS_ENDPOINT_URL_SSM": proxy.url})
+    assert code == 7, err
+    assert f"SSM at {proxy.url}" in err
+    assert "not SSM's" in err
+    assert "fallback" not in err
+    assert "Blocked by policy" not in err
+    assert _read(stack.output) == before
+    assert sorted(p.name for p in stack.output.parent.iterdir()) == ["env"]
+
+
+def test_a_proxy_page_then_ssm_renders_the_real_value(stack: Stack) -> None:
+    """After two pages that are not SSM's, SSM's own answer is used: the secret, not its default."""
+    stack.put("/prod/real", "the-real-secret")
+    stack.template(
+        'X={{ param("/prod/real", default="fallback") }}\nY={{ param("/prod/other", default="d") }}\n'
+    )
+    with RecordingProxy(stack.ssm_url, lambda index, _action: PROXY_PAGE if index < 2 else None) as proxy:
+        code, _out, err = stack.run("render", "app", env={**stack.env, "AWS_ENDPOINT_URL_SSM": proxy.url})
+    assert code == 0, err
+    assert dict(parse_env(_read(stack.output))) == {"X": "the-real-secret", "Y": "d"}
+    assert proxy.count("GetParameters") == 3
+
+
+def test_a_throttled_render_tells_systemd_and_the_journal_that_it_waits(stack: Stack) -> None:
+    """Under throttling, STATUS= reaches the notify socket and a waiting line is logged, with no value."""
+
+    stack.put("/prod/real", "the-real-secret")
+    stack.template('X={{ param("/prod/real") }}\n')
+    throttled = aws_json_error("ThrottlingException", "Rate exceeded")
+    notify_path = stack.runtime / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(notify_path))
+        notify.settimeout(0)
+        with RecordingProxy(stack.ssm_url, lambda index, _action: throttled if index < 2 else None) as proxy:
+            env = {**stack.env, "AWS_ENDPOINT_URL_SSM": proxy.url, "NOTIFY_SOCKET": str(notify_path)}
+            code, _out, err = stack.run("render", "app", env=env)
+        messages = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                messages.append(notify.recv(4096).decode())
+    assert code == 0, err
+    assert messages[0].startswith("STATUS=SSM is throttling (fleet boot?): waiting 0 s so far, 1 call left")
+    assert messages[-1] == "STATUS=SSM let the call through; fetching"
+    assert "ssm_throttled" in err
+    assert "the-real-secret" not in err
+    assert "the-real-secret" not in "".join(messages)

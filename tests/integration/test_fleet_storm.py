@@ -23,10 +23,11 @@ AGENTS = 8
 PARAMETERS = 10  # one GetParameters call per agent
 RATE_PER_SECOND = 1.0
 BURST = 1.0
-# With few agents left, tokens sit unclaimed while they sleep (full jitter up to a 2 s cap): a fleet
-# this small spends 0.97-1.31x of calls/rate at the throttle (10 runs), with a 10 s cap 1.6-1.9x (3 runs);
-# a policy bounded by a count of attempts fails agents outright.
-MAX_RATIO_TO_IDEAL = 1.5
+# With few agents left, tokens sit unclaimed while they sleep. The throttled backoff grows with every
+# throttled answer (to waste fewer calls in big fleets), which costs a fleet this small some of its
+# pace: simulated, 1.33x of calls/rate at the median and 1.71x at worst (40 seeds); full jitter to a
+# 20 s cap reaches 2.1x, and a policy bounded by a count of attempts fails agents outright.
+MAX_RATIO_TO_IDEAL = 2.0
 
 
 class FakeClock:

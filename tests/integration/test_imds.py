@@ -185,13 +185,15 @@ def test_no_role_attached_is_explained() -> None:
     assert fake.count("GET", ROLE_LIST_PATH) == 1
 
 
-def test_unsuccessful_credentials_code_is_named() -> None:
-    """A credentials document whose Code is not Success becomes a CredentialsError naming the code."""
+def test_unsuccessful_credentials_code_is_retried_then_named() -> None:
+    """A document whose Code is not Success is retried to the deadline, then named with its code (exit 7)."""
     with FakeImds(credentials_code="AssumeRoleUnauthorizedAccess") as fake:
-        client = make_client(fake.url)
-        with pytest.raises(CredentialsError, match="Code=AssumeRoleUnauthorizedAccess"):
+        client = make_client(fake.url, deadline_seconds=0.5)
+        with pytest.raises(ServiceUnavailable, match="Code=AssumeRoleUnauthorizedAccess") as caught:
             client.role_credentials()
         client.close()
+    assert caught.value.exit_code == 7
+    assert fake.count("GET", ROLE_LIST_PATH + "app-role") > 1
 
 
 def test_malformed_credentials_document_is_not_quoted() -> None:
@@ -199,8 +201,8 @@ def test_malformed_credentials_document_is_not_quoted() -> None:
     document = '{"Code": "Success", "SecretAccessKey": "' + FAKE_SECRET_ACCESS_KEY
     with (
         FakeImds(raw_credentials_document=document) as fake,
-        make_client(fake.url) as client,
-        pytest.raises(CredentialsError, match="not JSON") as caught,
+        make_client(fake.url, deadline_seconds=0.5) as client,
+        pytest.raises(ServiceUnavailable, match="not JSON") as caught,
     ):
         client.role_credentials()
     assert FAKE_SECRET_ACCESS_KEY not in str(caught.value)
@@ -211,11 +213,63 @@ def test_incomplete_credentials_document_names_missing_fields() -> None:
     document = json.dumps({"Code": "Success", "AccessKeyId": "ASIAX", "Token": FAKE_SESSION_TOKEN})
     with (
         FakeImds(raw_credentials_document=document) as fake,
-        make_client(fake.url) as client,
-        pytest.raises(CredentialsError, match="lacks SecretAccessKey") as caught,
+        make_client(fake.url, deadline_seconds=0.5) as client,
+        pytest.raises(ServiceUnavailable, match="lacks SecretAccessKey") as caught,
     ):
         client.role_credentials()
     assert FAKE_SESSION_TOKEN not in str(caught.value)
+
+
+def test_expired_credentials_are_retried_then_named() -> None:
+    """Credentials whose Expiration has passed are never used: retried, then named at the deadline."""
+    document = json.dumps(
+        {
+            "Code": "Success",
+            "AccessKeyId": FAKE_ACCESS_KEY_ID,
+            "SecretAccessKey": FAKE_SECRET_ACCESS_KEY,
+            "Token": FAKE_SESSION_TOKEN,
+            "Expiration": "2020-01-01T00:00:00Z",
+        }
+    )
+    with (
+        FakeImds(raw_credentials_document=document) as fake,
+        make_client(fake.url, deadline_seconds=0.5) as client,
+        pytest.raises(ServiceUnavailable, match="expired at 2020-01-01T00:00:00Z") as caught,
+    ):
+        client.role_credentials()
+    assert FAKE_SECRET_ACCESS_KEY not in str(caught.value)
+    assert FAKE_SESSION_TOKEN not in str(caught.value)
+
+
+@pytest.mark.parametrize("garbled", [1, 2, 3, 4])
+def test_a_proxy_page_in_place_of_any_answer_is_retried(garbled: int) -> None:
+    """HTML pages with HTTP 200 in place of the token, region, role list or document are never believed."""
+    with FakeImds(garble_next_n=garbled) as fake, make_client(fake.url) as client:
+        region = client.region()
+        creds = client.role_credentials()
+    assert (region, creds.role, creds.secret_access_key) == ("eu-west-1", "app-role", FAKE_SECRET_ACCESS_KEY)
+    assert fake.count() >= 4 + garbled
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        (TOKEN_PATH, "not a session token"),
+        (REGION_PATH, "not a region name"),
+    ],
+)
+def test_a_proxy_page_past_the_deadline_is_named(path: str, reason: str) -> None:
+    """An endpoint that only ever answers with a page is exit 7 naming the request, never quoting it."""
+    with (
+        FakeImds(garble_next_n=10_000, garble_path=path) as fake,
+        make_client(fake.url, deadline_seconds=0.5) as client,
+        pytest.raises(ServiceUnavailable, match=reason) as caught,
+    ):
+        client.region()
+    message = str(caught.value)
+    assert path in message
+    assert "blocked" not in message
+    assert "AWS_EC2_METADATA_SERVICE_ENDPOINT" in message
 
 
 def test_server_errors_are_retried_until_success() -> None:

@@ -4,6 +4,7 @@ error table checked code by code with real botocore ClientErrors."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -14,23 +15,28 @@ import pytest
 import structlog
 from botocore.exceptions import ClientError
 from moto_server import CannedResponse, RecordingProxy, admin_ssm_client, aws_json_error
+from structlog.testing import capture_logs
 
-from agent.errors import AccessDenied, AgentError, CredentialsError, ServiceUnavailable, TemplateError
-from agent.retry import Backoff, Deadline
-from agent.ssm import (
+from agent.answers import (
     ACCESS_DENIED_ERROR_CODES,
     CREDENTIALS_ERROR_CODES,
     KMS_ERROR_CODES,
     THROTTLING_ERROR_CODES,
     TRANSIENT_ERROR_CODES,
     VALIDATION_ERROR_CODES,
+    NotSsmAnswer,
     Parameter,
-    SsmClient,
+    check_get_parameter,
+    check_get_parameters,
+    check_path_page,
     is_retryable_error,
     map_client_error,
     match_parameters,
     split_selector,
 )
+from agent.errors import AccessDenied, AgentError, CredentialsError, ServiceUnavailable, TemplateError
+from agent.retry import Backoff, Deadline
+from agent.ssm import SsmClient
 
 REGION = "us-east-1"
 CREDENTIALS = ("AKIDTESTTESTTESTTEST", "test-secret-key", "test-session-token")
@@ -50,7 +56,7 @@ KMS_DENIED_MESSAGE = (
 
 def fast_backoff() -> Backoff:
     """Backoff with millisecond delays, so retry tests take milliseconds."""
-    return Backoff(base=0.001, cap=0.005)
+    return Backoff(base=0.001, cap=0.005, throttled_step=0.001, throttled_cap=0.005)
 
 
 def make_client(
@@ -59,14 +65,17 @@ def make_client(
     deadline_seconds: float = 10.0,
     read_timeout_seconds: float = 10.0,
     role: Optional[str] = None,
+    throttled_seconds: Optional[float] = None,
+    on_status: Callable[[str], None] = lambda _text: None,
 ) -> SsmClient:
     return SsmClient(
         region=REGION,
         endpoint_url=endpoint,
         credentials=CREDENTIALS,
-        deadline=Deadline(deadline_seconds),
+        deadline=Deadline(deadline_seconds, throttled_seconds=throttled_seconds),
         backoff_factory=fast_backoff,
         role=role,
+        on_status=on_status,
         read_timeout_seconds=read_timeout_seconds,
     )
 
@@ -313,11 +322,10 @@ def test_match_reports_labels_it_cannot_tell_apart() -> None:
     assert (found, missing, sorted(ambiguous)) == ({}, [], ["/x:a", "/x:b"])
 
 
-def test_match_reports_unanswered_selectors_as_missing() -> None:
-    """A selector neither answered nor listed as invalid is reported missing rather than guessed."""
-    found, missing, _ = match_parameters(["/a", "/b"], [answer("/a", 1, "va")], [])
-    assert list(found) == ["/a"]
-    assert missing == ["/b"]
+def test_match_refuses_an_answer_that_leaves_a_selector_unaccounted_for() -> None:
+    """A selector neither answered nor listed as invalid makes the answer not SSM's, never "missing"."""
+    with pytest.raises(NotSsmAnswer, match="/b neither answered nor listed as invalid"):
+        match_parameters(["/a", "/b"], [answer("/a", 1, "va")], [])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -630,8 +638,240 @@ def test_logs_carry_names_and_versions_but_never_values(admin: Any, clean_moto_u
             client.fetch(["/log/db", "/log/missing"])
             client.fetch_path("/log", recursive=True)
     events = [entry["event"] for entry in logs]
-    assert {"ssm_retry", "ssm_fetched", "ssm_path_fetched"} <= set(events)
+    assert {"ssm_throttled", "ssm_throttle_passed", "ssm_fetched", "ssm_path_fetched"} <= set(events)
     fetched = next(entry for entry in logs if entry["event"] == "ssm_fetched")
     assert fetched["versions"] == {"/log/db": 1}
     assert fetched["missing"] == ["/log/missing"]
     assert SECRET_VALUE not in repr(logs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Answers that are not SSM's: never believed, retried like an outage, named at the deadline.
+
+
+def good(name: str, value: str = "v", version: int = 1, **extra: Any) -> dict[str, Any]:
+    return {"Name": name, "Value": value, "Type": "SecureString", "Version": version, **extra}
+
+
+@pytest.mark.parametrize(
+    ("response", "reason"),
+    [
+        ({}, "/a, /b neither answered nor listed as invalid"),
+        ({"ResponseMetadata": {"HTTPStatusCode": 200}}, "neither answered"),
+        ({"Parameters": [good("/a")]}, "/b neither answered"),
+        ({"Parameters": "nope"}, "Parameters is not a list"),
+        ({"Parameters": [good("/a")], "InvalidParameters": "/b"}, "InvalidParameters is not a list"),
+        ({"Parameters": [good("/a")], "InvalidParameters": [7]}, "other than names"),
+        ({"Parameters": [good("/a")], "InvalidParameters": ["/b", "/c"]}, "not asked for"),
+        ({"Parameters": [good("/a"), good("/b"), good("/c")]}, "/c version 1, not asked for"),
+        ({"Parameters": [good("/a"), {"Name": "/b", "Type": "String", "Version": 1}]}, "/b has no Value"),
+        ({"Parameters": [good("/a"), good("/b", Type="Blob")]}, "/b has no known Type"),
+        ({"Parameters": [good("/a"), good("/b", Version="1")]}, "/b has no Version"),
+        ({"Parameters": [good("/a"), "x"]}, "not an object"),
+        ({"Parameters": [good("/a"), good("/b")], "InvalidParameters": ["/b"]}, "not asked for"),
+    ],
+)
+def test_get_parameters_answers_that_do_not_account_for_every_name_are_refused(
+    response: dict[str, Any], reason: str
+) -> None:
+    """A GetParameters answer must account for every name asked for, well formed, and for nothing else."""
+    with pytest.raises(NotSsmAnswer, match=re.escape(reason)):
+        check_get_parameters(["/a", "/b"], response)
+
+
+def test_a_complete_get_parameters_answer_is_believed() -> None:
+    """Every name answered or listed as invalid: the answer is believed; only InvalidParameters is missing."""
+    found, missing, ambiguous = check_get_parameters(
+        ["/a", "/b", "/c:2"],
+        {"Parameters": [good("/a", "va"), good("/c", "vc", 2, Selector=":2")], "InvalidParameters": ["/b"]},
+    )
+    assert {s: p.value for s, p in found.items()} == {"/a": "va", "/c:2": "vc"}
+    assert (missing, ambiguous) == (["/b"], [])
+
+
+@pytest.mark.parametrize(
+    ("response", "recursive", "reason"),
+    [
+        ({}, False, "the answer has no Parameters"),
+        ({"Parameters": {}}, False, "Parameters is not a list"),
+        ({"Parameters": [good("/other/a")]}, False, "/other/a, which is not under it"),
+        ({"Parameters": [good("/p")]}, True, "/p, which is not under it"),
+        ({"Parameters": [good("/p/x/y")]}, False, "/p/x/y, which is not under it"),
+        ({"Parameters": [good("/p/a")], "NextToken": ""}, False, "NextToken is not a token"),
+        ({"Parameters": [good("/p/a")], "NextToken": 5}, False, "NextToken is not a token"),
+        ({"Parameters": [good("/p/a", Version=None)]}, False, "/p/a has no Version"),
+    ],
+)
+def test_path_pages_that_are_not_ssms_are_refused(
+    response: dict[str, Any], recursive: bool, reason: str
+) -> None:
+    """A GetParametersByPath page needs a Parameters list of well-formed entries under the path."""
+    with pytest.raises(NotSsmAnswer, match=re.escape(reason)):
+        check_path_page("/p", recursive=recursive, response=response)
+
+
+def test_a_recursive_page_may_hold_deeper_names() -> None:
+    """Recursive listings hold names at any depth under the path; the token is handed back."""
+    parameters, token = check_path_page(
+        "/p/", recursive=True, response={"Parameters": [good("/p/a"), good("/p/x/y")], "NextToken": "t"}
+    )
+    assert ([p.name for p in parameters], token) == (["/p/a", "/p/x/y"], "t")
+
+
+@pytest.mark.parametrize(
+    ("response", "reason"),
+    [
+        ({}, "the answer has no Parameter"),
+        ({"Parameter": good("/other")}, "asked for /x, the answer names another parameter"),
+        ({"Parameter": good("/x", Value=None)}, "/x has no Value"),
+    ],
+)
+def test_get_parameter_answers_must_name_the_parameter_asked_for(
+    response: dict[str, Any], reason: str
+) -> None:
+    """A GetParameter answer holds one well-formed parameter, the one asked for."""
+    with pytest.raises(NotSsmAnswer, match=re.escape(reason)):
+        check_get_parameter("/x:3", response)
+    assert check_get_parameter("/x:3", {"Parameter": good("/x", "v3", 3)}).value == "v3"
+
+
+def json_200(body: bytes) -> CannedResponse:
+    return CannedResponse(200, body, (("Content-Type", "application/x-amz-json-1.1"),))
+
+
+NOT_SSM_ANSWERS = {
+    "html page": CannedResponse(
+        200, b"<html>blocked: " + SECRET_VALUE.encode() + b"</html>", (("Content-Type", "text/html"),)
+    ),
+    "html 403": CannedResponse(
+        403, b"<html>blocked: " + SECRET_VALUE.encode() + b"</html>", (("Content-Type", "text/html"),)
+    ),
+    "html 404": CannedResponse(404, b"<html>Not Found</html>", (("Content-Type", "text/html"),)),
+    "truncated json": json_200(b'{"Parameters": [{"Name": "/f/a", "Value": "' + SECRET_VALUE.encode()),
+    "wrong shape": json_200(b'{"Parameters": "' + SECRET_VALUE.encode() + b'"}'),
+    "a name missing": json_200(json.dumps({"Parameters": [good("/f/a", SECRET_VALUE)]}).encode()),
+    "empty object": json_200(b"{}"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NOT_SSM_ANSWERS))
+def test_answers_that_are_not_ssms_are_retried_until_ssm_answers(
+    kind: str, admin: Any, counting_proxy: RecordingProxy
+) -> None:
+    """Three answers that are not SSM's in a row are retried, and SSM's own answer is then used."""
+    put(admin, "/f/a", "A")
+    put(admin, "/f/b", "B")
+    counting_proxy.responder = fail_first(3, NOT_SSM_ANSWERS[kind])
+    found, missing = make_client(counting_proxy.url).fetch(["/f/a", "/f/b"])
+    assert ({s: p.value for s, p in found.items()}, missing) == ({"/f/a": "A", "/f/b": "B"}, [])
+    assert counting_proxy.count("GetParameters") == 4
+
+
+@pytest.mark.parametrize("kind", sorted(NOT_SSM_ANSWERS))
+def test_answers_that_are_never_ssms_end_in_service_unavailable_naming_the_endpoint(kind: str) -> None:
+    """Past the deadline: exit 7 naming the endpoint, saying the answer was not SSM's, quoting nothing."""
+    with (
+        RecordingProxy(None, lambda _index, _action: NOT_SSM_ANSWERS[kind]) as proxy,
+        pytest.raises(ServiceUnavailable) as caught,
+    ):
+        make_client(proxy.url, deadline_seconds=0.3).fetch(["/f/a", "/f/b"])
+    message = str(caught.value)
+    assert caught.value.exit_code == 7
+    assert proxy.url in message
+    assert "not SSM's" in message
+    assert "AWS_ENDPOINT_URL_SSM" in message
+    assert SECRET_VALUE not in message
+    assert "<html>" not in message
+
+
+def test_a_path_token_that_does_not_advance_is_retried_then_named() -> None:
+    """A listing whose NextToken repeats is not SSM's answer: retried, then exit 7, never a loop."""
+    pages = [page(["/e/a"], "t1"), page(["/e/b"], "t1")]
+    with (
+        RecordingProxy(None, lambda index, _action: pages[min(index, 1)]) as proxy,
+        pytest.raises(ServiceUnavailable, match="the page token did not advance"),
+    ):
+        make_client(proxy.url, deadline_seconds=0.3).fetch_path("/e", recursive=False)
+
+
+def test_a_page_of_names_outside_the_path_is_not_believed() -> None:
+    """A page naming parameters outside the path asked for is retried, and the good page then used."""
+    pages = [page(["/elsewhere/a"], None), page(["/e/a"], None)]
+    with RecordingProxy(None, lambda index, _action: pages[min(index, 1)]) as proxy:
+        parameters = make_client(proxy.url).fetch_path("/e", recursive=False)
+    assert [p.name for p in parameters] == ["/e/a"]
+    assert proxy.count("GetParametersByPath") == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Throttling is not an outage: a longer budget while SSM answers "slow down", the short one otherwise.
+
+
+def throttle_for(seconds: float) -> Callable[[int, str], Optional[CannedResponse]]:
+    """A responder that throttles every call for `seconds` from its first request, then forwards."""
+    first: list[float] = []
+
+    def respond(_index: int, _action: str) -> Optional[CannedResponse]:
+        first.append(time.monotonic()) if not first else None
+        return THROTTLED if time.monotonic() - first[0] < seconds else None
+
+    return respond
+
+
+def test_throttled_longer_than_the_short_deadline_still_succeeds(admin: Any, clean_moto_url: str) -> None:
+    """Throttled for 1.5 s with a 0.5 s outage deadline and a 10 s throttled budget: the values arrive."""
+    put(admin, "/t/a", "va")
+    statuses: list[str] = []
+    with RecordingProxy(clean_moto_url, throttle_for(1.5)) as proxy:
+        client = make_client(
+            proxy.url, deadline_seconds=0.5, throttled_seconds=10.0, on_status=statuses.append
+        )
+        with capture_logs() as logs:
+            found, _ = client.fetch(["/t/a"])
+    assert found["/t/a"].value == "va"
+    waiting = [entry for entry in logs if entry["event"] == "ssm_throttled"]
+    # The first throttled answer is reported at once, then at most every 10 s.
+    assert len(waiting) == 1
+    assert waiting[0]["calls_left"] == 1
+    assert "va" not in repr(logs)
+    assert statuses[0].startswith("SSM is throttling")
+    assert statuses[-1] == "SSM let the call through; fetching"
+    passed = [entry for entry in logs if entry["event"] == "ssm_throttle_passed"]
+    assert passed[0]["throttled_seconds"] >= 1.0  # 1.5 s less the first answer's round trip
+
+
+def test_throttling_past_its_budget_names_the_budget_and_the_fix() -> None:
+    """Throttled past the throttled budget: exit 7 saying the quota is exhausted and how to raise it."""
+    with RecordingProxy(None, lambda _i, _a: THROTTLED) as proxy:
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailable) as raised:
+            make_client(proxy.url, deadline_seconds=0.2, throttled_seconds=0.8).fetch(["/t/a"])
+        elapsed = time.monotonic() - started
+    assert 0.7 < elapsed < 2.0
+    assert "0.8 s throttled budget" in raised.value.message
+    assert "throttle_deadline_seconds" in raised.value.message
+    assert "high-throughput-enabled" in raised.value.message
+
+
+def test_refused_connection_fails_at_the_short_deadline_whatever_the_throttled_budget() -> None:
+    """An outage is not throttling: a closed port fails at the short deadline even with a long budget."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(ServiceUnavailable, match="EndpointConnectionError"):
+        make_client(f"http://127.0.0.1:{port}", deadline_seconds=0.3, throttled_seconds=60.0).fetch(["/a"])
+    assert time.monotonic() - started < 2.0
+
+
+def test_an_outage_after_throttling_counts_from_the_last_answer() -> None:
+    """Throttled, then no answer at all: the outage deadline counts from SSM's last answer."""
+    answers = [THROTTLED] * 3
+    dropped = CannedResponse(200, b"", delay_seconds=5.0)  # never answers within the read timeout
+    with RecordingProxy(None, lambda i, _a: answers[i] if i < len(answers) else dropped) as proxy:
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailable, match=r"did not answer ssm:GetParameters within the 0\.5 s"):
+            make_client(
+                proxy.url, deadline_seconds=0.5, throttled_seconds=60.0, read_timeout_seconds=0.2
+            ).fetch(["/a"])
+    assert time.monotonic() - started < 3.0

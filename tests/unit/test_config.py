@@ -9,6 +9,7 @@ import pytest
 from agent.config import (
     DEFAULT_DEADLINE_SECONDS,
     DEFAULT_IMDS_ENDPOINT,
+    DEFAULT_THROTTLE_DEADLINE_SECONDS,
     load_agent_settings,
     load_service_settings,
     validate_name,
@@ -24,6 +25,8 @@ def test_defaults_without_any_file(tmp_path: Path) -> None:
     assert s.region is None
     assert s.runtime_dir == Path("/run/secrets-agent")
     assert s.deadline_seconds == DEFAULT_DEADLINE_SECONDS
+    assert s.throttle_deadline_seconds == DEFAULT_THROTTLE_DEADLINE_SECONDS
+    assert s.notify_socket is None
     assert s.use_default_credential_chain is False
 
 
@@ -60,6 +63,8 @@ def test_defaults_without_any_file(tmp_path: Path) -> None:
         ({"AWS_DEFAULT_REGION": "us-east-1"}, 'region = "eu-north-1"', "region", "us-east-1"),
         ({}, 'region = "eu-north-1"', "region", "eu-north-1"),
         ({}, "deadline_seconds = 5", "deadline_seconds", 5.0),
+        ({}, "throttle_deadline_seconds = 900", "throttle_deadline_seconds", 900.0),
+        ({"NOTIFY_SOCKET": "/run/systemd/notify"}, "", "notify_socket", "/run/systemd/notify"),
         ({"AWS_EC2_METADATA_DISABLED": "true"}, "", "use_default_credential_chain", True),
         ({"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}, "", "use_default_credential_chain", True),
         ({"AWS_ACCESS_KEY_ID": "a"}, "", "use_default_credential_chain", False),
@@ -87,6 +92,7 @@ def test_directories_from_options_and_environment(tmp_path: Path) -> None:
         ("deadline_seconds = 'soon'", "deadline_seconds must be a number of seconds"),
         ("deadline_seconds = true", "not a boolean"),
         ("deadline_seconds = 0", "between 1 and 3600"),
+        ("throttle_deadline_seconds = 7200", "throttle_deadline_seconds must be between 1 and 3600"),
         ("imds_endpoint = 'ftp://x'", "http:// or https:// URL"),
         ("region = [", "not valid TOML"),
     ],
@@ -104,6 +110,7 @@ def test_service_settings(tmp_path: Path) -> None:
     """<name>.toml sets the format, owner, group and persistence for one service."""
     (tmp_path / "app.toml").write_text(
         'format = "dotenv"\nowner = "app"\ngroup = "app"\nallow_persistent = true\ndeadline_seconds = 9\n'
+        "throttle_deadline_seconds = 120\n"
     )
     agent = load_agent_settings({}, config_dir=str(tmp_path), runtime_dir="/run/sa")
     s = load_service_settings(agent, "app")
@@ -116,6 +123,7 @@ def test_service_settings(tmp_path: Path) -> None:
         True,
         9.0,
     )
+    assert s.throttle_deadline_seconds == 120.0
 
 
 @pytest.mark.parametrize(

@@ -646,7 +646,8 @@ NAIVE_FORMS: dict[str, Callable[[str], str]] = {
 
 
 @settings(max_examples=300, deadline=None)
-@given(value=VALUES)
+# A NUL is refused before anything else (no format carries it), whatever else the value holds.
+@given(value=VALUES.filter(lambda value: "\x00" not in value))
 def test_encode_dotenv_refuses_exactly_what_python_dotenv_expands(value: str) -> None:
     """encode_dotenv refuses a value for ${...} exactly when python-dotenv's own pattern would expand it."""
     try:
