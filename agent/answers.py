@@ -93,6 +93,7 @@ NOT_FOUND_ERROR_CODES = frozenset({"ParameterNotFound", "ParameterVersionNotFoun
 _KMS_MESSAGE_RE = re.compile(r"AWSKMS|kms:|\bKMS\b|ciphertext refers to a customer master key", re.I)
 _KMS_KEY_ARN_RE = re.compile(r"arn:aws[\w-]*:kms:[\w-]+:\d{12}:(?:key|alias)/[\w/-]+")
 _SSM_PARAMETER_ARN_RE = re.compile(r"arn:aws[\w-]*:ssm:[\w-]*:\d{12}:parameter(/?[\w./@:-]*[\w/@-])")
+_DENIED_ACTION_RE = re.compile(r"not authorized to perform: ([\w-]+:\w+)")
 _ASSUMED_ROLE_RE = re.compile(r":assumed-role/([\w+=,.@-]+)/")
 _ARN_RESOURCE_PREFIX_RE = re.compile(r"^arn:aws[\w-]*:ssm:[\w-]*:\d*:parameter")
 
@@ -197,6 +198,13 @@ def map_client_error(
             "and make sure the key exists and is enabled"
         )
     if code in ACCESS_DENIED_ERROR_CODES:
+        other = _DENIED_ACTION_RE.search(message)
+        if other and not other.group(1).startswith("ssm:"):
+            # SSM acts as the caller on another service (Secrets Manager for a reference).
+            return AccessDenied(
+                f"SSM could not read {listed} for {who_text}: {other.group(1)} was denied; grant it "
+                "in the instance profile"
+            )
         return AccessDenied(
             f"SSM denied ssm:{action} on {listed} for {who_text}: grant it in the instance profile"
         )
@@ -325,10 +333,7 @@ def check_path_page(path: str, *, recursive: bool, response: Any) -> tuple[list[
         if not below or (not recursive and "/" in below):
             raise NotSsmAnswer(f"listing {path}, the answer holds {parameter.name}, which is not under it")
         parameters.append(dataclasses.replace(parameter, selector=parameter.name))
-    token = response.get("NextToken")
-    if token is not None and (not isinstance(token, str) or not token):
-        raise NotSsmAnswer("NextToken is not a token")
-    return parameters, token
+    return parameters, _next_token(response)
 
 
 def match_parameters(
@@ -412,3 +417,28 @@ def _answers(item: dict[str, Any], selector: str) -> bool:
     # Secrets Manager references come back under the reference name or, from emulators, the bare
     # secret name.
     return base.startswith(SECRETS_MANAGER_PREFIX) and base[len(SECRETS_MANAGER_PREFIX) :] == name
+
+
+def denies_action(code: str, message: str, action: str) -> bool:
+    """True when an error is IAM refusing the SSM action `action` itself ("... is not authorized to
+    perform: ssm:GetParameters ..."), not a KMS refusal nor a denial of another action."""
+    if code not in ACCESS_DENIED_ERROR_CODES or _KMS_MESSAGE_RE.search(message):
+        return False
+    return re.search(rf"\bssm:{action}\b", message) is not None
+
+
+def check_describe_page(response: Any) -> tuple[list[dict[str, Any]], Optional[str]]:
+    """One DescribeParameters page: (its entries, each with a Name, and the next token or None)."""
+    items = _list_field(response, "Parameters", required=True)
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("Name"), str):
+            raise NotSsmAnswer("a DescribeParameters entry has no Name")
+    return items, _next_token(response)
+
+
+def _next_token(response: dict[str, Any]) -> Optional[str]:
+    """A page's NextToken: None at the end, else a non-empty string."""
+    token = response.get("NextToken")
+    if token is not None and (not isinstance(token, str) or not token):
+        raise NotSsmAnswer("NextToken is not a token")
+    return token

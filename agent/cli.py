@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, TextIO
 
@@ -15,19 +16,24 @@ import structlog
 from agent import __version__, envfile
 from agent.answers import Parameter
 from agent.config import AgentSettings, ServiceSettings, load_agent_settings, load_service_settings
+from agent.doctor import Inputs as DoctorInputs
+from agent.doctor import report as report_checks
+from agent.doctor import run_checks
 from agent.errors import EXIT_INTERRUPTED, AgentError, ConfigError, ParameterNotFound
 from agent.imds import ImdsClient
 from agent.log import REDACTOR, configure_logging
 from agent.notify import StatusNotifier
 from agent.output import remove_secret_file, resolve_ownership, write_secret_file
+from agent.policy import PARTITIONS, caller_arn, generate_policy, render_policy
 from agent.retry import Deadline
-from agent.ssm import SsmClient
+from agent.ssm import READ_TIMEOUT_SECONDS, SsmClient
 from agent.template import Assignment, CompiledTemplate, ParamValue, compile_template
 from agent.units import disable_service, enable_service
 
 log = structlog.get_logger("secrets-agent")
 
-_COMMANDS_WITH_UNIT = ("enable", "disable")
+_COMMANDS_WITH_UNIT = ("enable", "disable", "doctor")
+POLICY_DEADLINE_SECONDS = 10.0
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -66,17 +72,30 @@ def _build_parser() -> argparse.ArgumentParser:
         "clean": "remove RUNTIME_DIR/NAME/env",
         "enable": "put UNIT (default NAME.service) behind the agent with a systemd drop-in",
         "disable": "remove the drop-in that `enable` wrote",
+        "policy": "print the least-privilege IAM policy (JSON) that lets the instance role render NAME",
+        "doctor": "check everything NAME's render needs, one line per check, with the fix (never a value)",
     }
     for command, text in helps.items():
         cmd = sub.add_parser(command, parents=[common], help=text, description=text)
         cmd.add_argument("name", metavar="NAME", help="the service name: /etc/secrets-agent/NAME.env.j2")
         if command in _COMMANDS_WITH_UNIT:
             cmd.add_argument("--unit", metavar="UNIT", help="the unit to put behind the agent")
+        if command in ("enable", "disable"):
             cmd.add_argument(
                 "--root",
                 metavar="DIR",
                 default="/",
                 help="operate on the system under DIR (a mounted image) instead of /",
+            )
+        if command == "policy":
+            cmd.add_argument(
+                "--account", metavar="ID", help="the account id (default: STS GetCallerIdentity)"
+            )
+            cmd.add_argument("--region", metavar="REGION", help="the region (default: as render finds it)")
+            cmd.add_argument(
+                "--partition",
+                choices=PARTITIONS,
+                help="the ARN partition (default: STS GetCallerIdentity, else from the region)",
             )
     return parser
 
@@ -139,7 +158,16 @@ def _read_template(service: ServiceSettings) -> CompiledTemplate:
     return compile_template(source, str(path))
 
 
-def _ssm_client(settings: AgentSettings, deadline: Deadline) -> SsmClient:
+@dataclass(frozen=True)
+class _AwsAccess:
+    """The region, the credentials (None: boto's default chain) and the instance role, if any."""
+
+    region: str
+    credentials: Optional[tuple[str, str, str]] = field(repr=False)
+    role: Optional[str]
+
+
+def _aws_access(settings: AgentSettings, deadline: Deadline) -> _AwsAccess:
     region = settings.region
     credentials = settings.env_credentials
     role: Optional[str] = None
@@ -161,12 +189,19 @@ def _ssm_client(settings: AgentSettings, deadline: Deadline) -> SsmClient:
             "no AWS region: set AWS_REGION, or region in agent.toml (IMDS is not used when "
             "AWS_EC2_METADATA_DISABLED=true or AWS credentials are in the environment)"
         )
+    return _AwsAccess(region=region, credentials=credentials, role=role)
+
+
+def _ssm_client(
+    settings: AgentSettings, deadline: Deadline, access: Optional[_AwsAccess] = None
+) -> SsmClient:
+    access = access or _aws_access(settings, deadline)
     return SsmClient(
-        region=region,
+        region=access.region,
         endpoint_url=settings.ssm_endpoint,
-        credentials=credentials,
+        credentials=access.credentials,
         deadline=deadline,
-        role=role,
+        role=access.role,
         on_status=StatusNotifier(settings.notify_socket).status,
     )
 
@@ -232,6 +267,58 @@ def cmd_clean(settings: AgentSettings, service: ServiceSettings, out: TextIO) ->
     return 0
 
 
+def cmd_policy(
+    args: argparse.Namespace, settings: AgentSettings, service: ServiceSettings, out: TextIO, err: TextIO
+) -> int:
+    needs = _read_template(service).requirements
+    if args.region:
+        settings = replace(settings, region=args.region)
+    # An operator waits at a shell: a laptop without IMDS should not cost the full render deadline.
+    deadline = Deadline(min(service.deadline_seconds, POLICY_DEADLINE_SECONDS))
+    access: Optional[_AwsAccess] = None
+    try:
+        access = _aws_access(settings, deadline)
+    except AgentError as exc:
+        if settings.region is None:
+            raise
+        err.write(f"note: no AWS credentials ({exc.message}); nothing is looked up\n")
+    region = access.region if access else str(settings.region)
+
+    def identity() -> str:
+        return caller_arn(
+            region=region,
+            endpoint_url=settings.sts_endpoint,
+            credentials=access.credentials if access else None,
+            timeout_seconds=READ_TIMEOUT_SECONDS,
+        )
+
+    generated = generate_policy(
+        needs,
+        region=region,
+        account=args.account,
+        partition=args.partition,
+        identity=identity if access else None,
+        describe=_ssm_client(settings, deadline, access).describe_parameters if access else None,
+    )
+    for note in generated.notes:
+        err.write(f"note: {note}\n")
+    out.write(render_policy(generated.document))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO) -> int:
+    def load_settings() -> tuple[AgentSettings, ServiceSettings]:
+        settings = load_agent_settings(
+            environ,
+            config_dir=getattr(args, "config_dir", None),
+            runtime_dir=getattr(args, "runtime_dir", None),
+        )
+        return settings, load_service_settings(settings, args.name)
+
+    inputs = DoctorInputs(load_settings=load_settings, load_template=_read_template, unit=args.unit)
+    return report_checks(run_checks(args.name, inputs), out.write)
+
+
 def cmd_enable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -> int:
     result = enable_service(args.name, args.unit, Path(args.root))
     out.write(
@@ -282,6 +369,8 @@ def main(
     )
     environ = os.environ if env is None else env
     try:
+        if args.command == "doctor":
+            return cmd_doctor(args, environ, out)
         settings = load_agent_settings(
             environ,
             config_dir=getattr(args, "config_dir", None),
@@ -292,6 +381,8 @@ def main(
         if args.command == "disable":
             return cmd_disable(args, settings, out)
         service = load_service_settings(settings, args.name)
+        if args.command == "policy":
+            return cmd_policy(args, settings, service, out, err)
         commands = {"render": cmd_render, "check": cmd_check, "clean": cmd_clean}
         return commands[args.command](settings, service, out)
     except ParameterNotFound as exc:

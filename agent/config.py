@@ -64,6 +64,8 @@ class AgentSettings:
     # Keys from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, handed to the
     # SSM client explicitly because this module is the only reader of the environment.
     env_credentials: Optional[tuple[str, str, str]] = field(default=None, repr=False)
+    # STS (for `policy`'s account lookup): AWS_ENDPOINT_URL_STS, else AWS_ENDPOINT_URL, else AWS's.
+    sts_endpoint: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,14 @@ def _endpoint(source: str, value: str) -> str:
     return value.rstrip("/")
 
 
+def _env_endpoint(env: Mapping[str, str], service_var: str) -> Optional[str]:
+    """The service's own endpoint variable, else AWS_ENDPOINT_URL, else None."""
+    for var in (service_var, "AWS_ENDPOINT_URL"):
+        if env.get(var):
+            return _endpoint(var, env[var])
+    return None
+
+
 def load_agent_settings(
     env: Mapping[str, str],
     *,
@@ -163,14 +173,9 @@ def load_agent_settings(
     else:
         imds = DEFAULT_IMDS_ENDPOINT
 
-    ssm: Optional[str] = None
-    for var in ("AWS_ENDPOINT_URL_SSM", "AWS_ENDPOINT_URL"):
-        if env.get(var):
-            ssm = _endpoint(var, env[var])
-            break
-    else:
-        if table.get("ssm_endpoint") is not None:
-            ssm = _endpoint(f"{path}: ssm_endpoint", _typed(path, table, "ssm_endpoint", str, "a URL"))
+    ssm = _env_endpoint(env, "AWS_ENDPOINT_URL_SSM")
+    if ssm is None and table.get("ssm_endpoint") is not None:
+        ssm = _endpoint(f"{path}: ssm_endpoint", _typed(path, table, "ssm_endpoint", str, "a URL"))
 
     region = (
         env.get("AWS_REGION")
@@ -198,6 +203,7 @@ def load_agent_settings(
             if has_env_credentials
             else None
         ),
+        sts_endpoint=_env_endpoint(env, "AWS_ENDPOINT_URL_STS"),
     )
 
 

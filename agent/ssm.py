@@ -31,8 +31,11 @@ from agent.answers import (
     THROTTLING_ERROR_CODES,
     NotSsmAnswer,
     Parameter,
+    check_describe_page,
+    check_get_parameter,
     check_get_parameters,
     check_path_page,
+    denies_action,
     describe_http,
     error_code,
     error_message,
@@ -42,7 +45,7 @@ from agent.answers import (
     names_selector,
     split_selector,
 )
-from agent.errors import AgentError, ConfigError, CredentialsError, ServiceUnavailable
+from agent.errors import AccessDenied, AgentError, ConfigError, CredentialsError, ServiceUnavailable
 from agent.retry import Backoff, Deadline, ThrottleMemory
 
 _log = structlog.get_logger()
@@ -50,6 +53,7 @@ _log = structlog.get_logger()
 # GetParameters takes at most 10 names; GetParametersByPath returns at most 10 per page.
 GET_PARAMETERS_MAX_NAMES = 10
 GET_PARAMETERS_BY_PATH_MAX_RESULTS = 10
+DESCRIBE_PARAMETERS_MAX_RESULTS = 50
 CONNECT_TIMEOUT_SECONDS = 3.0
 READ_TIMEOUT_SECONDS = 10.0
 # While throttled, one journal line (and one systemd status) at most this often: enough to show an
@@ -96,7 +100,6 @@ class SsmClient:
         # Imported here, not at the top: botocore.session costs ~100 ms, which commands that never
         # call SSM (--version, clean, enable) should not pay. botocore's Session directly, since
         # boto3 only adds import time on top of it.
-        import botocore.session  # noqa: PLC0415
         from botocore.config import Config  # noqa: PLC0415
 
         self._deadline = deadline
@@ -110,6 +113,8 @@ class SsmClient:
         self.calls_planned = 0
         self.calls_done = 0
         self._role = role
+        # Set when SSM denies ssm:GetParameters: from then on, one GetParameter per name.
+        self.fetches_one_by_one = False
         config = Config(
             # Our loop retries until the deadline; botocore's would stop after a count.
             retries={"total_max_attempts": 1, "mode": "standard"},
@@ -117,16 +122,9 @@ class SsmClient:
             read_timeout=read_timeout_seconds,
             user_agent_extra=f"secrets-agent/{__version__}",
         )
-        access_key, secret_key, token = credentials if credentials else (None, None, None)
         try:
-            self._client: Any = botocore.session.Session().create_client(
-                "ssm",
-                region_name=region,
-                endpoint_url=endpoint_url,
-                aws_access_key_id=access_key,
-                aws_secret_access_key=secret_key,
-                aws_session_token=token or None,
-                config=config,
+            self._client: Any = create_client(
+                "ssm", region=region, endpoint_url=endpoint_url, credentials=credentials, config=config
             )
         except (BotoCoreError, ValueError) as exc:
             # botocore's messages here name only the region or the URL, never a secret.
@@ -145,17 +143,30 @@ class SsmClient:
     def fetch(self, selectors: Iterable[str]) -> tuple[dict[str, Parameter], list[str]]:
         """Resolve every selector with GetParameters, 10 per call; return found by selector, and missing."""
         unique = list(dict.fromkeys(selectors))
-        self.calls_planned += -(-len(unique) // GET_PARAMETERS_MAX_NAMES)
+        self.calls_planned += (
+            len(unique) if self.fetches_one_by_one else -(-len(unique) // GET_PARAMETERS_MAX_NAMES)
+        )
         started = time.perf_counter()
         found: dict[str, Parameter] = {}
         missing: list[str] = []
         calls = 0
-        for start in range(0, len(unique), GET_PARAMETERS_MAX_NAMES):
-            batch = unique[start : start + GET_PARAMETERS_MAX_NAMES]
-            batch_found, batch_missing, batch_calls = self._fetch_batch(batch)
+        start = 0
+        while start < len(unique):
+            if self.fetches_one_by_one:
+                batch = unique[start : start + 1]
+                batch_found, batch_missing, batch_calls = self._fetch_one(batch[0])
+            else:
+                batch = unique[start : start + GET_PARAMETERS_MAX_NAMES]
+                try:
+                    batch_found, batch_missing, batch_calls = self._fetch_batch(batch)
+                except _GetParametersDenied:
+                    self._fall_back(remaining=len(unique) - start)
+                    calls += 1
+                    continue  # the same names again, one by one
             found.update(batch_found)
             missing.extend(batch_missing)
             calls += batch_calls
+            start += len(batch)
         _log.info(
             "ssm_fetched",
             requested=len(unique),
@@ -228,6 +239,8 @@ class SsmClient:
                 lambda response: check_get_parameters(batch, response),
             )
         except _RejectedCall as rejected:
+            if denies_action(rejected.code, rejected.message, "GetParameters"):
+                raise _GetParametersDenied from None
             if rejected.code not in NOT_FOUND_ERROR_CODES:
                 raise rejected.mapped from None
             return self._split_rejected_batch(batch, rejected)
@@ -238,6 +251,64 @@ class SsmClient:
             missing.extend(one_missing)
             calls += one_calls
         return found, missing, calls
+
+    def _fall_back(self, *, remaining: int) -> None:
+        """Switch this client to one GetParameter per name, and say once what that costs."""
+        self.fetches_one_by_one = True
+        batched = -(-remaining // GET_PARAMETERS_MAX_NAMES)
+        self.calls_planned += remaining - batched
+        _log.warning(
+            "ssm_get_parameters_denied",
+            role=self._role,
+            fallback="ssm:GetParameter",
+            calls=f"{remaining} GetParameter calls instead of {batched} GetParameters",
+            fix="grant ssm:GetParameters on the same parameters as ssm:GetParameter "
+            "(`secrets-agent policy NAME` prints the policy) to fetch 10 names a call",
+        )
+
+    def _fetch_one(self, selector: str) -> tuple[dict[str, Parameter], list[str], int]:
+        """One GetParameter call: (found, missing, 1); a denial names both actions."""
+        try:
+            parameter = self._call(
+                "GetParameter",
+                [selector],
+                {"Name": selector, "WithDecryption": True},
+                lambda response: check_get_parameter(selector, response),
+            )
+        except _RejectedCall as rejected:
+            if rejected.code in NOT_FOUND_ERROR_CODES:
+                return {}, [selector], 1
+            if denies_action(rejected.code, rejected.message, "GetParameter"):
+                who = f"role {self._role}" if self._role else "this instance's role"
+                name = split_selector(selector)[0]
+                raise AccessDenied(
+                    f"SSM denied both ssm:GetParameters and ssm:GetParameter on {name} "
+                    f"for {who}: grant ssm:GetParameters (10 names a call) or ssm:GetParameter on it in "
+                    "the instance profile"
+                ) from None
+            raise rejected.mapped from None
+        return {selector: parameter}, [], 1
+
+    def describe_parameters(self, filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every parameter's metadata (Name, Type, KeyId; never a value) DescribeParameters matches."""
+        request: dict[str, Any] = {"ParameterFilters": filters, "MaxResults": DESCRIBE_PARAMETERS_MAX_RESULTS}
+        described: list[dict[str, Any]] = []
+        seen_tokens: set[str] = set()
+        while True:
+            try:
+                page, token = self._call(
+                    "DescribeParameters",
+                    [str(f.get("Values")) for f in filters],
+                    request,
+                    check_describe_page,
+                )
+            except _RejectedCall as rejected:
+                raise rejected.mapped from None
+            described.extend(page)
+            if token is None or token in seen_tokens:
+                return described
+            seen_tokens.add(token)
+            request["NextToken"] = token
 
     def _split_rejected_batch(
         self, batch: list[str], rejected: _RejectedCall
@@ -408,6 +479,33 @@ class SsmClient:
             f"{self._deadline.seconds:g} s deadline ({attempts} attempts, last error {last_error}): "
             "check the network path to SSM (VPC endpoint, NAT, security groups), or raise deadline_seconds"
         )
+
+
+def create_client(
+    service: str,
+    *,
+    region: str,
+    endpoint_url: Optional[str],
+    credentials: Optional[tuple[str, str, str]],
+    config: Any,
+) -> Any:
+    """A botocore client for `service`; `credentials` None leaves them to botocore's default chain."""
+    import botocore.session  # noqa: PLC0415  (see SsmClient: commands without AWS calls skip it)
+
+    access_key, secret_key, token = credentials if credentials else (None, None, None)
+    return botocore.session.Session().create_client(
+        service,
+        region_name=region,
+        endpoint_url=endpoint_url,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        aws_session_token=token or None,
+        config=config,
+    )
+
+
+class _GetParametersDenied(Exception):
+    """IAM refused ssm:GetParameters itself: the caller falls back to GetParameter."""
 
 
 class _RejectedCall(Exception):

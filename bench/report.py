@@ -88,6 +88,7 @@ def render(results: Results) -> str:
     _renders(results, add)
     _floor(results, add)
     _calls(results, add)
+    _fallback(results, add)
     _storm(results, add)
     add(fleet.render_section(results.fleet_curve, heading="## 4b. Fleet-size curve (no cliff)"))
     add(checks.render_section(results.check_costs, results.check_note))
@@ -311,6 +312,38 @@ def _calls(results: Results, add: Callable[[str], None]) -> None:
         "a multiple of 10 parameters takes one more (empty) page than ceil(N/10); the CLI pays it too."
     )
     emit("")
+
+
+def _fallback(results: Results, add: Callable[[str], None]) -> None:
+    from bench.fallback import MODES, SIZES
+
+    fallback = results.fallback
+    if fallback is None:
+        return
+    add("## 3b. The GetParameter fallback")
+    add("")
+    add(
+        "A role with `ssm:GetParameter` only: SSM denies `GetParameters` (answered in SSM's shape by the "
+        "proxy), and the agent fetches each name with one `GetParameter`. Cold renders, interleaved with "
+        "the batched path in the same rounds; calls counted at the proxy and checked on every run, "
+        "as are the values and the single warning."
+    )
+    add("")
+    add("| N | path | calls per render | median render | vs batched |")
+    add("|---:|---|---|---:|---:|")
+    for size in SIZES:
+        batched = fallback.series.get((MODES[0], size))
+        for mode in MODES:
+            series = fallback.series.get((mode, size))
+            calls = fallback.calls.get((mode, size), {})
+            if series is None or batched is None:
+                continue
+            shown = ", ".join(f"{count} {action}" for action, count in calls.items() if count)
+            add(
+                f"| {size} | {mode} | {shown} | {_s(series.median_seconds)} "
+                f"| {_ratio(series.median_seconds / batched.median_seconds)} |"
+            )
+    add("")
 
 
 def _storm(results: Results, add: Callable[[str], None]) -> None:

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from agent.envfile import parse_env
 from bench import checks, fleet, levers, report
+from bench.fallback import FallbackResults, GetParametersDenial, fallback_calls_per_agent, measure_fallback
 from bench.measure import Series, Spawner
 from bench.stack import (
     CLI_ACCESS_KEY_ID,
@@ -67,6 +68,7 @@ class Options:
     storm_agents: int
     storm_rate: float
     storm_parameters: int
+    fallback_storm_agents: int
     skip_storm: bool
     skip_fleet_curve: bool
     output: Path
@@ -87,6 +89,7 @@ class Results:
     import_shares: list[levers.ImportShare] = field(default_factory=list)
     levers: list[levers.Lever] = field(default_factory=list)
     storms: list[StormResult] = field(default_factory=list)
+    fallback: Optional[FallbackResults] = None
     fleet_curve: list[fleet.CurvePoint] = field(default_factory=list)
     check_costs: list[checks.BeforeAfter] = field(default_factory=list)
     check_note: str = "not run"
@@ -112,6 +115,12 @@ def _parse_options(argv: Optional[list[str]]) -> Options:
     parser.add_argument("--storm-agents", type=int, default=40, help="agents started at once")
     parser.add_argument("--storm-rate", type=float, default=2.0, help="SSM calls per second let through")
     parser.add_argument("--storm-parameters", type=int, default=20, help="parameters each agent renders")
+    parser.add_argument(
+        "--fallback-storm-agents",
+        type=int,
+        default=10,
+        help="agents of the storm under a GetParameter-only role (1 + N calls each)",
+    )
     parser.add_argument("--skip-storm", action="store_true", help="leave the fleet storm out")
     parser.add_argument(
         "--skip-fleet-curve", action="store_true", help="leave the fleet-size curve (10 to 150 agents) out"
@@ -125,6 +134,7 @@ def _parse_options(argv: Optional[list[str]]) -> Options:
         storm_agents=args.storm_agents,
         storm_rate=args.storm_rate,
         storm_parameters=args.storm_parameters,
+        fallback_storm_agents=args.fallback_storm_agents,
         skip_storm=args.skip_storm,
         skip_fleet_curve=args.skip_fleet_curve,
         output=args.output,
@@ -388,7 +398,8 @@ def _importtime(emulator: Emulator) -> list[levers.ImportShare]:
 
 def _storms(options: Options, results: Results) -> None:
     responder = ThrottlingResponder(None)
-    with Emulator(responder=responder) as emulator:
+    denial = GetParametersDenial(responder)
+    with Emulator(responder=denial) as emulator:
         prepare_storm(emulator, options.storm_parameters)
         agents, rate, parameters = options.storm_agents, options.storm_rate, options.storm_parameters
         fleets: list[tuple[str, list[tuple[list[str], dict[str, str]]], Optional[float]]] = [
@@ -420,6 +431,26 @@ def _storms(options: Options, results: Results) -> None:
             results.storms.append(result)
             if label == "secrets-agent":
                 _check_storm(emulator, result, parameters, results)
+        label = "secrets-agent, ssm:GetParameter-only role (fallback)"
+        print(f"  storm: {label}", flush=True)
+        fallback_agents = options.fallback_storm_agents
+        denial.enabled = True
+        try:
+            result = run_storm(
+                emulator,
+                responder,
+                label=label,
+                commands=agent_commands(emulator, fallback_agents),
+                parameters=parameters,
+                rate_per_second=rate,
+                burst=max(1.0, rate),
+                log_dir=default_log_dir(emulator, label),
+                calls_needed=fallback_agents * fallback_calls_per_agent(parameters),
+            )
+        finally:
+            denial.enabled = False
+        results.storms.append(result)
+        _check_storm(emulator, result, parameters, results)
 
 
 def _check_storm(emulator: Emulator, result: StormResult, parameters: int, results: Results) -> None:
@@ -461,6 +492,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             results.profiles[size], results.profile_totals[size] = _profile(emulator, size, runs)
         results.import_shares = _importtime(emulator)
         results.levers = [levers.client_creation_lever(rounds=9), *levers.import_levers(rounds=9)]
+    print(f"GetParameter fallback against the batched path: {options.rounds} rounds", flush=True)
+    results.fallback = measure_fallback(options.rounds)
+    results.violations.extend(results.fallback.violations)
     if not options.skip_storm:
         print(f"fleet storm: {options.storm_agents} agents at {options.storm_rate:g} SSM calls/s", flush=True)
         _storms(options, results)

@@ -229,15 +229,19 @@ def run_storm(
     rate_per_second: Optional[float],
     burst: float,
     log_dir: Path,
+    calls_needed: Optional[int] = None,
 ) -> StormResult:
-    """Run one fleet against the throttled SSM (`rate_per_second` None: no throttle)."""
+    """Run one fleet against the throttled SSM (`rate_per_second` None: no throttle); `calls_needed`
+    defaults to the batched path's ceil(parameters/10) an agent."""
     bucket = TokenBucket(rate_per_second, burst) if rate_per_second is not None else None
     responder.reset(bucket)
     exit_codes, seconds, total, failures = run_fleet(commands, log_dir)
     return StormResult(
         label=label,
         agents=len(commands),
-        calls_needed=len(commands) * calls_per_agent(parameters),
+        calls_needed=calls_needed
+        if calls_needed is not None
+        else len(commands) * calls_per_agent(parameters),
         rate_per_second=rate_per_second,
         exit_codes=exit_codes,
         agent_seconds=seconds,

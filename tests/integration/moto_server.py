@@ -38,13 +38,21 @@ def moto_server() -> Iterator[str]:
         server.stop()
 
 
-def reset_moto(url: str) -> None:
-    """Forget every resource moto holds (its documented reset API)."""
-    # No proxy: the request must go straight to 127.0.0.1 whatever the environment says.
+def moto_api(url: str, action: str, data: bytes = b"") -> None:
+    """POST to one of moto's own endpoints (/moto-api/ACTION)."""
+    # No proxy: the request must go straight to 127.0.0.1 whatever the environment says. Not a form
+    # either: moto reads the raw body, which Flask empties for form-encoded requests.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    request = urllib.request.Request(f"{url}/moto-api/reset", data=b"", method="POST")
+    request = urllib.request.Request(
+        f"{url}/moto-api/{action}", data=data, method="POST", headers={"Content-Type": "text/plain"}
+    )
     with opener.open(request, timeout=10) as response:
         response.read()
+
+
+def reset_moto(url: str) -> None:
+    """Forget every resource moto holds (its documented reset API)."""
+    moto_api(url, "reset")
 
 
 @dataclass(frozen=True)
@@ -74,17 +82,28 @@ def aws_json_error(code: str, message: str, status: int = 400) -> CannedResponse
 # Given the request's number (from 0) and its action ("GetParameters"), a canned answer, or None
 # to forward the request to the upstream server.
 Responder = Callable[[int, str], Optional[CannedResponse]]
+# Given upstream's answer, the request's headers and body, the answer to send instead.
+Rewriter = Callable[[CannedResponse, dict[str, str], bytes], CannedResponse]
 
 
 class RecordingProxy:
     """An HTTP server on 127.0.0.1 that records each AWS action it receives, server side.
 
-    It forwards requests to `upstream` (moto) unless `responder` answers them itself.
+    It forwards requests to `upstream` (moto) unless `responder` answers them itself, and passes
+    upstream's answers through `rewrite` when one is given. The Host header is forwarded unchanged,
+    so requests signed with SigV4 still verify upstream. A Date header in an answer replaces the
+    proxy's own.
     """
 
-    def __init__(self, upstream: Optional[str], responder: Optional[Responder] = None) -> None:
+    def __init__(
+        self,
+        upstream: Optional[str],
+        responder: Optional[Responder] = None,
+        rewrite: Optional[Rewriter] = None,
+    ) -> None:
         self.upstream = upstream
         self.responder = responder
+        self.rewrite = rewrite
         self.actions: list[str] = []
         self._lock = threading.Lock()
         proxy = self
@@ -104,11 +123,17 @@ class RecordingProxy:
                     proxy.actions.append(action)
                 canned = proxy.responder(index, action) if proxy.responder else None
                 if canned is None:
-                    canned = proxy._forward(self.path, dict(self.headers.items()), body)
+                    headers = dict(self.headers.items())
+                    canned = proxy._forward(self.path, headers, body)
+                    if proxy.rewrite is not None:
+                        canned = proxy.rewrite(canned, headers, body)
                 if canned.delay_seconds:
                     time.sleep(canned.delay_seconds)
                 try:
-                    self.send_response(canned.status)
+                    if any(name.lower() == "date" for name, _ in canned.headers):
+                        self.send_response_only(canned.status)
+                    else:
+                        self.send_response(canned.status)
                     for name, value in canned.headers:
                         self.send_header(name, value)
                     self.send_header("Content-Length", str(len(canned.body)))

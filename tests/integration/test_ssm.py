@@ -29,6 +29,7 @@ from agent.answers import (
     check_get_parameter,
     check_get_parameters,
     check_path_page,
+    denies_action,
     is_retryable_error,
     map_client_error,
     match_parameters,
@@ -590,14 +591,18 @@ def test_read_timeout_is_retried(admin: Any, clean_moto_url: str) -> None:
 
 
 def test_access_denied_from_ssm(admin: Any, clean_moto_url: str) -> None:
-    """An IAM denial is not retried and names the denied parameter and the role."""
-    denied = aws_json_error("AccessDeniedException", DENIED_ROLE_MESSAGE)
-    with RecordingProxy(None, lambda _i, _a: denied) as proxy:
+    """A denial of both read actions is not retried and names the parameter, both actions and the role."""
+
+    def deny(_index: int, action: str) -> CannedResponse:
+        return aws_json_error("AccessDeniedException", DENIED_ROLE_MESSAGE.replace("GetParameters", action))
+
+    with RecordingProxy(None, deny) as proxy:
         with pytest.raises(AccessDenied) as raised:
             make_client(proxy.url, role="app-role").fetch(["/prod/app/api", "/prod/app/db"])
-        assert proxy.count("GetParameters") == 1
+        assert proxy.actions == ["GetParameters", "GetParameter"]
     assert raised.value.message == (
-        "SSM denied ssm:GetParameters on /prod/app/db for role app-role: grant it in the instance profile"
+        "SSM denied both ssm:GetParameters and ssm:GetParameter on /prod/app/api for role app-role: grant "
+        "ssm:GetParameters (10 names a call) or ssm:GetParameter on it in the instance profile"
     )
     assert raised.value.__cause__ is None
     assert raised.value.__suppress_context__
@@ -608,6 +613,7 @@ def test_kms_denial_names_the_key() -> None:
     denied = aws_json_error("AccessDeniedException", KMS_DENIED_MESSAGE)
     with RecordingProxy(None, lambda _i, _a: denied) as proxy, pytest.raises(AccessDenied) as raised:
         make_client(proxy.url).fetch(["/prod/app/db"])
+    assert proxy.actions == ["GetParameters"]  # a KMS denial is no reason to fall back to GetParameter
     assert KMS_KEY_ARN in raised.value.message
     assert "kms:Decrypt" in raised.value.message
 
@@ -643,6 +649,24 @@ def test_logs_carry_names_and_versions_but_never_values(admin: Any, clean_moto_u
     assert fetched["versions"] == {"/log/db": 1}
     assert fetched["missing"] == ["/log/missing"]
     assert SECRET_VALUE not in repr(logs)
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "expected"),
+    [
+        ("AccessDeniedException", DENIED_ROLE_MESSAGE, True),
+        ("AccessDeniedException", DENIED_ROLE_MESSAGE.replace("GetParameters", "GetParametersByPath"), False),
+        ("AccessDeniedException", DENIED_ROLE_MESSAGE.replace("GetParameters", "GetParameter"), False),
+        ("AccessDeniedException", KMS_DENIED_MESSAGE, False),
+        ("AccessDeniedException", DENIED_ROLE_MESSAGE + " (Service: AWSKMS)", False),
+        ("ThrottlingException", DENIED_ROLE_MESSAGE, False),
+        ("UnrecognizedClientException", "The security token included is invalid.", False),
+        ("AccessDeniedException", "Access denied", False),
+    ],
+)
+def test_only_a_denial_of_get_parameters_itself_falls_back(code: str, message: str, expected: bool) -> None:
+    """Only IAM denying ssm:GetParameters by name leads to the GetParameter fallback, no other error."""
+    assert denies_action(code, message, "GetParameters") is expected
 
 
 # ---------------------------------------------------------------------------------------------
@@ -875,3 +899,34 @@ def test_an_outage_after_throttling_counts_from_the_last_answer() -> None:
                 proxy.url, deadline_seconds=0.5, throttled_seconds=60.0, read_timeout_seconds=0.2
             ).fetch(["/a"])
     assert time.monotonic() - started < 3.0
+
+
+def test_fallback_counts_one_call_a_name_while_throttled(admin: Any, clean_moto_url: str) -> None:
+    """Falling back to GetParameter, a throttled agent reports the calls it really has left (one a name)."""
+    for name in ("/f/a", "/f/b", "/f/c"):
+        put(admin, name, "v")
+    throttled: list[str] = []
+
+    def respond(_index: int, action: str) -> Optional[CannedResponse]:
+        if action == "GetParameters":
+            return aws_json_error("AccessDeniedException", DENIED_ROLE_MESSAGE)
+        if action == "GetParameter" and not throttled:
+            throttled.append(action)
+            return THROTTLED
+        return None
+
+    with RecordingProxy(clean_moto_url, respond) as proxy:
+        with capture_logs() as logs:
+            found, missing = make_client(proxy.url, role="app-role").fetch(["/f/a", "/f/b", "/f/c"])
+        assert proxy.actions == [
+            "GetParameters",
+            "GetParameter",
+            "GetParameter",
+            "GetParameter",
+            "GetParameter",
+        ]
+    assert sorted(found) == ["/f/a", "/f/b", "/f/c"]
+    assert missing == []
+    (waiting,) = [entry for entry in logs if entry["event"] == "ssm_throttled"]
+    assert waiting["calls_left"] == 3
+    assert [entry["event"] for entry in logs].count("ssm_get_parameters_denied") == 1
