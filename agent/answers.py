@@ -9,6 +9,7 @@ parameters do not exist": it raises NotSsmAnswer, which the client retries like 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -95,6 +96,7 @@ _KMS_KEY_ARN_RE = re.compile(r"arn:aws[\w-]*:kms:[\w-]+:\d{12}:(?:key|alias)/[\w
 _SSM_PARAMETER_ARN_RE = re.compile(r"arn:aws[\w-]*:ssm:[\w-]*:\d{12}:parameter(/?[\w./@:-]*[\w/@-])")
 _DENIED_ACTION_RE = re.compile(r"not authorized to perform: ([\w-]+:\w+)")
 _ASSUMED_ROLE_RE = re.compile(r":assumed-role/([\w+=,.@-]+)/")
+CURRENT_STAGE = "AWSCURRENT"
 _ARN_RESOURCE_PREFIX_RE = re.compile(r"^arn:aws[\w-]*:ssm:[\w-]*:\d*:parameter")
 
 
@@ -107,6 +109,9 @@ class Parameter:
     value: str = field(repr=False)
     version: int
     type: str
+    # A Secrets Manager reference's Version is always 0: the secret's own AWSCURRENT version id,
+    # from SourceResult, is what changes when the secret rotates (None for plain parameters).
+    source_version: Optional[str] = None
 
 
 def split_selector(selector: str) -> tuple[str, str]:
@@ -278,7 +283,37 @@ def parameter_from_item(item: Any, *, selector: str) -> Parameter:
         raise NotSsmAnswer(f"the entry for {name} has no known Type")
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise NotSsmAnswer(f"the entry for {name} has no Version")
-    return Parameter(name=name, selector=selector, value=value, version=version, type=kind)
+    return Parameter(
+        name=name,
+        selector=selector,
+        value=value,
+        version=version,
+        type=kind,
+        source_version=current_secret_version(item.get("SourceResult")),
+    )
+
+
+def current_secret_version(source_result: Any) -> Optional[str]:
+    """The AWSCURRENT version id in a Secrets Manager reference's SourceResult (the secret's
+    description, or its GetSecretValue answer without the value), or None."""
+    if not isinstance(source_result, str):
+        return None
+    try:
+        described = json.loads(source_result)
+    except ValueError:
+        return None
+    if not isinstance(described, dict):
+        return None
+    stages = described.get("VersionIdsToStages")
+    if isinstance(stages, dict):
+        current = [
+            str(vid) for vid, labels in stages.items() if isinstance(labels, list) and CURRENT_STAGE in labels
+        ]
+        return current[0] if len(current) == 1 else None
+    labels = described.get("VersionStages")
+    if isinstance(labels, list) and CURRENT_STAGE in labels and isinstance(described.get("VersionId"), str):
+        return str(described["VersionId"])
+    return None
 
 
 def _list_field(response: Any, key: str, *, required: bool) -> list[Any]:

@@ -13,7 +13,7 @@ from typing import Optional, TextIO
 
 import structlog
 
-from agent import __version__, envfile
+from agent import __version__, credentials, envfile
 from agent.answers import Parameter
 from agent.config import AgentSettings, ServiceSettings, load_agent_settings, load_service_settings
 from agent.doctor import Inputs as DoctorInputs
@@ -23,12 +23,27 @@ from agent.errors import EXIT_INTERRUPTED, AgentError, ConfigError, ParameterNot
 from agent.imds import ImdsClient
 from agent.log import REDACTOR, configure_logging
 from agent.notify import StatusNotifier
-from agent.output import remove_secret_file, resolve_ownership, write_secret_file
+from agent.output import (
+    Ownership,
+    remove_secret_file,
+    remove_secret_folder,
+    resolve_ownership,
+    write_secret_file,
+    write_secret_folder,
+)
 from agent.policy import PARTITIONS, caller_arn, generate_policy, render_policy
+from agent.refresh import SsmVersions, Systemctl, Systemd, make_record, refresh, write_record
 from agent.retry import Deadline
 from agent.ssm import READ_TIMEOUT_SECONDS, SsmClient
-from agent.template import Assignment, CompiledTemplate, ParamValue, compile_template
-from agent.units import disable_service, enable_service
+from agent.template import TEXT_CARRIER, Assignment, CompiledTemplate, ParamValue, compile_template
+from agent.units import (
+    DEFAULT_REFRESH_INTERVAL,
+    DEFAULT_REFRESH_INTERVAL_SECONDS,
+    disable_refresh,
+    disable_service,
+    enable_refresh,
+    enable_service,
+)
 
 log = structlog.get_logger("secrets-agent")
 
@@ -72,6 +87,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "clean": "remove RUNTIME_DIR/NAME/env",
         "enable": "put UNIT (default NAME.service) behind the agent with a systemd drop-in",
         "disable": "remove the drop-in that `enable` wrote",
+        "refresh": "if NAME's app runs, compare the versions its render used with SSM's (no "
+        "decryption) and act as on_change in NAME.toml says",
         "policy": "print the least-privilege IAM policy (JSON) that lets the instance role render NAME",
         "doctor": "check everything NAME's render needs, one line per check, with the fix (never a value)",
     }
@@ -97,6 +114,27 @@ def _build_parser() -> argparse.ArgumentParser:
                 choices=PARTITIONS,
                 help="the ARN partition (default: STS GetCallerIdentity, else from the region)",
             )
+        if command == "enable":
+            cmd.add_argument(
+                "--credentials",
+                action="store_true",
+                help="hand the secrets over as systemd credentials (LoadCredential=, systemd >= 251) "
+                'instead of an EnvironmentFile; NAME.toml must say format = "credentials"',
+            )
+            cmd.add_argument(
+                "--refresh",
+                nargs="?",
+                const=DEFAULT_REFRESH_INTERVAL,
+                metavar="INTERVAL",
+                help="also turn on the rotation timer, secrets-agent-refresh@NAME.timer, every "
+                f"INTERVAL (default {DEFAULT_REFRESH_INTERVAL}; 1h, 90s, ...)",
+            )
+        if command == "disable":
+            cmd.add_argument(
+                "--refresh",
+                action="store_true",
+                help="turn off the rotation timer only, and keep the drop-in",
+            )
     return parser
 
 
@@ -112,6 +150,9 @@ class _FetchedResolver:
         self._missing = set(missing)
         self._paths: dict[tuple[str, bool], dict[str, ParamValue]] = {}
         self.parameters: dict[str, Parameter] = dict(found)
+        # What the render used, for refresh's record: by selector, and each path's listing.
+        self.by_selector: dict[str, Parameter] = dict(found)
+        self.listings: dict[tuple[str, bool], dict[str, int]] = {}
 
     @staticmethod
     def _wrap(parameter: Parameter) -> ParamValue:
@@ -121,6 +162,7 @@ class _FetchedResolver:
     def prefetch_path(self, path: str, recursive: bool) -> None:
         found = self._client.fetch_path(path, recursive=recursive)
         self._paths[(path, recursive)] = {p.name: self._wrap(p) for p in found}
+        self.listings[(path, recursive)] = {p.name: p.version for p in found}
         for p in found:
             self.parameters.setdefault(p.name, p)
 
@@ -132,12 +174,17 @@ class _FetchedResolver:
             for key, p in found.items():
                 self._found[key] = self._wrap(p)
                 self.parameters[key] = p
+                self.by_selector[key] = p
         return self._found.get(selector)
 
     def get_path(self, path: str, recursive: bool) -> dict[str, ParamValue]:
         if (path, recursive) not in self._paths:
             self.prefetch_path(path, recursive)
         return self._paths[(path, recursive)]
+
+    @property
+    def missing(self) -> list[str]:
+        return sorted(self._missing)
 
 
 def _read_template(service: ServiceSettings) -> CompiledTemplate:
@@ -217,7 +264,9 @@ def _resolve(
     resolver = _FetchedResolver(client, found, missing)
     for path, recursive in needs.paths:
         resolver.prefetch_path(path, recursive)
-    return template.render(resolver, redact=REDACTOR.redact), resolver, template
+    carrier = credentials.CREDENTIALS_CARRIER if service.format == "credentials" else TEXT_CARRIER
+    assignments = template.render(resolver, redact=REDACTOR.redact, remember=REDACTOR.add, carrier=carrier)
+    return assignments, resolver, template
 
 
 def _encode(service: ServiceSettings, assignments: Sequence[Assignment]) -> bytes:
@@ -230,14 +279,21 @@ def cmd_render(settings: AgentSettings, service: ServiceSettings, out: TextIO) -
     started = time.monotonic()
     ownership = resolve_ownership(service.owner, service.group)
     assignments, resolver, _ = _resolve(settings, service)
-    data = _encode(service, assignments)
-    write_secret_file(
-        service.output_path, data, ownership=ownership, allow_persistent=service.allow_persistent
-    )
+    if service.format == "credentials":
+        files = credentials.encode_credentials(assignments)
+        write_secret_folder(service.credentials_dir, files, allow_persistent=service.allow_persistent)
+        path = service.credentials_dir
+    else:
+        data = _encode(service, assignments)
+        write_secret_file(
+            service.output_path, data, ownership=ownership, allow_persistent=service.allow_persistent
+        )
+        path = service.output_path
+    _record_render(service, resolver, ownership)
     log.info(
         "rendered",
         service=service.name,
-        path=str(service.output_path),
+        path=str(path),
         variables=len(assignments),
         parameters=len(resolver.parameters),
         seconds=round(time.monotonic() - started, 3),
@@ -245,13 +301,46 @@ def cmd_render(settings: AgentSettings, service: ServiceSettings, out: TextIO) -
     return 0
 
 
+def _record_render(service: ServiceSettings, resolver: _FetchedResolver, ownership: Ownership) -> None:
+    record = make_record(service.name, resolver.by_selector, resolver.missing, resolver.listings)
+    try:
+        write_record(service, record, ownership)
+    except AgentError as exc:
+        # The file is complete and the app can start; only refresh loses its point of comparison.
+        log.warning("state_not_recorded", service=service.name, error=exc.message)
+
+
+def cmd_refresh(
+    settings: AgentSettings, service: ServiceSettings, out: TextIO, systemd: Optional[Systemd] = None
+) -> int:
+    def versions() -> SsmVersions:
+        return SsmVersions(_ssm_client(settings, Deadline(service.deadline_seconds)))
+
+    def rerender() -> None:
+        cmd_render(settings, service, out)
+
+    return refresh(service, systemd=systemd or Systemctl(), versions=versions, rerender=rerender)
+
+
 def cmd_check(settings: AgentSettings, service: ServiceSettings, out: TextIO) -> int:
     assignments, resolver, _ = _resolve(settings, service)
-    _encode(service, assignments)  # the format must be able to carry every value
+    # The format must be able to carry every value.
+    if service.format == "credentials":
+        credentials.encode_credentials(assignments)
+    else:
+        _encode(service, assignments)
     width = max((len(name) for name in resolver.parameters), default=0)
     for selector, p in sorted(resolver.parameters.items()):
         label = selector if selector == p.name else f"{selector} -> {p.name}"
         out.write(f"{label:<{width}}  version {p.version:<4} {p.type}\n")
+    if service.format == "credentials":
+        out.write(
+            f"{service.name}: {len(resolver.parameters)} parameters resolved, {len(assignments)} "
+            f"credentials would be written to {service.credentials_dir}; the app reads them as "
+            + ", ".join(f"$CREDENTIALS_DIRECTORY/{credentials.credential_id(a.key)}" for a in assignments)
+            + "\n"
+        )
+        return 0
     out.write(
         f"{service.name}: {len(resolver.parameters)} parameters resolved, {len(assignments)} variables "
         f"would be written to {service.output_path}\n"
@@ -260,7 +349,10 @@ def cmd_check(settings: AgentSettings, service: ServiceSettings, out: TextIO) ->
 
 
 def cmd_clean(settings: AgentSettings, service: ServiceSettings, out: TextIO) -> int:
-    removed = remove_secret_file(service.output_path)
+    # The credentials folder first: the file's removal takes the service's folder once it is empty.
+    removed = remove_secret_folder(service.credentials_dir)
+    removed = remove_secret_file(service.state_path) or removed  # names and versions, never a value
+    removed = remove_secret_file(service.output_path) or removed
     log.info(
         "cleaned" if removed else "nothing to clean", service=service.name, path=str(service.output_path)
     )
@@ -319,13 +411,29 @@ def cmd_doctor(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO
     return report_checks(run_checks(args.name, inputs), out.write)
 
 
+def _enable_refresh(args: argparse.Namespace, out: TextIO) -> None:
+    timer = enable_refresh(args.name, args.refresh, Path(args.root))
+    out.write(
+        f"{timer.timer}: checks every {timer.interval_seconds} s"
+        + (f" ({timer.dropin_path})" if timer.interval_seconds != DEFAULT_REFRESH_INTERVAL_SECONDS else "")
+        + (", enabled and started\n" if timer.started else ", enabled; it starts at next boot\n")
+    )
+
+
 def cmd_enable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -> int:
-    result = enable_service(args.name, args.unit, Path(args.root))
+    result = enable_service(args.name, args.unit, Path(args.root), credentials=args.credentials)
+    gets = (
+        f"loads /run/secrets-agent/{args.name}/credentials with LoadCredential= (each variable KEY in "
+        f"$CREDENTIALS_DIRECTORY/{credentials.credential_id('KEY')})"
+        if args.credentials
+        else f"reads /run/secrets-agent/{args.name}/env"
+    )
     out.write(
         f"{'wrote' if result.dropin_written else 'unchanged'} {result.dropin_path}: "
-        f"{result.unit} now starts after secrets-agent@{args.name}.service and reads "
-        f"/run/secrets-agent/{args.name}/env\n"
+        f"{result.unit} now starts after secrets-agent@{args.name}.service and {gets}\n"
     )
+    if result.settings_created:
+        out.write(f'created {result.settings_path} with format = "credentials"\n')
     if result.template_created:
         out.write(f"created {result.template_path}: list the parameters {result.unit} needs there\n")
     else:
@@ -335,10 +443,19 @@ def cmd_enable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -
         if result.reloaded
         else "systemd not reloaded (not running, or --root given): it reads the drop-in at next boot\n"
     )
+    if args.refresh is not None:
+        _enable_refresh(args, out)
     return 0
 
 
 def cmd_disable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -> int:
+    timer_off = disable_refresh(args.name, Path(args.root))
+    if timer_off:
+        out.write(f"turned off secrets-agent-refresh@{args.name}.timer\n")
+    if args.refresh:
+        if not timer_off:
+            out.write(f"secrets-agent-refresh@{args.name}.timer was not on: nothing to do\n")
+        return 0
 
     removed = disable_service(args.name, args.unit, Path(args.root))
     unit = args.unit or f"{args.name}.service"
@@ -358,6 +475,7 @@ def main(
     env: Optional[Mapping[str, str]] = None,
     stdout: Optional[TextIO] = None,
     stderr: Optional[TextIO] = None,
+    systemd: Optional[Systemd] = None,
 ) -> int:
     """Run one command; returns the exit code (the only place that decides one)."""
     os.umask(0o077)  # nothing this process creates is readable by anyone else
@@ -383,6 +501,8 @@ def main(
         service = load_service_settings(settings, args.name)
         if args.command == "policy":
             return cmd_policy(args, settings, service, out, err)
+        if args.command == "refresh":
+            return cmd_refresh(settings, service, out, systemd)
         commands = {"render": cmd_render, "check": cmd_check, "clean": cmd_clean}
         return commands[args.command](settings, service, out)
     except ParameterNotFound as exc:

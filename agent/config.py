@@ -29,7 +29,12 @@ DEFAULT_DEADLINE_SECONDS = 60.0
 # for a fleet needing 24,000 calls at the default 40 calls/s (2,400 instances of 100 parameters).
 # The unit's TimeoutStartSec= is a little longer, for the same reason as above.
 DEFAULT_THROTTLE_DEADLINE_SECONDS = 600.0
-OUTPUT_FORMATS = ("env", "dotenv", "json")
+OUTPUT_FORMATS = ("env", "dotenv", "json", "credentials")
+# format = "credentials": one file per variable in this folder below the service's runtime folder.
+CREDENTIALS_FOLDER_NAME = "credentials"
+# What `secrets-agent refresh` does when a parameter changed (see agent/refresh.py).
+ON_CHANGE_ACTIONS = ("restart", "reload", "render", "none")
+DEFAULT_ON_CHANGE = "restart"
 
 # Instance names end up in paths and unit names: keep them boring.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
@@ -43,6 +48,7 @@ _SERVICE_KEYS = {
     "allow_persistent",
     "deadline_seconds",
     "throttle_deadline_seconds",
+    "on_change",
 }
 
 
@@ -82,6 +88,18 @@ class ServiceSettings:
     allow_persistent: bool
     deadline_seconds: float
     throttle_deadline_seconds: float
+    # refresh: restart (default), reload, render or none when a parameter changed.
+    on_change: str = DEFAULT_ON_CHANGE
+
+    @property
+    def state_path(self) -> Path:
+        """What the last render used (names, versions; never a value), next to the rendered file."""
+        return self.output_dir / "state.json"
+
+    @property
+    def credentials_dir(self) -> Path:
+        """Where format = "credentials" writes its files: RUNTIME_DIR/NAME/credentials."""
+        return self.output_dir / CREDENTIALS_FOLDER_NAME
 
 
 def validate_name(name: str) -> str:
@@ -207,6 +225,13 @@ def load_agent_settings(
     )
 
 
+def configured_format(path: Path) -> Optional[str]:
+    """The `format` a service's settings file sets, or None when the file or the setting is absent."""
+    table = _read_toml(path, required=False)
+    fmt = _typed(path, table, "format", str, "a string")
+    return None if fmt is None else str(fmt)
+
+
 def load_service_settings(agent: AgentSettings, name: str) -> ServiceSettings:
     """Build one service's settings from <name>.toml; the template must exist."""
     validate_name(name)
@@ -219,7 +244,17 @@ def load_service_settings(agent: AgentSettings, name: str) -> ServiceSettings:
         raise ConfigError(f"{path}: format must be one of {', '.join(OUTPUT_FORMATS)}, not {fmt!r}")
     owner = _typed(path, table, "owner", str, "a user name")
     group = _typed(path, table, "group", str, "a group name")
+    if fmt == "credentials" and (owner is not None or group is not None):
+        raise ConfigError(
+            f'{path}: owner and group do not apply to format = "credentials": systemd copies the '
+            "credentials for the app's own user at its start; remove them"
+        )
     allow_persistent = bool(_typed(path, table, "allow_persistent", bool, "true or false"))
+    on_change = _typed(path, table, "on_change", str, "a string") or DEFAULT_ON_CHANGE
+    if on_change not in ON_CHANGE_ACTIONS:
+        raise ConfigError(
+            f"{path}: on_change must be one of {', '.join(ON_CHANGE_ACTIONS)}, not {on_change!r}"
+        )
 
     output_dir = agent.runtime_dir / name
     return ServiceSettings(
@@ -235,4 +270,5 @@ def load_service_settings(agent: AgentSettings, name: str) -> ServiceSettings:
         throttle_deadline_seconds=(
             _deadline(path, table, "throttle_deadline_seconds") or agent.throttle_deadline_seconds
         ),
+        on_change=on_change,
     )

@@ -181,19 +181,26 @@ class ImdsClient:
         """Run `attempt` again while it raises NotImdsAnswer, until the deadline; then name the reason."""
         backoff = dataclasses.replace(self._backoff, attempt=0)
         attempts = 0
+        reason: Optional[str] = None
         while True:
             attempts += 1
             try:
                 return attempt()
             except NotImdsAnswer as bad:
                 reason = bad.reason
+            except ServiceUnavailable:
+                if reason is None:
+                    raise
+                # The deadline ran out in the middle of a retry: what went wrong is the answer before.
+                break
             logger.warning("imds_invalid_answer", request=request, attempt=attempts, reason=reason)
             if not backoff.wait(self._deadline) or self._deadline.remaining < MIN_ATTEMPT_TIMEOUT_SECONDS:
-                tries = f"{attempts} {'attempt' if attempts == 1 else 'attempts'}"
-                raise ServiceUnavailable(
-                    f"IMDS at {self.endpoint} gave no valid answer to {request} within "
-                    f"{self._deadline.seconds:g} s ({tries}): {reason}; {_NOT_IMDS_FIX}"
-                )
+                break
+        tries = f"{attempts} {'attempt' if attempts == 1 else 'attempts'}"
+        raise ServiceUnavailable(
+            f"IMDS at {self.endpoint} gave no valid answer to {request} within "
+            f"{self._deadline.seconds:g} s ({tries}): {reason}; {_NOT_IMDS_FIX}"
+        )
 
     # -- protocol --------------------------------------------------------------------------
 
@@ -206,9 +213,12 @@ class ImdsClient:
             status = response.status_code
             if status == 401:
                 if renewed:
-                    raise CredentialsError(
-                        f"IMDS at {self.endpoint} refused a fresh session token (401 on GET {path}): "
-                        "check that nothing between the agent and IMDS rewrites requests"
+                    # Twice in a row: IMDS restarting, or something between rewriting requests. Not an
+                    # answer to believe; retried to the deadline like any other.
+                    self._token = None
+                    raise NotImdsAnswer(
+                        f"IMDS refused a fresh session token (401 on GET {path}): check that nothing "
+                        "between the agent and IMDS rewrites requests"
                     )
                 # The token expired or IMDS restarted: one new token, then one more try.
                 logger.info("imds.token_rejected", path=path)

@@ -11,21 +11,27 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import functools
 import grp
 import os
 import pwd
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from agent.errors import OutputError
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 TMP_PREFIX = ".env.tmp-"
+FOLDER_TMP_PREFIX = ".credentials.tmp-"
+RETIRED_PREFIX = ".credentials.old-"
+# renameat2() flags from linux/fs.h.
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
 # f_type values from linux/magic.h: memory-backed filesystems that vanish with the machine.
 TMPFS_MAGIC = 0x01021994
 RAMFS_MAGIC = 0x858458F6
@@ -61,12 +67,18 @@ def resolve_ownership(owner: Optional[str], group: Optional[str]) -> Ownership:
     return Ownership(uid=uid, gid=gid)
 
 
+@functools.lru_cache(maxsize=1)
+def _libc() -> Optional[Any]:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    except OSError:  # pragma: no cover - every Linux has a libc
+        return None
+
+
 def filesystem_type(fd: int) -> Optional[int]:
     """The statfs f_type of the filesystem holding `fd`, or None if it cannot be read."""
-    libc_name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
-    except OSError:  # pragma: no cover - every Linux has a libc
+    libc = _libc()
+    if libc is None:  # pragma: no cover
         return None
     # struct statfs starts with f_type (__fsword_t, a C long on Linux); 256 bytes covers it all.
     buf = ctypes.create_string_buffer(256)
@@ -151,6 +163,27 @@ def _service_dir(output_dir: Path, *, create: bool, ownership: Ownership) -> Ite
         os.close(base_fd)
 
 
+def _refuse_persistent(dir_fd: int, output_dir: Path, allow_persistent: bool) -> None:
+    if not allow_persistent and not is_memory_backed(dir_fd):
+        raise OutputError(
+            f"{output_dir} is not on tmpfs or ramfs: secrets would reach persistent disk. "
+            "Use a tmpfs runtime folder (--runtime-dir, SECRETS_AGENT_RUNTIME_DIR), or set "
+            "allow_persistent = true in this service's .toml if you accept that"
+        )
+
+
+def _existing_of_kind(dir_fd: int, path: Path, *, folder: bool) -> Optional[os.stat_result]:
+    """What is at `path` now (None if nothing); anything but a regular file (or folder) is refused."""
+    existing = lstat_at(dir_fd, path.name)
+    is_kind = stat.S_ISDIR if folder else stat.S_ISREG
+    if existing is not None and not is_kind(existing.st_mode):
+        raise OutputError(
+            f"{path} exists and is not {'a folder' if folder else 'a regular file'} (a symlink?): "
+            "refusing to replace it; remove it and run the agent again"
+        )
+    return existing
+
+
 def write_secret_file(
     output_path: Path,
     data: bytes,
@@ -162,18 +195,8 @@ def write_secret_file(
     output_dir = output_path.parent
     try:
         with _service_dir(output_dir, create=True, ownership=ownership) as dir_fd:
-            if not allow_persistent and not is_memory_backed(dir_fd):
-                raise OutputError(
-                    f"{output_dir} is not on tmpfs or ramfs: secrets would reach persistent disk. "
-                    "Use a tmpfs runtime folder (--runtime-dir, SECRETS_AGENT_RUNTIME_DIR), or set "
-                    "allow_persistent = true in this service's .toml if you accept that"
-                )
-            existing = lstat_at(dir_fd, output_path.name)
-            if existing is not None and not stat.S_ISREG(existing.st_mode):
-                raise OutputError(
-                    f"{output_path} exists and is not a regular file (a symlink?): refusing to "
-                    "replace it; remove it and run the agent again"
-                )
+            _refuse_persistent(dir_fd, output_dir, allow_persistent)
+            _existing_of_kind(dir_fd, output_path, folder=False)
             _replace_atomically(dir_fd, output_path, data, ownership)
     except OutputError:
         raise
@@ -194,11 +217,7 @@ def _replace_atomically(dir_fd: int, output_path: Path, data: bytes, ownership: 
                     -1 if ownership.uid is None else ownership.uid,
                     -1 if ownership.gid is None else ownership.gid,
                 )
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
+            write_all(fd, data)
         finally:
             os.close(fd)
         os.rename(tmp_name, output_path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -209,15 +228,157 @@ def _replace_atomically(dir_fd: int, output_path: Path, data: bytes, ownership: 
     os.fsync(dir_fd)
 
 
-def remove_secret_file(output_path: Path) -> bool:
-    """Remove the rendered file, any leftover temporary file and the empty folder; True if any existed."""
-    output_dir = output_path.parent
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of `data` to `fd` and flush it to the filesystem."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.fsync(fd)
+
+
+# --- a whole folder of secret files (format = "credentials") ----------------------------------
+
+
+def write_secret_folder(folder: Path, files: Mapping[str, bytes], *, allow_persistent: bool = False) -> None:
+    """Replace `folder` with a folder holding exactly `files` (name -> bytes), as one atomic step.
+
+    The new set is written into a fresh 0700 folder next to it, files 0600 and fsynced, then
+    swapped in with renameat2(RENAME_EXCHANGE), so a reader of the path finds the old set or the
+    new set, always a real folder, never a mix. On any failure the new folder is removed and the
+    old set stays as it was; on success the old set is removed by the next write.
+    """
+    output_dir = folder.parent
     try:
-        base_fd = os.open(str(output_dir.parent), _DIR_FLAGS)
+        with _service_dir(output_dir, create=True, ownership=Ownership()) as dir_fd:
+            _refuse_persistent(dir_fd, output_dir, allow_persistent)
+            existing = _existing_of_kind(dir_fd, folder, folder=True)
+            _remove_leftovers(dir_fd)
+            tmp_name = FOLDER_TMP_PREFIX + secrets.token_hex(8)
+            try:
+                _fill_new_folder(dir_fd, tmp_name, files)
+                if existing is None:
+                    _renameat2(dir_fd, tmp_name, folder.name, RENAME_NOREPLACE)
+                else:
+                    _renameat2(dir_fd, tmp_name, folder.name, RENAME_EXCHANGE)
+                    # The old set, now under the temporary name, is retired rather than deleted: a
+                    # unit starting at this instant may be loading it through a descriptor opened
+                    # before the swap, and systemd silently skips files that vanish meanwhile, which
+                    # would give it half a set. The next write, `clean` or the unit's stop removes it.
+                    os.rename(
+                        tmp_name,
+                        RETIRED_PREFIX + secrets.token_hex(8),
+                        src_dir_fd=dir_fd,
+                        dst_dir_fd=dir_fd,
+                    )
+            except BaseException:
+                _remove_tree(dir_fd, tmp_name)
+                raise
+            os.fsync(dir_fd)
+    except OutputError:
+        raise
+    except OSError as exc:
+        raise OutputError(f"cannot write {folder}: {exc.strerror}") from None
+
+
+def _open_if_present(folder: Path) -> Optional[int]:
+    """A descriptor for `folder` (not through a link at its last component), or None if it is missing."""
+    try:
+        return os.open(str(folder), _DIR_FLAGS)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise OutputError(f"cannot open {folder}: {exc.strerror}") from None
+
+
+def remove_secret_folder(folder: Path) -> bool:
+    """Remove `folder` and any half-written one next to it, never following a link; True if any existed."""
+    dir_fd = _open_if_present(folder.parent)
+    if dir_fd is None:
+        return False
+    try:
+        removed = _remove_leftovers(dir_fd)
+        return _remove_tree(dir_fd, folder.name) or removed
+    except OSError as exc:
+        raise OutputError(f"cannot remove {folder}: {exc.strerror}") from None
+    finally:
+        os.close(dir_fd)
+
+
+def _fill_new_folder(dir_fd: int, name: str, files: Mapping[str, bytes]) -> None:
+    os.mkdir(name, DIR_MODE, dir_fd=dir_fd)
+    folder_fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    try:
+        os.fchmod(folder_fd, DIR_MODE)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        for file_name, data in files.items():
+            fd = os.open(file_name, flags, FILE_MODE, dir_fd=folder_fd)
+            try:
+                os.fchmod(fd, FILE_MODE)
+                write_all(fd, data)
+            finally:
+                os.close(fd)
+        os.fsync(folder_fd)
+    finally:
+        os.close(folder_fd)
+
+
+def _renameat2(dir_fd: int, source: str, target: str, flags: int) -> None:
+    """renameat2() within one folder; without it (old libc, a filesystem that refuses the flag) the
+    exchange falls back to two renames, where a reader may briefly find no folder, never a mix."""
+    libc = _libc()
+    function = getattr(libc, "renameat2", None) if libc is not None else None
+    if function is not None:
+        if function(dir_fd, source.encode(), dir_fd, target.encode(), ctypes.c_uint(flags)) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.ENOSYS, errno.EINVAL):
+            raise OSError(code, os.strerror(code))
+    if flags == RENAME_EXCHANGE:
+        retired = FOLDER_TMP_PREFIX + secrets.token_hex(8)
+        os.rename(target, retired, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.rename(source, target, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.rename(retired, source, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    else:
+        os.rename(source, target, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def _remove_tree(dir_fd: int, name: str) -> bool:
+    """Delete `name` below `dir_fd` and everything in it, without following a link; True if it existed."""
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
         return False
     except OSError as exc:
-        raise OutputError(f"cannot open {output_dir.parent}: {exc.strerror}") from None
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        os.unlink(name, dir_fd=dir_fd)  # a link or a file where a folder should be
+        return True
+    try:
+        for entry in os.scandir(fd):
+            if entry.is_dir(follow_symlinks=False):
+                _remove_tree(fd, entry.name)
+            else:
+                os.unlink(entry.name, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
+    return True
+
+
+def _remove_leftovers(dir_fd: int) -> bool:
+    """Remove folders a killed run left half-written and sets retired by a swap; True if there was one."""
+    stale = [name for name in os.listdir(dir_fd) if name.startswith((FOLDER_TMP_PREFIX, RETIRED_PREFIX))]
+    for name in stale:
+        _remove_tree(dir_fd, name)
+    return bool(stale)
+
+
+def remove_secret_file(output_path: Path) -> bool:
+    """Remove the rendered file, any leftover temporary file and the empty folder; True if any existed."""
+    output_dir = output_path.parent
+    base_fd = _open_if_present(output_dir.parent)
+    if base_fd is None:
+        return False
     removed = False
     try:
         try:

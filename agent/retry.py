@@ -22,7 +22,7 @@ MAX_DELAY_SECONDS = 2.0
 # keeps the last few agents of a storm from sleeping while the quota goes unused. Chosen with a
 # simulation of 8 to 150 agents at 1-2 calls/s (fewer throttled answers per call against time lost
 # at the end of a storm), then measured with real processes by `make bench` (bench/RESULTS.md).
-THROTTLED_STEP_SECONDS = 0.5
+THROTTLED_STEP_SECONDS = 0.85
 THROTTLED_MAX_DELAY_SECONDS = 10.0
 
 
@@ -48,6 +48,11 @@ class Deadline:
     def note_answer(self) -> None:
         """The service answered (if only to say "slow down"): an outage now counts from here."""
         self.answered_at = self.clock()
+
+    @property
+    def budget_remaining(self) -> float:
+        """Seconds left of the throttled budget (the longest this deadline can last), never negative."""
+        return max(0.0, self.started + self.budget_seconds - self.clock())
 
     @property
     def remaining(self) -> float:
@@ -101,7 +106,17 @@ class Backoff:
         return self.rng.uniform(0.0, ceiling)
 
     def wait(self, deadline: Deadline, *, is_throttled: bool = False) -> bool:
-        """Sleep before the next attempt; False when the deadline leaves no time for one."""
+        """Sleep before the next attempt; False when the deadline leaves no time for one.
+
+        After a throttled answer the sleep is the agent's own choice, not an outage: it may run to
+        the throttled budget, and the outage clock starts again with the next attempt.
+        """
+        if is_throttled:
+            if deadline.budget_remaining <= 0.0:
+                return False
+            self.sleep(min(self.next_delay(is_throttled=True), deadline.budget_remaining))
+            deadline.note_answer()
+            return deadline.budget_remaining > 0.0
         if deadline.is_expired:
             return False
         delay = min(self.next_delay(is_throttled=is_throttled), deadline.remaining)

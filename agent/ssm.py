@@ -56,6 +56,7 @@ GET_PARAMETERS_BY_PATH_MAX_RESULTS = 10
 DESCRIBE_PARAMETERS_MAX_RESULTS = 50
 CONNECT_TIMEOUT_SECONDS = 3.0
 READ_TIMEOUT_SECONDS = 10.0
+MIN_TIMEOUT_SECONDS = 0.1
 # While throttled, one journal line (and one systemd status) at most this often: enough to show an
 # operator the agent is waiting, not hung.
 THROTTLED_REPORT_INTERVAL_SECONDS = 10.0
@@ -118,8 +119,10 @@ class SsmClient:
         config = Config(
             # Our loop retries until the deadline; botocore's would stop after a count.
             retries={"total_max_attempts": 1, "mode": "standard"},
-            connect_timeout=connect_timeout_seconds,
-            read_timeout=read_timeout_seconds,
+            # Never wait for one answer longer than the whole outage deadline: with deadline_seconds = 5
+            # an SSM that never answers ends the run after 5 s (at most twice that), not botocore's 10.
+            connect_timeout=max(MIN_TIMEOUT_SECONDS, min(connect_timeout_seconds, deadline.seconds)),
+            read_timeout=max(MIN_TIMEOUT_SECONDS, min(read_timeout_seconds, deadline.seconds)),
             user_agent_extra=f"secrets-agent/{__version__}",
         )
         try:
@@ -140,8 +143,13 @@ class SsmClient:
             elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
         )
 
-    def fetch(self, selectors: Iterable[str]) -> tuple[dict[str, Parameter], list[str]]:
-        """Resolve every selector with GetParameters, 10 per call; return found by selector, and missing."""
+    def fetch(
+        self, selectors: Iterable[str], *, decrypt: bool = True
+    ) -> tuple[dict[str, Parameter], list[str]]:
+        """Resolve every selector with GetParameters, 10 per call; return found by selector, and missing.
+
+        decrypt=False asks WithDecryption=false: versions without kms:Decrypt (a SecureString's
+        Value is then its ciphertext, which nothing uses)."""
         unique = list(dict.fromkeys(selectors))
         self.calls_planned += (
             len(unique) if self.fetches_one_by_one else -(-len(unique) // GET_PARAMETERS_MAX_NAMES)
@@ -154,11 +162,11 @@ class SsmClient:
         while start < len(unique):
             if self.fetches_one_by_one:
                 batch = unique[start : start + 1]
-                batch_found, batch_missing, batch_calls = self._fetch_one(batch[0])
+                batch_found, batch_missing, batch_calls = self._fetch_one(batch[0], decrypt)
             else:
                 batch = unique[start : start + GET_PARAMETERS_MAX_NAMES]
                 try:
-                    batch_found, batch_missing, batch_calls = self._fetch_batch(batch)
+                    batch_found, batch_missing, batch_calls = self._fetch_batch(batch, decrypt)
                 except _GetParametersDenied:
                     self._fall_back(remaining=len(unique) - start)
                     calls += 1
@@ -178,14 +186,14 @@ class SsmClient:
         )
         return found, missing
 
-    def fetch_path(self, path: str, *, recursive: bool) -> list[Parameter]:
+    def fetch_path(self, path: str, *, recursive: bool, decrypt: bool = True) -> list[Parameter]:
         """Every parameter under `path` (one level, or all with `recursive`), following every page."""
         started = time.perf_counter()
         parameters: list[Parameter] = []
         request: dict[str, Any] = {
             "Path": path,
             "Recursive": recursive,
-            "WithDecryption": True,
+            "WithDecryption": decrypt,
             "MaxResults": GET_PARAMETERS_BY_PATH_MAX_RESULTS,
         }
         seen_tokens: set[str] = set()
@@ -228,14 +236,14 @@ class SsmClient:
         )
         return parameters
 
-    def _fetch_batch(self, batch: list[str]) -> tuple[dict[str, Parameter], list[str], int]:
+    def _fetch_batch(self, batch: list[str], decrypt: bool) -> tuple[dict[str, Parameter], list[str], int]:
         """One GetParameters call for up to 10 selectors, plus follow-ups only when AWS's answer leaves
         a selector unresolved (a batch refused for one missing secret, or labels it cannot tell apart)."""
         try:
             found, missing, ambiguous = self._call(
                 "GetParameters",
                 batch,
-                {"Names": batch, "WithDecryption": True},
+                {"Names": batch, "WithDecryption": decrypt},
                 lambda response: check_get_parameters(batch, response),
             )
         except _RejectedCall as rejected:
@@ -243,10 +251,10 @@ class SsmClient:
                 raise _GetParametersDenied from None
             if rejected.code not in NOT_FOUND_ERROR_CODES:
                 raise rejected.mapped from None
-            return self._split_rejected_batch(batch, rejected)
+            return self._split_rejected_batch(batch, rejected, decrypt)
         calls = 1
         for selector in ambiguous:
-            one_found, one_missing, one_calls = self._fetch_batch([selector])
+            one_found, one_missing, one_calls = self._fetch_batch([selector], decrypt)
             found.update(one_found)
             missing.extend(one_missing)
             calls += one_calls
@@ -266,13 +274,13 @@ class SsmClient:
             "(`secrets-agent policy NAME` prints the policy) to fetch 10 names a call",
         )
 
-    def _fetch_one(self, selector: str) -> tuple[dict[str, Parameter], list[str], int]:
+    def _fetch_one(self, selector: str, decrypt: bool) -> tuple[dict[str, Parameter], list[str], int]:
         """One GetParameter call: (found, missing, 1); a denial names both actions."""
         try:
             parameter = self._call(
                 "GetParameter",
                 [selector],
-                {"Name": selector, "WithDecryption": True},
+                {"Name": selector, "WithDecryption": decrypt},
                 lambda response: check_get_parameter(selector, response),
             )
         except _RejectedCall as rejected:
@@ -311,7 +319,7 @@ class SsmClient:
             request["NextToken"] = token
 
     def _split_rejected_batch(
-        self, batch: list[str], rejected: _RejectedCall
+        self, batch: list[str], rejected: _RejectedCall, decrypt: bool
     ) -> tuple[dict[str, Parameter], list[str], int]:
         # GetParameters may fail a whole batch for one absent secret reference or version instead
         # of listing it in InvalidParameters; find that one, report it missing and ask for the rest.
@@ -334,7 +342,7 @@ class SsmClient:
         if rest:
             groups.insert(0, rest)
         for group in groups:
-            group_found, group_missing, group_calls = self._fetch_batch(group)
+            group_found, group_missing, group_calls = self._fetch_batch(group, decrypt)
             found.update(group_found)
             missing.extend(group_missing)
             calls += group_calls

@@ -8,10 +8,13 @@ break out of its line, wherever the template places it.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, Union
 
 import jinja2
 from jinja2 import nodes
@@ -44,6 +47,96 @@ class EnvKey(str):
     """A variable name made by `env_name`: the only expression output allowed in key position."""
 
 
+class ValueFilterError(Exception):
+    """A filter refused a value; the message names the parameter and field, never the value."""
+
+
+class BinaryValue(bytes):
+    """Bytes made by `b64decode`: they go into an output as they are, never through str()."""
+
+    source: str
+
+    def __new__(cls, data: bytes, source: str) -> BinaryValue:
+        obj = super().__new__(cls, data)
+        obj.source = source
+        return obj
+
+    def __repr__(self) -> str:
+        return f"<bytes of {self.source}>"
+
+    def __str__(self) -> str:
+        # Jinja's `~` and most filters call str(): b'...' would silently become the value.
+        raise ValueFilterError(
+            f"the bytes b64decode made from {self.source} cannot be joined into text: write "
+            "{{ ... | b64decode }} as its own expression"
+        )
+
+
+class JsonObject(dict):  # type: ignore[type-arg]
+    """A JSON object from `from_json`: a missing field is an error naming the parameter and the field."""
+
+    where: str
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return super().__getitem__(key)
+        except (KeyError, TypeError):
+            raise ValueFilterError(f"{self.where} has no field {json.dumps(str(key))}") from None
+
+    def __str__(self) -> str:
+        return json.dumps(self, ensure_ascii=False, separators=(",", ":"))
+
+
+class JsonArray(list):  # type: ignore[type-arg]
+    """A JSON array from `from_json`: an index past its end is an error naming the parameter."""
+
+    where: str
+
+    def __getitem__(self, index: Any) -> Any:
+        try:
+            return super().__getitem__(index)
+        except (IndexError, TypeError):
+            raise ValueFilterError(f"{self.where} has no item {index!r}") from None
+
+    def __str__(self) -> str:
+        return json.dumps(self, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Carrier:
+    """What an output format can carry: the reason a key or value cannot be written, or None."""
+
+    key_problem: Callable[[str], Optional[str]]
+    value_problem: Callable[[str, str, Optional[bytes]], Optional[str]]
+
+
+def _text_key_problem(key: str) -> Optional[str]:
+    if is_valid_key(key):
+        return None
+    return f"{key!r} is not a valid variable name (letters, digits, _; not starting with a digit)"
+
+
+def _text_value_problem(key: str, value: str, raw: Optional[bytes]) -> Optional[str]:
+    if raw is not None and not _is_utf8(raw):
+        return (
+            "is binary (b64decode made bytes that are not UTF-8 text), which no environment or text "
+            'file carries exactly: use format = "credentials"'
+        )
+    return value_problem(value, key)
+
+
+# env, dotenv and json: variables an environment (or a text file) can hold.
+TEXT_CARRIER = Carrier(key_problem=_text_key_problem, value_problem=_text_value_problem)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 class Resolver(Protocol):
     """Where rendering gets values: already fetched, or fetched on demand."""
 
@@ -64,12 +157,18 @@ class Requirements:
 
 @dataclass(frozen=True)
 class Assignment:
-    """One rendered variable."""
+    """One rendered variable; `raw` holds its exact bytes when b64decode made part of it."""
 
     key: str
     value: str
     line: int
     sources: tuple[str, ...] = ()
+    raw: Optional[bytes] = field(default=None, repr=False)
+
+    @property
+    def data(self) -> bytes:
+        """The value's exact bytes: `raw`, or the text as UTF-8."""
+        return self.raw if self.raw is not None else self.value.encode("utf-8")
 
 
 def env_name(name: str) -> EnvKey:
@@ -99,10 +198,42 @@ def _const_bool(call: nodes.Call) -> Optional[bool]:
     return False
 
 
+def _where(value: Any) -> str:
+    return value.source if isinstance(value, (ParamValue, BinaryValue)) else "an expression"
+
+
+def _from_json_tree(node: Any, where: str) -> Any:
+    """JSON objects and arrays that name `where` when a field is missing; scalars as ParamValue text."""
+    if isinstance(node, dict):
+        obj = JsonObject(
+            (key, _from_json_tree(item, f"{where}[{json.dumps(key)}]")) for key, item in node.items()
+        )
+        obj.where = where
+        return obj
+    if isinstance(node, list):
+        array = JsonArray(_from_json_tree(item, f"{where}[{index}]") for index, item in enumerate(node))
+        array.where = where
+        return array
+    # A number, true, false or null gives its JSON text, exactly as the secret spells it.
+    return ParamValue(node if isinstance(node, str) else json.dumps(node), where)
+
+
+def _json_leaves(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for item in node.values():
+            yield from _json_leaves(item)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _json_leaves(item)
+    else:
+        yield str(node)
+
+
 @dataclass
 class _RenderState:
     resolver: Resolver
-    slots: list[str] = field(default_factory=list)
+    remember: Callable[[str], None] = lambda _value: None
+    slots: list[Union[str, bytes]] = field(default_factory=list)
     slot_sources: list[tuple[str, ...]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     used: dict[str, ParamValue] = field(default_factory=dict)
@@ -116,6 +247,7 @@ class CompiledTemplate:
             raise TemplateError(f"{filename} contains a NUL byte: it is not a text template")
         self.filename = filename
         self._state: Optional[_RenderState] = None
+        self._carrier = TEXT_CARRIER
         self._env = ImmutableSandboxedEnvironment(
             undefined=jinja2.StrictUndefined,
             autoescape=False,
@@ -124,7 +256,7 @@ class CompiledTemplate:
             lstrip_blocks=True,
             finalize=self._finalize,
         )
-        self._env.filters["env_name"] = env_name
+        self._env.filters.update(env_name=env_name, from_json=self._from_json, b64decode=self._b64decode)
         self._env.globals.update(param=self._param, params=self._params)
         try:
             ast = self._env.parse(source, filename=filename)
@@ -181,23 +313,75 @@ class CompiledTemplate:
         state.used.update(found)
         return dict(sorted(found.items()))
 
+    def _from_json(self, value: Any) -> Any:
+        where = _where(value)
+        if isinstance(value, BinaryValue):
+            raise ValueFilterError(f"from_json takes text, not the bytes b64decode made from {where}")
+        try:
+            parsed = json.loads(str(value))
+        except ValueError:
+            # json's message would quote the text around the error: never show it.
+            raise ValueFilterError(f"the value of {where} is not JSON (from_json)") from None
+        remember = self._current().remember
+        for leaf in _json_leaves(parsed):  # each field is as secret as the whole value
+            remember(leaf)
+        return _from_json_tree(parsed, where)
+
+    def _b64decode(self, value: Any) -> BinaryValue:
+        where = _where(value)
+        if isinstance(value, bytes):
+            raise ValueFilterError(f"b64decode takes text, not bytes (from {where})")
+        # Line breaks and spaces are how base64 is usually wrapped; anything else must be base64.
+        compact = re.sub(r"[ \t\r\n]+", "", str(value))
+        try:
+            data = base64.b64decode(compact.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError):
+            raise ValueFilterError(
+                f"the value of {where} is not base64 (b64decode takes A-Z a-z 0-9 + / and = padding)"
+            ) from None
+        self._current().remember(data.decode("utf-8", "replace"))
+        return BinaryValue(data, where)
+
     def _finalize(self, value: Any) -> str:
         if isinstance(value, EnvKey):
             return str(value)
         state = self._current()
-        sources = (value.source,) if isinstance(value, ParamValue) else ()
-        state.slots.append("" if value is None else str(value))
+        sources = (value.source,) if isinstance(value, (ParamValue, BinaryValue)) else ()
+        slot: Union[str, bytes]
+        if isinstance(value, (bytes, bytearray)):
+            slot = bytes(value)
+        else:
+            slot = "" if value is None else str(value)
+            # Whatever an expression printed may be derived from a secret (a field, a filter's
+            # result): the logs treat it like the secret itself.
+            state.remember(slot)
+        state.slots.append(slot)
         state.slot_sources.append(sources)
         return f"\x00{len(state.slots) - 1}\x00"
 
     # -- rendering ----------------------------------------------------------------------
 
-    def render(self, resolver: Resolver, *, redact: Callable[[str], str] = lambda s: s) -> list[Assignment]:
-        """Render into ordered assignments; every missing parameter is reported at once."""
-        self._state = state = _RenderState(resolver=resolver)
+    def render(
+        self,
+        resolver: Resolver,
+        *,
+        redact: Callable[[str], str] = lambda s: s,
+        remember: Callable[[str], None] = lambda _value: None,
+        carrier: Carrier = TEXT_CARRIER,
+    ) -> list[Assignment]:
+        """Render into ordered assignments; every missing parameter is reported at once.
+
+        `remember` is handed every value an expression produced and every JSON field read, so
+        that the logs can redact them; `carrier` says which keys and values the output takes.
+        """
+        self._state = state = _RenderState(resolver=resolver, remember=remember)
+        self._carrier = carrier
         try:
             text = self._template.render()
         except jinja2.TemplateError as exc:  # undefined names, sandbox refusals
+            raise TemplateError(f"{self.filename}{_template_line(exc)}: {redact(str(exc))}") from None
+        except ValueFilterError as exc:
+            # A field name may itself come from a secret: the message is redacted too.
             raise TemplateError(f"{self.filename}{_template_line(exc)}: {redact(str(exc))}") from None
         except TemplateError:
             raise
@@ -228,11 +412,9 @@ class CompiledTemplate:
                     if sep
                     else f"{where}: expected KEY=value, got a line without '='"
                 )
-            if not is_valid_key(key):
-                raise TemplateError(
-                    f"{where}: {key!r} is not a valid variable name (letters, digits, _; not starting "
-                    "with a digit)"
-                )
+            key_problem = self._carrier.key_problem(key)
+            if key_problem:
+                raise TemplateError(f"{where}: {key_problem}")
             if key in seen:
                 raise TemplateError(f"{where}: {key} is already set on rendered line {seen[key]}")
             seen[key] = number
@@ -243,18 +425,30 @@ class CompiledTemplate:
                     "value itself"
                 )
             sources: list[str] = []
-
-            def fill(match: re.Match[str], sources: list[str] = sources) -> str:
-                index = int(match.group(1))
-                sources.extend(state.slot_sources[index])
-                return state.slots[index]
-
-            value = _SLOT_RE.sub(fill, rest)
-            problem = value_problem(value, key)
+            value, binary = _fill_slots(rest, state, sources)
+            problem = self._carrier.value_problem(key, value, binary)
             if problem:
                 origin = f" (from {', '.join(sources)})" if sources else ""
                 raise ValueNotRepresentable(f"{where}: the value of {key}{origin} {problem}")
-            yield Assignment(key=key, value=value, line=number, sources=tuple(sources))
+            yield Assignment(key=key, value=value, line=number, sources=tuple(sources), raw=binary)
+
+
+def _fill_slots(text: str, state: _RenderState, sources: list[str]) -> tuple[str, Optional[bytes]]:
+    """The value of one line: its text with every slot filled, and its exact bytes if a slot is binary."""
+    pieces: list[Union[str, bytes]] = []
+    position = 0
+    for match in _SLOT_RE.finditer(text):
+        pieces.append(text[position : match.start()])
+        index = int(match.group(1))
+        sources.extend(state.slot_sources[index])
+        pieces.append(state.slots[index])
+        position = match.end()
+    pieces.append(text[position:])
+    if not any(isinstance(piece, bytes) for piece in pieces):
+        return "".join(str(piece) for piece in pieces), None
+    raw = b"".join(piece if isinstance(piece, bytes) else piece.encode("utf-8") for piece in pieces)
+    # Bytes that are UTF-8 text are text to every format; others only to credentials.
+    return raw.decode("utf-8", "surrogateescape"), raw
 
 
 def _template_line(exc: BaseException) -> str:

@@ -24,6 +24,8 @@ class Measurement:
     max_rss_kib: int
     exit_code: int
     stderr: str
+    # user + system CPU time of the process and the children it waited for
+    cpu_seconds: float = 0.0
 
 
 class Spawner:
@@ -62,6 +64,7 @@ class Spawner:
             max_rss_kib=int(answer["max_rss_kib"]),
             exit_code=int(answer["exit_code"]),
             stderr=stderr,
+            cpu_seconds=float(answer.get("cpu_seconds", 0.0)),
         )
 
     def close(self) -> None:

@@ -54,7 +54,7 @@ def _cpu_model() -> str:
 
 def render(results: Results) -> str:
     """The whole report."""
-    from bench import run
+    from bench import rotation, run
 
     lines: list[str] = []
     add = lines.append
@@ -94,6 +94,7 @@ def render(results: Results) -> str:
     add(checks.render_section(results.check_costs, results.check_note))
     _memory(results, add)
     _levers(results, add)
+    rotation.report(results.rotation, add)
     _reading(results, add)
     if results.violations:
         add("## Failed checks")

@@ -24,7 +24,7 @@ from typing import Any, Optional
 from urllib.parse import urlsplit
 
 from agent.envfile import parse_env
-from bench import checks, fleet, levers, report
+from bench import checks, fleet, levers, report, rotation
 from bench.fallback import FallbackResults, GetParametersDenial, fallback_calls_per_agent, measure_fallback
 from bench.measure import Series, Spawner
 from bench.stack import (
@@ -72,6 +72,7 @@ class Options:
     skip_storm: bool
     skip_fleet_curve: bool
     output: Path
+    skip_rotation: bool = False
 
 
 @dataclass
@@ -93,6 +94,7 @@ class Results:
     fleet_curve: list[fleet.CurvePoint] = field(default_factory=list)
     check_costs: list[checks.BeforeAfter] = field(default_factory=list)
     check_note: str = "not run"
+    rotation: Optional[rotation.RotationResults] = None
     violations: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     # 1-minute load average at the start and at the end: other work on the machine skews timings.
@@ -126,6 +128,7 @@ def _parse_options(argv: Optional[list[str]]) -> Options:
         "--skip-fleet-curve", action="store_true", help="leave the fleet-size curve (10 to 150 agents) out"
     )
     parser.add_argument("--output", type=Path, default=BENCH_DIR / "RESULTS.md")
+    parser.add_argument("--skip-rotation", action="store_true", help="leave the rotation checks out")
     args = parser.parse_args(argv)
     return Options(
         rounds=args.rounds,
@@ -138,6 +141,7 @@ def _parse_options(argv: Optional[list[str]]) -> Options:
         skip_storm=args.skip_storm,
         skip_fleet_curve=args.skip_fleet_curve,
         output=args.output,
+        skip_rotation=args.skip_rotation,
     )
 
 
@@ -502,6 +506,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("fleet-size curve", flush=True)
         results.fleet_curve = fleet.run_curve()
         results.violations.extend(fleet.violations(results.fleet_curve))
+    if not options.skip_rotation:
+        results.rotation = rotation.measure(skip_fleets=options.skip_storm)
+        results.violations.extend(results.rotation.violations)
     results.seconds = time.perf_counter() - started
     results.load_after = os.getloadavg()[0]
     text = report.render(results)

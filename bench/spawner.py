@@ -5,7 +5,7 @@ benchmark (which holds moto, ~200 MiB) would report the benchmark's size, not it
 this small interpreter (started with -S), a child starts from a few MiB.
 
 Protocol: one JSON request per stdin line, {"argv", "env", "stdout", "stderr"} (paths), one JSON
-answer per stdout line, {"seconds", "max_rss_kib", "exit_code"}.
+answer per stdout line, {"seconds", "max_rss_kib", "cpu_seconds", "exit_code"}.
 """
 
 import json
@@ -30,6 +30,7 @@ def _run(request: dict) -> dict:  # type: ignore[type-arg]
     return {
         "seconds": time.perf_counter() - started,
         "max_rss_kib": usage.ru_maxrss,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
         "exit_code": os.waitstatus_to_exitcode(status),
     }
 

@@ -3,6 +3,7 @@ answer chosen requests itself (throttling, denials, slow answers) and forwards t
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import threading
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 from urllib.parse import urlsplit
 
 from moto.server import ThreadedMotoServer
@@ -79,6 +80,43 @@ def aws_json_error(code: str, message: str, status: int = 400) -> CannedResponse
     )
 
 
+def forward_request(
+    upstream: str, method: str, path: str, headers: dict[str, str], body: bytes
+) -> CannedResponse:
+    """Send one request to `upstream` as it came and return its whole answer, minus hop-by-hop headers."""
+    parts = urlsplit(upstream)
+    connection = http.client.HTTPConnection(parts.hostname or LOOPBACK, parts.port, timeout=10)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        payload = response.read()
+        kept = tuple(
+            (name, value)
+            for name, value in response.getheaders()
+            if name.lower() not in {"content-length", "transfer-encoding", "connection", "server", "date"}
+        )
+        return CannedResponse(status=response.status, body=payload, headers=kept)
+    finally:
+        connection.close()
+
+
+def send_canned(
+    handler: BaseHTTPRequestHandler, canned: CannedResponse, sent: Optional[bytes] = None
+) -> None:
+    """Write `canned` as the handler's answer. `sent`, a part of its body, goes out in place of the whole
+    under the whole body's Content-Length (a body cut short)."""
+    # A Date header in the answer replaces the server's own.
+    if any(name.lower() == "date" for name, _ in canned.headers):
+        handler.send_response_only(canned.status)
+    else:
+        handler.send_response(canned.status)
+    for name, value in canned.headers:
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(canned.body)))
+    handler.end_headers()
+    handler.wfile.write(canned.body if sent is None else sent)
+
+
 # Given the request's number (from 0) and its action ("GetParameters"), a canned answer, or None
 # to forward the request to the upstream server.
 Responder = Callable[[int, str], Optional[CannedResponse]]
@@ -86,7 +124,49 @@ Responder = Callable[[int, str], Optional[CannedResponse]]
 Rewriter = Callable[[CannedResponse, dict[str, str], bytes], CannedResponse]
 
 
-class RecordingProxy:
+_Served = TypeVar("_Served", bound="LoopbackServer")
+
+
+class LoopbackServer:
+    """An HTTP server on 127.0.0.1 served from a thread: its URL, start and stop, or use in `with`."""
+
+    def __init__(
+        self,
+        handler: type[BaseHTTPRequestHandler],
+        server_class: type[ThreadingHTTPServer] = ThreadingHTTPServer,
+    ) -> None:
+        self._server = server_class((LOOPBACK, 0), handler)
+        self._server.daemon_threads = True
+        # A short poll interval lets shutdown() return in milliseconds rather than half a second.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        """The base URL clients use."""
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> None:
+        """Begin serving."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving and release the port."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self: _Served) -> _Served:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class RecordingProxy(LoopbackServer):
     """An HTTP server on 127.0.0.1 that records each AWS action it receives, server side.
 
     It forwards requests to `upstream` (moto) unless `responder` answers them itself, and passes
@@ -105,6 +185,8 @@ class RecordingProxy:
         self.responder = responder
         self.rewrite = rewrite
         self.actions: list[str] = []
+        # The JSON body of each request, in the same order as `actions`.
+        self.bodies: list[bytes] = []
         self._lock = threading.Lock()
         proxy = self
 
@@ -121,6 +203,7 @@ class RecordingProxy:
                 with proxy._lock:
                     index = len(proxy.actions)
                     proxy.actions.append(action)
+                    proxy.bodies.append(body)
                 canned = proxy.responder(index, action) if proxy.responder else None
                 if canned is None:
                     headers = dict(self.headers.items())
@@ -129,73 +212,30 @@ class RecordingProxy:
                         canned = proxy.rewrite(canned, headers, body)
                 if canned.delay_seconds:
                     time.sleep(canned.delay_seconds)
-                try:
-                    if any(name.lower() == "date" for name, _ in canned.headers):
-                        self.send_response_only(canned.status)
-                    else:
-                        self.send_response(canned.status)
-                    for name, value in canned.headers:
-                        self.send_header(name, value)
-                    self.send_header("Content-Length", str(len(canned.body)))
-                    self.end_headers()
-                    self.wfile.write(canned.body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (a read timeout under test)
+                # The client may have given up (a read timeout under test).
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    send_canned(self, canned)
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-        self._server.daemon_threads = True
-        # A short poll interval lets shutdown() return in milliseconds rather than half a second.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        super().__init__(Handler)
 
     def count(self, action: str) -> int:
         """How many requests for `action` arrived."""
         with self._lock:
             return self.actions.count(action)
 
+    def requests(self, action: str) -> list[dict[str, Any]]:
+        """The parsed JSON bodies of the requests for `action` that arrived, in order."""
+        with self._lock:
+            pairs = list(zip(self.actions, self.bodies))
+        return [json.loads(body) for name, body in pairs if name == action]
+
     def _forward(self, path: str, headers: dict[str, str], body: bytes) -> CannedResponse:
         if self.upstream is None:
             raise RuntimeError("RecordingProxy has no upstream and the responder did not answer")
-        parts = urlsplit(self.upstream)
-        connection = http.client.HTTPConnection(parts.hostname or LOOPBACK, parts.port, timeout=10)
-        try:
-            connection.request("POST", path, body=body, headers=headers)
-            response = connection.getresponse()
-            payload = response.read()
-            kept = tuple(
-                (name, value)
-                for name, value in response.getheaders()
-                if name.lower() not in {"content-length", "transfer-encoding", "connection", "server", "date"}
-            )
-            return CannedResponse(status=response.status, body=payload, headers=kept)
-        finally:
-            connection.close()
-
-    def start(self) -> None:
-        """Begin serving (or use the proxy as a context manager)."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop serving and release the port."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> RecordingProxy:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        return forward_request(self.upstream, "POST", path, headers, body)
 
 
 def admin_ssm_client(url: str, region: str = "eu-west-1") -> Any:

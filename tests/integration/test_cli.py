@@ -192,7 +192,7 @@ def test_a_path_ssm_refuses_is_a_template_error_and_keeps_the_old_file(stack: St
     assert "SSM refused ssm:GetParametersByPath on /ssm/x/ as invalid (ValidationException)" in err
     assert out == ""
     assert stack.output.read_bytes() == before
-    assert sorted(path.name for path in stack.output.parent.iterdir()) == ["env"]
+    assert sorted(path.name for path in stack.output.parent.iterdir()) == ["env", "state.json"]
 
 
 def test_check_lists_parameters_and_never_values(stack: Stack) -> None:
@@ -279,7 +279,7 @@ def test_failure_keeps_previous_good_file(stack: Stack) -> None:
     stack.template('A={{ param("/p/a") }}\nB={{ param("/p/gone") }}\n')
     assert stack.run("render", "app")[0] == 4
     assert stack.output.read_bytes() == before
-    assert os.listdir(stack.output.parent) == ["env"]
+    assert sorted(os.listdir(stack.output.parent)) == ["env", "state.json"]
 
 
 @pytest.mark.parametrize(
@@ -431,7 +431,7 @@ def test_a_proxy_page_never_turns_a_secret_into_its_default(stack: Stack) -> Non
     assert "fallback" not in err
     assert "Blocked by policy" not in err
     assert _read(stack.output) == before
-    assert sorted(p.name for p in stack.output.parent.iterdir()) == ["env"]
+    assert sorted(p.name for p in stack.output.parent.iterdir()) == ["env", "state.json"]
 
 
 def test_a_proxy_page_then_ssm_renders_the_real_value(stack: Stack) -> None:

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,17 +146,24 @@ def test_token_expiring_by_the_clock_is_renewed() -> None:
     assert fake.count("GET", REGION_PATH) == 3
 
 
-def test_second_401_is_a_credentials_error() -> None:
-    """When even a fresh token is refused, the client stops with CredentialsError instead of looping."""
+def test_fresh_tokens_refused_until_the_deadline_are_named() -> None:
+    """When even fresh tokens are refused, the client retries with new ones, then exit 7 names why."""
     with (
         FakeImds(token_lifetime_seconds=0.0) as fake,
-        make_client(fake.url) as client,
-        pytest.raises(CredentialsError, match="refused a fresh session token") as caught,
+        make_client(fake.url, deadline_seconds=0.5) as client,
+        pytest.raises(ServiceUnavailable, match="refused a fresh session token") as caught,
     ):
         client.region()
-    assert fake.count("PUT") == 2
-    assert fake.count("GET") == 2
+    assert fake.count("PUT") > 2  # renewed again and again, not given up after one renewal
     assert not any(token in str(caught.value) for token in fake.issued_tokens)
+
+
+def test_a_token_refused_twice_then_accepted_is_fine() -> None:
+    """Tokens that expire twice in a row (IMDS restarting) are renewed, and the read then succeeds."""
+    with FakeImds(token_lifetime_seconds=0.0) as fake, make_client(fake.url, deadline_seconds=3.0) as client:
+        threading.Timer(0.3, lambda: setattr(fake, "token_lifetime_seconds", None)).start()
+        assert client.region() == "eu-west-1"
+    assert fake.count("PUT") > 2
 
 
 def test_disabled_imds_fails_at_once_with_the_fix() -> None:

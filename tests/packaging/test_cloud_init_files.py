@@ -117,7 +117,8 @@ def test_install_script_passes_shellcheck(user_data: Path, tmp_path: Path) -> No
 
 @pytest.mark.parametrize("user_data", [USER_DATA, USER_DATA_WHEEL], ids=lambda path: path.name)
 def test_user_data_writes_the_template_and_app_and_enables_the_app(user_data: Path) -> None:
-    """write_files holds app.env.j2 (root-only) and app.service; runcmd enables app behind the agent."""
+    """write_files holds app.env.j2 (root-only) and app.service; runcmd enables app behind the agent,
+    with its rotation timer."""
     config = yaml.safe_load(user_data.read_text(encoding="utf-8"))
     files = {entry["path"]: entry for entry in config["write_files"]}
     template = files["/etc/secrets-agent/app.env.j2"]
@@ -125,7 +126,7 @@ def test_user_data_writes_the_template_and_app_and_enables_the_app(user_data: Pa
     assert 'param("/app/prod/DATABASE_URL")' in template["content"]
     assert "ExecStart=" in files["/etc/systemd/system/app.service"]["content"]
     assert config["runcmd"][1:] == [
-        ["secrets-agent", "enable", "app"],
+        ["secrets-agent", "enable", "app", "--refresh"],
         ["systemctl", "enable", "--now", "app.service"],
     ]
 
@@ -141,4 +142,17 @@ def test_wheel_user_data_carries_the_current_unit() -> None:
     assert files["/etc/systemd/system/secrets-agent@.service"] == expected, (
         "copy systemd/secrets-agent@.service into cloud-init/user-data-wheel.yaml "
         f"(indented 6 spaces, ExecStart= running {VENV_COMMAND})"
+    )
+
+
+@pytest.mark.parametrize("unit", ["secrets-agent-refresh@.service", "secrets-agent-refresh@.timer"])
+def test_wheel_user_data_carries_the_current_rotation_units(unit: str) -> None:
+    """The wheel user-data's rotation check and timer are systemd/'s, the check running the venv's command."""
+    config = yaml.safe_load(USER_DATA_WHEEL.read_text(encoding="utf-8"))
+    files = {entry["path"]: entry["content"] for entry in config["write_files"]}
+    expected = (REPO / "systemd" / unit).read_text(encoding="utf-8")
+    expected = expected.replace("ExecStart=/usr/bin/secrets-agent ", f"ExecStart={VENV_COMMAND} ")
+    assert files[f"/etc/systemd/system/{unit}"] == expected, (
+        f"copy systemd/{unit} into cloud-init/user-data-wheel.yaml (indented 6 spaces, "
+        f"ExecStart= running {VENV_COMMAND})"
     )

@@ -194,7 +194,15 @@ def test_apt_installs_the_deb_with_debians_libraries_and_it_renders(
         # Installing fetched nothing and started nothing.
         assert fakes.imds.count() == 0
         assert fakes.ssm.actions == []
-        units = run(machine, "systemctl", "list-units", "--all", "--no-legend", "secrets-agent@*").stdout
+        units = run(
+            machine,
+            "systemctl",
+            "list-units",
+            "--all",
+            "--no-legend",
+            "secrets-agent@*",
+            "secrets-agent-refresh@*",
+        ).stdout
         assert units.strip() == ""
 
         run(machine, "secrets-agent", "enable", "app")
@@ -245,6 +253,16 @@ def first_boot_output(machine: Machine) -> str:
     return output
 
 
+def assert_rotation_checks_run(machine: Machine) -> None:
+    """The user-data's `enable app --refresh` left the timer on, and a check run now finds nothing new."""
+    timer = "secrets-agent-refresh@app.timer"
+    assert run(machine, "systemctl", "is-enabled", timer).stdout.strip() == "enabled"
+    assert run(machine, "systemctl", "is-active", timer).stdout.strip() == "active"
+    run(machine, "systemctl", "start", "secrets-agent-refresh@app.service")
+    journal = run(machine, "journalctl", "-q", "-o", "cat", "-u", "secrets-agent-refresh@app.service").stdout
+    assert "refresh_unchanged" in journal
+
+
 def test_cloud_init_first_boot_installs_the_deb_and_starts_the_app(
     artefacts: Artefacts,
     fakes: Fakes,
@@ -273,6 +291,7 @@ def test_cloud_init_first_boot_installs_the_deb_and_starts_the_app(
         )
         rendered = run(machine, "cat", "/run/secrets-agent/app/env").stdout
         assert dict(parse_env(rendered))["API_TOKEN"] == fakes.values["/app/prod/API_TOKEN"]
+        assert_rotation_checks_run(machine)
         for value in fakes.values.values():
             assert value not in output
 
@@ -333,6 +352,7 @@ def boot_wheel_user_data(
         assert {key: environment.get(key) for key in ("DATABASE_URL", "API_TOKEN")} == expected_app_values(
             fakes
         )
+        assert_rotation_checks_run(machine)
         for value in fakes.values.values():
             assert value not in output
         assert_renders_every_hard_value(machine, fakes)

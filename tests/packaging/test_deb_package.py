@@ -24,6 +24,8 @@ EXPECTED_DEB_ENTRIES = {
     ("drwxr-xr-x", "./lib/systemd/"),
     ("drwxr-xr-x", "./lib/systemd/system/"),
     ("-rw-r--r--", "./lib/systemd/system/secrets-agent@.service"),
+    ("-rw-r--r--", "./lib/systemd/system/secrets-agent-refresh@.service"),
+    ("-rw-r--r--", "./lib/systemd/system/secrets-agent-refresh@.timer"),
     ("drwxr-xr-x", "./usr/"),
     ("drwxr-xr-x", "./usr/bin/"),
     ("-rwxr-xr-x", "./usr/bin/secrets-agent"),

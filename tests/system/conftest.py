@@ -114,9 +114,10 @@ def machine(release: Release, moto_url: str, imds: FakeImds) -> Iterator[Machine
         skip_or_fail(str(exc))
 
     def point_at_fakes(root: Path) -> None:
-        dropin = root / "etc/systemd/system/secrets-agent@.service.d/test.conf"
-        dropin.parent.mkdir(parents=True, exist_ok=True)
-        dropin.write_text(_endpoints_dropin(imds.url, moto_url))
+        for unit in ("secrets-agent@.service", "secrets-agent-refresh@.service"):
+            dropin = root / f"etc/systemd/system/{unit}.d/test.conf"
+            dropin.parent.mkdir(parents=True, exist_ok=True)
+            dropin.write_text(_endpoints_dropin(imds.url, moto_url))
         (root / "etc/secrets-agent").mkdir(mode=0o755, exist_ok=True)
 
     assert rootfs.is_dir()

@@ -264,7 +264,8 @@ def install_agent_from_source(root: Path) -> None:
     command.write_text("#!/usr/bin/python3\nfrom agent.__main__ import run\n\nraise SystemExit(run())\n")
     command.chmod(0o755)
     units = root / "usr/lib/systemd/system"
-    shutil.copy2(REPO / "systemd/secrets-agent@.service", units / "secrets-agent@.service")
+    for unit in (REPO / "systemd").glob("secrets-agent*@.*"):
+        shutil.copy2(unit, units / unit.name)
 
 
 def run_in_root(root: Path, argv: Sequence[str], timeout: float = APT_TIMEOUT_SECONDS) -> str:

@@ -27,6 +27,7 @@ HOST_SYSTEM_UNITS = Path("/usr/lib/systemd/system")
 MAX_EXPOSURE = 2.0
 COMMAND_STANDINS = ("usr/bin/secrets-agent", "bin/sh", "bin/sleep")
 ANALYZE_TIMEOUT_SECONDS = 60
+REFRESH_UNITS = ("secrets-agent-refresh@.service", "secrets-agent-refresh@.timer")
 
 
 def _require_systemd_analyze() -> None:
@@ -45,6 +46,8 @@ def unit_root(tmp_path: Path) -> Path:
     etc_units = tmp_path / "etc/systemd/system"
     etc_units.mkdir(parents=True)
     shutil.copy(UNITS / "secrets-agent@.service", etc_units)
+    for unit in REFRESH_UNITS:
+        shutil.copy(UNITS / unit, etc_units)
     shutil.copy(EXAMPLES / "app.service", etc_units)
     shutil.copytree(EXAMPLES / "app.service.d", etc_units / "app.service.d")
     # verify checks that every ExecStart= program exists and is executable under the root.
@@ -67,7 +70,15 @@ def _analyze(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("unit", ["secrets-agent@app.service", "app.service"])
+@pytest.mark.parametrize(
+    "unit",
+    [
+        "secrets-agent@app.service",
+        "app.service",
+        "secrets-agent-refresh@app.service",
+        "secrets-agent-refresh@app.timer",
+    ],
+)
 def test_systemd_analyze_verify_passes_without_a_warning(unit_root: Path, unit: str) -> None:
     """`systemd-analyze verify` accepts the agent unit and the example app with its drop-in, silently."""
     result = _analyze("verify", "--man=no", f"--root={unit_root}", unit)
@@ -86,13 +97,15 @@ def test_verify_would_report_a_broken_unit(unit_root: Path) -> None:
     assert "EnvironmentFle" in result.stderr
 
 
-def test_agent_unit_scores_ok_in_systemd_analyze_security(unit_root: Path) -> None:
-    """`systemd-analyze security --offline=true` rates an instance of the agent unit below 2.0 ("OK")."""
+@pytest.mark.parametrize("unit", ["secrets-agent@app.service", "secrets-agent-refresh@app.service"])
+def test_agent_units_score_ok_in_systemd_analyze_security(unit_root: Path, unit: str) -> None:
+    """`systemd-analyze security --offline=true` rates an instance of the agent unit and of the
+    rotation check below 2.0 ("OK")."""
     # An instance, not the template: the analysis needs %i resolved, as on a real system.
-    result = _analyze("security", "--offline=true", f"--root={unit_root}", "secrets-agent@app.service")
+    result = _analyze("security", "--offline=true", f"--root={unit_root}", unit)
 
     # With --offline a unit it cannot find still exits 0: read the verdict line itself.
-    exposure, verdict = _exposure(result.stdout + result.stderr, "secrets-agent@app.service")
+    exposure, verdict = _exposure(result.stdout + result.stderr, unit)
     assert exposure < MAX_EXPOSURE
     assert verdict == "OK"
 
@@ -148,3 +161,26 @@ def test_agent_unit_has_the_promised_settings() -> None:
     seconds = int(timeout.partition("=")[2])
     assert DEFAULT_THROTTLE_DEADLINE_SECONDS < seconds <= 1.2 * DEFAULT_THROTTLE_DEADLINE_SECONDS
     assert "NotifyAccess=main" in lines
+
+
+def test_refresh_units_have_the_promised_settings() -> None:
+    """The check is a oneshot running `refresh %i`, writing only NAME's folder; the timer runs it every
+    15 minutes after a fixed random delay and is enabled through timers.target."""
+    service = set((UNITS / "secrets-agent-refresh@.service").read_text().splitlines())
+    for setting in (
+        "Type=oneshot",
+        "ExecStart=/usr/bin/secrets-agent refresh %i",
+        "ReadWritePaths=-/run/secrets-agent/%i",
+        "ProtectSystem=strict",
+        "CapabilityBoundingSet=",
+    ):
+        assert setting in service, setting
+    timer = set((UNITS / "secrets-agent-refresh@.timer").read_text().splitlines())
+    for setting in (
+        "OnActiveSec=15min",
+        "OnUnitActiveSec=15min",
+        "RandomizedDelaySec=5min",
+        "FixedRandomDelay=yes",
+        "WantedBy=timers.target",
+    ):
+        assert setting in timer, setting

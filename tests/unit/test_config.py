@@ -152,3 +152,21 @@ def test_invalid_names(name: str) -> None:
     """Names that could escape a folder or break a unit name are refused."""
     with pytest.raises(UsageError, match="invalid service name"):
         validate_name(name)
+
+
+@pytest.mark.parametrize("action", ["restart", "reload", "render", "none"])
+def test_on_change_is_read_from_the_service_toml(tmp_path: Path, action: str) -> None:
+    """on_change in NAME.toml picks what refresh does on a change; the state file sits next to env."""
+    (tmp_path / "app.toml").write_text(f'on_change = "{action}"\n')
+    service = load_service_settings(load_agent_settings({}, config_dir=str(tmp_path)), "app")
+    assert service.on_change == action
+    assert service.state_path == service.output_dir / "state.json"
+
+
+def test_on_change_defaults_to_restart_and_refuses_unknown_actions(tmp_path: Path) -> None:
+    """Without on_change refresh restarts the app; an unknown action names the known ones."""
+    agent = load_agent_settings({}, config_dir=str(tmp_path))
+    assert load_service_settings(agent, "app").on_change == "restart"
+    (tmp_path / "app.toml").write_text('on_change = "bounce"\n')
+    with pytest.raises(ConfigError, match="on_change must be one of restart, reload, render, none"):
+        load_service_settings(agent, "app")

@@ -1,0 +1,363 @@
+"""`secrets-agent refresh`: what the last render used, and whether SSM has moved on since.
+
+A render records the selectors, names, versions and path listings it used (never a value) in
+state.json next to the rendered file. A refresh compares that record with the versions SSM holds
+now, asking without decryption, and on a change acts as NAME.toml's on_change says.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Protocol, Union
+
+import structlog
+
+from agent.answers import SECRETS_MANAGER_PREFIX, split_selector
+from agent.config import ServiceSettings
+from agent.errors import AgentError
+from agent.log import REDACTOR
+from agent.output import Ownership, write_secret_file
+from agent.ssm import SsmClient
+from agent.systemd import systemctl
+
+log = structlog.get_logger("secrets-agent")
+
+STATE_FORMAT = 1
+# A record of 10,000 parameters is under 1 MiB; anything bigger was not written by the agent.
+STATE_MAX_BYTES = 4 * 1024 * 1024
+AGENT_UNIT = "secrets-agent@{name}.service"
+# A parameter's version number, or a Secrets Manager secret's AWSCURRENT version id.
+Version = Union[int, str]
+
+
+class Versioned(Protocol):
+    """What a record keeps of a resolved parameter: its name and version, never its value."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def source_version(self) -> Optional[str]: ...
+
+
+@dataclass(frozen=True)
+class PathListing:
+    """The parameters a `params()` path held at render time, by name, with their versions."""
+
+    path: str
+    recursive: bool
+    versions: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class RenderRecord:
+    """What one successful render used: resolved selectors, absent ones (defaults) and path listings."""
+
+    service: str
+    # selector ("/x", "/x:3", "/x:live") -> (parameter name, version)
+    selectors: Mapping[str, tuple[str, Version]]
+    # selectors SSM did not have (the template used its default=): one appearing is a change
+    missing: tuple[str, ...]
+    paths: tuple[PathListing, ...]
+
+    def to_json(self) -> bytes:
+        """The record as the JSON written to state.json."""
+        document = {
+            "format": STATE_FORMAT,
+            "service": self.service,
+            "parameters": [
+                {"selector": selector, "name": name, "version": version}
+                for selector, (name, version) in sorted(self.selectors.items())
+            ],
+            "missing": sorted(self.missing),
+            "paths": [
+                {"path": p.path, "recursive": p.recursive, "versions": dict(sorted(p.versions.items()))}
+                for p in self.paths
+            ],
+        }
+        return (json.dumps(document, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes, source: str) -> RenderRecord:
+        """Parse state.json; anything malformed is an AgentError that names the file."""
+        try:
+            document = json.loads(data.decode("utf-8"))
+            if document.get("format") != STATE_FORMAT:
+                raise ValueError(f"format {document.get('format')!r}, expected {STATE_FORMAT}")
+            selectors = {
+                str(item["selector"]): (str(item["name"]), _selector_version(item["version"]))
+                for item in document["parameters"]
+            }
+            paths = tuple(
+                PathListing(
+                    path=str(item["path"]),
+                    recursive=bool(item["recursive"]),
+                    versions={str(k): _version(v) for k, v in item["versions"].items()},
+                )
+                for item in document["paths"]
+            )
+            return cls(
+                service=str(document["service"]),
+                selectors=selectors,
+                missing=tuple(str(s) for s in document["missing"]),
+                paths=paths,
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise AgentError(
+                f"{source} is not a state file this agent wrote ({type(exc).__name__}: {exc}): "
+                "restart the app once so that the agent records its render again"
+            ) from None
+
+
+def _version(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"version {value!r} is not a number")
+    return value
+
+
+def _selector_version(value: Any) -> Version:
+    return value if isinstance(value, str) and value else _version(value)
+
+
+def make_record(
+    service: str,
+    found: Mapping[str, Versioned],
+    missing: Iterable[str],
+    paths: Mapping[tuple[str, bool], Mapping[str, int]],
+) -> RenderRecord:
+    """Build the record of a render from what it resolved: by selector, absent, and by path."""
+    return RenderRecord(
+        service=service,
+        selectors={selector: (p.name, p.source_version or p.version) for selector, p in found.items()},
+        missing=tuple(sorted(set(missing))),
+        paths=tuple(
+            PathListing(path=path, recursive=recursive, versions=dict(versions))
+            for (path, recursive), versions in paths.items()
+        ),
+    )
+
+
+def write_record(service: ServiceSettings, record: RenderRecord, ownership: Ownership) -> None:
+    """Write state.json next to the rendered file, atomically, 0600, with the output's own writer."""
+    write_secret_file(
+        service.state_path,
+        record.to_json(),
+        ownership=ownership,
+        allow_persistent=service.allow_persistent,
+    )
+
+
+def read_record(service: ServiceSettings) -> RenderRecord:
+    """Read state.json without following a symlink; a missing one says how to get one."""
+    path = service.state_path
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise AgentError(
+            f"no record of the last render at {path}: the app was started before this version of "
+            f"the agent, or the record was removed; restart the app once (`systemctl restart "
+            f"{service.name}`) and refresh can compare from then on"
+        ) from None
+    except OSError as exc:
+        raise AgentError(f"cannot read {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(STATE_MAX_BYTES + 1)
+    if len(data) > STATE_MAX_BYTES:
+        raise AgentError(f"{path} is larger than {STATE_MAX_BYTES} bytes: not a state file this agent wrote")
+    return RenderRecord.from_json(data, str(path))
+
+
+# -- comparing with SSM -----------------------------------------------------------------------
+
+
+class VersionSource(Protocol):
+    """SSM's current versions, asked without decryption."""
+
+    def current_versions(self, selectors: Sequence[str]) -> tuple[dict[str, Version], list[str]]:
+        """The version each selector resolves to now, and the selectors SSM does not have."""
+
+    def current_listing(self, path: str, recursive: bool) -> dict[str, int]:
+        """Every parameter under `path` now, by name, with its version."""
+
+
+class SsmVersions:
+    """VersionSource over the agent's SSM client: GetParameters and GetParametersByPath with
+    WithDecryption=false, so a check needs no kms:Decrypt and sees no value."""
+
+    def __init__(self, client: SsmClient) -> None:
+        self._client = client
+
+    def current_versions(self, selectors: Sequence[str]) -> tuple[dict[str, Version], list[str]]:
+        """Versions by selector, 10 selectors a call; and those SSM does not have.
+
+        SSM refuses Secrets Manager references without decryption, so those go in calls of their
+        own with WithDecryption=true: the value comes along (kept in memory, redacted, unused) and
+        the secret's AWSCURRENT version id is compared."""
+        plain = [s for s in selectors if not s.startswith(SECRETS_MANAGER_PREFIX)]
+        secrets = [s for s in selectors if s.startswith(SECRETS_MANAGER_PREFIX)]
+        versions: dict[str, Version] = {}
+        missing: list[str] = []
+        if plain:
+            found, absent = self._client.fetch(plain, decrypt=False)
+            versions.update({selector: p.version for selector, p in found.items()})
+            missing.extend(absent)
+        if secrets:
+            found, absent = self._client.fetch(secrets, decrypt=True)
+            for selector, p in found.items():
+                REDACTOR.add(p.value)
+                versions[selector] = p.source_version or p.version
+            missing.extend(absent)
+        return versions, missing
+
+    def current_listing(self, path: str, recursive: bool) -> dict[str, int]:
+        """Versions by name of everything under `path`, every page."""
+        listed = self._client.fetch_path(path, recursive=recursive, decrypt=False)
+        return {p.name: p.version for p in listed}
+
+
+@dataclass(frozen=True)
+class Change:
+    """One difference between the last render and SSM: None is "absent"."""
+
+    name: str
+    old: Optional[Version]
+    new: Optional[Version]
+    path: Optional[str] = None
+
+    def as_log(self) -> dict[str, Any]:
+        """Names and versions for the journal, never a value."""
+        entry: dict[str, Any] = {"name": self.name, "old_version": self.old, "new_version": self.new}
+        if self.path is not None:
+            entry["under"] = self.path
+        return entry
+
+
+def is_fixed_version(selector: str) -> bool:
+    """True for "/x:3": a version number names one immutable value, so it never changes."""
+    suffix = split_selector(selector)[1]
+    return suffix[1:].isdigit()
+
+
+def selectors_to_check(record: RenderRecord) -> list[str]:
+    """The selectors a check asks SSM about: all but found fixed versions, plus the absent ones."""
+    found = [s for s in sorted(record.selectors) if not is_fixed_version(s)]
+    return found + [s for s in record.missing if s not in record.selectors]
+
+
+def compare(record: RenderRecord, source: VersionSource) -> list[Change]:
+    """Every change since the render: a version moved, a label moved, a parameter came or went."""
+    changes: list[Change] = []
+    checked = selectors_to_check(record)
+    if checked:
+        current, _missing = source.current_versions(checked)
+        for selector in checked:
+            old = record.selectors[selector][1] if selector in record.selectors else None
+            new = current.get(selector)
+            if old != new:
+                changes.append(Change(name=selector, old=old, new=new))
+    for listing in record.paths:
+        now = source.current_listing(listing.path, listing.recursive)
+        for name in sorted(set(listing.versions) | set(now)):
+            old, new = listing.versions.get(name), now.get(name)
+            if old != new:
+                changes.append(Change(name=name, old=old, new=new, path=listing.path))
+    return changes
+
+
+# -- acting through systemd -------------------------------------------------------------------
+
+
+class Systemd(Protocol):
+    """The few things refresh asks of systemd."""
+
+    def active_apps(self, name: str) -> list[str]:
+        """The running units behind secrets-agent@NAME (those whose drop-in requires it)."""
+
+    def try_restart(self, unit: str) -> None:
+        """`systemctl try-restart UNIT`."""
+
+    def try_reload_or_restart(self, unit: str) -> None:
+        """`systemctl try-reload-or-restart UNIT`."""
+
+
+class Systemctl:
+    """Systemd through the `systemctl` command."""
+
+    def active_apps(self, name: str) -> list[str]:
+        """Units that Require= the agent instance (what `enable` wrote), else NAME.service; active ones."""
+        shown = systemctl("show", "--property=RequiredBy", "--value", AGENT_UNIT.format(name=name))
+        units = shown.stdout.split() or [f"{name}.service"]
+        states = systemctl("is-active", *units, check=False)
+        # One line per unit, in order; exit status is non-zero when any is not active.
+        lines = states.stdout.split()
+        return [unit for unit, state in zip(units, lines) if state in ("active", "reloading")]
+
+    def try_restart(self, unit: str) -> None:
+        """Restart UNIT if it runs; its agent instance re-runs first (PartOf=, Requires=)."""
+        systemctl("try-restart", unit)
+
+    def try_reload_or_restart(self, unit: str) -> None:
+        """Reload UNIT if it can, else restart it; nothing if it does not run."""
+        systemctl("try-reload-or-restart", unit)
+
+
+def refresh(
+    service: ServiceSettings,
+    *,
+    systemd: Systemd,
+    versions: Callable[[], VersionSource],
+    rerender: Callable[[], None],
+) -> int:
+    """Check NAME's parameters and act on a change; exit code 0 when the check (and action) worked.
+
+    Nothing is fetched, not even credentials, when NAME's app does not run. Errors propagate as
+    AgentError (the CLI logs refresh_failed): a failed check or re-render leaves the app as it was;
+    a restart whose render fails leaves it down, as at boot.
+    """
+    apps = systemd.active_apps(service.name)
+    if not apps:
+        log.info("refresh_skipped", service=service.name, reason="the app is not running")
+        return 0
+    record = read_record(service)
+    changes = compare(record, versions())
+    if not changes:
+        log.info(
+            "refresh_unchanged",
+            service=service.name,
+            parameters=len(selectors_to_check(record)),
+            paths=len(record.paths),
+        )
+        return 0
+    log.info(
+        "refresh_changed",
+        service=service.name,
+        on_change=service.on_change,
+        units=apps,
+        changes=[change.as_log() for change in changes],
+    )
+    if service.on_change == "none":
+        return 0
+    if service.on_change == "restart":
+        for unit in apps:
+            log.info(
+                "refresh_restart",
+                service=service.name,
+                unit=unit,
+                note=f"secrets-agent@{service.name} renders again first; if it fails, {unit} stays "
+                "down as at boot and its journal says why",
+            )
+            systemd.try_restart(unit)
+        return 0
+    # render and reload: the new file replaces the old one atomically, or the old one stays.
+    rerender()
+    if service.on_change == "reload":
+        for unit in apps:
+            log.info("refresh_reload", service=service.name, unit=unit)
+            systemd.try_reload_or_restart(unit)
+    return 0

@@ -1,0 +1,561 @@
+"""Fault injection: no fault of SSM or IMDS, nor any answer that only looks like theirs, ever puts a
+wrong value (or a default in place of an existing parameter) into the rendered file.
+
+The agent runs through its command (agent.cli.main, in process) against moto's server and the fake
+IMDS, each behind a seeded FaultProxy. A failure message carries both proxies' seeds and the fault
+given to every request, so the run can be replayed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from agent.cli import main
+from agent.envfile import parse_env
+from agent.errors import ServiceUnavailable
+from agent.output import TMP_PREFIX
+from agent.retry import Backoff, Deadline
+from agent.ssm import SsmClient
+from devtools.fakeimds import FakeImds
+from tests.integration.faults import (
+    BAD_ANSWER_FAULTS,
+    HTML_MARKER,
+    IMDS_FAULTS,
+    SSM_FAULTS,
+    FaultPair,
+    FaultPlan,
+    FaultProxy,
+    every_request,
+    get_parameter_calls,
+    later_path_pages,
+)
+from tests.integration.moto_server import admin_ssm_client, reset_moto
+
+# An SSM "slow" needs a read timeout shorter than the agent's 10 s, which only SsmClient's constructor
+# sets: the command-level tests leave it out and test_slow_* cover it on the client.
+CLI_SSM_FAULTS = tuple(kind for kind in SSM_FAULTS if kind != "slow")
+# A slow IMDS answer costs the agent's whole 2 s IMDS timeout: the 20 renders of property 1 leave it
+# out, the other properties keep it (cut short by their 1 s deadline).
+QUICK_IMDS_FAULTS = tuple(kind for kind in IMDS_FAULTS if kind != "slow")
+# The shortest deadline_seconds the agent accepts: runs that must fail cost one second each.
+DEADLINE_SECONDS = 1.0
+# The throttled budget (throttle_deadline_seconds) where throttling runs out, and one far beyond the
+# short deadline where other faults must end at the short one all the same.
+THROTTLED_BUDGET_SECONDS = 2.0
+UNUSED_THROTTLED_BUDGET_SECONDS = 8.0
+# How long a "slow" answer is held: past the 0.3 s read timeout of the clients that test it.
+SLOW_ANSWER_SECONDS = 1.0
+# Past the agent's 2 s IMDS timeout (the agent also cuts it to what is left of the deadline).
+SLOW_IMDS_SECONDS = 2.5
+# A deadline no healthy run comes near, for runs that must succeed.
+GENEROUS_DEADLINE_SECONDS = 30.0
+# Property 3's examples: few in `make test`; raise it for a soak run (the examples stay derandomized).
+FAULT_MIX_EXAMPLES = int(os.environ.get("SECRETS_AGENT_FAULT_EXAMPLES", "10"))
+# How late after its deadline a run may end on a loaded 2-core machine.
+LATE_SLACK_SECONDS = 2.5
+
+API_VERSIONS = ("api-key-one", "api-key-two 'live' $HOME", "api-key-three\nEVIL=1")
+PAGED = {f"/fi/paged/p{i:02d}": f'paged-{i:02d} "q" `id` \\ {"x" * i}' for i in range(23)}
+EXISTING = {
+    "/fi/app/db": "postgres://app:p@ss'w\"rd$HOME`id`\\x@db:5432/app?x=1#frag",
+    "/fi/app/optional": "present, not the default",
+    "/fi/app/unicode": "  sk_live_ünïcødé-🔑 ; # = ",
+}
+TEMPLATE = (
+    "# every selector kind, a default on an existing and on an absent parameter, a paged path\n"
+    'DB={{ param("/fi/app/db") }}\n'
+    'UNICODE={{ param("/fi/app/unicode") }}\n'
+    'API={{ param("/fi/app/api") }}\n'
+    'API_V1={{ param("/fi/app/api:1") }}\n'
+    'API_LIVE={{ param("/fi/app/api:live") }}\n'
+    'OPTIONAL={{ param("/fi/app/optional", default="fallback-must-not-appear") }}\n'
+    'ABSENT={{ param("/fi/app/absent", default="absent-default") }}\n'
+    '{% for name, value in params("/fi/paged/").items() %}{{ name | env_name }}={{ value }}\n{% endfor %}'
+)
+EXPECTED = {
+    "DB": EXISTING["/fi/app/db"],
+    "UNICODE": EXISTING["/fi/app/unicode"],
+    "API": API_VERSIONS[2],
+    "API_V1": API_VERSIONS[0],
+    "API_LIVE": API_VERSIONS[1],
+    "OPTIONAL": EXISTING["/fi/app/optional"],
+    "ABSENT": "absent-default",
+    **{name.rsplit("/", 1)[1].upper(): value for name, value in PAGED.items()},
+}
+SECRETS = [*EXISTING.values(), *API_VERSIONS, *PAGED.values()]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished command: exit code, log lines and how long it took."""
+
+    code: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON log lines."""
+        return [json.loads(line) for line in self.stderr.splitlines() if line.startswith("{")]
+
+    def error(self) -> str:
+        """The message of the failure line, "" when none was logged."""
+        failed = ("render_failed", "check_failed")
+        return next((str(e.get("error", "")) for e in self.events() if e.get("event") in failed), "")
+
+
+# The rendered file's bytes (None when absent) and the names in its folder.
+Snapshot = tuple[Optional[bytes], list[str]]
+
+
+@dataclass
+class Agent:
+    """A config dir with the template, a tmpfs runtime dir, and the proxies' URLs."""
+
+    config: Path
+    runtime: Path
+    faults: FaultPair
+
+    @property
+    def output(self) -> Path:
+        return self.runtime / "app" / "env"
+
+    def render(
+        self, deadline_seconds: float, throttled_seconds: Optional[float] = None, command: str = "render"
+    ) -> Run:
+        """Run the command with these deadlines (the throttled budget defaults to the short one)."""
+        self.configure(deadline_seconds, throttled_seconds)
+        out, err = io.StringIO(), io.StringIO()
+        env = {
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": self.faults.imds.url,
+            "AWS_ENDPOINT_URL_SSM": self.faults.ssm.url,
+        }
+        started = time.monotonic()
+        code = main(
+            ["--config-dir", str(self.config), "--runtime-dir", str(self.runtime), command, "app"],
+            env=env,
+            stdout=out,
+            stderr=err,
+        )
+        return Run(code, out.getvalue(), err.getvalue(), time.monotonic() - started)
+
+    def configure(self, deadline_seconds: float, throttled_seconds: Optional[float] = None) -> None:
+        """Write app.toml with the short deadline and the throttled budget."""
+        (self.config / "app.toml").write_text(
+            f"deadline_seconds = {deadline_seconds}\n"
+            f"throttle_deadline_seconds = {throttled_seconds or deadline_seconds}\n"
+        )
+
+    def rendered(self) -> dict[str, str]:
+        return dict(parse_env(self.output.read_bytes().decode("utf-8")))
+
+    def folder(self) -> list[str]:
+        folder = self.output.parent
+        return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+    def snapshot(self) -> Snapshot:
+        """The rendered file's bytes (None when absent) and the folder's entries."""
+        return (self.output.read_bytes() if self.output.exists() else None), self.folder()
+
+
+@dataclass
+class World:
+    """moto with the parameters created once, the fake IMDS, and a fault proxy in front of each."""
+
+    faults: FaultPair
+
+
+@pytest.fixture(scope="module")
+def world(moto_url: str) -> Iterator[World]:
+    """Parameters in moto (three versions and a label, a path of three pages), proxies started."""
+    reset_moto(moto_url)
+    admin = admin_ssm_client(moto_url)
+    for name, value in [*EXISTING.items(), *PAGED.items()]:
+        admin.put_parameter(Name=name, Value=value, Type="SecureString")
+    for value in API_VERSIONS:
+        admin.put_parameter(Name="/fi/app/api", Value=value, Type="SecureString", Overwrite=True)
+    admin.label_parameter_version(Name="/fi/app/api", ParameterVersion=2, Labels=["live"])
+    imds = FakeImds(region="eu-west-1", role="app-role")
+    imds_url = imds.start()
+    ssm_proxy = FaultProxy(moto_url, slow_seconds=SLOW_ANSWER_SECONDS)
+    imds_proxy = FaultProxy(imds_url, expire_tokens=imds.expire_tokens, slow_seconds=SLOW_IMDS_SECONDS)
+    ssm_proxy.start()
+    imds_proxy.start()
+    try:
+        yield World(FaultPair(ssm_proxy, imds_proxy))
+    finally:
+        ssm_proxy.stop()
+        imds_proxy.stop()
+        imds.stop()
+
+
+@pytest.fixture
+def agent(world: World, tmp_path: Path, tmpfs_path: Path) -> Agent:
+    """The agent's folders for one test, with no fault in force."""
+    world.faults.set()
+    config = tmp_path / "etc"
+    config.mkdir()
+    (config / "app.env.j2").write_text(TEMPLATE, encoding="utf-8")
+    return Agent(config=config, runtime=tmpfs_path, faults=world.faults)
+
+
+def _render_good(agent: Agent) -> Snapshot:
+    """A fault-free render, whose file (and folder) later failures must keep intact."""
+    agent.faults.set()
+    run = agent.render(GENEROUS_DEADLINE_SECONDS)
+    assert run.code == 0, run.stderr
+    assert agent.rendered() == EXPECTED
+    return agent.snapshot()
+
+
+def _assert_sound(agent: Agent, run: Run, before: Snapshot) -> None:
+    """The properties every run keeps, whatever the faults: exit 0 with SSM's exact values, or exit 7
+    with the folder as it was before (an earlier file intact); no temporary file; no value or body
+    content in the log."""
+    context = f"exit {run.code} after {run.seconds:.2f} s\n{agent.faults.describe()}\n{run.stderr[-3000:]}"
+    assert run.code in (0, 7), context
+    if run.code == 0:
+        assert agent.rendered() == EXPECTED, context
+    else:
+        assert agent.snapshot() == before, context
+    assert not [name for name in agent.folder() if name.startswith(TMP_PREFIX)], context
+    assert HTML_MARKER not in run.stderr, context
+    leaked = [value for value in SECRETS if value in run.stderr]
+    assert not leaked, context
+
+
+def _plan(side: str, kinds: tuple[str, ...], rate: float, seed: int, **extra: Any) -> dict[str, FaultPlan]:
+    return {side: FaultPlan(kinds=kinds, rate=rate, seed=seed, **extra)}
+
+
+# -- property 1: a 30% fault rate of every kind is survived, with every value exact ----------------
+
+
+def test_thirty_percent_of_every_fault_still_renders_exact_values_twenty_times(agent: Agent) -> None:
+    """At a 30% rate of every fault on SSM and IMDS, 20 renders in a row exit 0 with every value exact."""
+    given = {"ssm": 0, "imds": 0}
+    for render in range(20):
+        agent.faults.set(
+            ssm=FaultPlan(kinds=CLI_SSM_FAULTS, rate=0.3, seed=1000 + render),
+            imds=FaultPlan(kinds=QUICK_IMDS_FAULTS, rate=0.3, seed=2000 + render),
+        )
+        run = agent.render(GENEROUS_DEADLINE_SECONDS)
+        context = f"render {render}: exit {run.code}\n{agent.faults.describe()}\n{run.stderr[-3000:]}"
+        assert run.code == 0, context
+        assert agent.rendered() == EXPECTED, context
+        given["ssm"] += len(agent.faults.ssm.faults_given())
+        given["imds"] += len(agent.faults.imds.faults_given())
+    # The faults were really there: some 30% of the requests on each side.
+    assert given["ssm"] >= 10, given
+    assert given["imds"] >= 10, given
+
+
+# -- property 2: at 100% of one kind the agent exits 7 at its deadline, nothing lost --------------
+
+
+@pytest.mark.parametrize(
+    ("side", "kind"),
+    [("ssm", kind) for kind in CLI_SSM_FAULTS] + [("imds", kind) for kind in IMDS_FAULTS],
+)
+def test_every_answer_faulty_exits_7_at_the_deadline_and_keeps_the_good_file(
+    agent: Agent, side: str, kind: str
+) -> None:
+    """With every answer of one side faulty, render exits 7 at its deadline (never 0 or 4), names the
+    endpoint without quoting the body, keeps the earlier file byte for byte and leaves no temp file."""
+    before = _render_good(agent)
+    agent.faults.set(**_plan(side, (kind,), 1.0, seed=7))
+    # Throttling runs out at the throttled budget; every other fault at the short deadline, however
+    # long the throttled budget.
+    is_throttling = kind == "throttling"
+    throttled = THROTTLED_BUDGET_SECONDS if is_throttling else UNUSED_THROTTLED_BUDGET_SECONDS
+    ends = THROTTLED_BUDGET_SECONDS if is_throttling else DEADLINE_SECONDS
+    run = agent.render(DEADLINE_SECONDS, throttled)
+    context = (
+        f"{side} {kind}: exit {run.code} after {run.seconds:.2f} s\n{agent.faults.describe()}\n{run.stderr}"
+    )
+    assert run.code == 7, context
+    # Not before the short deadline, not after its own; test_throttling_is_not_cut_short_* pins the
+    # throttled budget down with a backoff that is not random.
+    assert DEADLINE_SECONDS - 0.05 <= run.seconds <= ends + LATE_SLACK_SECONDS, context
+    assert agent.snapshot() == before, context
+    proxy = agent.faults.ssm if side == "ssm" else agent.faults.imds
+    assert proxy.faults_given(), context
+    assert proxy.url in run.error(), context
+    if kind in BAD_ANSWER_FAULTS:
+        assert ("not SSM's" if side == "ssm" else "no valid answer") in run.error(), context
+    _assert_sound(agent, run, before)
+
+
+def test_the_command_itself_exits_7_on_answers_that_are_not_ssms(agent: Agent) -> None:
+    """`python -m agent render` as its own process, every SSM answer a proxy's page: exit 7 at the
+    deadline, the earlier file intact, the endpoint named and the page never quoted."""
+    before = _render_good(agent)
+    agent.faults.set(ssm=FaultPlan(kinds=("html_200",), rate=1.0, seed=17))
+    agent.configure(DEADLINE_SECONDS)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT": agent.faults.imds.url,
+        "AWS_ENDPOINT_URL_SSM": agent.faults.ssm.url,
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+    args = ["--config-dir", str(agent.config), "--runtime-dir", str(agent.runtime), "render", "app"]
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", *args], env=env, capture_output=True, text=True, check=False
+    )
+    run = Run(result.returncode, result.stdout, result.stderr, seconds=0.0)
+    context = f"exit {run.code}\n{agent.faults.describe()}\n{run.stderr}"
+    assert run.code == 7, context
+    assert agent.faults.ssm.url in run.error(), context
+    assert "not SSM's" in run.error(), context
+    _assert_sound(agent, run, before)
+
+
+def test_an_ssm_that_never_answers_ends_at_the_deadline_not_the_read_timeout(agent: Agent) -> None:
+    """When SSM accepts the request and never answers, render exits 7 at its deadline, not after
+    botocore's 10 s read timeout."""
+    before = _render_good(agent)
+    agent.faults.ssm.slow_seconds = 30.0
+    agent.faults.set(ssm=FaultPlan(kinds=("slow",), rate=1.0, seed=23))
+    try:
+        run = agent.render(DEADLINE_SECONDS)
+    finally:
+        agent.faults.ssm.slow_seconds = SLOW_ANSWER_SECONDS
+    context = f"exit {run.code} after {run.seconds:.2f} s\n{agent.faults.describe()}\n{run.error()}"
+    assert run.code == 7, context
+    assert run.seconds <= DEADLINE_SECONDS + LATE_SLACK_SECONDS, context
+    _assert_sound(agent, run, before)
+
+
+@pytest.mark.parametrize("kind", ["html_200", "wrong_shape", "truncated_json"])
+def test_check_never_reports_an_answer_that_is_not_ssms(agent: Agent, kind: str) -> None:
+    """`check` with every SSM answer bad exits 7 naming the endpoint and lists no parameter, neither as
+    resolved nor as missing."""
+    agent.faults.set(**_plan("ssm", (kind,), 1.0, seed=13))
+    run = agent.render(DEADLINE_SECONDS, command="check")
+    context = f"{kind}: exit {run.code}\n{agent.faults.describe()}\n{run.stdout}\n{run.stderr}"
+    assert run.code == 7, context
+    assert run.stdout == "", context
+    assert "parameters_missing" not in [event.get("event") for event in run.events()], context
+    assert "not SSM's" in run.error(), context
+    assert agent.folder() == [], context
+
+
+# -- property 4: faults on later pages of a path, selectors and defaults in the same template -----
+
+
+# Transport faults on a later page take the same path as on the first; these are the kinds whose
+# damage is in the page itself.
+@pytest.mark.parametrize(
+    "kind", ["throttling", "reset_mid_body", "html_200", "wrong_shape", "truncated_json"]
+)
+def test_faulty_later_pages_of_a_path_exit_7_and_keep_the_good_file(agent: Agent, kind: str) -> None:
+    """When only pages after the first of GetParametersByPath are faulty, render exits 7 at its
+    deadline and never writes a partial mapping."""
+    before = _render_good(agent)
+    agent.faults.set(**_plan("ssm", (kind,), 1.0, seed=11, applies=later_path_pages))
+    run = agent.render(DEADLINE_SECONDS)
+    context = f"{kind}: exit {run.code} after {run.seconds:.2f} s\n{agent.faults.describe()}\n{run.stderr}"
+    assert agent.faults.ssm.faults_given(), context  # the path really has later pages
+    assert run.code == 7, context
+    _assert_sound(agent, run, before)
+
+
+def test_half_of_later_pages_faulty_still_renders_the_whole_path(agent: Agent) -> None:
+    """At a 50% rate of every fault on later pages only, six renders exit 0 with every value exact."""
+    for render in range(6):
+        agent.faults.set(**_plan("ssm", CLI_SSM_FAULTS, 0.5, seed=300 + render, applies=later_path_pages))
+        run = agent.render(GENEROUS_DEADLINE_SECONDS)
+        context = f"render {render}: exit {run.code}\n{agent.faults.describe()}\n{run.stderr[-3000:]}"
+        assert run.code == 0, context
+        assert agent.rendered() == EXPECTED, context
+
+
+# -- a role that may only call ssm:GetParameter: the one-by-one fallback under the same faults -----
+
+
+@pytest.fixture
+def get_parameter_only(agent: Agent) -> Iterator[Agent]:
+    """The agent against an SSM that refuses ssm:GetParameters, so it fetches name by name."""
+    agent.faults.ssm.denied_actions = frozenset({"GetParameters"})
+    try:
+        yield agent
+    finally:
+        agent.faults.ssm.denied_actions = frozenset()
+
+
+def test_the_get_parameter_fallback_survives_thirty_percent_faults(get_parameter_only: Agent) -> None:
+    """Fetching one name a call (ssm:GetParameters denied), five renders at a 30% rate of every SSM
+    fault exit 0 with every value exact."""
+    agent = get_parameter_only
+    given: list[str] = []
+    for render in range(5):
+        agent.faults.set(ssm=FaultPlan(kinds=CLI_SSM_FAULTS, rate=0.3, seed=700 + render))
+        run = agent.render(GENEROUS_DEADLINE_SECONDS)
+        context = f"render {render}: exit {run.code}\n{agent.faults.describe()}\n{run.stderr[-3000:]}"
+        assert "GetParameter" in [i.target for i in agent.faults.ssm.injections], context
+        assert run.code == 0, context
+        assert agent.rendered() == EXPECTED, context
+        given += agent.faults.ssm.faults_given()
+    assert len(given) >= 5, given
+
+
+@pytest.mark.parametrize("kind", ["html_200", "wrong_shape", "truncated_json"])
+def test_bad_get_parameter_answers_exit_7_and_keep_the_good_file(
+    get_parameter_only: Agent, kind: str
+) -> None:
+    """Fetching one name a call, every GetParameter answer bad: exit 7 naming the endpoint, never a
+    default in place of the parameter nor "missing", the earlier file intact."""
+    agent = get_parameter_only
+    before = _render_good(agent)
+    agent.faults.set(ssm=FaultPlan(kinds=(kind,), rate=1.0, seed=29, applies=get_parameter_calls))
+    run = agent.render(DEADLINE_SECONDS)
+    context = f"{kind}: exit {run.code}\n{agent.faults.describe()}\n{run.stderr}"
+    assert agent.faults.ssm.faults_given(), context
+    assert run.code == 7, context
+    assert "not SSM's" in run.error(), context
+    _assert_sound(agent, run, before)
+
+
+# -- property 3: for any seed and fault mix, never a wrong value, never a default for what exists --
+
+
+@dataclass(frozen=True)
+class FaultMix:
+    """One example of property 3: which faults on each side, how often, and where."""
+
+    seed: int
+    ssm_kinds: tuple[str, ...]
+    imds_kinds: tuple[str, ...]
+    rate: float
+    later_pages_only: bool
+
+    def plans(self) -> dict[str, FaultPlan]:
+        ssm_applies = later_path_pages if self.later_pages_only else every_request
+        return {
+            "ssm": FaultPlan(kinds=self.ssm_kinds, rate=self.rate, seed=self.seed, applies=ssm_applies),
+            "imds": FaultPlan(kinds=self.imds_kinds, rate=self.rate, seed=self.seed + 1),
+        }
+
+
+def _kinds(kinds: tuple[str, ...], min_size: int) -> st.SearchStrategy[tuple[str, ...]]:
+    return st.sets(st.sampled_from(kinds), min_size=min_size).map(lambda chosen: tuple(sorted(chosen)))
+
+
+FAULT_MIXES = st.builds(
+    FaultMix,
+    seed=st.integers(min_value=0, max_value=2**31),
+    ssm_kinds=_kinds(CLI_SSM_FAULTS, 1),
+    imds_kinds=_kinds(IMDS_FAULTS, 0),
+    rate=st.sampled_from((0.1, 0.3, 0.5, 0.7)),
+    later_pages_only=st.booleans(),
+)
+
+
+@settings(
+    max_examples=FAULT_MIX_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    # No shrinking: every example costs up to a deadline, and a failure already prints its seed and
+    # every fault given, which is what replays it.
+    phases=(Phase.explicit, Phase.reuse, Phase.generate),
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(mix=FAULT_MIXES)
+def test_no_fault_mix_yields_a_wrong_value_or_a_default_for_an_existing_parameter(
+    agent: Agent, mix: FaultMix
+) -> None:
+    """For any seed and mix of faults a run exits 0 with every value exactly SSM's (a default only
+    for the absent parameter), or exits 7 with the earlier file intact; never anything else."""
+    before = agent.snapshot()
+    agent.faults.set(**mix.plans())
+    run = agent.render(DEADLINE_SECONDS)
+    _assert_sound(agent, run, before)
+
+
+# -- "slow": a read timeout shorter than the agent's default, on the client itself ----------------
+
+
+NAMED = {
+    "/fi/app/db": EXISTING["/fi/app/db"],
+    "/fi/app/api:1": API_VERSIONS[0],
+    "/fi/app/api:live": API_VERSIONS[1],
+}
+
+
+def _short_read_timeout_client(world: World, deadline: Deadline, **extra: Any) -> SsmClient:
+    """An SsmClient on the SSM proxy with a 0.3 s read timeout: answers held 1 s are too slow."""
+    return SsmClient(
+        region="eu-west-1",
+        endpoint_url=world.faults.ssm.url,
+        credentials=("testing", "testing", ""),
+        deadline=deadline,
+        read_timeout_seconds=0.3,
+        **extra,
+    )
+
+
+def test_slow_answers_past_the_read_timeout_end_in_exit_7_at_the_deadline(world: World) -> None:
+    """When every SSM answer comes after the read timeout, fetching fails as unavailable (exit 7)
+    within the deadline plus one read timeout."""
+    world.faults.set(ssm=FaultPlan(kinds=("slow",), rate=1.0, seed=5))
+    client = _short_read_timeout_client(world, Deadline(DEADLINE_SECONDS))
+    started = time.monotonic()
+    with pytest.raises(ServiceUnavailable) as failure:
+        client.fetch(list(NAMED))
+    seconds = time.monotonic() - started
+    context = world.faults.describe()
+    world.faults.set()
+    assert failure.value.exit_code == 7
+    assert seconds <= DEADLINE_SECONDS + 0.3 + LATE_SLACK_SECONDS, context
+    assert world.faults.ssm.url in failure.value.message, context
+
+
+def test_thirty_percent_slow_answers_still_fetch_exact_values(world: World) -> None:
+    """At a 30% rate of answers slower than the read timeout, 20 fetches in a row return exact values."""
+    client = _short_read_timeout_client(world, Deadline(GENEROUS_DEADLINE_SECONDS))
+    for attempt in range(20):
+        world.faults.set(ssm=FaultPlan(kinds=("slow",), rate=0.3, seed=500 + attempt))
+        found, missing = client.fetch(list(NAMED))
+        context = world.faults.describe()
+        assert missing == [], context
+        assert {selector: p.value for selector, p in found.items()} == NAMED, context
+    world.faults.set()
+
+
+class _LongestDelays(random.Random):
+    """An rng whose every backoff delay is the longest allowed: no luck in a timing test."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def test_throttling_is_not_cut_short_by_the_outage_deadline(world: World) -> None:
+    """Under endless throttling the client keeps trying for the whole throttled budget, even when a
+    throttled backoff delay is longer than the short deadline."""
+    world.faults.set(ssm=FaultPlan(kinds=("throttling",), rate=1.0, seed=19))
+    deadline = Deadline(DEADLINE_SECONDS, throttled_seconds=3.0)
+    client = _short_read_timeout_client(
+        world, deadline, backoff_factory=lambda: Backoff(rng=_LongestDelays())
+    )
+    with pytest.raises(ServiceUnavailable) as failure:
+        client.fetch(list(NAMED))
+    seconds = time.monotonic() - deadline.started
+    context = f"gave up after {seconds:.2f} s: {failure.value.message}\n{world.faults.describe()}"
+    world.faults.set()
+    assert 3.0 - 0.05 <= seconds <= 3.0 + LATE_SLACK_SECONDS, context

@@ -1,0 +1,321 @@
+"""Rotation under a real systemd 252: secrets-agent-refresh@NAME.timer and .service check the versions
+NAME's last render used, and restart, reload, re-render for or leave the app as on_change says."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any, Callable, Optional
+
+import pytest
+from nspawn import Machine
+from system_helpers import MARK, App, put
+
+from devtools.fakeimds import FakeImds
+from tests.integration.moto_server import CannedResponse, RecordingProxy, aws_json_error
+
+pytestmark = pytest.mark.system
+
+NewApp = Callable[..., App]
+# The timer's interval in the test, and its randomized delay (a third, as `enable` writes it).
+TEST_INTERVAL_SECONDS = 6
+POLL_SECONDS = 0.25
+CHECK_AND_RESTART_SECONDS = 10
+
+
+def _refresh_unit(app: App) -> str:
+    return f"secrets-agent-refresh@{app.name}.service"
+
+
+def _template(app: App, keys: Any) -> str:
+    return "".join(f'{key}={{{{ param("{app.prefix}/{key}") }}}}\n' for key in keys)
+
+
+def _exec_done_pid(app: App, timeout: float = 30.0) -> int:
+    """The app's MainPID once that process runs the app's own program (after exec, not in the fork)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = app.main_pid()
+        if pid > 0:
+            exe = app.machine.run("readlink", f"/proc/{pid}/exe", check=False).stdout.decode().strip()
+            if exe.endswith("/sleep") and app.machine.show(app.unit, "ActiveState") == "active":
+                return pid
+        time.sleep(POLL_SECONDS)
+    raise AssertionError(f"{app.unit} did not come up running sleep within {timeout} s")
+
+
+def _token(app: App) -> bytes:
+    _exec_done_pid(app)
+    return app.environ()[b"TOKEN"]
+
+
+@pytest.fixture
+def proxy(moto_url: str) -> Iterator[RecordingProxy]:
+    """A recording proxy on the host's loopback in front of moto, for the rotation checks to use."""
+    with RecordingProxy(moto_url) as recording:
+        yield recording
+
+
+@pytest.fixture
+def rotating(machine: Machine, proxy: RecordingProxy) -> Iterator[Callable[[App], None]]:
+    """Point an app's rotation check at the recording proxy; timers off and drop-ins gone afterwards."""
+    apps: list[App] = []
+
+    def point(app: App) -> None:
+        dropin = machine.path(f"/etc/systemd/system/{_refresh_unit(app)}.d/zz-proxy.conf")
+        dropin.parent.mkdir(parents=True, exist_ok=True)
+        dropin.write_text(f"[Service]\nEnvironment=AWS_ENDPOINT_URL_SSM={proxy.url}\n")
+        machine.daemon_reload()
+        apps.append(app)
+
+    yield point
+    for app in apps:
+        machine.run("secrets-agent", "disable", app.name, "--refresh", check=False)
+        machine.systemctl("stop", _refresh_unit(app), check=False)
+        machine.systemctl("reset-failed", _refresh_unit(app), check=False)
+        dropin = machine.path(f"/etc/systemd/system/{_refresh_unit(app)}.d/zz-proxy.conf")
+        dropin.unlink()
+        dropin.parent.rmdir()
+    machine.daemon_reload()
+
+
+def _check(machine: Machine, app: App) -> subprocess.CompletedProcess[bytes]:
+    """One rotation check, started by hand (the timer starts the very same unit)."""
+    return machine.systemctl("start", _refresh_unit(app), check=False)
+
+
+def _started_app(app: App, ssm: Any, settings: str = "", keys: tuple[str, ...] = ("TOKEN",)) -> int:
+    for key in keys:
+        put(ssm, f"{app.prefix}/{key}", f"old {key} {MARK}")
+    app.write_template(_template(app, keys))
+    if settings:
+        app.write_settings(settings)
+    app.machine.systemctl("start", app.unit)
+    return _exec_done_pid(app)
+
+
+def test_the_timer_brings_a_rotated_parameter_to_the_running_app(
+    machine: Machine, new_app: NewApp, ssm: Any, rotating: Callable[[App], None]
+) -> None:
+    """`enable --refresh 6s`: a parameter overwritten in SSM reaches the app's environ within one
+    interval plus its random delay, by the timer firing on its own; the app was restarted once."""
+    app = new_app("rottimer")
+    rotating(app)
+    machine.run("secrets-agent", "enable", app.name, "--refresh", f"{TEST_INTERVAL_SECONDS}s")
+    timer = f"secrets-agent-refresh@{app.name}.timer"
+    assert machine.show(timer, "ActiveState") == "active"
+    assert machine.text("systemctl", "is-enabled", timer).strip() == "enabled"
+    first_pid = _started_app(app, ssm)
+    assert app.environ()[b"TOKEN"] == f"old TOKEN {MARK}".encode()
+    cursor = machine.journal_cursor()
+
+    put(ssm, f"{app.prefix}/TOKEN", f"new TOKEN {MARK}")
+    rotated_at = time.monotonic()
+    # One period (the interval and its fixed random delay, at most a third of it), plus what the
+    # check that catches the change and the app's restart themselves take.
+    bound = TEST_INTERVAL_SECONDS + TEST_INTERVAL_SECONDS / 3 + CHECK_AND_RESTART_SECONDS
+    while time.monotonic() - rotated_at < bound:
+        if app.main_pid() not in (0, first_pid) and _token(app) == f"new TOKEN {MARK}".encode():
+            break
+        time.sleep(POLL_SECONDS)
+    journal = machine.journal(after=cursor, unit=_refresh_unit(app))
+    assert _token(app) == f"new TOKEN {MARK}".encode(), journal
+    assert "refresh_changed" in journal
+    assert MARK not in journal
+    # Started by the timer: nothing in this test started the check unit.
+    assert machine.show(timer, "LastTriggerUSecMonotonic") not in ("", "0")
+
+
+def test_five_unchanged_checks_keep_the_app_and_cost_ceil_n_over_10_calls(
+    machine: Machine, new_app: NewApp, ssm: Any, proxy: RecordingProxy, rotating: Callable[[App], None]
+) -> None:
+    """Nothing changed: five checks leave MainPID alone, and SSM sees exactly ceil(N/10)
+    GetParameters with WithDecryption=false per check and nothing else."""
+    app = new_app("rotquiet")
+    rotating(app)
+    keys = tuple(f"K{i:02d}" for i in range(12))
+    pid = _started_app(app, ssm, keys=keys)
+
+    for _ in range(5):
+        start = len(proxy.actions)
+        result = _check(machine, app)
+        assert result.returncode == 0, result.stderr
+        assert machine.show(_refresh_unit(app), "Result") == "success"
+        assert proxy.actions[start:] == ["GetParameters"] * math.ceil(len(keys) / 10)
+        bodies = proxy.requests("GetParameters")[-math.ceil(len(keys) / 10) :]
+        assert all(body["WithDecryption"] is False for body in bodies)
+        assert app.main_pid() == pid
+    assert machine.show(app.unit, "NRestarts") == "0"
+
+
+def _hashes_while(machine: Machine, path: str, seconds: float) -> subprocess.Popen[bytes]:
+    """A reader inside the machine that prints the SHA-256 of each distinct content `path` shows."""
+    script = (
+        "import hashlib, time\n"
+        "seen = set()\n"
+        f"end = time.monotonic() + {seconds}\n"
+        "while time.monotonic() < end:\n"
+        f"    with open({path!r}, 'rb') as f:\n"
+        "        digest = hashlib.sha256(f.read()).hexdigest()\n"
+        "    if digest not in seen:\n"
+        "        seen.add(digest)\n"
+        "        print(digest, flush=True)\n"
+    )
+    return subprocess.Popen(
+        ["nsenter", "-t", str(machine.init_pid), "-a", "--", "python3", "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_on_change_render_replaces_the_file_atomically_and_leaves_the_app(
+    machine: Machine, new_app: NewApp, ssm: Any, rotating: Callable[[App], None]
+) -> None:
+    """on_change = "render": a reader sees the old file or the new one, never anything else; the
+    app's MainPID does not change."""
+    app = new_app("rotrender")
+    rotating(app)
+    pid = _started_app(app, ssm, settings='on_change = "render"\n')
+    env = f"{app.folder}/env"
+    old = hashlib.sha256(machine.run("cat", env).stdout).hexdigest()
+    reader = _hashes_while(machine, env, 6.0)
+    time.sleep(1.0)
+
+    put(ssm, f"{app.prefix}/TOKEN", f"new TOKEN {MARK}")
+    assert _check(machine, app).returncode == 0
+
+    out, err = reader.communicate(timeout=60)
+    assert reader.returncode == 0, err
+    new_content = machine.run("cat", env).stdout
+    assert f"new TOKEN {MARK}".encode() in new_content
+    new = hashlib.sha256(new_content).hexdigest()
+    assert out.decode().split() == [old, new]
+    assert app.main_pid() == pid
+    assert app.environ()[b"TOKEN"] == f"old TOKEN {MARK}".encode()
+
+
+RELOADABLE_APP = """\
+[Unit]
+Description=Test app {name} that records each reload
+
+[Service]
+ExecStart=/bin/sleep infinity
+ExecReload=/bin/sh -c 'echo reloaded >> /run/{name}-reloads'
+"""
+
+
+def test_on_change_reload_reloads_the_app_after_rendering(
+    machine: Machine, new_app: NewApp, ssm: Any, rotating: Callable[[App], None]
+) -> None:
+    """on_change = "reload": the file holds the new value and systemd ran the app's ExecReload=,
+    without a restart."""
+    app = new_app("rotreload")
+    machine.path(f"/etc/systemd/system/{app.unit}").write_text(RELOADABLE_APP.format(name=app.name))
+    machine.daemon_reload()
+    rotating(app)
+    pid = _started_app(app, ssm, settings='on_change = "reload"\n')
+
+    put(ssm, f"{app.prefix}/TOKEN", f"new TOKEN {MARK}")
+    assert _check(machine, app).returncode == 0
+
+    assert machine.text("cat", f"/run/{app.name}-reloads").split() == ["reloaded"]
+    assert f"new TOKEN {MARK}".encode() in machine.run("cat", f"{app.folder}/env").stdout
+    assert app.main_pid() == pid
+
+
+def test_on_change_none_only_logs(
+    machine: Machine, new_app: NewApp, ssm: Any, rotating: Callable[[App], None]
+) -> None:
+    """on_change = "none": the journal names the change and versions; file and app stay as they were."""
+    app = new_app("rotnone")
+    rotating(app)
+    pid = _started_app(app, ssm, settings='on_change = "none"\n')
+    before = machine.run("cat", f"{app.folder}/env").stdout
+    cursor = machine.journal_cursor()
+
+    put(ssm, f"{app.prefix}/TOKEN", f"new TOKEN {MARK}")
+    assert _check(machine, app).returncode == 0
+
+    journal = machine.journal(after=cursor, unit=_refresh_unit(app))
+    assert "refresh_changed" in journal
+    assert f"{app.prefix}/TOKEN" in journal
+    assert machine.run("cat", f"{app.folder}/env").stdout == before
+    assert app.main_pid() == pid
+
+
+def test_ssm_down_fails_the_check_keeps_the_app_and_the_next_check_acts(
+    machine: Machine, new_app: NewApp, ssm: Any, proxy: RecordingProxy, rotating: Callable[[App], None]
+) -> None:
+    """SSM answering 503 past the deadline: the check unit fails with the cause in its journal, the
+    app keeps running with its values; once SSM is back the next check restarts it with the new one."""
+    app = new_app("rotdown")
+    rotating(app)
+    pid = _started_app(app, ssm, settings="deadline_seconds = 2\n")
+    put(ssm, f"{app.prefix}/TOKEN", f"new TOKEN {MARK}")
+    down: Optional[CannedResponse] = aws_json_error("ServiceUnavailable", "Service Unavailable", 503)
+    proxy.responder = lambda _index, _action: down
+    cursor = machine.journal_cursor()
+
+    assert _check(machine, app).returncode != 0
+
+    assert machine.show(_refresh_unit(app), "Result") == "exit-code"
+    assert machine.show(_refresh_unit(app), "ExecMainStatus") == "7"
+    journal = machine.journal(after=cursor, unit=_refresh_unit(app))
+    assert "refresh_failed" in journal
+    assert "ssm:GetParameters within the 2 s deadline" in journal
+    assert app.main_pid() == pid
+    assert app.environ()[b"TOKEN"] == f"old TOKEN {MARK}".encode()
+
+    down = None
+    assert _check(machine, app).returncode == 0
+    assert app.main_pid() != pid
+    assert _token(app) == f"new TOKEN {MARK}".encode()
+
+
+def test_a_stopped_app_costs_no_call_at_all(
+    machine: Machine,
+    *,
+    new_app: NewApp,
+    ssm: Any,
+    proxy: RecordingProxy,
+    imds: FakeImds,
+    rotating: Callable[[App], None],
+) -> None:
+    """With the app stopped a check asks neither IMDS nor SSM anything, and succeeds."""
+    app = new_app("rotstopped")
+    rotating(app)
+    _started_app(app, ssm)
+    machine.systemctl("stop", app.unit)
+    put(ssm, f"{app.prefix}/TOKEN", f"new TOKEN {MARK}")
+    imds_before = len(imds.requests)
+
+    assert _check(machine, app).returncode == 0
+
+    assert proxy.actions == []
+    assert len(imds.requests) == imds_before
+    assert machine.show(app.unit, "ActiveState") == "inactive"
+
+
+def test_a_failed_render_on_restart_keeps_the_app_down_as_at_boot(
+    machine: Machine, new_app: NewApp, ssm: Any, rotating: Callable[[App], None]
+) -> None:
+    """on_change = "restart" (the default) and a parameter deleted in SSM: the agent cannot render, so
+    the app does not come back without its secrets; the check fails and both journals say why."""
+    app = new_app("rotgone")
+    rotating(app)
+    _started_app(app, ssm)
+    ssm.delete_parameter(Name=f"{app.prefix}/TOKEN")
+    cursor = machine.journal_cursor()
+
+    assert _check(machine, app).returncode != 0
+
+    assert machine.show(app.unit, "ActiveState") != "active"
+    assert machine.show(app.agent_unit, "ActiveState") == "failed"
+    assert f"{app.prefix}/TOKEN" in machine.journal(after=cursor, unit=app.agent_unit)
+    check_journal = machine.journal(after=cursor, unit=_refresh_unit(app))
+    assert "refresh_failed" in check_journal
+    assert f"try-restart {app.unit}" in check_journal
+    assert not app.exists(f"{app.folder}/env")
