@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import boto3
 import pytest
@@ -320,11 +320,35 @@ def assert_renders_every_hard_value(machine: Machine, fakes: Fakes) -> None:
     assert b"EVIL_TOO" not in environment
 
 
+def assert_credentials_refused_before_systemd_251(machine: Machine) -> None:
+    """`enable --credentials` on a systemd older than 251 (no LoadCredential= of a folder) exits 2
+    with a message that names the version, the minimum and the EnvironmentFile way, and writes
+    nothing: no drop-in, no template, no settings."""
+    version = machine.release.systemd
+    write(machine.root, "/etc/systemd/system/creds.service", HARD_APP_UNIT)
+    refused = run(machine, "secrets-agent", "enable", "creds", "--credentials", check=False)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert f"this system runs systemd {version}; --credentials needs 251 or newer" in refused.stderr
+    assert "without --credentials (an EnvironmentFile)" in refused.stderr
+    for path in (
+        "etc/systemd/system/creds.service.d",
+        "etc/secrets-agent/creds.env.j2",
+        "etc/secrets-agent/creds.toml",
+    ):
+        assert not (machine.root / path).exists(), path
+
+
 def boot_wheel_user_data(
-    artefacts: Artefacts, fakes: Fakes, package_server: tuple[str, list[str]], workdir: Path, release: Release
+    artefacts: Artefacts,
+    fakes: Fakes,
+    package_server: tuple[str, list[str]],
+    workdir: Path,
+    release: Release,
+    *,
+    then: Optional[Callable[[Machine], None]] = None,
 ) -> None:
     """Boot a fresh cloud-init root of `release` with the wheel's user-data in its NoCloud seed and
-    check the first boot: the venv's agent, the app's secrets, every hard value."""
+    check the first boot: the venv's agent, the app's secrets, every hard value; then `then`."""
     url, requested = package_server
     root = fresh_rootfs(workdir / "root", cloud_init=True, release=release)
     write(
@@ -356,6 +380,8 @@ def boot_wheel_user_data(
         for value in fakes.values.values():
             assert value not in output
         assert_renders_every_hard_value(machine, fakes)
+        if then is not None:
+            then(machine)
 
 
 def test_cloud_init_first_boot_installs_the_wheel_in_a_venv_and_starts_the_app(
@@ -375,8 +401,16 @@ def test_wheel_user_data_boots_debian_11_with_python_39(
     artefacts: Artefacts, fakes: Fakes, package_server: tuple[str, list[str]], workdir: Path
 ) -> None:
     """The wheel's user-data on Debian 11 (python3 3.9, as Amazon Linux 2023's; systemd 247): the
-    venv runs Python 3.9, the app gets its secrets and every hard value arrives exact."""
-    boot_wheel_user_data(artefacts, fakes, package_server, workdir, BULLSEYE)
+    venv runs Python 3.9, the app gets its secrets and every hard value arrives exact, and
+    `enable --credentials` is refused there with a clear message (systemd 247 < 251)."""
+    boot_wheel_user_data(
+        artefacts,
+        fakes,
+        package_server,
+        workdir,
+        BULLSEYE,
+        then=assert_credentials_refused_before_systemd_251,
+    )
 
 
 def test_ami_bake_leaves_no_secret_and_the_image_boots_the_app(
