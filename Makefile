@@ -15,11 +15,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m agent.demo
+	$(PY) -m devtools.demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check agent tests bench
-	$(VENV)/bin/ruff format --check agent tests bench
+	$(VENV)/bin/ruff check agent devtools tests bench
+	$(VENV)/bin/ruff format --check agent devtools tests bench
 	$(VENV)/bin/mypy
 
 test: lint

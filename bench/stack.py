@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from agent.fakeimds import FakeImds
+from devtools.fakeimds import FakeImds
 from tests.integration.moto_server import RecordingProxy, Responder, start_moto_server
 
 REGION = "eu-west-1"

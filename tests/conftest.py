@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from tests.system.nspawn import Release, releases_under_test
+
 _LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 
@@ -85,3 +87,13 @@ def _restore_umask() -> Iterator[None]:
     os.umask(previous)
     yield
     os.umask(previous)
+
+
+@pytest.fixture(scope="session", params=releases_under_test(), ids=lambda release: release.suite)
+def release(request: pytest.FixtureRequest) -> Release:
+    """The Debian release a container test runs on: every test that asks for it (or for the system
+    tests' `machine`) runs once per release, Debian 12 and 13 unless SECRETS_AGENT_TEST_RELEASES
+    narrows them. Session-scoped, so pytest runs one release's tests together and each release's
+    machine boots once per session."""
+    chosen: Release = request.param
+    return chosen

@@ -25,7 +25,7 @@ import boto3
 
 # The one place the IAM tests import the IMDSv2 fake from (it may move out of agent/); they take
 # FakeImds from here.
-from agent.fakeimds import FakeImds
+from devtools.fakeimds import FakeImds
 from tests.integration.moto_server import CannedResponse, RecordingProxy, moto_api
 
 LOOPBACK = "127.0.0.1"

@@ -20,7 +20,7 @@ from dotenv import dotenv_values
 from agent import __version__
 from agent.cli import main
 from agent.envfile import parse_env
-from agent.fakeimds import FakeImds
+from devtools.fakeimds import FakeImds
 from tests.integration.moto_server import CannedResponse, RecordingProxy, admin_ssm_client, aws_json_error
 
 HARD_VALUES = {

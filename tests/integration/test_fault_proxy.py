@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from agent.fakeimds import FakeImds
+from devtools.fakeimds import FakeImds
 from tests.integration.faults import HTML_MARKER, FaultPlan, FaultProxy, Injection
 from tests.integration.moto_server import admin_ssm_client
 

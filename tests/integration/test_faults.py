@@ -27,10 +27,10 @@ from hypothesis import strategies as st
 from agent.cli import main
 from agent.envfile import parse_env
 from agent.errors import ServiceUnavailable
-from agent.fakeimds import FakeImds
 from agent.output import TMP_PREFIX
 from agent.retry import Backoff, Deadline
 from agent.ssm import SsmClient
+from devtools.fakeimds import FakeImds
 from tests.integration.faults import (
     BAD_ANSWER_FAULTS,
     HTML_MARKER,

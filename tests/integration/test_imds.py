@@ -20,15 +20,15 @@ import requests
 from structlog.testing import capture_logs
 
 from agent.errors import ConfigError, CredentialsError, ServiceUnavailable
-from agent.fakeimds import (
+from agent.imds import ImdsClient, RoleCredentials
+from agent.retry import Backoff, Deadline
+from devtools.fakeimds import (
     FAKE_ACCESS_KEY_ID,
     FAKE_SECRET_ACCESS_KEY,
     FAKE_SESSION_TOKEN,
     ROLE_LIST_PATH,
     FakeImds,
 )
-from agent.imds import ImdsClient, RoleCredentials
-from agent.retry import Backoff, Deadline
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOKEN_PATH = "/latest/api/token"
@@ -522,11 +522,11 @@ def test_fake_stop_drops_kept_alive_connections(raw: requests.Session) -> None:
 
 
 def test_fake_cli_prints_its_url_and_stops_on_sigterm(raw: requests.Session) -> None:
-    """`python -m agent.fakeimds` prints a working URL on one line and exits 0 on SIGTERM."""
+    """`python -m devtools.fakeimds` prints a working URL on one line and exits 0 on SIGTERM."""
     command = [
         sys.executable,
         "-m",
-        "agent.fakeimds",
+        "devtools.fakeimds",
         "--port",
         "0",
         "--region",

@@ -1,9 +1,9 @@
 """Containers for the packaging tests, on the system-test harness (tests/system/nspawn.py).
 
-Two root file systems of its own, cached beside the harness's: a Debian 12 without the agent's
-Python libraries, so that apt-get takes the .deb's dependencies from Debian's archive, and the
-same with cloud-init. Also the harness's installer that puts the .deb, not the source tree, into
-the system tests' machine.
+Two root file systems of its own per Debian release, cached beside the harness's: a bare Debian
+without the agent's Python libraries, so that apt-get takes the .deb's dependencies from that
+release's archive, and the same with cloud-init. Also the harness's installer that puts the .deb,
+not the source tree, into the system tests' machine.
 """
 
 from __future__ import annotations
@@ -18,37 +18,52 @@ from pathlib import Path
 from typing import Callable
 
 from tests.system import nspawn
-from tests.system.nspawn import Machine
+from tests.system.nspawn import DEFAULT_RELEASE, Machine, Release
 
-# A booting minbase Debian 12 and nothing of the agent's: no python3-boto3 and the like.
+# A booting minbase Debian and nothing of the agent's: no python3-boto3 and the like.
 BARE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "ca-certificates")
-# cloud-init as Debian packages it; its locale module fails on a root without en_US.UTF-8.
-CLOUD_PACKAGES = ("cloud-init", "locales")
+# cloud-init as Debian packages it; its locale module fails on a root without en_US.UTF-8. Debian's
+# cloud images hold iproute2 and udev too, which Debian 13's cloud-init (ip) and Debian 11's
+# (udevadm settle) run at first boot and report an error without.
+CLOUD_PACKAGES = ("cloud-init", "locales", "iproute2", "udev")
 CLOUD_LOCALE = "en_US.UTF-8 UTF-8\n"
 # The harness boots with --console=passive: nothing reads the container's console, and once its
 # pty buffer is full PID 1 blocks writing to it, for good. cloud-init's services copy all their
 # output to the console, which fills it at first boot; in this test root they write to the journal
-# only. (Booting with --console=pipe in tests/system/nspawn.py would make this unneeded.)
+# only. (Booting with --console=pipe in tests/system/nspawn.py would make this unneeded.) Debian 13's
+# cloud-init renamed cloud-init.service to cloud-init-network.service and added cloud-init-main.
+CLOUD_INIT_UNITS = (
+    "cloud-init-local", "cloud-init", "cloud-init-network", "cloud-init-main", "cloud-config", "cloud-final",
+)  # fmt: skip
 QUIET_CONSOLE = {
     "etc/systemd/system.conf.d/quiet-console.conf": "[Manager]\nShowStatus=no\n",
     **{
         f"etc/systemd/system/{unit}.service.d/quiet-console.conf": "[Service]\nStandardOutput=journal\n"
-        for unit in ("cloud-init-local", "cloud-init", "cloud-config", "cloud-final")
+        for unit in CLOUD_INIT_UNITS
     },
 }
+# A container runs no sshd and holds no ssh-keygen: Debian 13's cloud-init would report its failed
+# attempt to make host keys as an error of the first boot.
+NO_SSH_HOST_KEYS = {"etc/cloud/cloud.cfg.d/90-secrets-agent-tests.cfg": "ssh_genkeytypes: []\n"}
+LAYER_FILES = {**QUIET_CONSOLE, **NO_SSH_HOST_KEYS}
 # Part of the cache key: a change to how the layer is made must make a new one.
-CLOUD_LAYER_RECIPE = ("layer-2", *CLOUD_PACKAGES, *sorted(QUIET_CONSOLE))
+CLOUD_LAYER_RECIPE = (
+    "layer-3",
+    *CLOUD_PACKAGES,
+    *(f"{path}={text}" for path, text in sorted(LAYER_FILES.items())),
+)
 APT_RETRIES_CONF = "etc/apt/apt.conf.d/80-secrets-agent-tests-retries"
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 __all__ = ["Machine", "booted", "fresh_rootfs", "install_agent_from_deb", "run"]
 
 
-def _cloud_rootfs() -> Path:
-    """The bare root with cloud-init installed by apt (debootstrap --include cannot resolve its
-    dependencies), built once next to the harness's cache."""
-    base = nspawn.build_rootfs(BARE_PACKAGES, log=lambda _line: None)
-    target = nspawn.CACHE_ROOT / f"cloud-init-{nspawn.rootfs_key((*BARE_PACKAGES, *CLOUD_LAYER_RECIPE))}"
+def _cloud_rootfs(release: Release = DEFAULT_RELEASE) -> Path:
+    """The bare root of `release` with cloud-init installed by apt (debootstrap --include cannot
+    resolve its dependencies), built once next to the harness's cache."""
+    base = nspawn.build_rootfs(BARE_PACKAGES, log=lambda _line: None, release=release)
+    key = nspawn.rootfs_key((*BARE_PACKAGES, *CLOUD_LAYER_RECIPE), release)
+    target = nspawn.CACHE_ROOT / f"cloud-init-{key}"
     if (target / "usr/bin/cloud-init").exists():
         return target
     with open(nspawn.CACHE_ROOT / ".lock-cloud-init", "w") as lock:
@@ -70,7 +85,7 @@ def _cloud_rootfs() -> Path:
             )  # fmt: skip
             nspawn.run_in_root(root, ["locale-gen"])
             nspawn.run_in_root(root, ["apt-get", "clean"])
-            for relative, content in QUIET_CONSOLE.items():
+            for relative, content in LAYER_FILES.items():
                 (root / relative).parent.mkdir(parents=True, exist_ok=True)
                 (root / relative).write_text(content, encoding="utf-8")
             root.rename(target)
@@ -79,10 +94,13 @@ def _cloud_rootfs() -> Path:
     return target
 
 
-def fresh_rootfs(destination: Path, *, cloud_init: bool = False) -> Path:
-    """A new copy at `destination` of the bare Debian 12 root (with cloud-init if asked)."""
+def fresh_rootfs(destination: Path, *, cloud_init: bool = False, release: Release = DEFAULT_RELEASE) -> Path:
+    """A new copy at `destination` of the bare root of `release` (with cloud-init if asked)."""
     nspawn.ensure_host_tools()
-    source = _cloud_rootfs() if cloud_init else nspawn.build_rootfs(BARE_PACKAGES, log=lambda _line: None)
+    if cloud_init:
+        source = _cloud_rootfs(release)
+    else:
+        source = nspawn.build_rootfs(BARE_PACKAGES, log=lambda _line: None, release=release)
     subprocess.run(["cp", "-a", "--reflink=auto", str(source), str(destination)], check=True)
     nspawn.trust_host_certificates(destination)
     # apt resolves names as its unprivileged sandbox user.

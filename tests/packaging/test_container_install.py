@@ -1,5 +1,7 @@
-"""The .deb as it is used, in booted Debian 12 containers: apt-get install, cloud-init's first boot
-from a NoCloud seed, and an AMI bake after which the image holds no secret."""
+"""The .deb and the wheel as they are used, in booted containers of each Debian release the .deb runs
+on (12 and 13, the `release` fixture): apt-get install, purge, cloud-init's first boot from a
+NoCloud seed, and an AMI bake after which the image holds no secret. The wheel's first boot also runs
+on Debian 11, whose python3 is 3.9 like Amazon Linux 2023's."""
 
 from __future__ import annotations
 
@@ -10,32 +12,27 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Optional
 
 import boto3
 import pytest
 
 from agent.envfile import parse_env
-from agent.fakeimds import FakeImds
+from devtools.fakeimds import FakeImds
+from tests.hard_values import hard_values, template_lines, tier_for
 from tests.integration.moto_server import RecordingProxy
 from tests.packaging.conftest import REPO, Artefacts, skip_unless_root
 from tests.packaging.machine import Machine, booted, fresh_rootfs, run
 from tests.packaging.test_cloud_init_files import USER_DATA, USER_DATA_WHEEL, with_location
 from tests.system import nspawn
+from tests.system.nspawn import BULLSEYE, Release
 
 pytestmark = pytest.mark.system
 
 REGION = "eu-west-1"
-# Debian 12's versions of the libraries the .deb depends on, as its archive has them.
-DEBIAN_LIBRARY_VERSIONS = {
-    "python3-boto3": "1.26.",
-    "python3-requests": "2.28.",
-    "python3-jinja2": "3.1.2",
-    "python3-structlog": "22.3.",
-}
 CLOUD_INIT_TIMEOUT_SECONDS = 300
 APT_TIMEOUT_SECONDS = 300
 APP_UNIT = (REPO / "systemd" / "examples" / "app.service").read_text(encoding="utf-8")
@@ -56,6 +53,7 @@ class Fakes:
     imds: FakeImds
     ssm: RecordingProxy
     values: dict[str, str]
+    client: Any
 
     def agent_toml(self) -> str:
         """agent.toml that points a container's agent at the fakes instead of AWS."""
@@ -81,7 +79,7 @@ def fakes(moto_url: str) -> Iterator[Fakes]:
     imds.start()
     try:
         with RecordingProxy(moto_url) as proxy:
-            yield Fakes(imds=imds, ssm=proxy, values=values)
+            yield Fakes(imds=imds, ssm=proxy, values=values, client=client)
     finally:
         imds.stop()
 
@@ -131,22 +129,10 @@ def write(root: Path, path: str, content: str, mode: int = 0o644) -> None:
     target.chmod(mode)
 
 
-EXEC_WAIT_SECONDS = 10.0
-
-
 def app_environment(machine: Machine) -> dict[str, str]:
-    """The environment app.service's main process runs with."""
-    pid = run(machine, "systemctl", "show", "--value", "-p", "MainPID", "app.service").stdout.strip()
-    assert pid not in ("", "0"), run(machine, "systemctl", "status", "app.service", check=False).stdout
-    # MainPID is known from the fork on; until the child execs the app it is a copy of systemd with
-    # systemd's environment, so wait for the exec.
-    deadline = time.monotonic() + EXEC_WAIT_SECONDS
-    while machine.run("readlink", f"/proc/{pid}/exe", check=False).stdout.strip().endswith(b"/systemd"):
-        assert time.monotonic() < deadline, f"app.service's main process {pid} never exec'd"
-        time.sleep(0.05)
-    environ = machine.run("cat", f"/proc/{pid}/environ").stdout
-    pairs = [item.split(b"=", 1) for item in environ.split(b"\0") if b"=" in item]
-    return {key.decode(): value.decode() for key, value in pairs}
+    """The environment app.service's main process runs with, once it runs the app's program."""
+    environ = machine.exec_environ("app.service")
+    return {key.decode(): value.decode() for key, value in environ.items()}
 
 
 def files_holding(root: Path, needles: list[bytes]) -> list[str]:
@@ -178,15 +164,16 @@ def apt_install_deb(machine: Machine, deb: Path) -> None:
 
 
 def test_apt_installs_the_deb_with_debians_libraries_and_it_renders(
-    artefacts: Artefacts, fakes: Fakes, workdir: Path
+    artefacts: Artefacts, fakes: Fakes, workdir: Path, release: Release
 ) -> None:
-    """apt-get install ./deb pulls Debian's libraries, starts nothing, and the agent then feeds the app."""
-    root = fresh_rootfs(workdir / "root")
+    """apt-get install ./deb pulls the release's own libraries (the one .deb's Depends: hold on
+    each), starts nothing, and the agent then feeds the app."""
+    root = fresh_rootfs(workdir / "root", release=release)
     shutil.copy(artefacts.deb, root / "root")
     write(root, "/etc/secrets-agent/agent.toml", fakes.agent_toml())
     write(root, "/etc/secrets-agent/app.env.j2", APP_TEMPLATE, 0o640)
     write(root, "/etc/systemd/system/app.service", APP_UNIT)
-    with booted(root, "sa-pkg-apt") as machine:
+    with booted(root, f"sa-pkg-apt-{release.suite}") as machine:
         apt_install_deb(machine, artefacts.deb)
         installed = run(
             machine,
@@ -194,11 +181,11 @@ def test_apt_installs_the_deb_with_debians_libraries_and_it_renders(
             "-W",
             "-f=${Package} ${Version}\n",
             "secrets-agent",
-            *DEBIAN_LIBRARY_VERSIONS,
+            *dict(release.libraries),
         ).stdout
         versions = dict(line.split() for line in installed.splitlines())
         assert versions["secrets-agent"] == artefacts.version
-        for package, prefix in DEBIAN_LIBRARY_VERSIONS.items():
+        for package, prefix in release.libraries:
             assert versions[package].startswith(prefix), (package, versions[package])
         assert run(machine, "secrets-agent", "--version").stdout.split() == [
             "secrets-agent",
@@ -227,13 +214,15 @@ def test_apt_installs_the_deb_with_debians_libraries_and_it_renders(
         assert fakes.ssm.count("GetParameters") >= 1
 
 
-def test_purge_removes_the_package_and_keeps_the_operators_files(artefacts: Artefacts, workdir: Path) -> None:
+def test_purge_removes_the_package_and_keeps_the_operators_files(
+    artefacts: Artefacts, workdir: Path, release: Release
+) -> None:
     """apt-get purge removes every file the .deb installed and leaves /etc/secrets-agent and drop-ins."""
-    root = fresh_rootfs(workdir / "root")
+    root = fresh_rootfs(workdir / "root", release=release)
     shutil.copy(artefacts.deb, root / "root")
     write(root, "/etc/secrets-agent/app.env.j2", APP_TEMPLATE, 0o640)
     write(root, "/etc/systemd/system/app.service", APP_UNIT)
-    with booted(root, "sa-pkg-purge") as machine:
+    with booted(root, f"sa-pkg-purge-{release.suite}") as machine:
         apt_install_deb(machine, artefacts.deb)
         run(machine, "secrets-agent", "enable", "app")
         shipped = [
@@ -275,18 +264,22 @@ def assert_rotation_checks_run(machine: Machine) -> None:
 
 
 def test_cloud_init_first_boot_installs_the_deb_and_starts_the_app(
-    artefacts: Artefacts, fakes: Fakes, package_server: tuple[str, list[str]], workdir: Path
+    artefacts: Artefacts,
+    fakes: Fakes,
+    package_server: tuple[str, list[str]],
+    workdir: Path,
+    release: Release,
 ) -> None:
     """At first boot, cloud-init runs the user-data from a NoCloud seed: the app runs with its secrets."""
     url, requested = package_server
-    root = fresh_rootfs(workdir / "root", cloud_init=True)
+    root = fresh_rootfs(workdir / "root", cloud_init=True, release=release)
     write(
         root, "/var/lib/cloud/seed/nocloud/user-data", with_location(USER_DATA, f"{url}/{artefacts.deb.name}")
     )
     write(root, "/var/lib/cloud/seed/nocloud/meta-data", "instance-id: iid-secrets-agent-test\n")
     # The test's stand-in for EC2's IMDS and SSM; on EC2 no agent.toml is needed.
     write(root, "/etc/secrets-agent/agent.toml", fakes.agent_toml())
-    with booted(root, "sa-pkg-cloud") as machine:
+    with booted(root, f"sa-pkg-cloud-{release.suite}") as machine:
         output = first_boot_output(machine)
         assert requested == [f"/{artefacts.deb.name}"]
         version = run(machine, "dpkg-query", "-W", "-f=${Version}", "secrets-agent").stdout
@@ -303,13 +296,61 @@ def test_cloud_init_first_boot_installs_the_deb_and_starts_the_app(
             assert value not in output
 
 
-def test_cloud_init_first_boot_installs_the_wheel_in_a_venv_and_starts_the_app(
-    artefacts: Artefacts, fakes: Fakes, package_server: tuple[str, list[str]], workdir: Path
+HARD_MARK = f"s3cr3t{secrets.token_hex(6)}"
+HARD_VALUES = hard_values(HARD_MARK)
+HARD_APP_UNIT = "[Service]\nExecStart=/bin/sleep infinity\n"
+
+
+def assert_renders_every_hard_value(machine: Machine, fakes: Fakes) -> None:
+    """Put a second app, `hard`, behind the installed agent with every hard value in its template:
+    its environment holds each one byte for byte, and nothing else of the template."""
+    prefix = f"/hard-{secrets.token_hex(4)}"
+    for key, value in HARD_VALUES.items():
+        fakes.client.put_parameter(
+            Name=f"{prefix}/{key}", Value=value, Type="SecureString", Overwrite=True, **tier_for(value)
+        )
+    write(machine.root, "/etc/secrets-agent/hard.env.j2", template_lines(prefix, HARD_VALUES), 0o640)
+    write(machine.root, "/etc/systemd/system/hard.service", HARD_APP_UNIT)
+    run(machine, "secrets-agent", "enable", "hard")
+    run(machine, "systemctl", "start", "hard.service")
+    environment = machine.exec_environ("hard.service")
+    got = {key: environment.get(key.encode(), b"").decode() for key in HARD_VALUES}
+    assert got == HARD_VALUES
+    assert b"EVIL" not in environment
+    assert b"EVIL_TOO" not in environment
+
+
+def assert_credentials_refused_before_systemd_251(machine: Machine) -> None:
+    """`enable --credentials` on a systemd older than 251 (no LoadCredential= of a folder) exits 2
+    with a message that names the version, the minimum and the EnvironmentFile way, and writes
+    nothing: no drop-in, no template, no settings."""
+    version = machine.release.systemd
+    write(machine.root, "/etc/systemd/system/creds.service", HARD_APP_UNIT)
+    refused = run(machine, "secrets-agent", "enable", "creds", "--credentials", check=False)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert f"this system runs systemd {version}; --credentials needs 251 or newer" in refused.stderr
+    assert "without --credentials (an EnvironmentFile)" in refused.stderr
+    for path in (
+        "etc/systemd/system/creds.service.d",
+        "etc/secrets-agent/creds.env.j2",
+        "etc/secrets-agent/creds.toml",
+    ):
+        assert not (machine.root / path).exists(), path
+
+
+def boot_wheel_user_data(
+    artefacts: Artefacts,
+    fakes: Fakes,
+    package_server: tuple[str, list[str]],
+    workdir: Path,
+    release: Release,
+    *,
+    then: Optional[Callable[[Machine], None]] = None,
 ) -> None:
-    """The wheel's user-data at first boot: python3-venv from Debian's archive, the wheel and its
-    libraries from PyPI into /opt/secrets-agent, the unit from write_files; the app gets its secrets."""
+    """Boot a fresh cloud-init root of `release` with the wheel's user-data in its NoCloud seed and
+    check the first boot: the venv's agent, the app's secrets, every hard value; then `then`."""
     url, requested = package_server
-    root = fresh_rootfs(workdir / "root", cloud_init=True)
+    root = fresh_rootfs(workdir / "root", cloud_init=True, release=release)
     write(
         root,
         "/var/lib/cloud/seed/nocloud/user-data",
@@ -319,9 +360,11 @@ def test_cloud_init_first_boot_installs_the_wheel_in_a_venv_and_starts_the_app(
     write(root, "/etc/secrets-agent/agent.toml", fakes.agent_toml())
     # Test only: this machine reaches PyPI through its own CA, whose bundle the harness copied in.
     write(root, "/etc/pip.conf", "[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n")
-    with booted(root, "sa-pkg-wheel") as machine:
+    with booted(root, f"sa-pkg-wheel-{release.suite}") as machine:
         output = first_boot_output(machine)
         assert requested == [f"/{artefacts.wheel.name}"]
+        python = run(machine, "/opt/secrets-agent/bin/python", "-c", "import sys; print(sys.version)").stdout
+        assert python.startswith(f"{release.python}."), python
         assert run(machine, "/opt/secrets-agent/bin/secrets-agent", "--version").stdout.split() == [
             "secrets-agent",
             artefacts.version,
@@ -336,20 +379,52 @@ def test_cloud_init_first_boot_installs_the_wheel_in_a_venv_and_starts_the_app(
         assert_rotation_checks_run(machine)
         for value in fakes.values.values():
             assert value not in output
+        assert_renders_every_hard_value(machine, fakes)
+        if then is not None:
+            then(machine)
+
+
+def test_cloud_init_first_boot_installs_the_wheel_in_a_venv_and_starts_the_app(
+    artefacts: Artefacts,
+    fakes: Fakes,
+    package_server: tuple[str, list[str]],
+    workdir: Path,
+    release: Release,
+) -> None:
+    """The wheel's user-data at first boot: python3-venv from the release's archive, the wheel and
+    its libraries from PyPI into /opt/secrets-agent, the unit from write_files; the app gets its
+    secrets and every hard value arrives exact."""
+    boot_wheel_user_data(artefacts, fakes, package_server, workdir, release)
+
+
+def test_wheel_user_data_boots_debian_11_with_python_39(
+    artefacts: Artefacts, fakes: Fakes, package_server: tuple[str, list[str]], workdir: Path
+) -> None:
+    """The wheel's user-data on Debian 11 (python3 3.9, as Amazon Linux 2023's; systemd 247): the
+    venv runs Python 3.9, the app gets its secrets and every hard value arrives exact, and
+    `enable --credentials` is refused there with a clear message (systemd 247 < 251)."""
+    boot_wheel_user_data(
+        artefacts,
+        fakes,
+        package_server,
+        workdir,
+        BULLSEYE,
+        then=assert_credentials_refused_before_systemd_251,
+    )
 
 
 def test_ami_bake_leaves_no_secret_and_the_image_boots_the_app(
-    artefacts: Artefacts, fakes: Fakes, workdir: Path
+    artefacts: Artefacts, fakes: Fakes, workdir: Path, release: Release
 ) -> None:
     """ami-bake.sh installs and enables without fetching; an instance of the image gets its secrets at
     boot; after shutdown no secret value is anywhere in the root file system."""
-    root = fresh_rootfs(workdir / "root")
+    root = fresh_rootfs(workdir / "root", release=release)
     shutil.copy(artefacts.deb, root / "root")
     shutil.copy(REPO / "packaging" / "ami-bake.sh", root / "root")
     write(root, "/etc/secrets-agent/agent.toml", fakes.agent_toml())
     write(root, "/etc/secrets-agent/app.env.j2", APP_TEMPLATE, 0o640)
     write(root, "/etc/systemd/system/app.service", APP_UNIT)
-    with booted(root, "sa-pkg-bake") as builder:
+    with booted(root, f"sa-pkg-bake-{release.suite}") as builder:
         bake = run(
             builder,
             "bash",
@@ -368,7 +443,7 @@ def test_ami_bake_leaves_no_secret_and_the_image_boots_the_app(
     (root / "root" / artefacts.deb.name).unlink()
 
     # An instance launched from the image: the app comes up at boot with its secrets.
-    with booted(root, "sa-pkg-instance") as instance:
+    with booted(root, f"sa-pkg-instance-{release.suite}") as instance:
         # app.service is part of multi-user.target, which booting waited for.
         assert run(instance, "systemctl", "is-active", "app.service", check=False).stdout.strip() == "active"
         environment = app_environment(instance)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import email.parser
 import os
 import re
@@ -66,6 +67,63 @@ FORBIDDEN_IN_MAINTAINER_SCRIPTS = re.compile(
 def agent_modules() -> list[str]:
     """The agent's modules in the source tree, as file names."""
     return sorted(path.name for path in (REPO / "agent").glob("*.py"))
+
+
+def modules_the_command_imports() -> set[str]:
+    """The file names of agent/'s modules that `secrets-agent` (agent/__main__.py) can import,
+    directly or through each other, wherever the import statement sits (functions included)."""
+    seen: set[str] = set()
+    pending = ["__main__", "__init__"]
+    while pending:
+        module = pending.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        tree = ast.parse((REPO / "agent" / f"{module}.py").read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [node.module] if node.module else [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("agent"):
+                names = [(node.module or "").partition(".")[2] or alias.name for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [
+                    alias.name.partition(".")[2] for alias in node.names if alias.name.startswith("agent.")
+                ]
+            else:
+                continue
+            pending += [name for name in names if (REPO / "agent" / f"{name}.py").is_file()]
+    return {f"{module}.py" for module in seen}
+
+
+DEB_AGENT_DIR = "./usr/lib/python3/dist-packages/agent/"
+
+
+def modules_under(files: set[str], package_dir: str) -> set[str]:
+    """The file names of the Python modules directly in `package_dir` among a package's `files`."""
+    return {
+        name[len(package_dir) :] for name in files if name.startswith(package_dir) and name.endswith(".py")
+    }
+
+
+def not_the_agent(modules: set[str]) -> list[str]:
+    """The modules of a package's agent/ that the secrets-agent command never imports."""
+    return sorted(modules - modules_the_command_imports())
+
+
+def test_packages_hold_the_agent_alone(artefacts: Artefacts) -> None:
+    """Every module in the wheel's and the .deb's agent/ is one the secrets-agent command imports:
+    no demo, no IMDS fake, no test helper rides along to production instances (the two listing
+    tests below fail on any file outside agent/ that is not a unit, a doc or an example)."""
+    with zipfile.ZipFile(artefacts.wheel) as wheel:
+        wheel_modules = modules_under(set(wheel.namelist()), "agent/")
+    listing = subprocess.run(["dpkg", "-c", str(artefacts.deb)], capture_output=True, text=True, check=True)
+    deb_modules = modules_under({line.split()[-1] for line in listing.stdout.splitlines()}, DEB_AGENT_DIR)
+
+    assert not_the_agent(wheel_modules) == []
+    assert not_the_agent(deb_modules) == []
+    assert wheel_modules == deb_modules == modules_the_command_imports()
+    # What the check says of a package that still carried them.
+    assert not_the_agent(wheel_modules | {"demo.py", "fakeimds.py"}) == ["demo.py", "fakeimds.py"]
 
 
 def deb_field(deb: Path, field: str) -> str:

@@ -13,7 +13,7 @@ import boto3
 import pytest
 
 from agent.envfile import parse_env
-from agent.fakeimds import FakeImds
+from devtools.fakeimds import FakeImds
 from tests.packaging.conftest import Artefacts
 
 # pip fetches boto3, requests, jinja2 and structlog from PyPI (or its cache): a minute at most.

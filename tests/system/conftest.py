@@ -1,5 +1,6 @@
-"""Fixtures for the system tests: one booted Debian 12 machine per session, with the agent
-installed and pointed at moto's server and the fake IMDSv2 on the host's 127.0.0.1.
+"""Fixtures for the system tests: one booted Debian machine per release and session (the `release`
+fixture of tests/conftest.py: Debian 12 and 13), with the agent installed and pointed at moto's
+server and the fake IMDSv2 on the host's 127.0.0.1. See README.md here for how to add a test.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from nspawn import (
     HostNotSuitable,
     Installer,
     Machine,
+    Release,
     booted_machine,
     build_rootfs,
     ensure_host_tools,
@@ -23,7 +25,7 @@ from nspawn import (
 )
 from system_helpers import LOOPBACK, MARK, REGION, ROLE, App, install_app, install_mode, skip_or_fail
 
-from agent.fakeimds import FakeImds
+from devtools.fakeimds import FakeImds
 from tests.integration.moto_server import admin_ssm_client
 from tests.packaging.dist import BuildUnavailable, built_artefacts
 from tests.packaging.machine import install_agent_from_deb
@@ -100,13 +102,14 @@ def _endpoints_dropin(imds_url: str, moto_url: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def machine(moto_url: str, imds: FakeImds) -> Iterator[Machine]:
-    """A booted Debian 12 machine with the agent installed, for the whole session."""
+def machine(release: Release, moto_url: str, imds: FakeImds) -> Iterator[Machine]:
+    """A booted machine of `release` with the agent installed, for the whole session: every test
+    that uses it runs once per release."""
     try:
         ensure_host_tools()
         started = time.monotonic()
-        rootfs = build_rootfs(log=lambda _line: None)
-        TIMINGS.phases["rootfs"] = time.monotonic() - started
+        rootfs = build_rootfs(log=lambda _line: None, release=release)
+        TIMINGS.phases[f"{release.suite} rootfs"] = time.monotonic() - started
     except HostNotSuitable as exc:
         skip_or_fail(str(exc))
 
@@ -119,11 +122,11 @@ def machine(moto_url: str, imds: FakeImds) -> Iterator[Machine]:
 
     assert rootfs.is_dir()
     install = _installer()
-    with booted_machine(install=install, prepare=point_at_fakes) as booted:
-        TIMINGS.phases.update(booted.timings)
+    with booted_machine(install=install, prepare=point_at_fakes, release=release) as booted:
+        TIMINGS.phases.update({f"{release.suite} {phase}": took for phase, took in booted.timings.items()})
         yield booted
         poweroff_started = time.monotonic()
-    TIMINGS.phases["poweroff"] = time.monotonic() - poweroff_started
+    TIMINGS.phases[f"{release.suite} poweroff"] = time.monotonic() - poweroff_started
 
 
 @pytest.fixture

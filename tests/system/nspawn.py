@@ -1,7 +1,9 @@
-"""A Debian 12 machine under systemd-nspawn for the system tests: a cached debootstrap root
-filesystem, a throw-away copy of it per session, the agent installed into the copy, boot, drive, stop.
+"""Debian machines under systemd-nspawn for the system tests: a cached debootstrap root
+filesystem per Debian release, a throw-away copy of it per session, the agent installed into the
+copy, boot, drive, stop.
 
-Run `python -m tests.system.nspawn` as root to build (or find) the cached root filesystem alone.
+Run `python -m tests.system.nspawn [SUITE...]` as root to build (or find) the cached root
+filesystems alone (default: every release the tests run on).
 """
 
 from __future__ import annotations
@@ -23,10 +25,76 @@ from typing import Callable, Optional
 
 REPO = Path(__file__).resolve().parents[2]
 
-DEBIAN_SUITE = "bookworm"
+
+@dataclass(frozen=True)
+class Release:
+    """A Debian release a machine runs: its suite, its number and what it ships that the tests check."""
+
+    suite: str
+    number: int
+    systemd: int
+    python: str
+    # The agent's dependencies as this release's archive has them: Debian package -> version prefix.
+    libraries: tuple[tuple[str, str], ...]
+
+    @property
+    def name(self) -> str:
+        """How the README says it: "Debian 12"."""
+        return f"Debian {self.number}"
+
+
+# Its jinja2 (2.11) is older than the agent needs: the wheel only, in a venv.
+BULLSEYE = Release("bullseye", 11, 247, "3.9", ())
+BOOKWORM = Release(
+    "bookworm", 12, 252, "3.11",
+    (("python3-boto3", "1.26."), ("python3-requests", "2.28."), ("python3-jinja2", "3.1.2"),
+     ("python3-structlog", "22.")),
+)  # fmt: skip
+TRIXIE = Release(
+    "trixie", 13, 257, "3.13",
+    (("python3-boto3", "1.37."), ("python3-requests", "2.32."), ("python3-jinja2", "3.1.6"),
+     ("python3-structlog", "25.")),
+)  # fmt: skip
+RELEASES = {release.suite: release for release in (BULLSEYE, BOOKWORM, TRIXIE)}
+# What the .deb, the system tests and the packaging tests run on, one machine per release and
+# session; SECRETS_AGENT_TEST_RELEASES (suites, comma-separated) narrows it while iterating.
+# Debian 11 (bullseye) only boots the wheel, for its Python 3.9 and systemd 247.
+DEB_RELEASES = (BOOKWORM, TRIXIE)
+RELEASES_ENV = "SECRETS_AGENT_TEST_RELEASES"
+DEFAULT_RELEASE = BOOKWORM
+
+
+def releases_under_test(env: Optional[dict[str, str]] = None) -> list[Release]:
+    """The releases the session runs on: SECRETS_AGENT_TEST_RELEASES, else Debian 12 and 13."""
+    text = (os.environ if env is None else env).get(RELEASES_ENV, "")
+    if not text.strip():
+        return list(DEB_RELEASES)
+    chosen = []
+    for suite in (word.strip() for word in text.split(",") if word.strip()):
+        release = RELEASES.get(suite)
+        if release is None or release not in DEB_RELEASES:
+            known = ", ".join(r.suite for r in DEB_RELEASES)
+            raise ValueError(
+                f"{RELEASES_ENV}: {suite!r} is not one of the releases the .deb runs on ({known})"
+            )
+        chosen.append(release)
+    return chosen
+
+
+def release_of(root: Path) -> Release:
+    """The release a root file system holds, from its /etc/os-release."""
+    fields = dict(
+        line.split("=", 1) for line in (root / "etc/os-release").read_text().splitlines() if "=" in line
+    )
+    suite = fields.get("VERSION_CODENAME", "").strip('"')
+    if suite not in RELEASES:
+        raise ValueError(f"{root} holds {fields.get('PRETTY_NAME', suite)!r}, no release the tests know")
+    return RELEASES[suite]
+
+
 DEBIAN_MIRROR = os.environ.get("SECRETS_AGENT_TEST_MIRROR", "http://deb.debian.org/debian")
 # The one list of what the test machine holds; extend it here (the cache key follows it).
-# systemd, dbus: a booted system. python3-*: the agent's dependencies as Debian 12 ships them.
+# systemd, dbus: a booted system. python3-*: the agent's dependencies as the release ships them.
 # ca-certificates: apt and HTTPS inside the machine.
 ROOTFS_PACKAGES: tuple[str, ...] = (
     "systemd",
@@ -53,6 +121,9 @@ APT_TIMEOUT_SECONDS = 600
 BOOT_TIMEOUT_SECONDS = 90
 POWEROFF_TIMEOUT_SECONDS = 30
 COMMAND_TIMEOUT_SECONDS = 120
+EXEC_TIMEOUT_SECONDS = 30
+# What a unit's main process runs between systemd's fork and the exec of the unit's program.
+SYSTEMD_OWN_PROGRAMS = ("systemd", "systemd-executor")
 
 # debootstrap's words for a mirror it could not reach, as opposed to a broken package set.
 _DOWNLOAD_FAILURES = ("Failed getting release file", "Couldn't download", "Temporary failure resolving")
@@ -87,15 +158,20 @@ def ensure_host_tools() -> None:
 # -- the cached root file system --------------------------------------------------------------
 
 
-def rootfs_key(packages: Sequence[str] = ROOTFS_PACKAGES) -> str:
+def rootfs_key(packages: Sequence[str] = ROOTFS_PACKAGES, release: Release = DEFAULT_RELEASE) -> str:
     """A short hash of everything the root file system is built from."""
-    recipe = "\n".join([DEBIAN_SUITE, DEBIAN_MIRROR, "minbase", *sorted(packages)])
+    recipe = "\n".join([release.suite, DEBIAN_MIRROR, "minbase", *sorted(packages)])
     return hashlib.sha256(recipe.encode()).hexdigest()[:16]
 
 
-def rootfs_cache_path(packages: Sequence[str] = ROOTFS_PACKAGES) -> Path:
-    """Where the root file system for `packages` is cached."""
-    return CACHE_ROOT / f"rootfs-{rootfs_key(packages)}"
+def rootfs_cache_path(packages: Sequence[str] = ROOTFS_PACKAGES, release: Release = DEFAULT_RELEASE) -> Path:
+    """Where the root file system of `release` with `packages` is cached."""
+    return CACHE_ROOT / f"rootfs-{rootfs_key(packages, release)}"
+
+
+def _has_systemd(root: Path) -> bool:
+    # lib/, not usr/lib/: Debian 11 roots need not have a merged /usr.
+    return (root / "lib/systemd/systemd").exists()
 
 
 @contextlib.contextmanager
@@ -110,18 +186,22 @@ def _cache_lock() -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def build_rootfs(packages: Sequence[str] = ROOTFS_PACKAGES, log: Callable[[str], None] = print) -> Path:
-    """Return the cached Debian 12 root file system, building it with debootstrap the first time.
+def build_rootfs(
+    packages: Sequence[str] = ROOTFS_PACKAGES,
+    log: Callable[[str], None] = print,
+    release: Release = DEFAULT_RELEASE,
+) -> Path:
+    """Return the cached root file system of `release`, building it with debootstrap the first time.
 
     The build goes to a temporary folder renamed into place at the end, so an interrupted build
     never leaves a half cache behind.
     """
-    final = rootfs_cache_path(packages)
-    if (final / "usr/lib/systemd/systemd").exists():
+    final = rootfs_cache_path(packages, release)
+    if _has_systemd(final):
         return final
     ensure_host_tools()
     with _cache_lock():
-        if (final / "usr/lib/systemd/systemd").exists():
+        if _has_systemd(final):
             return final
         # Only our own kind: other caches in this folder (tests/packaging) build under their own lock.
         for stale in CACHE_ROOT.glob(".build-rootfs-*"):
@@ -133,7 +213,7 @@ def build_rootfs(packages: Sequence[str] = ROOTFS_PACKAGES, log: Callable[[str],
                 "debootstrap",
                 "--variant=minbase",
                 f"--include={','.join(packages)}",
-                DEBIAN_SUITE,
+                release.suite,
                 str(building / "root"),
                 DEBIAN_MIRROR,
             ]
@@ -216,7 +296,7 @@ def trust_host_certificates(root: Path) -> None:
 
 @dataclass
 class Machine:
-    """A booted Debian 12 container: its root folder on the host and its init's host PID."""
+    """A booted Debian container: its root folder on the host and its init's host PID."""
 
     root: Path
     name: str
@@ -280,6 +360,37 @@ class Machine:
     def daemon_reload(self) -> None:
         """Make systemd read the unit files written from the host."""
         self.systemctl("daemon-reload")
+
+    @property
+    def release(self) -> Release:
+        """The Debian release the machine runs."""
+        return release_of(self.root)
+
+    def exec_environ(self, unit: str, timeout: float = EXEC_TIMEOUT_SECONDS) -> dict[bytes, bytes]:
+        """The environment of UNIT's main process, byte for byte, read from /proc/PID/environ only
+        once that process runs the unit's own program.
+
+        `systemctl start` and `restart` of a Type=simple unit return as soon as systemd has forked
+        the main process, before the exec that hands it the EnvironmentFile: until then its
+        environ is systemd's (systemd 257 even execs its systemd-executor in between).
+        """
+        deadline = time.monotonic() + timeout
+        exe = ""
+        while True:
+            pid = int(self.show(unit, "MainPID"))
+            if pid > 0:
+                exe = self.text("readlink", f"/proc/{pid}/exe", check=False).strip()
+                if exe and Path(exe).name not in SYSTEMD_OWN_PROGRAMS:
+                    raw = self.run("cat", f"/proc/{pid}/environ").stdout
+                    entries = [entry for entry in raw.split(b"\0") if entry]
+                    return dict(entry.partition(b"=")[::2] for entry in entries)
+            if time.monotonic() > deadline:
+                state = self.show(unit, "ActiveState")
+                raise AssertionError(
+                    f"{unit}'s main process (PID {pid}, {state}) did not exec its program "
+                    f"within {timeout} s; last seen running {exe or 'nothing'}"
+                )
+            time.sleep(0.02)
 
 
 def _children(pid: int) -> list[int]:
@@ -372,9 +483,11 @@ def booted_machine(
     install: Installer = install_agent_from_source,
     packages: Sequence[str] = ROOTFS_PACKAGES,
     prepare: Optional[Callable[[Path], None]] = None,
+    release: Release = DEFAULT_RELEASE,
 ) -> Iterator[Machine]:
-    """A fresh copy of the cached root file system with the agent installed, booted; removed after."""
-    cached = build_rootfs(packages)
+    """A fresh copy of the cached root file system of `release` with the agent installed, booted;
+    removed after."""
+    cached = build_rootfs(packages, release=release)
     started = time.monotonic()
     WORK_ROOT.mkdir(parents=True, exist_ok=True)
     remove_stale_workdirs()
@@ -394,7 +507,7 @@ def booted_machine(
         install(root)
         if prepare is not None:
             prepare(root)
-        machine = boot(root, f"sa-test-{os.getpid()}", workdir / "console.log")
+        machine = boot(root, f"sa-test-{release.suite}-{os.getpid()}", workdir / "console.log")
         machine.timings["copy"] = copied
         try:
             yield machine
@@ -438,7 +551,8 @@ def remove_stale_workdirs() -> None:
 
 if __name__ == "__main__":
     try:
-        print(build_rootfs())
+        for suite in sys.argv[1:] or [release.suite for release in releases_under_test()]:
+            print(build_rootfs(release=RELEASES[suite]))
     except HostNotSuitable as exc:
         print(f"cannot build: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -89,12 +89,9 @@ class App:
         return int(self.machine.show(self.unit, "MainPID"))
 
     def environ(self) -> dict[bytes, bytes]:
-        """The running app's environment, byte for byte, from /proc/PID/environ inside the machine."""
-        pid = self.main_pid()
-        assert pid > 0, f"{self.unit} is not running"
-        raw = self.machine.run("cat", f"/proc/{pid}/environ").stdout
-        entries = [entry for entry in raw.split(b"\0") if entry]
-        return dict(entry.partition(b"=")[::2] for entry in entries)
+        """The running app's environment, byte for byte, from /proc/PID/environ inside the machine,
+        read once the main process has exec'd the app (see Machine.exec_environ)."""
+        return self.machine.exec_environ(self.unit)
 
     def exists(self, path: str) -> bool:
         """True if `path` exists inside the machine (its tmpfs mounts included)."""

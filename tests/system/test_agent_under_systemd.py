@@ -1,10 +1,10 @@
-"""The promise to users, shown under a real systemd 252: the agent unit runs before the app, the
-app gets the values byte for byte, the secrets live on tmpfs as long as the app and nowhere else.
+"""The promise to users, shown under a real systemd 252 and 257 (Debian 12 and 13): the agent unit
+runs before the app, the app gets the values byte for byte, the secrets live on tmpfs as long as
+the app and nowhere else.
 """
 
 from __future__ import annotations
 
-import secrets
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,7 +15,8 @@ import pytest
 from nspawn import Machine
 from system_helpers import LOOPBACK, MARK, REGION, ROLE, App, put
 
-from agent.fakeimds import FakeImds
+from devtools.fakeimds import FakeImds
+from tests.hard_values import hard_values, template_lines, tier_for
 
 pytestmark = pytest.mark.system
 
@@ -24,37 +25,11 @@ REPO = Path(__file__).resolve().parents[2]
 NewApp = Callable[..., App]
 
 
-def _block(size: int) -> str:
-    """`size` bytes of printable text (with the mark) that no compressor or escaper leaves alone."""
-    chunk = f"{MARK} {secrets.token_urlsafe(48)} \"'\\$`#=;\n"
-    return (chunk * (size // len(chunk) + 1))[:size]
-
-
-HARD_VALUES = {
-    "DOUBLE_QUOTES": f'say "{MARK}" twice ""',
-    "LEADING_QUOTE": f'"{MARK}',
-    "SINGLE_QUOTES": f"it's '{MARK}'",
-    "BACKSLASHES": f"C:\\dir\\{MARK}\\ and \\n is no newline \\",
-    "DOLLARS": f"$HOME ${{PATH}} $$ $1 {MARK}$",
-    "BACKTICKS": f"`id` $(id) {MARK}",
-    "NEWLINES": f"line one\nline two {MARK}\n",
-    "CARRIAGE_RETURNS": f"a\rb {MARK}\r\n",
-    "TABS": f"\t{MARK}\tx\t",
-    "SPACES": f"   {MARK} inside   ",
-    "HASHES": f"# no comment {MARK} #",
-    "EQUALS": f"a=b={MARK}==",
-    "NON_ASCII": f"päßwörd Ωμέγα 日本語 🔑 {MARK}",
-    "INJECTION": f"harmless {MARK}\nEVIL=1",
-    "CONTINUATION": f"harmless {MARK}\\\nEVIL_TOO=1",
-    "FOUR_KB": _block(4096),
-    "EIGHT_KB": _block(8192),
-}
-# SSM keeps values up to 4 KB in its standard tier; larger ones need the advanced tier.
-STANDARD_TIER_MAX_BYTES = 4096
+HARD_VALUES = hard_values(MARK)
 
 
 def _template(app: App, keys: Any) -> str:
-    return "".join(f'{key}={{{{ param("{app.prefix}/{key}") }}}}\n' for key in keys)
+    return template_lines(app.prefix, keys)
 
 
 def _start(machine: Machine, unit: str) -> subprocess.CompletedProcess[bytes]:
@@ -66,8 +41,7 @@ def hard_app(new_app: NewApp, ssm: Any) -> App:
     """An app whose template asks for every hard value, and an empty one through default=."""
     app = new_app("hard")
     for key, value in HARD_VALUES.items():
-        tier = "Advanced" if len(value.encode()) > STANDARD_TIER_MAX_BYTES else None
-        put(ssm, f"{app.prefix}/{key}", value, tier=tier)
+        put(ssm, f"{app.prefix}/{key}", value, tier=tier_for(value).get("Tier"))
     app.write_template(
         _template(app, HARD_VALUES) + f'EMPTY={{{{ param("{app.prefix}/EMPTY", default="") }}}}\n'
     )
@@ -245,8 +219,7 @@ def test_no_secret_in_the_journal_or_on_disk_after_a_start_stop_cycle(
     """After start and stop, neither the journal nor any file of the machine holds a secret value."""
     app = new_app("leak")
     for key, value in HARD_VALUES.items():
-        tier = "Advanced" if len(value.encode()) > STANDARD_TIER_MAX_BYTES else None
-        put(ssm, f"{app.prefix}/{key}", value, tier=tier)
+        put(ssm, f"{app.prefix}/{key}", value, tier=tier_for(value).get("Tier"))
     app.write_template(_template(app, HARD_VALUES))
     machine.systemctl("start", app.unit)
     assert app.environ()[b"INJECTION"] == HARD_VALUES["INJECTION"].encode()

@@ -1,9 +1,9 @@
-"""The harness itself: the Debian 12 machine boots under systemd 252 with what the agent needs."""
+"""The harness itself: each release's machine boots under its own systemd with what the agent needs."""
 
 from __future__ import annotations
 
 import pytest
-from nspawn import Machine
+from nspawn import Machine, Release
 from system_helpers import install_mode
 
 from agent import __version__
@@ -11,26 +11,28 @@ from agent import __version__
 pytestmark = pytest.mark.system
 
 
-def test_machine_runs_systemd_252_with_run_on_tmpfs(machine: Machine) -> None:
-    """The machine is a booted systemd 252 whose /run, where the secrets go, is tmpfs."""
+def test_machine_runs_its_releases_systemd_with_run_on_tmpfs(machine: Machine, release: Release) -> None:
+    """The machine is a booted Debian of the session's release, under that release's systemd (252
+    on Debian 12, 257 on 13), whose /run, where the secrets go, is tmpfs."""
+    assert machine.release.suite == release.suite
     assert machine.text("systemctl", "is-system-running").strip() in ("running", "degraded")
-    assert machine.text("systemctl", "--version").split()[1] == "252"
+    assert machine.text("systemctl", "--version").split()[1] == str(release.systemd)
     assert machine.text("stat", "-f", "-c", "%T", "/run").strip() == "tmpfs"
+    assert machine.text("cat", "/etc/debian_version").startswith(f"{release.number}.")
 
 
-def test_machine_has_the_agent_and_its_debian_dependencies(machine: Machine) -> None:
-    """Debian 12's python3 imports the agent and boto3, requests, jinja2 and structlog."""
-    out = machine.text(
-        "python3",
-        "-c",
-        "import boto3, jinja2, requests, structlog, agent.cli; "
-        "print(boto3.__version__, jinja2.__version__, requests.__version__, structlog.__version__)",
+def test_machine_has_the_agent_and_its_debian_dependencies(machine: Machine, release: Release) -> None:
+    """The release's python3 imports the agent, and boto3, requests, jinja2 and structlog are the
+    release's own packages."""
+    packages = [package for package, _ in release.libraries]
+    versions = dict(
+        line.split()
+        for line in machine.text("dpkg-query", "-W", "-f", "${Package} ${Version}\n", *packages).splitlines()
     )
-    boto3_version, jinja2_version, requests_version, structlog_version = out.split()
-    assert boto3_version.startswith("1.26.")
-    assert jinja2_version == "3.1.2"
-    assert requests_version.startswith("2.28.")
-    assert structlog_version.startswith("22.")
+    for package, prefix in release.libraries:
+        assert versions[package].startswith(prefix), (package, versions[package])
+    python = machine.text("python3", "-c", "import sys, agent.cli; print('%d.%d' % sys.version_info[:2])")
+    assert python.strip() == release.python
     assert machine.text("secrets-agent", "--version").startswith("secrets-agent ")
 
 

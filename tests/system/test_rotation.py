@@ -14,7 +14,7 @@ import pytest
 from nspawn import Machine
 from system_helpers import MARK, App, put
 
-from agent.fakeimds import FakeImds
+from devtools.fakeimds import FakeImds
 from tests.integration.moto_server import CannedResponse, RecordingProxy, aws_json_error
 
 pytestmark = pytest.mark.system

@@ -1,7 +1,8 @@
-"""The unit files as systemd 252 judges them offline: `systemd-analyze verify` and `security`.
+"""The unit files as systemd judges them: `systemd-analyze verify` and `security`.
 
-These run on the host (no booted systemd needed), in a temporary root that holds the units, the
-host's own systemd units and stand-ins for the commands the units run.
+Most run on the host's systemd (252) offline, in a temporary root that holds the units, the host's
+own systemd units and stand-ins for the commands the units run; the last ones ask the systemd of
+each release's machine (252 and 257) about the unit the .deb installed there.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from nspawn import Machine
 
 from agent.config import DEFAULT_THROTTLE_DEADLINE_SECONDS
 from agent.units import render_dropin
@@ -103,10 +105,36 @@ def test_agent_units_score_ok_in_systemd_analyze_security(unit_root: Path, unit:
     result = _analyze("security", "--offline=true", f"--root={unit_root}", unit)
 
     # With --offline a unit it cannot find still exits 0: read the verdict line itself.
-    verdict = re.search(rf"Overall exposure level for {re.escape(unit)}: (\d+\.\d+) (\w+)", result.stdout)
-    assert verdict is not None, result.stdout + result.stderr
-    assert float(verdict.group(1)) < MAX_EXPOSURE
-    assert verdict.group(2) == "OK"
+    exposure, verdict = _exposure(result.stdout + result.stderr, unit)
+    assert exposure < MAX_EXPOSURE
+    assert verdict == "OK"
+
+
+def _exposure(output: str, unit: str) -> tuple[float, str]:
+    """The overall exposure and its verdict from `systemd-analyze security UNIT`'s output."""
+    found = re.search(rf"Overall exposure level for {re.escape(unit)}: (\d+\.\d+) (\w+)", output)
+    assert found is not None, output
+    return float(found.group(1)), found.group(2)
+
+
+@pytest.mark.system
+def test_installed_agent_unit_scores_ok_under_the_machines_systemd(machine: Machine) -> None:
+    """`systemd-analyze security` of each release's own systemd rates an instance of the unit the
+    .deb installed below 2.0 ("OK")."""
+    unit = "secrets-agent@app.service"
+    result = machine.run("systemd-analyze", "security", "--no-pager", unit, check=False)
+
+    exposure, verdict = _exposure(result.stdout.decode() + result.stderr.decode(), unit)
+    assert exposure < MAX_EXPOSURE
+    assert verdict == "OK"
+
+
+@pytest.mark.system
+def test_installed_agent_unit_passes_the_machines_systemd_analyze_verify(machine: Machine) -> None:
+    """`systemd-analyze verify` of each release's systemd accepts the installed agent unit, silently."""
+    result = machine.run("systemd-analyze", "verify", "--man=no", "secrets-agent@app.service", check=False)
+
+    assert (result.returncode, result.stdout + result.stderr) == (0, b"")
 
 
 def test_example_dropin_is_what_enable_writes() -> None:

@@ -1,7 +1,7 @@
 """A strict IMDSv2 server for tests and the demo: tokens are required on every read, as on an
 instance with `--http-tokens required`, and failure modes (disabled, slow, late, 5xx) are knobs.
 
-Run it alone with `python -m agent.fakeimds --port 0 --region eu-west-1 --role app-role`;
+Run it alone with `python -m devtools.fakeimds --port 0 --region eu-west-1 --role app-role`;
 it prints its URL on one line and serves until SIGTERM.
 """
 
@@ -452,7 +452,7 @@ class FakeImds:
 
 def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m agent.fakeimds",
+        prog="python -m devtools.fakeimds",
         description="Serve a strict fake IMDSv2 until SIGTERM; prints its base URL on one line.",
     )
     parser.add_argument("--host", default="127.0.0.1")

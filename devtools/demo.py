@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.envfile import parse_env
-from agent.fakeimds import FakeImds
+from devtools.fakeimds import FakeImds
 
 REGION = "eu-west-1"
 ROLE = "demo-app-role"
@@ -65,7 +65,7 @@ def start_moto() -> tuple[Any, str]:
     try:
         from moto.server import ThreadedMotoServer  # noqa: PLC0415 - optional: the demo extra
     except ImportError:
-        raise SystemExit("the demo needs moto: pip install 'secrets-agent[demo]'") from None
+        raise SystemExit("the demo needs moto: run it with `make demo`, which installs it") from None
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
