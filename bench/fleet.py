@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from bench.checks import BEFORE_REVISION, RUN_FROM_TREE, extract_before
+from bench.fallback import GetParametersDenial, fallback_calls_per_agent
 from bench.stack import Emulator
 from bench.storm import (
     STORM_SERVICE,
@@ -55,13 +56,17 @@ def run_curve(
     parameters: int = FLEET_PARAMETERS,
     log: bool = True,
     before_tree: Optional[str] = None,
+    fallback: bool = False,
 ) -> list[CurvePoint]:
     """Run one storm per fleet size against one emulator, smallest first; with `before_tree`, the
-    agent of that tree (as it was before the throttled budget and backoff) instead of this one."""
+    agent of that tree (as it was before the throttled budget and backoff) instead of this one; with
+    `fallback`, under a role with ssm:GetParameter only (one call a name)."""
     responder = ThrottlingResponder(None)
+    denial = GetParametersDenial(responder)
+    denial.enabled = fallback
     points = []
     entry = ("-c", RUN_FROM_TREE, before_tree) if before_tree else ("-m", "agent")
-    with Emulator(responder=responder) as emulator:
+    with Emulator(responder=denial) as emulator:
         prepare_storm(emulator, parameters)
         for agents in sizes:
             if log:
@@ -76,6 +81,7 @@ def run_curve(
                 rate_per_second=rate_per_second,
                 burst=max(1.0, rate_per_second),
                 log_dir=default_log_dir(emulator, label),
+                calls_needed=agents * fallback_calls_per_agent(parameters) if fallback else None,
             )
             points.append(CurvePoint(storm))
             missing = [
@@ -118,7 +124,7 @@ def render_section(points: Sequence[CurvePoint], *, heading: str = "## Fleet-siz
         heading,
         "",
         f"Each fleet starts at once, every agent a real cold `python -m agent render` process, each needing "
-        f"{calls} GetParameters calls; the proxy lets {rate:g} SSM calls a second through (burst "
+        f"{calls} SSM calls; the proxy lets {rate:g} SSM calls a second through (burst "
         f"{max(1.0, rate):g}) and answers the rest with `ThrottlingException`. At {rate:g} calls/s, one "
         f"agent here stands for {40 / rate:g} instances against the default 40 calls/s quota.",
         "",
@@ -174,6 +180,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--rate", type=float, default=FLEET_RATE_PER_SECOND)
     parser.add_argument("--parameters", type=int, default=FLEET_PARAMETERS)
     parser.add_argument(
+        "--fallback",
+        action="store_true",
+        help="under a GetParameter-only role (one call a name); give --rate 10x to keep the ideal times",
+    )
+    parser.add_argument(
         "--before-after",
         type=int,
         metavar="ROUNDS",
@@ -189,7 +200,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                 f"({storm.ratio_to_ideal or 0:.2f}x), throttled per call {point.throttled_per_call:.1f}"
             )
         return 0
-    points = run_curve(args.sizes, rate_per_second=args.rate, parameters=args.parameters)
+    points = run_curve(
+        args.sizes, rate_per_second=args.rate, parameters=args.parameters, fallback=args.fallback
+    )
     print(render_section(points))
     print(f"{math.ceil(time.perf_counter() - started)} s")
     return 1 if violations(points) else 0
