@@ -379,9 +379,7 @@ def _parse_role_list(listing: Optional[str]) -> str:
     return roles[0]
 
 
-def _parse_credentials(
-    role: str, document_text: Optional[str], *, now: Optional[datetime] = None
-) -> RoleCredentials:
+def _parse_credentials(role: str, document_text: Optional[str]) -> RoleCredentials:
     """Check IMDS's credentials document and turn it into RoleCredentials.
 
     A document that is not JSON, lacks a field, says a Code other than Success or has already
@@ -421,7 +419,7 @@ def _parse_credentials(
         raise NotImdsAnswer(f"the credentials of IAM role {role} have an unreadable Expiration") from None
     if expires.tzinfo is None:
         expires = expires.replace(tzinfo=timezone.utc)
-    if expires <= (now or datetime.now(timezone.utc)):
+    if expires <= datetime.now(timezone.utc):
         raise NotImdsAnswer(f"the credentials of IAM role {role} expired at {expiration}")
     return RoleCredentials(
         role=role,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import http.client
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Callable, Optional, TypeVar
 
 import structlog
@@ -98,9 +98,9 @@ class SsmClient:
         read_timeout_seconds: float = READ_TIMEOUT_SECONDS,
     ) -> None:
         started = time.perf_counter()
-        # Imported here, not at the top: botocore.session costs ~100 ms, which commands that never
-        # call SSM (--version, clean, enable) should not pay. botocore's Session directly, since
-        # boto3 only adds import time on top of it.
+        # botocore is imported here and in create_client, not at the top: botocore.session costs
+        # ~100 ms, which commands that never call SSM (--version, clean, enable) should not pay.
+        # botocore's Session directly, since boto3 only adds import time on top of it.
         from botocore.config import Config  # noqa: PLC0415
 
         self._deadline = deadline
@@ -196,35 +196,24 @@ class SsmClient:
             "WithDecryption": decrypt,
             "MaxResults": GET_PARAMETERS_BY_PATH_MAX_RESULTS,
         }
-        seen_tokens: set[str] = set()
         seen_names: set[str] = set()
 
         def check_page(response: Any) -> tuple[list[Parameter], Optional[str]]:
             page, token = check_path_page(path, recursive=recursive, response=response)
-            if token is not None and token in seen_tokens:
-                raise NotSsmAnswer(f"listing {path}, the page token did not advance")
             if any(parameter.name in seen_names for parameter in page):
                 raise NotSsmAnswer(f"listing {path}, a page repeated a parameter of an earlier page")
             return page, token
 
         pages = 0
-        self.calls_planned += 1
-        while True:
-            try:
-                page, token = self._call("GetParametersByPath", [path], request, check_page)
-            except _RejectedCall as rejected:
-                if rejected.code == "ParameterNotFound":
-                    break  # SSM said the path does not exist: an empty mapping, not an error
+        try:
+            for page in self._pages("GetParametersByPath", [path], request, check_page):
+                pages += 1
+                parameters.extend(page)
+                seen_names.update(parameter.name for parameter in page)
+        except _RejectedCall as rejected:
+            # SSM said the path does not exist: an empty mapping (or the end of it), not an error.
+            if rejected.code != "ParameterNotFound":
                 raise rejected.mapped from None
-            pages += 1
-            parameters.extend(page)
-            seen_names.update(parameter.name for parameter in page)
-            # A page may be empty and still carry a token: only a missing token ends the listing.
-            if token is None:
-                break
-            seen_tokens.add(token)
-            request["NextToken"] = token
-            self.calls_planned += 1
         _log.info(
             "ssm_path_fetched",
             path=path,
@@ -301,22 +290,41 @@ class SsmClient:
         """Every parameter's metadata (Name, Type, KeyId; never a value) DescribeParameters matches."""
         request: dict[str, Any] = {"ParameterFilters": filters, "MaxResults": DESCRIBE_PARAMETERS_MAX_RESULTS}
         described: list[dict[str, Any]] = []
+        names = [str(f.get("Values")) for f in filters]
+        try:
+            for page in self._pages("DescribeParameters", names, request, check_describe_page):
+                described.extend(page)
+        except _RejectedCall as rejected:
+            raise rejected.mapped from None
+        return described
+
+    def _pages(
+        self,
+        action: str,
+        names: Sequence[str],
+        request: dict[str, Any],
+        check: Callable[[Any], tuple[list[_T], Optional[str]]],
+    ) -> Iterator[list[_T]]:
+        """Every page of a paged call, in order. Only a missing NextToken ends the listing (a page may
+        be empty and still carry one); a token that does not advance is not SSM's answer, retried
+        like any other, never an endless loop nor a listing cut short."""
         seen_tokens: set[str] = set()
+
+        def check_advancing(response: Any) -> tuple[list[_T], Optional[str]]:
+            page, token = check(response)
+            if token is not None and token in seen_tokens:
+                raise NotSsmAnswer(f"listing {', '.join(names)}, the page token did not advance")
+            return page, token
+
+        self.calls_planned += 1
         while True:
-            try:
-                page, token = self._call(
-                    "DescribeParameters",
-                    [str(f.get("Values")) for f in filters],
-                    request,
-                    check_describe_page,
-                )
-            except _RejectedCall as rejected:
-                raise rejected.mapped from None
-            described.extend(page)
-            if token is None or token in seen_tokens:
-                return described
+            page, token = self._call(action, names, request, check_advancing)
+            yield page
+            if token is None:
+                return
             seen_tokens.add(token)
             request["NextToken"] = token
+            self.calls_planned += 1
 
     def _split_rejected_batch(
         self, batch: list[str], rejected: _RejectedCall, decrypt: bool
@@ -450,7 +458,7 @@ class SsmClient:
         self._reported_at = now
         waited = round(now - self._throttled_since, 1)
         calls_left = max(1, self.calls_planned - self.calls_done)
-        budget_left = round(self._deadline.remaining)
+        budget_left = round(self._deadline.budget_remaining)
         _log.warning(
             "ssm_throttled",
             action=action,

@@ -861,6 +861,8 @@ def test_throttled_longer_than_the_short_deadline_still_succeeds(admin: Any, cle
     assert waiting[0]["calls_left"] == 1
     assert "va" not in repr(logs)
     assert statuses[0].startswith("SSM is throttling")
+    # While throttled, the agent gives up when the throttled budget ends, not the 0.5 s deadline.
+    assert statuses[0].endswith("giving up in 10 s")
     assert statuses[-1] == "SSM let the call through; fetching"
     passed = [entry for entry in logs if entry["event"] == "ssm_throttle_passed"]
     assert passed[0]["throttled_seconds"] >= 1.0  # 1.5 s less the first answer's round trip
@@ -932,3 +934,17 @@ def test_fallback_counts_one_call_a_name_while_throttled(admin: Any, clean_moto_
     (waiting,) = [entry for entry in logs if entry["event"] == "ssm_throttled"]
     assert waiting["calls_left"] == 3
     assert [entry["event"] for entry in logs].count("ssm_get_parameters_denied") == 1
+
+
+def test_a_describe_listing_whose_token_does_not_advance_is_retried_then_named() -> None:
+    """DescribeParameters pages share the path listing's rule: a repeated token is never the end."""
+    body = json.dumps({"Parameters": [{"Name": "/d/a", "Type": "SecureString"}], "NextToken": "t1"})
+    repeating = CannedResponse(200, body.encode(), (("Content-Type", "application/x-amz-json-1.1"),))
+    with (
+        RecordingProxy(None, lambda _index, _action: repeating) as proxy,
+        pytest.raises(ServiceUnavailable, match="the page token did not advance"),
+    ):
+        make_client(proxy.url, deadline_seconds=0.3).describe_parameters(
+            [{"Key": "Name", "Values": ["/d/a"]}]
+        )
+    assert proxy.count("DescribeParameters") > 2
