@@ -1,18 +1,20 @@
 """Fleet-size curve: 10 to 150 cold agents booting at once against a throttled SSM, each a real process.
 
-`python -m bench.fleet` runs it alone and prints its section; `make bench` runs it after the storm and
-adds the section to bench/RESULTS.md. Agents keep their default deadlines (60 s outage, 600 s
-throttled), as on an instance.
+`python -m bench.fleet` runs it alone and prints its section; `make bench` runs `measure()` after the
+storm (the curve, the same curve under a GetParameter-only role, and the 40-agent storm by the agent
+before the throttled budget and by this tree, alternating) and adds the section to bench/RESULTS.md.
+Agents keep their default deadlines (60 s outage, 600 s throttled), as on an instance.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -35,6 +37,14 @@ FLEET_PARAMETERS = 20
 # Targets (issue: fleet scale without a cliff).
 MAX_RATIO_TO_IDEAL = 1.3
 MAX_THROTTLED_PER_CALL_AT_100 = 10.0
+# "The 40-agent storm no slower than today": the agent before the throttled budget and this tree,
+# alternating, this many rounds each.
+STORM_AGENTS = 40
+BEFORE_AFTER_ROUNDS = 2
+# The GetParameter fallback makes 1 + N calls an agent instead of ceil(N / 10): at 10x the rate its
+# curve keeps the ideal times of the batched one (at 2 calls/s, 150 agents would need 26 minutes,
+# past the 600 s throttled budget by design).
+FALLBACK_RATE_PER_SECOND = 20.0
 
 
 @dataclass(frozen=True)
@@ -114,8 +124,10 @@ def violations(points: Sequence[CurvePoint]) -> list[str]:
     return found
 
 
-def render_section(points: Sequence[CurvePoint], *, heading: str = "## Fleet-size curve") -> str:
-    """The report's section for a curve: a table and whether each target was met."""
+def render_section(
+    points: Sequence[CurvePoint], *, heading: str = "## Fleet-size curve", targets: bool = True
+) -> str:
+    """The report's section for a curve: a table and, with `targets`, whether each was met."""
     if not points:
         return f"{heading}\n\nNot run.\n"
     rate = points[0].storm.rate_per_second or FLEET_RATE_PER_SECOND
@@ -140,6 +152,8 @@ def render_section(points: Sequence[CurvePoint], *, heading: str = "## Fleet-siz
             f"| {point.throttled_per_call:.1f} "
             f"| {storm.slowest_agent_seconds:.1f} | {storm.median_agent_seconds:.1f} |"
         )
+    if not targets:
+        return "\n".join(lines) + "\n"
     missed = violations(points)
     lines += [
         "",
@@ -171,6 +185,114 @@ def before_and_after(agents: int, rounds: int) -> list[tuple[str, CurvePoint]]:
             )
             pairs.append(("this tree", run_curve([agents], log=False)[0]))
     return pairs
+
+
+def before_after_violations(pairs: Sequence[tuple[str, CurvePoint]]) -> list[str]:
+    """No slower than today: this tree's mean total against the mean of the agent before."""
+    before, after = _before_after_totals(pairs)
+    if not before or not after:
+        return []
+    found = [
+        f"40-agent storm: {point.storm.failed} of {point.storm.agents} agents failed ({label})"
+        for label, point in pairs
+        if point.storm.failed
+    ]
+    if statistics.mean(after) > statistics.mean(before):
+        found.append(
+            f"40-agent storm: {statistics.mean(after):.1f} s by this tree against "
+            f"{statistics.mean(before):.1f} s before (target: no slower)"
+        )
+    return found
+
+
+def _before_after_totals(pairs: Sequence[tuple[str, CurvePoint]]) -> tuple[list[float], list[float]]:
+    before = [point.storm.total_seconds for label, point in pairs if label != "this tree"]
+    after = [point.storm.total_seconds for label, point in pairs if label == "this tree"]
+    return before, after
+
+
+def render_before_after(pairs: Sequence[tuple[str, CurvePoint]]) -> str:
+    """The 40-agent storm, before and after, as the report shows it."""
+    heading = f"### The {STORM_AGENTS}-agent storm before the throttled budget and now"
+    before, after = _before_after_totals(pairs)
+    if not before or not after:
+        return f"{heading}\n\nNot run: git revision {BEFORE_REVISION} is not available in this checkout.\n"
+    lines = [
+        heading,
+        "",
+        f"The same storm ({STORM_AGENTS} agents, 2 calls/s, 20 parameters) by the agent at git revision "
+        f"{BEFORE_REVISION} (full jitter capped at 2 s, one 60 s deadline) and by this tree, "
+        "alternating, in this run.",
+        "",
+        "| agent | failed | total s | total / ideal | throttled answers per call let through "
+        "| slowest agent s | median agent s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, point in pairs:
+        storm = point.storm
+        lines.append(
+            f"| {label} | {storm.failed} | {storm.total_seconds:.1f} | {storm.ratio_to_ideal or 0:.2f}x "
+            f"| {point.throttled_per_call:.1f} | {storm.slowest_agent_seconds:.1f} "
+            f"| {storm.median_agent_seconds:.1f} |"
+        )
+    missed = before_after_violations(pairs)
+    lines += [
+        "",
+        f"Mean total: {statistics.mean(after):.1f} s now against {statistics.mean(before):.1f} s before "
+        f"({statistics.mean(after) / statistics.mean(before):.2f}x). Target, no slower than before: "
+        + ("met." if not missed else "**missed**: " + "; ".join(missed) + "."),
+        "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class FleetResults:
+    """Everything the fleet section measured in one run."""
+
+    curve: list[CurvePoint] = field(default_factory=list)
+    fallback_curve: list[CurvePoint] = field(default_factory=list)
+    before_after: list[tuple[str, CurvePoint]] = field(default_factory=list)
+
+    @property
+    def violations(self) -> list[str]:
+        """The targets missed (the fallback curve has none)."""
+        return violations(self.curve) + before_after_violations(self.before_after)
+
+
+def measure() -> FleetResults:
+    """The fleet section of `make bench`: the curve, the fallback's curve, and the storm before and
+    after."""
+    results = FleetResults()
+    print("fleet-size curve", flush=True)
+    results.curve = run_curve()
+    print(f"fleet-size curve, GetParameter-only role, {FALLBACK_RATE_PER_SECOND:g} calls/s", flush=True)
+    results.fallback_curve = run_curve(rate_per_second=FALLBACK_RATE_PER_SECOND, fallback=True)
+    print(f"fleet storm before and after: {BEFORE_AFTER_ROUNDS} rounds", flush=True)
+    results.before_after = before_and_after(STORM_AGENTS, BEFORE_AFTER_ROUNDS)
+    return results
+
+
+def report(results: Optional[FleetResults], emit: Callable[[str], None]) -> None:
+    """The report's fleet section: the curve, the fallback's curve (no target), before and after."""
+    heading = "## 4b. Fleet-size curve (no cliff)"
+    if results is None:
+        emit(f"{heading}\n\nNot run (--skip-fleet-curve).\n")
+        return
+    emit(render_section(results.curve, heading=heading))
+    emit(
+        render_section(
+            results.fallback_curve,
+            heading="### The same curve under a GetParameter-only role (the fallback; no target)",
+            targets=False,
+        )
+    )
+    emit(
+        f"Here each agent makes 1 + 20 calls (one denied GetParameters, then one GetParameter a name), "
+        f"10x the batched agent's 2, so the proxy lets {FALLBACK_RATE_PER_SECOND:g} calls/s through to "
+        "keep the ideal times of the curve above; the targets above do not apply to it.\n"
+    )
+    emit(render_before_after(results.before_after))
 
 
 def main(argv: Optional[list[str]] = None) -> int:

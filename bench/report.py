@@ -90,7 +90,7 @@ def render(results: Results) -> str:
     _calls(results, add)
     _fallback(results, add)
     _storm(results, add)
-    add(fleet.render_section(results.fleet_curve, heading="## 4b. Fleet-size curve (no cliff)"))
+    fleet.report(results.fleet_results, add)
     add(checks.render_section(results.check_costs, results.check_note))
     _memory(results, add)
     _levers(results, add)

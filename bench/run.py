@@ -91,7 +91,7 @@ class Results:
     levers: list[levers.Lever] = field(default_factory=list)
     storms: list[StormResult] = field(default_factory=list)
     fallback: Optional[FallbackResults] = None
-    fleet_curve: list[fleet.CurvePoint] = field(default_factory=list)
+    fleet_results: Optional[fleet.FleetResults] = None
     check_costs: list[checks.BeforeAfter] = field(default_factory=list)
     check_note: str = "not run"
     rotation: Optional[rotation.RotationResults] = None
@@ -125,7 +125,9 @@ def _parse_options(argv: Optional[list[str]]) -> Options:
     )
     parser.add_argument("--skip-storm", action="store_true", help="leave the fleet storm out")
     parser.add_argument(
-        "--skip-fleet-curve", action="store_true", help="leave the fleet-size curve (10 to 150 agents) out"
+        "--skip-fleet-curve",
+        action="store_true",
+        help="leave the fleet-size curves (10 to 150 agents) and the storm before and after out",
     )
     parser.add_argument("--output", type=Path, default=BENCH_DIR / "RESULTS.md")
     parser.add_argument("--skip-rotation", action="store_true", help="leave the rotation checks out")
@@ -503,9 +505,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"fleet storm: {options.storm_agents} agents at {options.storm_rate:g} SSM calls/s", flush=True)
         _storms(options, results)
     if not options.skip_fleet_curve:
-        print("fleet-size curve", flush=True)
-        results.fleet_curve = fleet.run_curve()
-        results.violations.extend(fleet.violations(results.fleet_curve))
+        results.fleet_results = fleet.measure()
+        results.violations.extend(results.fleet_results.violations)
     if not options.skip_rotation:
         results.rotation = rotation.measure(skip_fleets=options.skip_storm)
         results.violations.extend(results.rotation.violations)

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from agent.retry import (
+    THROTTLED_JITTER_FLOOR,
     THROTTLED_MAX_DELAY_SECONDS,
     THROTTLED_STEP_SECONDS,
     Backoff,
@@ -70,16 +71,22 @@ def test_outage_delays_stay_capped_at_two_seconds() -> None:
 
 
 def test_throttled_delays_grow_with_every_throttled_answer_up_to_their_cap() -> None:
-    """Each throttled answer raises the ceiling by one step, to the cap; the mean follows it."""
+    """Each throttled answer raises the ceiling by one step, to the cap; once that ceiling is above
+    the outage one, the delay comes from its top part, [floor x ceiling, ceiling]."""
     memory = ThrottleMemory()
     rng = random.Random(3)  # noqa: S311
     delays = [Backoff(rng=rng, memory=memory).next_delay(is_throttled=True) for _ in range(200)]
     assert memory.count == 200
     assert max(delays[:2]) <= 2.0  # the first ones: at most the outage cap
-    assert max(delays) <= THROTTLED_MAX_DELAY_SECONDS
+    for seen, delay in enumerate(delays, start=1):
+        ceiling = min(THROTTLED_MAX_DELAY_SECONDS, THROTTLED_STEP_SECONDS * seen)
+        if ceiling > 2.0:
+            assert THROTTLED_JITTER_FLOOR * ceiling <= delay <= ceiling
+    assert THROTTLED_STEP_SECONDS * 20 >= THROTTLED_MAX_DELAY_SECONDS  # the cap is reached in 20 answers
     late = delays[100:]
-    assert sum(late) / len(late) == pytest.approx(THROTTLED_MAX_DELAY_SECONDS / 2, rel=0.25)
-    assert THROTTLED_STEP_SECONDS * 17 > THROTTLED_MAX_DELAY_SECONDS  # the cap is reached in ~17 answers
+    mean = THROTTLED_MAX_DELAY_SECONDS * (1 + THROTTLED_JITTER_FLOOR) / 2
+    assert sum(late) / len(late) == pytest.approx(mean, rel=0.1)
+    assert min(late) >= THROTTLED_JITTER_FLOOR * THROTTLED_MAX_DELAY_SECONDS
 
 
 def test_a_call_let_through_halves_what_the_process_remembers() -> None:
