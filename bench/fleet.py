@@ -236,10 +236,13 @@ def render_before_after(pairs: Sequence[tuple[str, CurvePoint]]) -> str:
             f"| {storm.median_agent_seconds:.1f} |"
         )
     missed = before_after_violations(pairs)
+    throttled_before = statistics.mean(p.throttled_per_call for label, p in pairs if label != "this tree")
+    throttled_after = statistics.mean(p.throttled_per_call for label, p in pairs if label == "this tree")
     lines += [
         "",
         f"Mean total: {statistics.mean(after):.1f} s now against {statistics.mean(before):.1f} s before "
-        f"({statistics.mean(after) / statistics.mean(before):.2f}x). Target, no slower than before: "
+        f"({statistics.mean(after) / statistics.mean(before):.2f}x), with {throttled_after:.1f} throttled "
+        f"answers per call let through against {throttled_before:.1f}. Target, no slower than before: "
         + ("met." if not missed else "**missed**: " + "; ".join(missed) + "."),
         "",
     ]
