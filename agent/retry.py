@@ -22,10 +22,11 @@ MAX_DELAY_SECONDS = 2.0
 # keeps the last few agents of a storm from sleeping while the quota goes unused. A throttled
 # delay is drawn from the top of its range, [floor x ceiling, ceiling] (between full and "equal"
 # jitter): the same longest sleep with a longer mean, so fewer retries, while still spread out.
-# Chosen with a simulation of 10 to 150 agents at 2 calls/s (fewer throttled answers per call
-# against time lost at the end of a storm: against a 0.6 s step with full jitter, 8.2 rather than
-# 9.1 throttled answers per call at 100 agents and a shorter tail at 10), then measured with real
-# processes by `make bench` (bench/RESULTS.md).
+# Chosen with `python -m bench.fleet_model` (this Backoff in a model of 10 to 150 agents booting at
+# once against 2 calls/s: fewer throttled answers per call against time lost at the end of a storm),
+# then measured with real processes by `make bench` (bench/RESULTS.md). A process sees only its own
+# answers, so the last agents of a storm wait longer than the quota needs: the price of wasting a
+# third of the calls that retrying every second wastes.
 THROTTLED_STEP_SECONDS = 0.5
 THROTTLED_MAX_DELAY_SECONDS = 10.0
 THROTTLED_JITTER_FLOOR = 0.4
