@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 from agent.retry import THROTTLED_JITTER_FLOOR, THROTTLED_STEP_SECONDS, Backoff, ThrottleMemory
+from bench.fleet import FLEET_PARAMETERS, FLEET_RATE_PER_SECOND, FLEET_SIZES
+from bench.storm import TokenBucket, calls_per_agent
 
-SIZES = (10, 40, 100, 150)
-RATE_PER_SECOND = 2.0
-CALLS_PER_AGENT = 2
+CALLS_PER_AGENT = calls_per_agent(FLEET_PARAMETERS)
 BOOT_CPU_SECONDS = 0.3
 CPUS = 2
 ROUND_TRIP_SECONDS = 0.05
@@ -67,7 +67,7 @@ class Outcome:
     throttled_per_call: float
 
 
-def storm(agents: int, policy: Policy, seed: int, *, rate: float = RATE_PER_SECOND) -> Outcome:
+def storm(agents: int, policy: Policy, seed: int, *, rate: float = FLEET_RATE_PER_SECOND) -> Outcome:
     """One storm of `agents` agents, each with its own Backoff per call and ThrottleMemory, as
     SsmClient keeps them."""
     rng = random.Random(seed)
@@ -79,13 +79,12 @@ def storm(agents: int, policy: Policy, seed: int, *, rate: float = RATE_PER_SECO
     ends = [0.0] * agents
     for agent in range(agents):
         heapq.heappush(events, (ready * rng.uniform(0.75, 1.0) + 0.3, agent))
-    tokens, last = rate, 0.0
+    now = 0.0
+    bucket = TokenBucket(rate, rate, clock=lambda: now)  # the proxy's bucket, on the model's clock
     allowed = throttled = 0
     while events:
         now, agent = heapq.heappop(events)
-        tokens, last = min(rate, tokens + (now - last) * rate), now
-        if tokens >= 1.0:
-            tokens -= 1.0
+        if bucket.take():
             allowed += 1
             done[agent] += 1
             memories[agent].let_through()
@@ -135,7 +134,7 @@ def table(policies: Sequence[Policy], sizes: Sequence[int], seeds: int) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     """Print the model's table."""
     parser = argparse.ArgumentParser(prog="python -m bench.fleet_model", description=__doc__)
-    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(FLEET_SIZES))
     parser.add_argument(
         "--seeds", type=int, default=200, help="storms per policy at 10 agents (fewer, as 10/K, above)"
     )
