@@ -16,9 +16,6 @@ import structlog
 from agent import __version__, credentials, envfile
 from agent.answers import Parameter
 from agent.config import AgentSettings, ServiceSettings, load_agent_settings, load_service_settings
-from agent.doctor import Inputs as DoctorInputs
-from agent.doctor import report as report_checks
-from agent.doctor import run_checks
 from agent.errors import EXIT_INTERRUPTED, AgentError, ConfigError, ParameterNotFound
 from agent.imds import ImdsClient
 from agent.log import REDACTOR, configure_logging
@@ -407,8 +404,11 @@ def cmd_doctor(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO
         )
         return settings, load_service_settings(settings, args.name)
 
-    inputs = DoctorInputs(load_settings=load_settings, load_template=_read_template, unit=args.unit)
-    return report_checks(run_checks(args.name, inputs), out.write)
+    # Only `doctor` pays for its module (sockets, temp files, HTTP probes), not every render.
+    from agent.doctor import Inputs, report, run_checks  # noqa: PLC0415
+
+    inputs = Inputs(load_settings=load_settings, load_template=_read_template, unit=args.unit)
+    return report(run_checks(args.name, inputs), out.write)
 
 
 def _enable_refresh(args: argparse.Namespace, out: TextIO) -> None:

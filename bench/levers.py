@@ -14,6 +14,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bench.checks import REPO
+
 # Python's own start-up and exit plus these imports, in a fresh interpreter each time.
 IMPORT_PROBES = {
     "python -c pass": "pass",
@@ -23,21 +25,21 @@ IMPORT_PROBES = {
 
 _CLIENT_CREATION_SCRIPT = """
 import json, sys, time
-import botocore.loaders, botocore.session
+import botocore.session
 from botocore.config import Config
+from agent.ssm import create_client
+config = Config(retries={"total_max_attempts": 1, "mode": "standard"})
 started = time.perf_counter()
-session = botocore.session.Session()
-if sys.argv[1] == "narrow":
-    class SsmOnlyLoader(botocore.loaders.Loader):
-        # load_service_model lists every service on disk (~900 stat calls) only to check the name.
-        def list_available_services(self, type_name):
-            return ["ssm"]
-    session.register_component("data_loader", SsmOnlyLoader())
-session.create_client(
-    "ssm", region_name="eu-west-1", endpoint_url="http://127.0.0.1:9",
-    aws_access_key_id="a", aws_secret_access_key="b", aws_session_token="c",
-    config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
-)
+if sys.argv[1] == "stock":
+    botocore.session.Session().create_client(
+        "ssm", region_name="eu-west-1", endpoint_url="http://127.0.0.1:9",
+        aws_access_key_id="a", aws_secret_access_key="b", aws_session_token="c", config=config,
+    )
+else:
+    create_client(
+        "ssm", region="eu-west-1", endpoint_url="http://127.0.0.1:9", credentials=("a", "b", "c"),
+        config=config,
+    )
 print(json.dumps(time.perf_counter() - started))
 """
 
@@ -73,8 +75,9 @@ def import_cost_ms(statements: dict[str, str], rounds: int) -> dict[str, float]:
 
 
 def client_creation_lever(rounds: int) -> Lever:
-    """botocore SSM client creation with the stock loader and with one that lists only SSM."""
-    samples: dict[str, list[float]] = {"default": [], "narrow": []}
+    """SSM client creation by stock botocore and by the agent's create_client (a Loader that lists
+    only the one service): a lever already taken, measured so that its gain stays on record."""
+    samples: dict[str, list[float]] = {"stock": [], "agent": []}
     for _ in range(rounds):
         for mode, values in samples.items():
             out = subprocess.run(
@@ -82,14 +85,15 @@ def client_creation_lever(rounds: int) -> Lever:
                 check=True,
                 capture_output=True,
                 text=True,
+                cwd=REPO,
             )
             values.append(float(json.loads(out.stdout)))
     return Lever(
-        name="SSM client: a Loader that lists only `ssm`",
-        where="agent/ssm.py SsmClient.__init__",
-        now_ms=statistics.median(samples["default"]) * 1000,
-        with_change_ms=statistics.median(samples["narrow"]) * 1000,
-        how="create_client in a fresh process, median of each",
+        name="SSM client: a Loader that lists only `ssm` (taken)",
+        where="agent/ssm.py create_client",
+        now_ms=statistics.median(samples["stock"]) * 1000,
+        with_change_ms=statistics.median(samples["agent"]) * 1000,
+        how="stock botocore create_client against the agent's, fresh process each, median of each",
     )
 
 

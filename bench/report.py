@@ -423,7 +423,7 @@ def _memory(results: Results, emit: Callable[[str], None]) -> None:
 
 def _levers(results: Results, add: Callable[[str], None]) -> None:
     emit = add
-    emit("## 6. Levers: what would take time back, each measured in this run")
+    emit("## 6. Levers: what would take time back (or took it, marked taken), each measured in this run")
     emit("")
     emit("| change | where | now ms | with it ms | gain ms | how measured |")
     emit("|---|---|---:|---:|---:|---|")
@@ -469,7 +469,7 @@ def _reading(results: Results, emit: Callable[[str], None]) -> None:
             f"- **Target missed at N=10** ({ratio:.2f}x, not {BY_PATH_RATIO_AT_10}x): the agent pays "
             "for structlog, requests and jinja2 on top of botocore, and for CPython's shutdown, while "
             "the CLI pays for botocore and its own command tables. What closes it, measured in "
-            "section 6: a narrower botocore loader, IMDS over urllib3, and (a dependency change) "
+            "section 6: IMDS over urllib3, and (a dependency change) "
             "logging without structlog."
         )
     large = _get(results, AGENT_NAMED, 1000)
