@@ -11,6 +11,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Callable, Optional
 
 from bench import checks, fleet
+from bench.storm import AGENT_STORM, StormResult
 
 if TYPE_CHECKING:
     from bench.measure import Series
@@ -347,6 +348,15 @@ def _fallback(results: Results, add: Callable[[str], None]) -> None:
     add("")
 
 
+def _median_storm(results: Results) -> Optional[StormResult]:
+    """The run of section 4's agent storm with the median total (the lower middle one of an even count)."""
+    runs = sorted(
+        (s for s in results.storms if s.label == AGENT_STORM and s.ratio_to_ideal is not None),
+        key=lambda s: s.total_seconds,
+    )
+    return runs[(len(runs) - 1) // 2] if runs else None
+
+
 def _storm(results: Results, add: Callable[[str], None]) -> None:
     emit = add
     options = results.options
@@ -388,12 +398,16 @@ def _storm(results: Results, add: Callable[[str], None]) -> None:
             f"| {storm.calls_allowed} | {storm.calls_throttled} |"
         )
     emit("")
-    agent = next((s for s in results.storms if s.label == "secrets-agent"), None)
+    runs = [s for s in results.storms if s.label == AGENT_STORM and s.ratio_to_ideal is not None]
+    agent = _median_storm(results)
     if agent is not None and agent.ratio_to_ideal is not None:
+        failed = sum(s.failed for s in runs)
+        ratios = ", ".join(f"{s.ratio_to_ideal:.2f}x" for s in runs)
         emit(
-            f"Target: zero failed agents (**{agent.failed}**) and total within {STORM_RATIO}x of the ideal "
-            f"(**{agent.ratio_to_ideal:.2f}x**): "
-            + ("met." if agent.failed == 0 and agent.ratio_to_ideal <= STORM_RATIO else "**missed**.")
+            f"Target: zero failed agents (**{failed}** in {len(runs)} runs) and total within "
+            f"{STORM_RATIO}x of the ideal (the median of the runs of `{AGENT_STORM}`, {ratios}: "
+            f"**{agent.ratio_to_ideal:.2f}x**): "
+            + ("met." if failed == 0 and agent.ratio_to_ideal <= STORM_RATIO else "**missed**.")
         )
         emit("")
     for storm in results.storms:
@@ -483,7 +497,7 @@ def _reading(results: Results, emit: Callable[[str], None]) -> None:
             f"1000-line template to Python); the agent is "
             f"{large.median_seconds / cli_large.median_seconds:.2f}x the by-path CLI call."
         )
-    agent_storm = next((s for s in results.storms if s.label == "secrets-agent"), None)
+    agent_storm = _median_storm(results)
     cpu_only = next((s for s in results.storms if s.rate_per_second is None), None)
     if agent_storm and agent_storm.ideal_seconds and agent_storm.span_seconds:
         rate = agent_storm.rate_per_second or 1.0

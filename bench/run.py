@@ -37,6 +37,8 @@ from bench.stack import (
     path_template,
 )
 from bench.storm import (
+    AGENT_STORM,
+    AGENT_STORM_ROUNDS,
     STORM_SERVICE,
     StormResult,
     ThrottlingResponder,
@@ -410,7 +412,7 @@ def _storms(options: Options, results: Results) -> None:
         agents, rate, parameters = options.storm_agents, options.storm_rate, options.storm_parameters
         fleets: list[tuple[str, list[tuple[list[str], dict[str, str]]], Optional[float]]] = [
             ("secrets-agent, no throttle (CPU only)", agent_commands(emulator, agents), None),
-            ("secrets-agent", agent_commands(emulator, agents), rate),
+            *[(AGENT_STORM, agent_commands(emulator, agents), rate) for _ in range(AGENT_STORM_ROUNDS)],
             (
                 "plain boto3, standard retries (botocore 1.44 default: 3 attempts)",
                 plain_boto3_commands(emulator, agents, parameters, "standard"),
@@ -435,7 +437,7 @@ def _storms(options: Options, results: Results) -> None:
                 log_dir=default_log_dir(emulator, label),
             )
             results.storms.append(result)
-            if label == "secrets-agent":
+            if label == AGENT_STORM:
                 _check_storm(emulator, result, parameters, results)
         label = "secrets-agent, ssm:GetParameter-only role (fallback)"
         print(f"  storm: {label}", flush=True)
