@@ -526,8 +526,9 @@ def _one_service_loader(service: str) -> Any:
     """botocore's data Loader, except that it lists only `service` as available.
 
     Loading a model starts by listing every service botocore ships (~400 folders, ~900 stat calls)
-    only to check that the name is among them: ~13 ms of a ~300 ms render, paid before the first SSM
-    call. The models themselves still come from botocore's own files, found the usual way.
+    only to check that the name is among them: ~15 ms of a ~290 ms render (bench/RESULTS.md section
+    6), paid before the first SSM call. The models themselves still come from botocore's own
+    files, found the usual way.
     """
     import botocore.loaders  # noqa: PLC0415
     from botocore.exceptions import DataNotFoundError  # noqa: PLC0415
