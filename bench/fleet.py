@@ -23,13 +23,14 @@ from bench.checks import BEFORE_REVISION, RUN_FROM_TREE, extract_before
 from bench.fallback import GetParametersDenial, fallback_calls_per_agent
 from bench.stack import Emulator
 from bench.storm import (
-    STORM_SERVICE,
     StormResult,
     ThrottlingResponder,
     agent_commands,
+    clear_storm_files,
     default_log_dir,
     prepare_storm,
     run_storm,
+    storm_env_file,
 )
 
 FLEET_SIZES = (10, 40, 100, 150)
@@ -91,8 +92,7 @@ def run_curve(
             if log:
                 print(f"  fleet curve: {agents} agents at {rate_per_second:g} calls/s", flush=True)
             label = f"fleet-{agents}"
-            for index in range(agents):
-                (emulator.runtime_dir / f"agent-{index:03d}" / STORM_SERVICE / "env").unlink(missing_ok=True)
+            clear_storm_files(emulator, agents)
             storm = run_storm(
                 emulator,
                 responder,
@@ -105,11 +105,7 @@ def run_curve(
                 calls_needed=agents * fallback_calls_per_agent(parameters) if fallback else None,
             )
             points.append(CurvePoint(storm))
-            missing = [
-                index
-                for index in range(agents)
-                if not (emulator.runtime_dir / f"agent-{index:03d}" / STORM_SERVICE / "env").exists()
-            ]
+            missing = [index for index in range(agents) if not storm_env_file(emulator, index).exists()]
             if missing and log:
                 print(f"    {len(missing)} agents left no file", flush=True)
     return points
@@ -132,9 +128,10 @@ def median_ratios(points: Sequence[CurvePoint]) -> dict[int, float]:
 def violations(points: Sequence[CurvePoint]) -> list[str]:
     """The targets a curve misses, one line each: failures in any run, the median ratio of a size."""
     found = []
+    runs = _runs(points)
     for agents, ratio in median_ratios(points).items():
         if ratio > MAX_RATIO_TO_IDEAL:
-            median = " (the median of its runs)" if _runs(points)[agents] > 1 else ""
+            median = " (the median of its runs)" if runs[agents] > 1 else ""
             found.append(
                 f"fleet curve: {agents} agents took {ratio:.2f}x the ideal{median} "
                 f"(target {MAX_RATIO_TO_IDEAL}x)"

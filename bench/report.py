@@ -348,13 +348,15 @@ def _fallback(results: Results, add: Callable[[str], None]) -> None:
     add("")
 
 
-def _median_storm(results: Results) -> Optional[StormResult]:
-    """The run of section 4's agent storm with the median total (the lower middle one of an even count)."""
-    runs = sorted(
-        (s for s in results.storms if s.label == AGENT_STORM and s.ratio_to_ideal is not None),
-        key=lambda s: s.total_seconds,
-    )
-    return runs[(len(runs) - 1) // 2] if runs else None
+def _agent_storms(results: Results) -> list[StormResult]:
+    """The runs of section 4's storm by this agent (those under a throttle, with an ideal time)."""
+    return [s for s in results.storms if s.label == AGENT_STORM and s.ratio_to_ideal is not None]
+
+
+def _median_storm(runs: list[StormResult]) -> Optional[StormResult]:
+    """The run with the median total (the lower middle one of an even count)."""
+    ordered = sorted(runs, key=lambda s: s.total_seconds)
+    return ordered[(len(ordered) - 1) // 2] if ordered else None
 
 
 def _storm(results: Results, add: Callable[[str], None]) -> None:
@@ -398,8 +400,8 @@ def _storm(results: Results, add: Callable[[str], None]) -> None:
             f"| {storm.calls_allowed} | {storm.calls_throttled} |"
         )
     emit("")
-    runs = [s for s in results.storms if s.label == AGENT_STORM and s.ratio_to_ideal is not None]
-    agent = _median_storm(results)
+    runs = _agent_storms(results)
+    agent = _median_storm(runs)
     if agent is not None and agent.ratio_to_ideal is not None:
         failed = sum(s.failed for s in runs)
         ratios = ", ".join(f"{s.ratio_to_ideal:.2f}x" for s in runs)
@@ -497,7 +499,7 @@ def _reading(results: Results, emit: Callable[[str], None]) -> None:
             f"1000-line template to Python); the agent is "
             f"{large.median_seconds / cli_large.median_seconds:.2f}x the by-path CLI call."
         )
-    agent_storm = _median_storm(results)
+    agent_storm = _median_storm(_agent_storms(results))
     cpu_only = next((s for s in results.storms if s.rate_per_second is None), None)
     if agent_storm and agent_storm.ideal_seconds and agent_storm.span_seconds:
         rate = agent_storm.rate_per_second or 1.0

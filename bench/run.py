@@ -39,14 +39,15 @@ from bench.stack import (
 from bench.storm import (
     AGENT_STORM,
     AGENT_STORM_ROUNDS,
-    STORM_SERVICE,
     StormResult,
     ThrottlingResponder,
     agent_commands,
+    clear_storm_files,
     default_log_dir,
     plain_boto3_commands,
     prepare_storm,
     run_storm,
+    storm_env_file,
 )
 
 SIZES = (3, 10, 100, 1000)
@@ -426,6 +427,7 @@ def _storms(options: Options, results: Results) -> None:
         ]
         for label, commands, fleet_rate in fleets:
             print(f"  storm: {label}", flush=True)
+            clear_storm_files(emulator, agents)  # each agent storm is checked on its own files
             result = run_storm(
                 emulator,
                 responder,
@@ -442,6 +444,7 @@ def _storms(options: Options, results: Results) -> None:
         label = "secrets-agent, ssm:GetParameter-only role (fallback)"
         print(f"  storm: {label}", flush=True)
         fallback_agents = options.fallback_storm_agents
+        clear_storm_files(emulator, fallback_agents)
         denial.enabled = True
         try:
             result = run_storm(
@@ -469,7 +472,7 @@ def _check_storm(emulator: Emulator, result: StormResult, parameters: int, resul
             f"fleet storm: {result.calls_allowed} calls let through, {result.calls_needed} needed"
         )
     for index in range(result.agents):
-        path = emulator.runtime_dir / f"agent-{index:03d}" / STORM_SERVICE / "env"
+        path = storm_env_file(emulator, index)
         if not path.exists() or len(parse_env(path.read_text(encoding="utf-8"))) != parameters:
             results.violations.append(f"fleet storm: agent {index} left no complete file")
 

@@ -162,6 +162,18 @@ def prepare_storm(emulator: Emulator, parameters: int) -> None:
     emulator.write_template(STORM_SERVICE, named_template(names))
 
 
+def storm_env_file(emulator: Emulator, index: int) -> Path:
+    """Where storm agent `index` writes its EnvironmentFile (its own runtime folder)."""
+    return emulator.runtime_dir / f"agent-{index:03d}" / STORM_SERVICE / "env"
+
+
+def clear_storm_files(emulator: Emulator, agents: int) -> None:
+    """Remove what agents 0..agents-1 of an earlier storm wrote, so that a storm's check sees only
+    its own files."""
+    for index in range(agents):
+        storm_env_file(emulator, index).unlink(missing_ok=True)
+
+
 def agent_commands(
     emulator: Emulator, agents: int, *, entry: Sequence[str] = ("-m", "agent")
 ) -> list[tuple[list[str], dict[str, str]]]:
@@ -170,8 +182,7 @@ def agent_commands(
     commands = []
     for index in range(agents):
         env = emulator.agent_env()
-        runtime = emulator.runtime_dir / f"agent-{index:03d}"
-        env["SECRETS_AGENT_RUNTIME_DIR"] = str(runtime)
+        env["SECRETS_AGENT_RUNTIME_DIR"] = str(storm_env_file(emulator, index).parents[1])
         commands.append(([sys.executable, *entry, "render", STORM_SERVICE], env))
     return commands
 
