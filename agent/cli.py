@@ -13,13 +13,20 @@ from typing import Optional, TextIO
 
 import structlog
 
-from agent import __version__, credentials, envfile
+from agent import __version__, credentials, envfile, status
 from agent.answers import Parameter
-from agent.config import AgentSettings, ServiceSettings, load_agent_settings, load_service_settings
+from agent.config import (
+    AgentSettings,
+    ServiceSettings,
+    load_agent_settings,
+    load_service_settings,
+    validate_name,
+)
 from agent.errors import EXIT_INTERRUPTED, AgentError, ConfigError, ParameterNotFound
 from agent.imds import ImdsClient
 from agent.log import REDACTOR, configure_logging
 from agent.notify import StatusNotifier
+from agent.observed import Observations, RenderOutcome, RenderProbe, publish, with_stats
 from agent.output import (
     Ownership,
     remove_secret_file,
@@ -29,9 +36,19 @@ from agent.output import (
     write_secret_folder,
 )
 from agent.policy import PARTITIONS, caller_arn, generate_policy, render_policy
-from agent.refresh import SsmVersions, Systemctl, Systemd, make_record, refresh, write_record
+from agent.refresh import (
+    Change,
+    RenderStats,
+    SsmVersions,
+    Systemctl,
+    Systemd,
+    make_record,
+    refresh,
+    write_record,
+)
 from agent.retry import Deadline
 from agent.ssm import READ_TIMEOUT_SECONDS, SsmClient
+from agent.systemd import show as systemd_show
 from agent.template import TEXT_CARRIER, Assignment, CompiledTemplate, ParamValue, compile_template
 from agent.units import (
     DEFAULT_REFRESH_INTERVAL,
@@ -45,6 +62,8 @@ from agent.units import (
 log = structlog.get_logger("secrets-agent")
 
 _COMMANDS_WITH_UNIT = ("enable", "disable", "doctor")
+# Commands after which the metrics file and the SSM inventory file are brought up to date.
+_COMMANDS_THAT_PUBLISH = ("render", "refresh", "clean")
 POLICY_DEADLINE_SECONDS = 10.0
 
 
@@ -88,9 +107,15 @@ def _build_parser() -> argparse.ArgumentParser:
         "decryption) and act as on_change in NAME.toml says",
         "policy": "print the least-privilege IAM policy (JSON) that lets the instance role render NAME",
         "doctor": "check everything NAME's render needs, one line per check, with the fix (never a value)",
+        "status": "show each service's units, last render, parameter versions (never a value) and "
+        "rotation checks; exit 1 when something is failed or stale",
     }
     for command, text in helps.items():
         cmd = sub.add_parser(command, parents=[common], help=text, description=text)
+        if command == "status":
+            cmd.add_argument("name", metavar="NAME", nargs="?", help="one service (default: every one)")
+            cmd.add_argument("--json", action="store_true", help="print JSON for scripts")
+            continue
         cmd.add_argument("name", metavar="NAME", help="the service name: /etc/secrets-agent/NAME.env.j2")
         if command in _COMMANDS_WITH_UNIT:
             cmd.add_argument("--unit", metavar="UNIT", help="the unit to put behind the agent")
@@ -251,12 +276,14 @@ def _ssm_client(
 
 
 def _resolve(
-    settings: AgentSettings, service: ServiceSettings
+    settings: AgentSettings, service: ServiceSettings, probe: Optional[RenderProbe] = None
 ) -> tuple[list[Assignment], _FetchedResolver, CompiledTemplate]:
     template = _read_template(service)
     needs = template.requirements
     deadline = Deadline(service.deadline_seconds, throttled_seconds=service.throttle_deadline_seconds)
     client = _ssm_client(settings, deadline)
+    if probe is not None:
+        probe.client = client
     found, missing = client.fetch(needs.names) if needs.names else ({}, [])
     resolver = _FetchedResolver(client, found, missing)
     for path, recursive in needs.paths:
@@ -272,10 +299,31 @@ def _encode(service: ServiceSettings, assignments: Sequence[Assignment]) -> byte
     return encoders[service.format](pairs).encode("utf-8")
 
 
-def cmd_render(settings: AgentSettings, service: ServiceSettings, out: TextIO) -> int:
+def cmd_render(
+    settings: AgentSettings,
+    service: ServiceSettings,
+    out: TextIO,
+    observed: Optional[Observations] = None,
+) -> int:
+    probe = RenderProbe()
+    try:
+        return _render(settings, service, probe, observed or Observations())
+    except AgentError as exc:
+        if observed is not None:
+            observed.render = RenderOutcome(stats=probe.stats(), exit_code=exc.exit_code, error=exc.message)
+        # systemd keeps the last STATUS= of a failed unit: `status` and `systemctl status` show it.
+        StatusNotifier(settings.notify_socket).status(
+            REDACTOR.redact(f"render failed (exit {exc.exit_code}): {exc.message}")
+        )
+        raise
+
+
+def _render(
+    settings: AgentSettings, service: ServiceSettings, probe: RenderProbe, observed: Observations
+) -> int:
     started = time.monotonic()
     ownership = resolve_ownership(service.owner, service.group)
-    assignments, resolver, _ = _resolve(settings, service)
+    assignments, resolver, _ = _resolve(settings, service, probe)
     if service.format == "credentials":
         files = credentials.encode_credentials(assignments)
         write_secret_folder(service.credentials_dir, files, allow_persistent=service.allow_persistent)
@@ -286,7 +334,9 @@ def cmd_render(settings: AgentSettings, service: ServiceSettings, out: TextIO) -
             service.output_path, data, ownership=ownership, allow_persistent=service.allow_persistent
         )
         path = service.output_path
-    _record_render(service, resolver, ownership)
+    stats = probe.stats()
+    observed.render = RenderOutcome(stats=stats, parameters=len(resolver.parameters))
+    _record_render(service, resolver, ownership, stats)
     log.info(
         "rendered",
         service=service.name,
@@ -298,8 +348,11 @@ def cmd_render(settings: AgentSettings, service: ServiceSettings, out: TextIO) -
     return 0
 
 
-def _record_render(service: ServiceSettings, resolver: _FetchedResolver, ownership: Ownership) -> None:
+def _record_render(
+    service: ServiceSettings, resolver: _FetchedResolver, ownership: Ownership, stats: RenderStats
+) -> None:
     record = make_record(service.name, resolver.by_selector, resolver.missing, resolver.listings)
+    record = with_stats(record, stats)
     try:
         write_record(service, record, ownership)
     except AgentError as exc:
@@ -308,15 +361,31 @@ def _record_render(service: ServiceSettings, resolver: _FetchedResolver, ownersh
 
 
 def cmd_refresh(
-    settings: AgentSettings, service: ServiceSettings, out: TextIO, systemd: Optional[Systemd] = None
+    settings: AgentSettings,
+    service: ServiceSettings,
+    out: TextIO,
+    systemd: Optional[Systemd] = None,
+    observed: Optional[Observations] = None,
 ) -> int:
+    seen = observed or Observations()
+    seen.is_check = True
+
     def versions() -> SsmVersions:
         return SsmVersions(_ssm_client(settings, Deadline(service.deadline_seconds)))
 
     def rerender() -> None:
-        cmd_render(settings, service, out)
+        cmd_render(settings, service, out, seen)
 
-    return refresh(service, systemd=systemd or Systemctl(), versions=versions, rerender=rerender)
+    def found(changes: Sequence[Change]) -> None:
+        seen.changes = list(changes)
+
+    try:
+        return refresh(
+            service, systemd=systemd or Systemctl(), versions=versions, rerender=rerender, found=found
+        )
+    except AgentError as exc:
+        seen.check_error = exc.message
+        raise
 
 
 def cmd_check(settings: AgentSettings, service: ServiceSettings, out: TextIO) -> int:
@@ -345,7 +414,14 @@ def cmd_check(settings: AgentSettings, service: ServiceSettings, out: TextIO) ->
     return 0
 
 
-def cmd_clean(settings: AgentSettings, service: ServiceSettings, out: TextIO) -> int:
+def cmd_clean(
+    settings: AgentSettings,
+    service: ServiceSettings,
+    out: TextIO,
+    observed: Optional[Observations] = None,
+) -> int:
+    if observed is not None:
+        observed.cleaned = True  # the metrics file goes too, at the end of the command
     # The credentials folder first: the file's removal takes the service's folder once it is empty.
     removed = remove_secret_folder(service.credentials_dir)
     removed = remove_secret_file(service.state_path) or removed  # names and versions, never a value
@@ -393,6 +469,13 @@ def cmd_policy(
         err.write(f"note: {note}\n")
     out.write(render_policy(generated.document))
     return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -> int:
+    names = [validate_name(args.name)] if args.name else status.service_names(settings)
+    statuses = status.gather_all(settings, names, status.probe_systemd(systemd_show))
+    out.write(status.render_json(statuses) if args.json else status.render_table(statuses, time.time()))
+    return 0 if all(s.healthy for s in statuses) else status.EXIT_UNHEALTHY
 
 
 def cmd_doctor(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO) -> int:
@@ -486,6 +569,8 @@ def main(
         stream=err, fmt=getattr(args, "log_format", "auto"), verbose=getattr(args, "verbose", False)
     )
     environ = os.environ if env is None else env
+    observed = Observations()
+    publishing: Optional[tuple[AgentSettings, ServiceSettings]] = None
     try:
         if args.command == "doctor":
             return cmd_doctor(args, environ, out)
@@ -498,13 +583,19 @@ def main(
             return cmd_enable(args, settings, out)
         if args.command == "disable":
             return cmd_disable(args, settings, out)
+        if args.command == "status":
+            return cmd_status(args, settings, out)
         service = load_service_settings(settings, args.name)
+        if args.command in _COMMANDS_THAT_PUBLISH:
+            publishing = (settings, service)
         if args.command == "policy":
             return cmd_policy(args, settings, service, out, err)
         if args.command == "refresh":
-            return cmd_refresh(settings, service, out, systemd)
-        commands = {"render": cmd_render, "check": cmd_check, "clean": cmd_clean}
-        return commands[args.command](settings, service, out)
+            return cmd_refresh(settings, service, out, systemd, observed)
+        if args.command == "check":
+            return cmd_check(settings, service, out)
+        commands = {"render": cmd_render, "clean": cmd_clean}
+        return commands[args.command](settings, service, out, observed)
     except ParameterNotFound as exc:
         log.error("parameters_missing", service=args.name, parameters=exc.names, error=exc.message)
         return exc.exit_code
@@ -518,3 +609,6 @@ def main(
         # The traceback goes through the redacting logger, never straight to stderr.
         log.exception("unexpected error: please report it", service=args.name)
         return 1
+    finally:
+        if publishing is not None:
+            publish(*publishing, observed)

@@ -40,7 +40,14 @@ DEFAULT_ON_CHANGE = "restart"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
 _TRUE = {"1", "true", "yes", "on"}
 
-_AGENT_KEYS = {"imds_endpoint", "ssm_endpoint", "region", "deadline_seconds", "throttle_deadline_seconds"}
+_AGENT_KEYS = {
+    "imds_endpoint",
+    "ssm_endpoint",
+    "region",
+    "deadline_seconds",
+    "throttle_deadline_seconds",
+    "metrics_dir",
+}
 _SERVICE_KEYS = {
     "format",
     "owner",
@@ -72,6 +79,8 @@ class AgentSettings:
     env_credentials: Optional[tuple[str, str, str]] = field(default=None, repr=False)
     # STS (for `policy`'s account lookup): AWS_ENDPOINT_URL_STS, else AWS_ENDPOINT_URL, else AWS's.
     sts_endpoint: Optional[str] = None
+    # node_exporter's textfile folder for <metrics_dir>/secrets-agent-<name>.prom; None: no metrics.
+    metrics_dir: Optional[Path] = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,13 @@ class ServiceSettings:
     def state_path(self) -> Path:
         """What the last render used (names, versions; never a value), next to the rendered file."""
         return self.output_dir / "state.json"
+
+    @property
+    def check_path(self) -> Path:
+        """What the last rotation check found (never a value): in the check unit's own runtime folder,
+        RUNTIME_DIR-refresh/NAME, which outlives the app's restart that a change causes."""
+        runtime_dir = self.output_dir.parent
+        return runtime_dir.with_name(runtime_dir.name + "-refresh") / self.name / "last-check.json"
 
     @property
     def credentials_dir(self) -> Path:
@@ -155,6 +171,18 @@ def _deadline(path: Path, table: Mapping[str, Any], key: str = "deadline_seconds
     if value is not None and not 1 <= value <= 3600:
         raise ConfigError(f"{path}: {key} must be between 1 and 3600, not {value}")
     return value
+
+
+def _metrics_dir(path: Path, table: Mapping[str, Any]) -> Optional[Path]:
+    value = _typed(path, table, "metrics_dir", str, "a folder path")
+    if value is None:
+        return None
+    if not value.startswith("/"):
+        raise ConfigError(
+            f"{path}: metrics_dir must be an absolute path such as /var/lib/prometheus/node-exporter, "
+            f"not {value!r}"
+        )
+    return Path(value)
 
 
 def _endpoint(source: str, value: str) -> str:
@@ -222,6 +250,7 @@ def load_agent_settings(
             else None
         ),
         sts_endpoint=_env_endpoint(env, "AWS_ENDPOINT_URL_STS"),
+        metrics_dir=_metrics_dir(path, table),
     )
 
 

@@ -26,6 +26,8 @@ from agent.errors import OutputError
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+# Files that hold no value (metrics, inventory) and that another user (node_exporter) must read.
+PUBLIC_FILE_MODE = 0o644
 TMP_PREFIX = ".env.tmp-"
 FOLDER_TMP_PREFIX = ".credentials.tmp-"
 RETIRED_PREFIX = ".credentials.old-"
@@ -204,13 +206,21 @@ def write_secret_file(
         raise OutputError(f"cannot write {output_path}: {exc.strerror}") from None
 
 
-def _replace_atomically(dir_fd: int, output_path: Path, data: bytes, ownership: Ownership) -> None:
-    tmp_name = TMP_PREFIX + secrets.token_hex(8)
+def _replace_atomically(
+    dir_fd: int,
+    output_path: Path,
+    data: bytes,
+    ownership: Ownership,
+    *,
+    mode: int = FILE_MODE,
+    tmp_prefix: str = TMP_PREFIX,
+) -> None:
+    tmp_name = tmp_prefix + secrets.token_hex(8)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(tmp_name, flags, FILE_MODE, dir_fd=dir_fd)
     try:
         try:
-            os.fchmod(fd, FILE_MODE)
+            os.fchmod(fd, mode)  # the mode asked for, whatever the umask (077 in the CLI)
             if ownership.uid is not None or ownership.gid is not None:
                 os.fchown(
                     fd,
@@ -405,4 +415,52 @@ def remove_secret_file(output_path: Path) -> bool:
         raise OutputError(f"cannot remove {output_path}: {exc.strerror}") from None
     finally:
         os.close(base_fd)
+    return removed
+
+
+# --- files that hold no value: metrics and inventory, in folders that other programs own -------
+
+
+def _public_tmp_prefix(path: Path) -> str:
+    # A name that no reader's glob takes for the real file: "*.prom" and "*.json" never match it.
+    return f".{path.name}.tmp-"
+
+
+def write_public_file(path: Path, data: bytes, *, mode: int = PUBLIC_FILE_MODE) -> None:
+    """Atomically replace `path` (temp file and rename in its folder) with `data`, readable by all.
+
+    For files that never hold a value (metrics, SSM inventory) in a folder another program reads: the
+    folder must exist (it is not created), and a symlink at the folder or at the file is refused.
+    """
+    try:
+        dir_fd = open_dir_nofollow(path.parent, create=False)
+    except FileNotFoundError:
+        raise OutputError(
+            f"{path.parent} does not exist: create it, or change the setting that names it"
+        ) from None
+    try:
+        _existing_of_kind(dir_fd, path, folder=False)
+        _replace_atomically(dir_fd, path, data, Ownership(), mode=mode, tmp_prefix=_public_tmp_prefix(path))
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}") from None
+    finally:
+        os.close(dir_fd)
+
+
+def remove_public_file(path: Path) -> bool:
+    """Remove `path` and any temporary file a killed write left beside it; True if any existed."""
+    dir_fd = _open_if_present(path.parent)
+    if dir_fd is None:
+        return False
+    prefix = _public_tmp_prefix(path)
+    removed = False
+    try:
+        for entry in os.listdir(dir_fd):
+            if entry == path.name or entry.startswith(prefix):
+                os.unlink(entry, dir_fd=dir_fd)  # unlink never follows a link
+                removed = True
+    except OSError as exc:
+        raise OutputError(f"cannot remove {path}: {exc.strerror}") from None
+    finally:
+        os.close(dir_fd)
     return removed

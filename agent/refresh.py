@@ -56,6 +56,35 @@ class PathListing:
 
 
 @dataclass(frozen=True)
+class RenderStats:
+    """When a render ended (Unix time), how long it took, its SSM calls and its seconds throttled."""
+
+    ended_at: float
+    seconds: float
+    ssm_calls: int
+    throttled_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The figures as state.json keeps them."""
+        return {
+            "ended_at": round(self.ended_at, 3),
+            "seconds": round(self.seconds, 3),
+            "ssm_calls": self.ssm_calls,
+            "throttled_seconds": round(self.throttled_seconds, 3),
+        }
+
+    @classmethod
+    def from_dict(cls, item: Mapping[str, Any]) -> RenderStats:
+        """Parse what to_dict wrote; a malformed entry raises ValueError, KeyError or TypeError."""
+        return cls(
+            ended_at=float(item["ended_at"]),
+            seconds=float(item["seconds"]),
+            ssm_calls=_version(item["ssm_calls"]),
+            throttled_seconds=float(item["throttled_seconds"]),
+        )
+
+
+@dataclass(frozen=True)
 class RenderRecord:
     """What one successful render used: resolved selectors, absent ones (defaults) and path listings."""
 
@@ -65,10 +94,12 @@ class RenderRecord:
     # selectors SSM did not have (the template used its default=): one appearing is a change
     missing: tuple[str, ...]
     paths: tuple[PathListing, ...]
+    # How the render went, for `status` and the metrics (None in records of older agents).
+    stats: Optional[RenderStats] = None
 
     def to_json(self) -> bytes:
         """The record as the JSON written to state.json."""
-        document = {
+        document: dict[str, Any] = {
             "format": STATE_FORMAT,
             "service": self.service,
             "parameters": [
@@ -81,6 +112,8 @@ class RenderRecord:
                 for p in self.paths
             ],
         }
+        if self.stats is not None:
+            document["render"] = self.stats.to_dict()
         return (json.dumps(document, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
 
     @classmethod
@@ -107,6 +140,7 @@ class RenderRecord:
                 selectors=selectors,
                 missing=tuple(str(s) for s in document["missing"]),
                 paths=paths,
+                stats=RenderStats.from_dict(document["render"]) if "render" in document else None,
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise AgentError(
@@ -313,6 +347,7 @@ def refresh(
     systemd: Systemd,
     versions: Callable[[], VersionSource],
     rerender: Callable[[], None],
+    found: Callable[[Sequence[Change]], None] = lambda _changes: None,
 ) -> int:
     """Check NAME's parameters and act on a change; exit code 0 when the check (and action) worked.
 
@@ -326,6 +361,7 @@ def refresh(
         return 0
     record = read_record(service)
     changes = compare(record, versions())
+    found(changes)  # what the check found, for its record and the metrics, before any action
     if not changes:
         log.info(
             "refresh_unchanged",

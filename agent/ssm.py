@@ -113,6 +113,8 @@ class SsmClient:
         self._reported_at = 0.0
         self.calls_planned = 0
         self.calls_done = 0
+        # Seconds spent in throttled episodes that ended (a call got through), for the metrics.
+        self._throttled_seconds_ended = 0.0
         self._role = role
         # Set when SSM denies ssm:GetParameters: from then on, one GetParameter per name.
         self.fetches_one_by_one = False
@@ -427,6 +429,7 @@ class SsmClient:
         self._throttle_memory.let_through()
         self.calls_done += 1
         if self._throttled_since is not None:
+            self._throttled_seconds_ended += time.monotonic() - self._throttled_since
             _log.info(
                 "ssm_throttle_passed",
                 action=action,
@@ -444,6 +447,12 @@ class SsmClient:
             attempt=attempt,
             elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
         )
+
+    @property
+    def throttled_seconds(self) -> float:
+        """Seconds this client has waited while SSM throttled it, the episode under way included."""
+        ongoing = 0.0 if self._throttled_since is None else time.monotonic() - self._throttled_since
+        return self._throttled_seconds_ended + ongoing
 
     def _throttled(self, action: str) -> None:
         """SSM is up and busy: count it, keep the outage deadline from running out, and say so at most

@@ -1,0 +1,295 @@
+"""What the agent saw of its own runs, never a value: how a render or a rotation check in this process
+ended, the record of the last check, and publishing them (the metrics file, the SSM inventory file).
+
+The CLI fills one `Observations` per command and calls `publish` once at its end, whatever the exit
+code: a failure to publish is logged and never changes the command's outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional
+
+import structlog
+
+from agent import inventory, metrics
+from agent.config import AgentSettings, ServiceSettings
+from agent.errors import AgentError, OutputError
+from agent.output import remove_public_file, write_public_file, write_secret_file
+from agent.refresh import STATE_MAX_BYTES, Change, RenderRecord, RenderStats, read_record
+from agent.ssm import SsmClient
+
+log = structlog.get_logger("secrets-agent")
+
+CHECK_FORMAT = 1
+# The changes a check record lists (their count is kept whole): enough for `status` to show.
+CHECK_CHANGES_KEPT = 50
+
+
+@dataclass(frozen=True)
+class RenderOutcome:
+    """How one render attempt ended: its figures, and on failure the exit code and the message."""
+
+    stats: RenderStats
+    exit_code: int = 0
+    error: Optional[str] = None
+    parameters: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when the file was written."""
+        return self.exit_code == 0
+
+
+@dataclass(frozen=True)
+class CheckRecord:
+    """What the last rotation check found, with running totals since the check folder was made."""
+
+    checked_at: float
+    result: str  # "unchanged", "changed" or "failed"
+    changes: tuple[Mapping[str, Any], ...] = ()
+    change_count: int = 0
+    error: Optional[str] = None
+    checks_total: int = 0
+    changes_total: int = 0
+    failures_total: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when the check got SSM's answer (and acted on it, if there was a change)."""
+        return self.result != "failed"
+
+    def to_json(self) -> bytes:
+        """The record as written to last-check.json: names and versions, never a value."""
+        document = {
+            "format": CHECK_FORMAT,
+            "checked_at": round(self.checked_at, 3),
+            "result": self.result,
+            "changes": list(self.changes),
+            "change_count": self.change_count,
+            "error": self.error,
+            "checks_total": self.checks_total,
+            "changes_total": self.changes_total,
+            "failures_total": self.failures_total,
+        }
+        return (json.dumps(document, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes, source: str) -> CheckRecord:
+        """Parse last-check.json; anything malformed is an AgentError that names the file."""
+        try:
+            document = json.loads(data.decode("utf-8"))
+            if document.get("format") != CHECK_FORMAT:
+                raise ValueError(f"format {document.get('format')!r}, expected {CHECK_FORMAT}")
+            return cls(
+                checked_at=float(document["checked_at"]),
+                result=str(document["result"]),
+                changes=tuple(dict(item) for item in document["changes"]),
+                change_count=int(document["change_count"]),
+                error=None if document["error"] is None else str(document["error"]),
+                checks_total=int(document["checks_total"]),
+                changes_total=int(document["changes_total"]),
+                failures_total=int(document["failures_total"]),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise AgentError(
+                f"{source} is not a check record this agent wrote ({type(exc).__name__}: {exc}): "
+                "remove it; the next check writes a new one"
+            ) from None
+
+    def next(self, *, checked_at: float, changes: Sequence[Change], error: Optional[str]) -> CheckRecord:
+        """The record after one more check: this one's findings, the totals carried on."""
+        failed = error is not None
+        return CheckRecord(
+            checked_at=checked_at,
+            result="failed" if failed else ("changed" if changes else "unchanged"),
+            changes=tuple(change.as_log() for change in changes[:CHECK_CHANGES_KEPT]),
+            change_count=len(changes),
+            error=error,
+            checks_total=self.checks_total + 1,
+            changes_total=self.changes_total + len(changes),
+            failures_total=self.failures_total + (1 if failed else 0),
+        )
+
+
+NO_CHECK_YET = CheckRecord(checked_at=0.0, result="unchanged")
+
+
+@dataclass
+class RenderProbe:
+    """Watches one render attempt: the SSM client, once built, says how many calls it made."""
+
+    started_at: float = field(default_factory=time.time)
+    started_monotonic: float = field(default_factory=time.monotonic)
+    client: Optional[SsmClient] = None
+
+    def stats(self) -> RenderStats:
+        """The attempt's figures, now."""
+        return RenderStats(
+            ended_at=time.time(),
+            seconds=time.monotonic() - self.started_monotonic,
+            ssm_calls=self.client.calls_done if self.client is not None else 0,
+            throttled_seconds=self.client.throttled_seconds if self.client is not None else 0.0,
+        )
+
+
+@dataclass
+class Observations:
+    """What one command saw: a render's outcome, a check's findings (None when it did neither)."""
+
+    render: Optional[RenderOutcome] = None
+    changes: Optional[list[Change]] = None
+    check_error: Optional[str] = None
+    is_check: bool = False
+    cleaned: bool = False
+
+    @property
+    def did_nothing(self) -> bool:
+        """True for a check skipped because the app does not run: nothing to publish then."""
+        return self.is_check and self.changes is None and self.check_error is None and self.render is None
+
+
+# -- reading what earlier runs left ---------------------------------------------------------------
+
+
+def read_check_record(service: ServiceSettings) -> Optional[CheckRecord]:
+    """The last check's record, or None when no check ran since boot (or the record is unreadable)."""
+    path = service.check_path
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(STATE_MAX_BYTES + 1)
+    try:
+        return CheckRecord.from_json(data, str(path))
+    except AgentError as exc:
+        log.warning("check_record_unreadable", service=service.name, error=exc.message)
+        return None
+
+
+def read_render_record(service: ServiceSettings) -> Optional[RenderRecord]:
+    """The last successful render's record, or None when there is none (the app is not running)."""
+    try:
+        return read_record(service)
+    except AgentError:
+        return None
+
+
+def outcome_of(record: Optional[RenderRecord]) -> Optional[RenderOutcome]:
+    """The outcome a successful render's record stands for (None without figures)."""
+    if record is None or record.stats is None:
+        return None
+    return RenderOutcome(stats=record.stats, parameters=len(record_versions(record)))
+
+
+def record_versions(record: RenderRecord) -> list[tuple[str, str, Any]]:
+    """(selector or path, parameter name, version) for everything the render used, sorted."""
+    rows: list[tuple[str, str, Any]] = [
+        (selector, name, version) for selector, (name, version) in record.selectors.items()
+    ]
+    for listing in record.paths:
+        pattern = listing.path.rstrip("/") + ("/**" if listing.recursive else "/*")
+        rows.extend((pattern, name, version) for name, version in listing.versions.items())
+    return sorted(rows, key=lambda row: (row[1], row[0]))
+
+
+# -- publishing -----------------------------------------------------------------------------------
+
+
+def _record_check(service: ServiceSettings, observed: Observations) -> Optional[CheckRecord]:
+    if not observed.is_check or (observed.changes is None and observed.check_error is None):
+        return None  # skipped (the app does not run): nothing was asked, nothing to record
+    previous = read_check_record(service) or NO_CHECK_YET
+    record = previous.next(checked_at=time.time(), changes=observed.changes or [], error=observed.check_error)
+    write_secret_file(service.check_path, record.to_json(), allow_persistent=service.allow_persistent)
+    return record
+
+
+def metrics_path(metrics_dir: Path, name: str) -> Path:
+    """<metrics_dir>/secrets-agent-<name>.prom."""
+    return metrics_dir / f"secrets-agent-{name}.prom"
+
+
+def publish(settings: AgentSettings, service: ServiceSettings, observed: Observations) -> None:
+    """Record the check, then write (or, after `clean`, remove) the metrics file and the SSM inventory
+    file; every failure here is a journal warning, never the command's failure."""
+    if observed.did_nothing:
+        return
+    check: Optional[CheckRecord] = None
+    try:
+        check = _record_check(service, observed)
+    except AgentError as exc:
+        log.warning("check_not_recorded", service=service.name, error=exc.message)
+    if settings.metrics_dir is not None:
+        path = metrics_path(settings.metrics_dir, service.name)
+        try:
+            if observed.cleaned:
+                remove_public_file(path)
+            else:
+                record = read_render_record(service)
+                text = metrics.render_metrics(
+                    service.name,
+                    render=observed.render or outcome_of(record),
+                    versions=record_versions(record) if record is not None else [],
+                    check=check or read_check_record(service),
+                )
+                write_public_file(path, text.encode("utf-8"))
+        except OutputError as exc:
+            log.warning("metrics_not_written", service=service.name, path=str(path), error=exc.message)
+    publish_inventory(settings)
+
+
+def _all_records(settings: AgentSettings) -> Iterable[tuple[str, RenderRecord]]:
+    try:
+        names = sorted(os.listdir(settings.runtime_dir))
+    except OSError:
+        return
+    for name in names:
+        path = settings.runtime_dir / name / "state.json"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue  # not a service folder, or one owned by an app user (owner= in NAME.toml)
+        with os.fdopen(fd, "rb") as handle:
+            data = handle.read(STATE_MAX_BYTES + 1)
+        try:
+            yield name, RenderRecord.from_json(data, str(path))
+        except AgentError:
+            continue
+
+
+def publish_inventory(settings: AgentSettings, ssm_agent_dir: Path = inventory.SSM_AGENT_DIR) -> None:
+    """Rewrite the Custom:SecretsAgent file in every SSM agent custom inventory folder there is, from
+    every service's record (one file per type and instance, so it lists them all)."""
+    folders = inventory.custom_inventory_folders(ssm_agent_dir)
+    if not folders:
+        return
+    rows = [
+        inventory.InventoryRow(
+            service=name,
+            parameter=parameter,
+            selector=selector,
+            version=str(version),
+            rendered_at=record.stats.ended_at if record.stats is not None else None,
+        )
+        for name, record in _all_records(settings)
+        for selector, parameter, version in record_versions(record)
+    ]
+    document = inventory.render_inventory(rows)
+    for folder in folders:
+        path = folder / inventory.INVENTORY_FILE_NAME
+        try:
+            write_public_file(path, document)
+        except OutputError as exc:
+            log.warning("inventory_not_written", path=str(path), error=exc.message)
+
+
+def with_stats(record: RenderRecord, stats: RenderStats) -> RenderRecord:
+    """The record with the render's figures, for state.json."""
+    return replace(record, stats=stats)

@@ -1,0 +1,402 @@
+"""`secrets-agent status [NAME]`: each service's units, last render, parameter names and versions
+(never a value) and rotation checks, as a table for people or JSON for scripts; healthy or not.
+
+Facts come from three places, each read only: the records on tmpfs (state.json, last-check.json),
+systemd (`systemctl show` through agent/systemd.py) and the settings. `gather` collects them,
+`assess` judges them, `render_table` / `render_json` print them; the last two are pure.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional
+
+from agent.config import AgentSettings, load_service_settings
+from agent.errors import AgentError
+from agent.observed import read_check_record, read_render_record, record_versions
+
+AGENT_UNIT = "secrets-agent@{name}.service"
+TIMER_UNIT = "secrets-agent-refresh@{name}.timer"
+CHECK_UNIT = "secrets-agent-refresh@{name}.service"
+UNIT_PROPERTIES = (
+    "ActiveState",
+    "SubState",
+    "Result",
+    "ExecMainStatus",
+    "ExecMainExitTimestamp",
+    "StatusText",
+    "RequiredBy",
+    "NextElapseUSecRealtime",
+    "LastTriggerUSec",
+    "TimersMonotonic",
+    "RandomizedDelayUSec",
+    "ActiveEnterTimestamp",
+)
+# `status` exits with this when something is failed or stale, so that it serves as a health check.
+EXIT_UNHEALTHY = 1
+# A refresh timer is stale when no check ran for this many intervals (plus its random delay).
+STALE_INTERVALS = 2
+# What an agent exit code means (agent/errors.py), for a failed unit whose message is not known.
+EXIT_MEANINGS = {
+    1: "unexpected error",
+    2: "bad command line, settings or template file",
+    3: "template error",
+    4: "parameter not found",
+    5: "access denied",
+    6: "no AWS credentials",
+    7: "IMDS or SSM did not answer in time",
+    8: "output cannot be written safely",
+}
+_TIMESPAN_UNITS = {
+    "us": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "sec": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "h": 3600.0,
+    "hr": 3600.0,
+    "d": 86400.0,
+    "w": 604800.0,
+}
+_TIMESPAN_PART_RE = re.compile(r"([0-9.]+)\s*([a-z]+)")
+
+ShowUnits = Callable[[Sequence[str], Sequence[str]], list[dict[str, str]]]
+
+
+@dataclass(frozen=True)
+class UnitState:
+    """A unit as systemd sees it now."""
+
+    unit: str
+    active: str
+    sub: str
+    result: str
+
+
+@dataclass(frozen=True)
+class LastRender:
+    """The last render: from its record when it worked, from systemd when the unit failed."""
+
+    ok: bool
+    at: Optional[float]
+    exit_code: int = 0
+    error: Optional[str] = None
+    seconds: Optional[float] = None
+    ssm_calls: Optional[int] = None
+    throttled_seconds: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """The rotation timer and what its last check found."""
+
+    timer: str  # "on", "off" or "unknown" (no systemd)
+    interval_seconds: Optional[float] = None
+    next_at: Optional[float] = None
+    last_checked_at: Optional[float] = None
+    last_result: Optional[str] = None  # "unchanged", "changed", "failed"
+    change_count: int = 0
+    changes: tuple[Mapping[str, Any], ...] = ()
+    error: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter the last render used: what the template asked for, its name and version."""
+
+    selector: str
+    name: str
+    version: Any
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """Everything `status` shows of one service, and whether it is healthy."""
+
+    service: str
+    format: str
+    output: str
+    units: Optional[tuple[UnitState, ...]]  # None without systemd
+    last_render: Optional[LastRender]
+    parameters: tuple[Parameter, ...]
+    refresh: Refresh
+    problems: tuple[str, ...] = field(default=())
+
+    @property
+    def healthy(self) -> bool:
+        """True when nothing is failed or stale."""
+        return not self.problems
+
+
+def parse_timespan(text: str) -> Optional[float]:
+    """Seconds in a systemd time span such as "15min", "1h 30min" or "500ms"; None if not one."""
+    parts = _TIMESPAN_PART_RE.findall(text.strip())
+    if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s+", "", text.strip()):
+        return None
+    try:
+        return sum(float(number) * _TIMESPAN_UNITS[unit] for number, unit in parts)
+    except (KeyError, ValueError):
+        return None
+
+
+def parse_unix_timestamp(text: str) -> Optional[float]:
+    """Seconds from `systemctl show --timestamp=unix`'s "@1700000000"; None when unset."""
+    match = re.fullmatch(r"@([0-9]+(?:\.[0-9]+)?)", text.strip())
+    if match is None:
+        return None
+    seconds = float(match.group(1))
+    return seconds if seconds > 0 else None
+
+
+def _interval(timers_monotonic: str) -> Optional[float]:
+    match = re.search(r"OnUnitActiveUSec=([^;}]+)", timers_monotonic)
+    return parse_timespan(match.group(1)) if match else None
+
+
+def service_names(settings: AgentSettings) -> list[str]:
+    """Every service with a template in the config folder, sorted."""
+    try:
+        entries = sorted(settings.config_dir.glob("*.env.j2"))
+    except OSError:
+        return []
+    return [entry.name[: -len(".env.j2")] for entry in entries if entry.is_file()]
+
+
+def _unit(shown: Mapping[str, str], unit: str) -> UnitState:
+    return UnitState(
+        unit=unit,
+        active=shown.get("ActiveState", ""),
+        sub=shown.get("SubState", ""),
+        result=shown.get("Result", ""),
+    )
+
+
+def gather(settings: AgentSettings, name: str, show: Optional[ShowUnits], now: float) -> ServiceStatus:
+    """Collect one service's facts and judge them."""
+    service = load_service_settings(settings, name)
+    record = read_render_record(service)
+    check = read_check_record(service)
+    parameters = tuple(
+        Parameter(selector=s, name=n, version=v) for s, n, v in (record_versions(record) if record else [])
+    )
+    last_render: Optional[LastRender] = None
+    if record is not None:
+        stats = record.stats
+        last_render = LastRender(
+            ok=True,
+            at=stats.ended_at if stats else None,
+            seconds=stats.seconds if stats else None,
+            ssm_calls=stats.ssm_calls if stats else None,
+            throttled_seconds=stats.throttled_seconds if stats else None,
+        )
+    refresh = Refresh(
+        timer="unknown",
+        last_checked_at=check.checked_at if check else None,
+        last_result=check.result if check else None,
+        change_count=check.change_count if check else 0,
+        changes=check.changes if check else (),
+        error=check.error if check else None,
+    )
+    units: Optional[tuple[UnitState, ...]] = None
+    problems: list[str] = []
+    if refresh.last_result == "failed":
+        problems.append(f"the last rotation check failed: {refresh.error}")
+    if show is not None:
+        units, last_render, refresh = _with_systemd(
+            name, show, last_render=last_render, refresh=refresh, now=now, problems=problems
+        )
+    elif last_render is None:
+        pass  # without systemd, a service never rendered is simply not running
+    return ServiceStatus(
+        service=name,
+        format=service.format,
+        output=str(service.credentials_dir if service.format == "credentials" else service.output_path),
+        units=units,
+        last_render=last_render,
+        parameters=parameters,
+        refresh=refresh,
+        problems=tuple(problems),
+    )
+
+
+def _with_systemd(
+    name: str,
+    show: ShowUnits,
+    *,
+    last_render: Optional[LastRender],
+    refresh: Refresh,
+    now: float,
+    problems: list[str],
+) -> tuple[tuple[UnitState, ...], Optional[LastRender], Refresh]:
+    agent_unit, timer_unit, check_unit = (u.format(name=name) for u in (AGENT_UNIT, TIMER_UNIT, CHECK_UNIT))
+    agent, timer, checker = show([agent_unit, timer_unit, check_unit], UNIT_PROPERTIES)
+    app_units = agent.get("RequiredBy", "").split() or [f"{name}.service"]
+    apps = show(app_units, ("ActiveState", "SubState", "Result"))
+    units = (_unit(agent, agent_unit), *(_unit(a, u) for a, u in zip(apps, app_units)))
+
+    if agent.get("ActiveState") == "failed":
+        code = int(agent.get("ExecMainStatus") or 0)
+        why = agent.get("StatusText", "").strip()
+        if not why:
+            why = (
+                f"{EXIT_MEANINGS.get(code, 'exit code ' + str(code))}; `journalctl -u {agent_unit}` says more"
+            )
+        last_render = LastRender(
+            ok=False,
+            at=parse_unix_timestamp(agent.get("ExecMainExitTimestamp", "")),
+            exit_code=code,
+            error=why,
+        )
+        problems.append(f"{agent_unit} failed (exit {code}): {why}")
+    for state, unit in zip(apps, app_units):
+        if state.get("ActiveState") == "failed":
+            problems.append(f"{unit} failed ({state.get('Result', '')})")
+
+    timer_on = timer.get("ActiveState") == "active"
+    interval = _interval(timer.get("TimersMonotonic", ""))
+    refresh = Refresh(
+        timer="on" if timer_on else "off",
+        interval_seconds=interval,
+        next_at=parse_unix_timestamp(timer.get("NextElapseUSecRealtime", "")) if timer_on else None,
+        last_checked_at=refresh.last_checked_at or parse_unix_timestamp(timer.get("LastTriggerUSec", "")),
+        last_result=refresh.last_result,
+        change_count=refresh.change_count,
+        changes=refresh.changes,
+        error=refresh.error,
+    )
+    if checker.get("ActiveState") == "failed" and refresh.last_result != "failed":
+        problems.append(
+            f"the last rotation check failed (exit {checker.get('ExecMainStatus', '?')}): "
+            f"`journalctl -u {check_unit}` says why"
+        )
+    app_runs = any(state.get("ActiveState") == "active" for state in apps)
+    if timer_on and app_runs and interval:
+        delay = parse_timespan(timer.get("RandomizedDelayUSec", "")) or 0.0
+        since = refresh.last_checked_at or parse_unix_timestamp(timer.get("ActiveEnterTimestamp", ""))
+        limit = STALE_INTERVALS * interval + delay
+        if since is not None and now - since > limit:
+            problems.append(
+                f"stale: no rotation check for {now - since:.0f} s, more than {STALE_INTERVALS} intervals "
+                f"of {interval:g} s (plus the timer's {delay:g} s random delay)"
+            )
+    return units, last_render, refresh
+
+
+def gather_all(
+    settings: AgentSettings, names: Sequence[str], show: Optional[ShowUnits], now: Optional[float] = None
+) -> list[ServiceStatus]:
+    """Every named service's status; systemd is asked only when `show` works at all."""
+    moment = time.time() if now is None else now
+    return [gather(settings, name, show, moment) for name in names]
+
+
+def probe_systemd(show: ShowUnits) -> Optional[ShowUnits]:
+    """`show` if systemd answers (the machine was booted with it), else None."""
+    try:
+        show(["secrets-agent@probe.service"], ("ActiveState",))
+    except AgentError:
+        return None
+    return show
+
+
+# -- printing --------------------------------------------------------------------------------------
+
+
+def _when(timestamp: Optional[float], now: float) -> str:
+    if timestamp is None:
+        return "unknown time"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
+    delta = now - timestamp
+    if delta >= 0:
+        return f"{stamp} ({_span(delta)} ago)"
+    return f"{stamp} (in {_span(-delta)})"
+
+
+def _span(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _render_line(last: Optional[LastRender], now: float) -> str:
+    if last is None:
+        return "none since boot (the app is not running)"
+    if not last.ok:
+        return f"FAILED at {_when(last.at, now)}: exit {last.exit_code}, {last.error}"
+    figures = []
+    if last.seconds is not None:
+        figures.append(f"{last.seconds:.2f} s")
+    if last.ssm_calls is not None:
+        figures.append(f"{last.ssm_calls} SSM calls")
+    if last.throttled_seconds:
+        figures.append(f"{last.throttled_seconds:.1f} s throttled")
+    return f"ok at {_when(last.at, now)}" + (f" ({', '.join(figures)})" if figures else "")
+
+
+def _refresh_lines(refresh: Refresh, now: float) -> list[str]:
+    head = f"timer {refresh.timer}"
+    if refresh.interval_seconds:
+        head += f", every {refresh.interval_seconds:g} s"
+    if refresh.next_at is not None:
+        head += f", next check {_when(refresh.next_at, now)}"
+    lines = [head]
+    if refresh.last_checked_at is not None:
+        found = {
+            "unchanged": "nothing changed",
+            "changed": f"{refresh.change_count} changed",
+            "failed": f"FAILED: {refresh.error}",
+        }.get(refresh.last_result or "", "result unknown")
+        lines.append(f"last checked {_when(refresh.last_checked_at, now)}: {found}")
+        for change in refresh.changes:
+            lines.append(
+                f"  {change.get('name')}: version {change.get('old_version')} -> {change.get('new_version')}"
+            )
+    else:
+        lines.append("never checked since boot")
+    return lines
+
+
+def render_table(statuses: Sequence[ServiceStatus], now: float) -> str:
+    """The statuses for people: one block per service."""
+    if not statuses:
+        return "no services: no NAME.env.j2 in the config folder\n"
+    blocks = []
+    for status in statuses:
+        lines = [f"{status.service}: {'healthy' if status.healthy else 'UNHEALTHY'}"]
+        lines.extend(f"  ! {problem}" for problem in status.problems)
+        if status.units is None:
+            lines.append("  units        unknown (systemd does not answer here)")
+        else:
+            lines.append(
+                "  units        " + ", ".join(f"{u.unit} {u.active} ({u.sub})" for u in status.units)
+            )
+        lines.append(f"  last render  {_render_line(status.last_render, now)}")
+        lines.append(f"  output       {status.format}, {status.output}")
+        width = max((len(p.name) for p in status.parameters), default=0)
+        for index, p in enumerate(status.parameters):
+            label = "  parameters   " if index == 0 else "               "
+            asked = "" if p.selector == p.name else f"  (asked as {p.selector})"
+            lines.append(f"{label}{p.name:<{width}}  version {p.version}{asked}")
+        for index, line in enumerate(_refresh_lines(status.refresh, now)):
+            lines.append(("  refresh      " if index == 0 else "               ") + line)
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def render_json(statuses: Sequence[ServiceStatus]) -> str:
+    """The statuses for scripts: {"healthy": bool, "services": [...]}, one line."""
+    services = []
+    for status in statuses:
+        item = asdict(status)
+        item["healthy"] = status.healthy
+        item["problems"] = list(status.problems)
+        services.append(item)
+    document = {"healthy": all(s.healthy for s in statuses), "services": services}
+    return json.dumps(document, ensure_ascii=False, sort_keys=True) + "\n"
