@@ -472,7 +472,14 @@ def cmd_policy(
 
 
 def cmd_status(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -> int:
-    names = [validate_name(args.name)] if args.name else status.service_names(settings)
+    names = status.service_names(settings)
+    if args.name:
+        if validate_name(args.name) not in names:
+            raise ConfigError(
+                f"no service {args.name}: there is no {settings.config_dir / (args.name + '.env.j2')} "
+                f"(`secrets-agent enable {args.name}` writes a starter)"
+            )
+        names = [args.name]
     statuses = status.gather_all(settings, names, status.probe_systemd(systemd_show))
     out.write(status.render_json(statuses) if args.json else status.render_table(statuses, time.time()))
     return 0 if all(s.healthy for s in statuses) else status.EXIT_UNHEALTHY
