@@ -312,9 +312,7 @@ def cmd_render(
         if observed is not None:
             observed.render = RenderOutcome(stats=probe.stats(), exit_code=exc.exit_code, error=exc.message)
         # systemd keeps the last STATUS= of a failed unit: `status` and `systemctl status` show it.
-        StatusNotifier(settings.notify_socket).status(
-            REDACTOR.redact(f"render failed (exit {exc.exit_code}): {exc.message}")
-        )
+        StatusNotifier(settings.notify_socket).status(REDACTOR.redact(f"render failed: {exc.message}"))
         raise
 
 

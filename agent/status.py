@@ -334,7 +334,7 @@ def _render_line(last: Optional[LastRender], now: float) -> str:
     if last.seconds is not None:
         figures.append(f"{last.seconds:.2f} s")
     if last.ssm_calls is not None:
-        figures.append(f"{last.ssm_calls} SSM calls")
+        figures.append(f"{last.ssm_calls} SSM call{'' if last.ssm_calls == 1 else 's'}")
     if last.throttled_seconds:
         figures.append(f"{last.throttled_seconds:.1f} s throttled")
     return f"ok at {_when(last.at, now)}" + (f" ({', '.join(figures)})" if figures else "")

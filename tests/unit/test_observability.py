@@ -232,7 +232,7 @@ TIMER_ON = {
             {
                 "ActiveState": "failed",
                 "ExecMainStatus": "5",
-                "StatusText": "render failed (exit 5): SSM denied",
+                "StatusText": "render failed: SSM denied",
             },
             {"ActiveState": "inactive"},
             {},
