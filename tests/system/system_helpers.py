@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any, NoReturn, Optional
 
@@ -18,6 +19,9 @@ REGION = "eu-west-1"
 ROLE = "app-role"
 # The machine shares the host's network, so the host's loopback is the machine's too.
 LOOPBACK = "127.0.0.1"
+# The agent unit stops after its app (the reverse of Before=) and runs its ExecStop= (`secrets-agent
+# clean`, for the metrics and inventory files) once `systemctl stop APP` has returned: this long at most.
+AGENT_STOP_SECONDS = 10.0
 # Every secret of the session (SSM values, IMDS credentials) carries this mark, so that one
 # search of the machine's disk and journal finds a leak of any of them.
 MARK = f"s3cr3t{secrets.token_hex(6)}"
@@ -83,6 +87,16 @@ class App:
     def write_settings(self, text: str) -> None:
         """Write /etc/secrets-agent/NAME.toml."""
         self.machine.path(f"/etc/secrets-agent/{self.name}.toml").write_text(text)
+
+    def stop(self) -> None:
+        """`systemctl stop` the app, then wait for its agent unit to have stopped too (see
+        AGENT_STOP_SECONDS): only then are its runtime folder and metrics file gone."""
+        self.machine.systemctl("stop", self.unit)
+        deadline = time.monotonic() + AGENT_STOP_SECONDS
+        while self.machine.show(self.agent_unit, "ActiveState") not in ("inactive", "failed"):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.agent_unit} did not stop within {AGENT_STOP_SECONDS} s")
+            time.sleep(0.05)
 
     def main_pid(self) -> int:
         """The app's main PID in the machine's PID namespace (0 when it does not run)."""

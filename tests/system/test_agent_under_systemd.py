@@ -98,7 +98,7 @@ def test_stop_removes_the_secrets_and_restart_fetches_new_values(
     machine.systemctl("start", app.unit)
     assert app.environ()[b"TOKEN"] == f"old {MARK}".encode()
 
-    machine.systemctl("stop", app.unit)
+    app.stop()
 
     assert machine.show(app.agent_unit, "ActiveState") == "inactive"
     assert not app.exists(f"{app.folder}/env")
@@ -226,7 +226,7 @@ def test_no_secret_in_the_journal_or_on_disk_after_a_start_stop_cycle(
     # Also prove the search would see a leak: the file holds the mark while the app runs.
     assert MARK.encode() in machine.run("cat", f"{app.folder}/env").stdout
 
-    machine.systemctl("stop", app.unit)
+    app.stop()
     machine.run("journalctl", "--flush")
     machine.run("journalctl", "--sync")
 

@@ -203,7 +203,7 @@ def test_dynamic_user_app_reads_every_value_from_its_credentials(
     assert read == {name: _sha256(data) for name, data in new_expected.items()}
 
     # Stopping the app takes both copies away.
-    machine.systemctl("stop", app.unit)
+    app.stop()
     assert machine.show(app.agent_unit, "ActiveState") == "inactive"
     assert not app.exists("/run/secrets-agent/credapp")
     assert not app.exists("/run/credentials/credapp.service")

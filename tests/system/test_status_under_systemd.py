@@ -181,11 +181,7 @@ def test_status_metrics_and_inventory_follow_the_app(
     assert "1 changed" in table
     seen = table + as_json + served + prom.read_text() + inventory.read_text()
 
-    machine.systemctl("stop", app.unit)
-    # The agent unit stops after the app (reverse order), its ExecStop= after `systemctl stop` returns.
-    deadline = time.monotonic() + 10
-    while prom.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    app.stop()
     assert not prom.exists(), machine.journal(unit=app.agent_unit)
     assert app.name not in {row["Service"] for row in json.loads(inventory.read_text())["Content"]}
     assert MARK not in seen
