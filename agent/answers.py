@@ -3,7 +3,7 @@ selectors asked for, and SSM's errors translated into the agent's, naming resour
 
 Pure: takes what botocore parsed, returns parameters or raises. An answer that does not hold up
 (a proxy's block page, a truncated body, a name missing from both lists) is never read as "these
-parameters do not exist": it raises NotSsmAnswer, which the client retries like an outage.
+parameters do not exist": it raises NotServiceAnswer, which the client retries like an outage.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any, Optional
 from botocore.exceptions import ClientError
 
 from agent.errors import AccessDenied, AgentError, CredentialsError, ServiceUnavailable, TemplateError
+from agent.retry import NotServiceAnswer
 
 SECRETS_MANAGER_PREFIX = "/aws/reference/secretsmanager/"
 PARAMETER_TYPES = frozenset({"String", "StringList", "SecureString"})
@@ -248,14 +249,6 @@ def names_selector(message: str, selector: str) -> bool:
     return False
 
 
-class NotSsmAnswer(Exception):
-    """An answer that does not hold up as SSM's; `reason` says why and never quotes the body."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 def describe_http(response: Any) -> str:
     """ "HTTP 200, text/html": what an answer looked like, from botocore's metadata, without its body."""
     metadata = response.get("ResponseMetadata", {}) if isinstance(response, dict) else {}
@@ -273,16 +266,16 @@ def is_foreign_error(error: ClientError) -> bool:
 def parameter_from_item(item: Any, *, selector: str) -> Parameter:
     """One entry of SSM's Parameters list, checked: a name, a value, a known type and a version."""
     if not isinstance(item, dict):
-        raise NotSsmAnswer("a parameter entry is not an object")
+        raise NotServiceAnswer("a parameter entry is not an object")
     name, value, kind, version = (item.get(key) for key in ("Name", "Value", "Type", "Version"))
     if not isinstance(name, str) or not name:
-        raise NotSsmAnswer("a parameter entry has no Name")
+        raise NotServiceAnswer("a parameter entry has no Name")
     if not isinstance(value, str):
-        raise NotSsmAnswer(f"the entry for {name} has no Value")
+        raise NotServiceAnswer(f"the entry for {name} has no Value")
     if kind not in PARAMETER_TYPES:
-        raise NotSsmAnswer(f"the entry for {name} has no known Type")
+        raise NotServiceAnswer(f"the entry for {name} has no known Type")
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-        raise NotSsmAnswer(f"the entry for {name} has no Version")
+        raise NotServiceAnswer(f"the entry for {name} has no Version")
     return Parameter(
         name=name,
         selector=selector,
@@ -318,14 +311,14 @@ def current_secret_version(source_result: Any) -> Optional[str]:
 
 def _list_field(response: Any, key: str, *, required: bool) -> list[Any]:
     if not isinstance(response, dict):
-        raise NotSsmAnswer("the answer is not an object")
+        raise NotServiceAnswer("the answer is not an object")
     if key not in response:
         if required:
-            raise NotSsmAnswer(f"the answer has no {key}")
+            raise NotServiceAnswer(f"the answer has no {key}")
         return []
     items = response[key]
     if not isinstance(items, list):
-        raise NotSsmAnswer(f"{key} is not a list")
+        raise NotServiceAnswer(f"{key} is not a list")
     return items
 
 
@@ -337,7 +330,7 @@ def check_get_parameters(
     answered = _list_field(response, "Parameters", required=False)
     invalid = _list_field(response, "InvalidParameters", required=False)
     if not all(isinstance(name, str) for name in invalid):
-        raise NotSsmAnswer("InvalidParameters holds something other than names")
+        raise NotServiceAnswer("InvalidParameters holds something other than names")
     for item in answered:
         parameter_from_item(item, selector="")
     return match_parameters(batch, answered, invalid)
@@ -346,10 +339,10 @@ def check_get_parameters(
 def check_get_parameter(selector: str, response: Any) -> Parameter:
     """A GetParameter answer, believed only if it holds one well-formed parameter named as asked."""
     if not isinstance(response, dict) or not isinstance(response.get("Parameter"), dict):
-        raise NotSsmAnswer("the answer has no Parameter")
+        raise NotServiceAnswer("the answer has no Parameter")
     parameter = parameter_from_item(response["Parameter"], selector=selector)
     if not _answers(response["Parameter"], selector):
-        raise NotSsmAnswer(f"asked for {split_selector(selector)[0]}, the answer names another parameter")
+        raise NotServiceAnswer(f"asked for {split_selector(selector)[0]}, the answer names another parameter")
     return parameter
 
 
@@ -366,7 +359,9 @@ def check_path_page(path: str, *, recursive: bool, response: Any) -> tuple[list[
         parameter = parameter_from_item(item, selector="")
         below = parameter.name[len(prefix) :] if parameter.name.startswith(prefix) else None
         if not below or (not recursive and "/" in below):
-            raise NotSsmAnswer(f"listing {path}, the answer holds {parameter.name}, which is not under it")
+            raise NotServiceAnswer(
+                f"listing {path}, the answer holds {parameter.name}, which is not under it"
+            )
         parameters.append(dataclasses.replace(parameter, selector=parameter.name))
     return parameters, _next_token(response)
 
@@ -387,7 +382,7 @@ def match_parameters(
     invalid_loose = {_canonical_name(name) for name in invalid if name not in invalid_exact}
     missing = [s for s in batch if s in invalid_exact or _canonical_name(s) in invalid_loose]
     if invalid_loose - {_canonical_name(s) for s in batch}:
-        raise NotSsmAnswer("InvalidParameters lists a name that was not asked for")
+        raise NotServiceAnswer("InvalidParameters lists a name that was not asked for")
     pending = [s for s in batch if s not in missing]
     found: dict[str, Parameter] = {}
     unmatched: list[dict[str, Any]] = []
@@ -427,7 +422,7 @@ def match_parameters(
         elif bare:
             chosen = bare[0]
         else:
-            raise NotSsmAnswer(f"the answer holds {item.get('Name')} version {version}, not asked for")
+            raise NotServiceAnswer(f"the answer holds {item.get('Name')} version {version}, not asked for")
         found[chosen] = parameter_from_item(item, selector=chosen)
 
     ambiguous: list[str] = []
@@ -439,7 +434,7 @@ def match_parameters(
     unanswered = [s for s in pending if s not in found and s not in ambiguous]
     if unanswered:
         # Neither answered nor listed as invalid: not SSM's answer, and never "it does not exist".
-        raise NotSsmAnswer(f"{', '.join(unanswered)} neither answered nor listed as invalid")
+        raise NotServiceAnswer(f"{', '.join(unanswered)} neither answered nor listed as invalid")
     return found, missing, ambiguous
 
 
@@ -467,7 +462,7 @@ def check_describe_page(response: Any) -> tuple[list[dict[str, Any]], Optional[s
     items = _list_field(response, "Parameters", required=True)
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("Name"), str):
-            raise NotSsmAnswer("a DescribeParameters entry has no Name")
+            raise NotServiceAnswer("a DescribeParameters entry has no Name")
     return items, _next_token(response)
 
 
@@ -475,5 +470,5 @@ def _next_token(response: dict[str, Any]) -> Optional[str]:
     """A page's NextToken: None at the end, else a non-empty string."""
     token = response.get("NextToken")
     if token is not None and (not isinstance(token, str) or not token):
-        raise NotSsmAnswer("NextToken is not a token")
+        raise NotServiceAnswer("NextToken is not a token")
     return token

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from agent.answers import SECRETS_MANAGER_PREFIX, split_selector
+from agent.aws import create_client
 from agent.errors import AgentError, CredentialsError, UsageError
-from agent.ssm import create_client
 from agent.template import Requirements
 
 AWS_MANAGED_SSM_KEY = "alias/aws/ssm"
