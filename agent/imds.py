@@ -209,31 +209,28 @@ class ImdsClient:
 
     def _get(self, path: str) -> Optional[str]:
         """GET `path` with a token: the body on 200, None on 404."""
-        for is_renewed in (False, True):
+        response = self._http("GET", path, {TOKEN_HEADER: self._current_token()})
+        if response.status_code == 401:
+            # The token expired or IMDS restarted: one new token, then one more try.
+            logger.info("imds_token_rejected", path=path)
+            self._token = None
             response = self._http("GET", path, {TOKEN_HEADER: self._current_token()})
-            status = response.status_code
-            if status == 401:
+            if response.status_code == 401:
+                # Twice in a row: IMDS restarting, or something between rewriting requests. Not an
+                # answer to believe; retried to the deadline like any other.
                 self._token = None
-                if is_renewed:
-                    # Twice in a row: IMDS restarting, or something between rewriting requests. Not an
-                    # answer to believe; retried to the deadline like any other.
-                    raise NotServiceAnswer(
-                        f"IMDS refused a fresh session token (401 on GET {path}): check that nothing "
-                        "between the agent and IMDS rewrites requests"
-                    )
-                # The token expired or IMDS restarted: one new token, then one more try.
-                logger.info("imds_token_rejected", path=path)
-                continue
-            if status == 403:
-                raise self._forbidden(f"GET {path}")
-            if status == 404:
-                return None
-            if status == 200:
-                return response.content.decode("utf-8", errors="replace")
-            raise CredentialsError(
-                f"IMDS at {self.endpoint} answered {status} to GET {path}: {_REACH_IMDS_FIX}"
-            )
-        raise AssertionError("unreachable: the second 401 raises")
+                raise NotServiceAnswer(
+                    f"IMDS refused a fresh session token (401 on GET {path}): check that nothing "
+                    "between the agent and IMDS rewrites requests"
+                )
+        status = response.status_code
+        if status == 403:
+            raise self._forbidden(f"GET {path}")
+        if status == 404:
+            return None
+        if status == 200:
+            return response.content.decode("utf-8", errors="replace")
+        raise CredentialsError(f"IMDS at {self.endpoint} answered {status} to GET {path}: {_REACH_IMDS_FIX}")
 
     def _current_token(self) -> str:
         if self._token is None or time.monotonic() >= self._token_renew_at:
@@ -300,7 +297,7 @@ class ImdsClient:
             method=method,
             path=path,
             status=response.status_code,
-            elapsed_ms=_elapsed_ms(started),
+            elapsed_ms=round((time.monotonic() - started) * 1000),
         )
         if response.status_code in _RETRIED_STATUSES:
             response.close()
@@ -309,19 +306,16 @@ class ImdsClient:
 
 
 class _NoAnswer(Exception):
-    """No answer from IMDS to one request, or one worth another try (429, 5xx)."""
+    """No answer from IMDS to one request, or one worth another try (429, 5xx): an outage."""
 
     def __init__(self, request: str, error: str) -> None:
         super().__init__(error)
-        self.request = request
-        self.error = error
+        self.failure = Failure(Kind.OUTAGE, error, request)
 
 
 def _classify(error: Exception) -> Optional[Failure]:
-    """No answer is an outage; everything else the attempt raises is not retried."""
-    if isinstance(error, _NoAnswer):
-        return Failure(Kind.OUTAGE, error.error, error.request)
-    return None
+    """No answer is an outage; anything else the attempt raises is not retried."""
+    return error.failure if isinstance(error, _NoAnswer) else None
 
 
 def _log_failure(request: str, failure: Failure, attempt: int) -> None:
@@ -336,10 +330,6 @@ def _log_failure(request: str, failure: Failure, attempt: int) -> None:
 def _no_proxies_for(session: requests.Session) -> Any:
     # Also cancel any per-scheme-and-host proxy a caller put on its own session.
     return {**dict.fromkeys(session.proxies), **_NO_PROXIES}
-
-
-def _elapsed_ms(started: float) -> int:
-    return round((time.monotonic() - started) * 1000)
 
 
 _ERRNO_TEXT = re.compile(r"\[Errno -?\d+\] ([A-Za-z][A-Za-z ,'-]*)")
