@@ -20,7 +20,7 @@ import jinja2
 from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from agent.envfile import is_valid_key, value_problem
+from agent.envfile import is_valid_key
 from agent.errors import ParameterNotFound, TemplateError, ValueNotRepresentable
 
 # Placeholders cannot collide with template text: templates holding a NUL are refused.
@@ -102,39 +102,16 @@ class JsonArray(list):  # type: ignore[type-arg]
         return json.dumps(self, ensure_ascii=False, separators=(",", ":"))
 
 
-@dataclass(frozen=True)
-class Carrier:
-    """What an output format can carry: the reason a key or value cannot be written, or None."""
+class Carrier(Protocol):
+    """What an output format can carry (agent/formats.py): why a key or value cannot be written, or None."""
 
-    key_problem: Callable[[str], Optional[str]]
-    value_problem: Callable[[str, str, Optional[bytes]], Optional[str]]
+    @property
+    def key_problem(self) -> Callable[[str], Optional[str]]:
+        """Why `key` cannot name a variable or file of this format."""
 
-
-def _text_key_problem(key: str) -> Optional[str]:
-    if is_valid_key(key):
-        return None
-    return f"{key!r} is not a valid variable name (letters, digits, _; not starting with a digit)"
-
-
-def _text_value_problem(key: str, value: str, raw: Optional[bytes]) -> Optional[str]:
-    if raw is not None and not _is_utf8(raw):
-        return (
-            "is binary (b64decode made bytes that are not UTF-8 text), which no environment or text "
-            'file carries exactly: use format = "credentials"'
-        )
-    return value_problem(value, key)
-
-
-# env, dotenv and json: variables an environment (or a text file) can hold.
-TEXT_CARRIER = Carrier(key_problem=_text_key_problem, value_problem=_text_value_problem)
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+    @property
+    def value_problem(self) -> Callable[[str, str, Optional[bytes]], Optional[str]]:
+        """Why (key, text, exact bytes if binary) cannot be carried, never quoting the value."""
 
 
 class Resolver(Protocol):
@@ -236,7 +213,6 @@ class _RenderState:
     slots: list[Union[str, bytes]] = field(default_factory=list)
     slot_sources: list[tuple[str, ...]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
-    used: dict[str, ParamValue] = field(default_factory=dict)
 
 
 class CompiledTemplate:
@@ -247,7 +223,6 @@ class CompiledTemplate:
             raise TemplateError(f"{filename} contains a NUL byte: it is not a text template")
         self.filename = filename
         self._state: Optional[_RenderState] = None
-        self._carrier = TEXT_CARRIER
         self._env = ImmutableSandboxedEnvironment(
             undefined=jinja2.StrictUndefined,
             autoescape=False,
@@ -302,7 +277,6 @@ class CompiledTemplate:
                 return default
             state.missing.append(selector)
             return ParamValue("", selector)
-        state.used[selector] = value
         return value
 
     def _params(self, path: str, recursive: bool = False) -> Mapping[str, ParamValue]:
@@ -310,7 +284,6 @@ class CompiledTemplate:
         if not isinstance(path, str) or not path.startswith("/"):
             raise TemplateError(f"params() needs a path starting with '/', not {path!r}")
         found = state.resolver.get_path(path, bool(recursive))
-        state.used.update(found)
         return dict(sorted(found.items()))
 
     def _from_json(self, value: Any) -> Any:
@@ -365,17 +338,18 @@ class CompiledTemplate:
         self,
         resolver: Resolver,
         *,
+        carrier: Carrier,
         redact: Callable[[str], str] = lambda s: s,
         remember: Callable[[str], None] = lambda _value: None,
-        carrier: Carrier = TEXT_CARRIER,
     ) -> list[Assignment]:
         """Render into ordered assignments; every missing parameter is reported at once.
 
-        `remember` is handed every value an expression produced and every JSON field read, so
-        that the logs can redact them; `carrier` says which keys and values the output takes.
+        `carrier` (the service's entry in agent/formats.py) says which keys and values the output
+        takes: each line is checked once, here, where its line and sources are known. `remember` is
+        handed every value an expression produced and every JSON field read, so that the logs can
+        redact them.
         """
         self._state = state = _RenderState(resolver=resolver, remember=remember)
-        self._carrier = carrier
         try:
             text = self._template.render()
         except jinja2.TemplateError as exc:  # undefined names, sandbox refusals
@@ -393,10 +367,9 @@ class CompiledTemplate:
             self._state = None
         if state.missing:
             raise ParameterNotFound(state.missing)
-        self.used = state.used
-        return list(self._split_lines(text, state))
+        return list(self._split_lines(text, state, carrier))
 
-    def _split_lines(self, text: str, state: _RenderState) -> Iterator[Assignment]:
+    def _split_lines(self, text: str, state: _RenderState, carrier: Carrier) -> Iterator[Assignment]:
         seen: dict[str, int] = {}
         for number, raw in enumerate(text.split("\n"), start=1):
             line = raw.rstrip("\r").strip(" \t")
@@ -412,7 +385,7 @@ class CompiledTemplate:
                     if sep
                     else f"{where}: expected KEY=value, got a line without '='"
                 )
-            key_problem = self._carrier.key_problem(key)
+            key_problem = carrier.key_problem(key)
             if key_problem:
                 raise TemplateError(f"{where}: {key_problem}")
             if key in seen:
@@ -426,7 +399,7 @@ class CompiledTemplate:
                 )
             sources: list[str] = []
             value, binary = _fill_slots(rest, state, sources)
-            problem = self._carrier.value_problem(key, value, binary)
+            problem = carrier.value_problem(key, value, binary)
             if problem:
                 origin = f" (from {', '.join(sources)})" if sources else ""
                 raise ValueNotRepresentable(f"{where}: the value of {key}{origin} {problem}")

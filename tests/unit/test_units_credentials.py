@@ -10,6 +10,7 @@ import pytest
 
 from agent.cli import main
 from agent.errors import UsageError
+from agent.formats import FORMATS
 from agent.template import ParamValue, compile_template
 from agent.units import (
     DROPIN_NAME,
@@ -176,7 +177,7 @@ def test_the_credentials_starter_template_says_where_the_app_reads_and_renders_n
     assert "/run/secrets-agent/web/credentials/" in text
     assert "$CREDENTIALS_DIRECTORY/secrets_KEY" in text
     assert "EnvironmentFile" not in text
-    assert compile_template(text, "web.env.j2").render(_NoValues()) == []
+    assert compile_template(text, "web.env.j2").render(_NoValues(), carrier=FORMATS["credentials"]) == []
 
 
 class _NoValues:
