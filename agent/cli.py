@@ -158,7 +158,7 @@ def cmd_check(settings: AgentSettings, service: ServiceSettings, out: TextIO) ->
 
 def cmd_clean(settings: AgentSettings, service: ServiceSettings, out: TextIO) -> int:
     removed = render.clean(service)
-    log.info("cleaned" if removed else "nothing_to_clean", service=service.name, path=str(service.output_dir))
+    log.info("cleaned" if removed else "nothing_to_clean", path=str(service.output_dir))
     return 0
 
 
@@ -292,6 +292,8 @@ def main(
         stream=err, fmt=getattr(args, "log_format", "auto"), verbose=getattr(args, "verbose", False)
     )
     environ = os.environ if env is None else env
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(service=args.name)
     try:
         if args.command == "doctor":
             return cmd_doctor(args, environ, out)
@@ -312,21 +314,20 @@ def main(
         commands = {"render": cmd_render, "check": cmd_check, "clean": cmd_clean}
         return commands[args.command](settings, service, out)
     except ParameterNotFound as exc:
-        log.error("parameters_missing", service=args.name, parameters=exc.names, error=exc.message)
+        log.error("parameters_missing", parameters=exc.names, error=exc.message)
         return exc.exit_code
     except AgentError as exc:
-        log.error(f"{args.command}_failed", service=args.name, error=exc.message, exit_code=exc.exit_code)
+        log.error(f"{args.command}_failed", error=exc.message, exit_code=exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
-        log.error("interrupted", service=args.name)
+        log.error("interrupted")
         return EXIT_INTERRUPTED
     except Exception as exc:
         # A bug in the agent, never an outage: said in one line at once, the traceback in the journal
         # at debug level, both through the redacting logger (never straight to stderr).
-        log.debug("unexpected_error_traceback", service=args.name, exc_info=True)
+        log.debug("unexpected_error_traceback", exc_info=True)
         log.error(
             "unexpected_error",
-            service=args.name,
             error=f"{type(exc).__name__} in the agent's own code: please report it "
             "(run with --verbose for the traceback)",
         )

@@ -29,7 +29,8 @@ from agent.output import Ownership, remove_secret_file, remove_secret_folder, re
 from agent.refresh import RenderRecord, make_record, write_record
 from agent.retry import Deadline
 from agent.ssm import SsmClient
-from agent.template import Assignment, CompiledTemplate, ParamValue, compile_template
+from agent.template import Assignment, CompiledTemplate, compile_template
+from agent.values import ParamValue
 
 log = structlog.get_logger("secrets-agent")
 
@@ -237,10 +238,9 @@ def write(rendered: Rendered, ownership: Ownership, *, stages: Stages = no_stage
         write_record(service, rendered.record, ownership)
     except AgentError as exc:
         # The file is complete and the app can start; only refresh loses its point of comparison.
-        log.warning("state_not_recorded", service=service.name, error=exc.message)
+        log.warning("state_not_recorded", error=exc.message)
     log.info(
         "rendered",
-        service=service.name,
         path=str(path),
         variables=len(rendered.assignments),
         parameters=len(rendered.parameters),

@@ -20,86 +20,21 @@ import jinja2
 from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from agent.envfile import is_valid_key
 from agent.errors import ParameterNotFound, TemplateError, ValueNotRepresentable
+from agent.values import (
+    BinaryValue,
+    EnvKey,
+    ParamValue,
+    ValueFilterError,
+    env_name,
+    from_json_tree,
+    json_leaves,
+    origin_of,
+)
 
 # Placeholders cannot collide with template text: templates holding a NUL are refused.
 _SLOT_RE = re.compile("\x00([0-9]+)\x00")
-_ENV_NAME_RE = re.compile(r"[^A-Za-z0-9]+")
 _QUOTES = ("'", '"')
-
-
-class ParamValue(str):
-    """A parameter's value, remembering which parameter it came from (for error messages)."""
-
-    source: str
-
-    def __new__(cls, value: str, source: str) -> ParamValue:
-        obj = super().__new__(cls, value)
-        obj.source = source
-        return obj
-
-    def __repr__(self) -> str:
-        return f"<value of {self.source}>"
-
-
-class EnvKey(str):
-    """A variable name made by `env_name`: the only expression output allowed in key position."""
-
-
-class ValueFilterError(Exception):
-    """A filter refused a value; the message names the parameter and field, never the value."""
-
-
-class BinaryValue(bytes):
-    """Bytes made by `b64decode`: they go into an output as they are, never through str()."""
-
-    source: str
-
-    def __new__(cls, data: bytes, source: str) -> BinaryValue:
-        obj = super().__new__(cls, data)
-        obj.source = source
-        return obj
-
-    def __repr__(self) -> str:
-        return f"<bytes of {self.source}>"
-
-    def __str__(self) -> str:
-        # Jinja's `~` and most filters call str(): b'...' would silently become the value.
-        raise ValueFilterError(
-            f"the bytes b64decode made from {self.source} cannot be joined into text: write "
-            "{{ ... | b64decode }} as its own expression"
-        )
-
-
-class JsonObject(dict):  # type: ignore[type-arg]
-    """A JSON object from `from_json`: a missing field is an error naming the parameter and the field."""
-
-    where: str
-
-    def __getitem__(self, key: Any) -> Any:
-        try:
-            return super().__getitem__(key)
-        except (KeyError, TypeError):
-            raise ValueFilterError(f"{self.where} has no field {json.dumps(str(key))}") from None
-
-    def __str__(self) -> str:
-        return json.dumps(self, ensure_ascii=False, separators=(",", ":"))
-
-
-class JsonArray(list):  # type: ignore[type-arg]
-    """A JSON array from `from_json`: an index past its end is an error naming the parameter."""
-
-    where: str
-
-    def __getitem__(self, index: Any) -> Any:
-        try:
-            return super().__getitem__(index)
-        except (IndexError, TypeError):
-            raise ValueFilterError(f"{self.where} has no item {index!r}") from None
-
-    def __str__(self) -> str:
-        return json.dumps(self, ensure_ascii=False, separators=(",", ":"))
 
 
 class Carrier(Protocol):
@@ -148,17 +83,6 @@ class Assignment:
         return self.raw if self.raw is not None else self.value.encode("utf-8")
 
 
-def env_name(name: str) -> EnvKey:
-    """`/prod/app/db-url` -> `DB_URL`: the last path segment, upper case, non-alphanumerics as `_`."""
-    last = str(name).rstrip("/").rsplit("/", 1)[-1]
-    key = _ENV_NAME_RE.sub("_", last).strip("_").upper()
-    if key[:1].isdigit():
-        key = "_" + key
-    if not is_valid_key(key):
-        raise TemplateError(f"env_name cannot make a variable name from {name!r}")
-    return EnvKey(key)
-
-
 def _const_str(node: nodes.Node) -> Optional[str]:
     if isinstance(node, nodes.Const) and isinstance(node.value, str):
         return node.value
@@ -173,37 +97,6 @@ def _const_bool(call: nodes.Call) -> Optional[bool]:
         arg = call.args[1]
         return bool(arg.value) if isinstance(arg, nodes.Const) else None
     return False
-
-
-def _where(value: Any) -> str:
-    return value.source if isinstance(value, (ParamValue, BinaryValue)) else "an expression"
-
-
-def _from_json_tree(node: Any, where: str) -> Any:
-    """JSON objects and arrays that name `where` when a field is missing; scalars as ParamValue text."""
-    if isinstance(node, dict):
-        obj = JsonObject(
-            (key, _from_json_tree(item, f"{where}[{json.dumps(key)}]")) for key, item in node.items()
-        )
-        obj.where = where
-        return obj
-    if isinstance(node, list):
-        array = JsonArray(_from_json_tree(item, f"{where}[{index}]") for index, item in enumerate(node))
-        array.where = where
-        return array
-    # A number, true, false or null gives its JSON text, exactly as the secret spells it.
-    return ParamValue(node if isinstance(node, str) else json.dumps(node), where)
-
-
-def _json_leaves(node: Any) -> Iterator[str]:
-    if isinstance(node, dict):
-        for item in node.values():
-            yield from _json_leaves(item)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _json_leaves(item)
-    else:
-        yield str(node)
 
 
 @dataclass
@@ -287,33 +180,33 @@ class CompiledTemplate:
         return dict(sorted(found.items()))
 
     def _from_json(self, value: Any) -> Any:
-        where = _where(value)
+        origin = origin_of(value)
         if isinstance(value, BinaryValue):
-            raise ValueFilterError(f"from_json takes text, not the bytes b64decode made from {where}")
+            raise ValueFilterError(f"from_json takes text, not the bytes b64decode made from {origin}")
         try:
             parsed = json.loads(str(value))
         except ValueError:
             # json's message would quote the text around the error: never show it.
-            raise ValueFilterError(f"the value of {where} is not JSON (from_json)") from None
+            raise ValueFilterError(f"the value of {origin} is not JSON (from_json)") from None
         remember = self._current().remember
-        for leaf in _json_leaves(parsed):  # each field is as secret as the whole value
+        for leaf in json_leaves(parsed):  # each field is as secret as the whole value
             remember(leaf)
-        return _from_json_tree(parsed, where)
+        return from_json_tree(parsed, origin)
 
     def _b64decode(self, value: Any) -> BinaryValue:
-        where = _where(value)
+        origin = origin_of(value)
         if isinstance(value, bytes):
-            raise ValueFilterError(f"b64decode takes text, not bytes (from {where})")
+            raise ValueFilterError(f"b64decode takes text, not bytes (from {origin})")
         # Line breaks and spaces are how base64 is usually wrapped; anything else must be base64.
         compact = re.sub(r"[ \t\r\n]+", "", str(value))
         try:
             data = base64.b64decode(compact.encode("ascii"), validate=True)
         except (binascii.Error, UnicodeEncodeError):
             raise ValueFilterError(
-                f"the value of {where} is not base64 (b64decode takes A-Z a-z 0-9 + / and = padding)"
+                f"the value of {origin} is not base64 (b64decode takes A-Z a-z 0-9 + / and = padding)"
             ) from None
         self._current().remember(data.decode("utf-8", "replace"))
-        return BinaryValue(data, where)
+        return BinaryValue(data, origin)
 
     def _finalize(self, value: Any) -> str:
         if isinstance(value, EnvKey):

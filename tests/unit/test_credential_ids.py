@@ -15,7 +15,8 @@ from agent.credentials import (
 )
 from agent.errors import TemplateError, ValueNotRepresentable
 from agent.formats import FORMATS
-from agent.template import Assignment, ParamValue, compile_template
+from agent.template import Assignment, compile_template
+from agent.values import ParamValue
 
 
 def _a(key: str, value: str = "v", raw: Optional[bytes] = None) -> Assignment:

@@ -8,7 +8,8 @@ import pytest
 
 from agent.errors import ParameterNotFound, TemplateError, ValueNotRepresentable
 from agent.formats import FORMATS
-from agent.template import ParamValue, compile_template, env_name
+from agent.template import compile_template
+from agent.values import ParamValue, env_name
 
 
 class DictResolver:

@@ -10,7 +10,8 @@ import pytest
 
 from agent.errors import TemplateError, ValueNotRepresentable
 from agent.formats import FORMATS
-from agent.template import Assignment, Carrier, ParamValue, compile_template
+from agent.template import Assignment, Carrier, compile_template
+from agent.values import ParamValue
 
 RDS = "/aws/reference/secretsmanager/prod/rds"
 RDS_SECRET = {

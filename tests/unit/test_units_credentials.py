@@ -11,7 +11,7 @@ import pytest
 from agent.cli import main
 from agent.errors import UsageError
 from agent.formats import FORMATS
-from agent.template import ParamValue, compile_template
+from agent.template import compile_template
 from agent.units import (
     DROPIN_NAME,
     disable_service,
@@ -20,6 +20,7 @@ from agent.units import (
     render_dropin,
     systemd_version,
 )
+from agent.values import ParamValue
 
 
 def _image(tmp_path: Path, systemd: Optional[int], libdir: str = "usr/lib/x86_64-linux-gnu/systemd") -> Path:
