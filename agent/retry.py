@@ -7,8 +7,9 @@ that are not the service's) ends at the short deadline, counted from the last ti
 answered; throttling, which means the service is up and busy, may go on for the longer throttled
 budget.
 
-Each client translates its transport's exceptions in one place, its classifier; the loop acts on
-the class:
+Each client reads its transport's exceptions in one place (ssm_call.SsmCaller._classify for
+botocore, imds.ImdsClient._http for requests) and gives the loop a classifier naming the class of
+each failure; the loop (RetryLoop, used by both) acts on the class:
 
     an attempt failed
     ├── Failure OUTAGE        no answer, a 5xx, a cut connection: retried to the short deadline

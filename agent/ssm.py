@@ -82,6 +82,11 @@ class SsmClient:
             elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
         )
 
+    @property
+    def calls_done(self) -> int:
+        """How many SSM calls got an answer so far."""
+        return self._caller.calls_done
+
     def fetch(
         self, selectors: Iterable[str], *, decrypt: bool = True
     ) -> tuple[dict[str, Parameter], list[str]]:
