@@ -90,14 +90,6 @@ class RoleCredentials:
             f"RoleCredentials(role={self.role!r}, access_key_id={key_hint!r}, expiration={self.expiration!r})"
         )
 
-    def as_boto3_kwargs(self) -> dict[str, str]:
-        """The keyword arguments boto3's client() and Session() take for these credentials."""
-        return {
-            "aws_access_key_id": self.access_key_id,
-            "aws_secret_access_key": self.secret_access_key,
-            "aws_session_token": self.token,
-        }
-
 
 class ImdsClient:
     """Reads the region and role credentials from IMDSv2, retrying until the deadline.
