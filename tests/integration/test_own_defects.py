@@ -112,6 +112,10 @@ def _assert_failed_at_once(run: Run) -> None:
     assert run.code == 1, context
     assert run.seconds < AT_ONCE_SECONDS, context
     assert not RETRY_EVENTS & {str(event.get("event")) for event in run.events}, context
+    # The injected defect itself ended the run, reported as the bug it is.
+    errors = [str(event.get("error")) for event in run.events if event.get("event") == "unexpected_error"]
+    assert errors, context
+    assert errors[0].startswith("KeyError in the agent's own code"), context
 
 
 def test_the_stack_renders_without_a_defect(stack: Stack) -> None:
