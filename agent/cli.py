@@ -20,27 +20,21 @@ from agent.errors import EXIT_INTERRUPTED, AgentError, ConfigError, ParameterNot
 from agent.imds import ImdsClient
 from agent.log import REDACTOR, configure_logging
 from agent.notify import StatusNotifier
-from agent.output import (
-    Ownership,
-    remove_secret_file,
-    remove_secret_folder,
-    resolve_ownership,
-    write_secret_file,
-    write_secret_folder,
-)
+from agent.output import Ownership, remove_secret_file, resolve_ownership, write_secret_file
 from agent.policy import PARTITIONS, caller_arn, generate_policy, render_policy
-from agent.refresh import SsmVersions, Systemctl, Systemd, make_record, refresh, write_record
+from agent.refresh import SsmVersions, Systemd, make_record, refresh, write_record
 from agent.retry import Deadline
+from agent.secret_folder import remove_secret_folder, write_secret_folder
 from agent.ssm import READ_TIMEOUT_SECONDS, SsmClient
+from agent.systemd import Systemctl
 from agent.template import TEXT_CARRIER, Assignment, CompiledTemplate, ParamValue, compile_template
-from agent.units import (
+from agent.timer import (
     DEFAULT_REFRESH_INTERVAL,
     DEFAULT_REFRESH_INTERVAL_SECONDS,
     disable_refresh,
-    disable_service,
     enable_refresh,
-    enable_service,
 )
+from agent.units import disable_service, enable_service
 
 log = structlog.get_logger("secrets-agent")
 
@@ -194,7 +188,10 @@ def _read_template(service: ServiceSettings) -> CompiledTemplate:
             f"(`secrets-agent enable {service.name}` writes a starter)"
         ) from None
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(
+            f"cannot read {path} ({exc.strerror}): make it a regular file the agent can read "
+            "(owned by root, mode 0640), then run the command again"
+        ) from None
     try:
         source = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

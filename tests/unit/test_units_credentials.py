@@ -10,15 +10,9 @@ import pytest
 
 from agent.cli import main
 from agent.errors import UsageError
+from agent.systemd import DROPIN_NAME, parse_systemd_version, systemd_version
 from agent.template import ParamValue, compile_template
-from agent.units import (
-    DROPIN_NAME,
-    disable_service,
-    enable_service,
-    parse_systemd_version,
-    render_dropin,
-    systemd_version,
-)
+from agent.units import disable_service, enable_service, render_dropin
 
 
 def _image(tmp_path: Path, systemd: Optional[int], libdir: str = "usr/lib/x86_64-linux-gnu/systemd") -> Path:
