@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from agent.config import AgentSettings, ServiceSettings
+from agent.config import DEFAULT_RUNTIME_DIR, AgentSettings, ServiceSettings
 from agent.errors import AgentError, ServiceUnavailable, SystemdError
 from agent.imds import ImdsClient, RoleCredentials
 from agent.output import is_memory_backed
@@ -160,7 +160,7 @@ def runtime_folder_check(service: ServiceSettings) -> Check:
         return Check(
             FAILED,
             "runtime folder",
-            f"{folder} is not on tmpfs: secrets would reach persistent disk; use /run/secrets-agent "
+            f"{folder} is not on tmpfs: secrets would reach persistent disk; use {DEFAULT_RUNTIME_DIR} "
             "(tmpfs on every systemd host) or --runtime-dir / SECRETS_AGENT_RUNTIME_DIR on a tmpfs",
         )
     try:
