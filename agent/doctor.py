@@ -21,8 +21,10 @@ import requests
 
 from agent.config import DEFAULT_RUNTIME_DIR, AgentSettings, ServiceSettings
 from agent.errors import AgentError, ServiceUnavailable, SystemdError
+from agent.formats import format_of
 from agent.imds import ImdsClient, RoleCredentials
 from agent.output import is_memory_backed
+from agent.render import AwsAccess, ssm_client
 from agent.retry import Deadline
 from agent.ssm import CONNECT_TIMEOUT_SECONDS, SsmClient
 from agent.systemd import DROPIN_NAME, SYSTEMD_RUNNING_MARKER, agent_unit, dropin_directive, dropin_path, show
@@ -118,13 +120,10 @@ def run_checks(name: str, inputs: Inputs) -> Iterator[Check]:
     client: Optional[SsmClient] = None
     if region is not None:
         try:
-            client = SsmClient(
-                region=region,
-                endpoint_url=settings.ssm_endpoint,
-                credentials=credentials,
-                deadline=Deadline(min(service.deadline_seconds, SSM_DEADLINE_SECONDS)),
-                role=role,
-            )
+            # The render's own client, built from what the checks above found.
+            access = AwsAccess(region=region, credentials=credentials, role=role)
+            deadline = Deadline(min(service.deadline_seconds, SSM_DEADLINE_SECONDS))
+            client = ssm_client(settings, deadline, access)
         except AgentError as exc:
             yield Check(FAILED, "ssm endpoint", exc.message)
     reachable = False
@@ -337,7 +336,7 @@ def _unit_checks(name: str, service: ServiceSettings, inputs: Inputs) -> Iterato
             "secrets-agent@.service), then `systemctl daemon-reload`",
         )
     app_unit = unit_for(name, inputs.unit)
-    credentials = service.format == "credentials"  # formats-table
+    credentials = format_of(service).loads_credentials
     enable = (
         f"secrets-agent enable {name}"
         + (f" --unit {inputs.unit}" if inputs.unit else "")

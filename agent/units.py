@@ -16,6 +16,7 @@ from typing import Optional
 from agent.config import configured_format, validate_name
 from agent.credentials import CREDENTIAL_ID_PREFIX, MIN_SYSTEMD_VERSION
 from agent.errors import OutputError, UsageError
+from agent.formats import FORMATS
 from agent.output import open_under, write_file_at
 from agent.systemd import (
     AGENT_TEMPLATE_PREFIX,
@@ -186,16 +187,17 @@ def _check_settings_format(root: Path, name: str, credentials: bool) -> bool:
     """Refuse a drop-in that NAME.toml's format contradicts; True when NAME.toml is missing."""
     path = root / CONFIG_DIR / f"{name}.toml"
     fmt = configured_format(path)
-    if credentials and fmt not in (None, "credentials"):
+    loads_credentials = fmt is not None and fmt in FORMATS and FORMATS[fmt].loads_credentials
+    if credentials and fmt is not None and not loads_credentials:
         raise UsageError(
             f'{path} sets format = "{fmt}": set format = "credentials" there for --credentials, '
             f"or enable {name} without --credentials"
         )
     if credentials and fmt is None and path.exists():
         raise UsageError(f'{path} sets no format: add format = "credentials" to it for --credentials')
-    if not credentials and fmt == "credentials":  # formats-table
+    if not credentials and loads_credentials:
         raise UsageError(
-            f'{path} sets format = "credentials": enable {name} with --credentials (LoadCredential=), '
+            f'{path} sets format = "{fmt}": enable {name} with --credentials (LoadCredential=), '
             "or change the format"
         )
     return not path.exists()
