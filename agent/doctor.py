@@ -27,7 +27,15 @@ from agent.output import is_memory_backed
 from agent.render import AwsAccess, ssm_client
 from agent.retry import Deadline
 from agent.ssm import CONNECT_TIMEOUT_SECONDS, SsmClient
-from agent.systemd import DROPIN_NAME, SYSTEMD_RUNNING_MARKER, agent_unit, dropin_directive, dropin_path, show
+from agent.systemd import (
+    DROPIN_NAME,
+    SYSTEMD_RUNNING_MARKER,
+    agent_unit,
+    dropin_directive,
+    dropin_path,
+    show,
+    unit_setting,
+)
 from agent.template import CompiledTemplate
 from agent.units import unit_for
 
@@ -343,9 +351,7 @@ def _unit_checks(name: str, service: ServiceSettings, inputs: Inputs) -> Iterato
         + (" --credentials" if credentials else "")
     )
     directive, wanted = dropin_directive(name, credentials=credentials)
-    # EnvironmentFiles= and LoadCredential= as systemd loaded them, from every drop-in.
-    property_name = "LoadCredential" if directive == "LoadCredential" else "EnvironmentFiles"
-    shown = show(app_unit, ["DropInPaths", property_name, "LoadState"])
+    shown = show(app_unit, ["DropInPaths", "LoadState"])
     expected_path = dropin_path(app_unit)
     dropins = [p for v in shown.get("DropInPaths", []) for p in v.split() if Path(p).name == DROPIN_NAME]
     if not dropins:
@@ -353,13 +359,11 @@ def _unit_checks(name: str, service: ServiceSettings, inputs: Inputs) -> Iterato
             FAILED,
             "drop-in",
             f"{app_unit} has no {DROPIN_NAME} drop-in loaded (expected {expected_path}, with "
-            f"{directive}={wanted}): run `{enable}`, then `systemctl daemon-reload`",
+            f"{directive}={wanted}): run `{enable}`",
         )
         return
     yield Check(PASSED, "drop-in", f"{dropins[0]} is loaded for {app_unit}")
-    # "EnvironmentFiles=/run/secrets-agent/app/env (ignore_errors=no)" and
-    # "LoadCredential=secrets:/run/secrets-agent/app/credentials", one line per entry.
-    loaded = [entry.split(" ", 1)[0] for entry in shown.get(property_name, [])]
+    loaded = unit_setting(app_unit, directive)
     if wanted in loaded:
         yield Check(PASSED, "drop-in file", f"{app_unit} has {directive}={wanted}")
     else:

@@ -122,6 +122,20 @@ def show(unit: str, properties: Sequence[str]) -> dict[str, list[str]]:
     return shown
 
 
+def unit_setting(unit: str, directive: str) -> list[str]:
+    """The values of DIRECTIVE= in UNIT's file and drop-ins (`systemctl cat`), in the order systemd
+    reads them; an empty assignment resets the list, as in systemd. (`systemctl show` prints some,
+    such as LoadCredential= on systemd 252, as "[unprintable]".)"""
+    text = systemctl("cat", unit, fix=f"`systemctl cat {unit}` must show the unit: is it installed?").stdout
+    values: list[str] = []
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key.strip() == directive:
+            value = value.strip()
+            values = [*values, value] if value else []
+    return values
+
+
 def is_live(root: Path) -> bool:
     """True when ROOT is this machine and systemd runs it (systemctl acts now, not at next boot)."""
     return root.resolve() == Path("/") and SYSTEMD_RUNNING_MARKER.is_dir()
