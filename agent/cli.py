@@ -18,17 +18,17 @@ from agent.config import AgentSettings, ServiceSettings, load_agent_settings, lo
 from agent.errors import EXIT_INTERRUPTED, AgentError, ParameterNotFound
 from agent.log import configure_logging
 from agent.policy import PARTITIONS, caller_arn, generate_policy, render_policy
-from agent.refresh import SsmVersions, Systemctl, Systemd, refresh
+from agent.refresh import SsmVersions, Systemd, refresh
 from agent.retry import Deadline
 from agent.ssm import READ_TIMEOUT_SECONDS
-from agent.units import (
+from agent.systemd import Systemctl
+from agent.timer import (
     DEFAULT_REFRESH_INTERVAL,
     DEFAULT_REFRESH_INTERVAL_SECONDS,
     disable_refresh,
-    disable_service,
     enable_refresh,
-    enable_service,
 )
+from agent.units import disable_service, enable_service
 
 log = structlog.get_logger("secrets-agent")
 
