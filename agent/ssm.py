@@ -14,21 +14,18 @@ from typing import Any, Callable, Optional, TypeVar
 import structlog
 
 from agent.answers import (
-    NOT_FOUND_ERROR_CODES,
-    SECRETS_MANAGER_PREFIX,
     Parameter,
     check_describe_page,
     check_get_parameter,
     check_get_parameters,
     check_path_page,
-    denies_action,
-    names_selector,
-    split_selector,
 )
 from agent.aws import create_ssm_client
 from agent.errors import AccessDenied
 from agent.retry import Backoff, Deadline, NotServiceAnswer
+from agent.selectors import SECRETS_MANAGER_PREFIX, parse_selector
 from agent.ssm_call import RejectedCall, SsmCaller
+from agent.ssm_errors import NOT_FOUND_ERROR_CODES, denies_action
 
 _log = structlog.get_logger()
 
@@ -221,7 +218,7 @@ class SsmClient:
                 return {}, [selector], 1
             if denies_action(rejected.code, rejected.message, "GetParameter"):
                 who = f"role {self._role}" if self._role else "this instance's role"
-                name = split_selector(selector)[0]
+                name = parse_selector(selector).name
                 raise AccessDenied(
                     f"SSM denied both ssm:GetParameters and ssm:GetParameter on {name} "
                     f"for {who}: grant ssm:GetParameters (10 names a call) or ssm:GetParameter on it in "
@@ -277,11 +274,11 @@ class SsmClient:
         # of listing it in InvalidParameters; find that one, report it missing and ask for the rest.
         if len(batch) == 1:
             return {}, list(batch), 1
-        named = [selector for selector in batch if names_selector(rejected.message, selector)]
+        named = [selector for selector in batch if parse_selector(selector).is_named_in(rejected.message)]
         if named:
             suspects = named
         elif rejected.code == "ParameterVersionNotFound":
-            suspects = [selector for selector in batch if split_selector(selector)[1]]
+            suspects = [selector for selector in batch if parse_selector(selector).suffix]
         else:
             suspects = [selector for selector in batch if selector.startswith(SECRETS_MANAGER_PREFIX)]
         if not suspects:

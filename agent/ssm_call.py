@@ -22,17 +22,17 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from agent.answers import (
+from agent.answers import describe_http
+from agent.errors import AgentError, CredentialsError, ServiceUnavailable
+from agent.retry import Backoff, Deadline, Failure, Kind, NotServiceAnswer, RetryLoop, ThrottleMemory
+from agent.ssm_errors import (
     THROTTLING_ERROR_CODES,
-    describe_http,
     error_code,
     error_message,
     is_foreign_error,
     is_retryable_error,
     map_client_error,
 )
-from agent.errors import AgentError, CredentialsError, ServiceUnavailable
-from agent.retry import Backoff, Deadline, Failure, Kind, NotServiceAnswer, RetryLoop, ThrottleMemory
 
 _log = structlog.get_logger()
 

@@ -18,25 +18,27 @@ from moto_server import CannedResponse, RecordingProxy, admin_ssm_client, aws_js
 from structlog.testing import capture_logs
 
 from agent.answers import (
+    Parameter,
+    check_get_parameter,
+    check_get_parameters,
+    check_path_page,
+    match_parameters,
+)
+from agent.errors import AccessDenied, AgentError, CredentialsError, ServiceUnavailable, TemplateError
+from agent.retry import Backoff, Deadline, NotServiceAnswer
+from agent.selectors import parse_selector
+from agent.ssm import SsmClient
+from agent.ssm_errors import (
     ACCESS_DENIED_ERROR_CODES,
     CREDENTIALS_ERROR_CODES,
     KMS_ERROR_CODES,
     THROTTLING_ERROR_CODES,
     TRANSIENT_ERROR_CODES,
     VALIDATION_ERROR_CODES,
-    Parameter,
-    check_get_parameter,
-    check_get_parameters,
-    check_path_page,
     denies_action,
     is_retryable_error,
     map_client_error,
-    match_parameters,
-    split_selector,
 )
-from agent.errors import AccessDenied, AgentError, CredentialsError, ServiceUnavailable, TemplateError
-from agent.retry import Backoff, Deadline, NotServiceAnswer
-from agent.ssm import SsmClient
 
 REGION = "us-east-1"
 CREDENTIALS = ("AKIDTESTTESTTESTTEST", "test-secret-key", "test-session-token")
@@ -269,7 +271,8 @@ def test_mapped_messages_carry_no_aws_text() -> None:
 )
 def test_split_selector(selector: str, expected: tuple[str, str]) -> None:
     """A selector splits into name and ":version"/":label", ARN colons included in the name."""
-    assert split_selector(selector) == expected
+    parsed = parse_selector(selector)
+    assert (parsed.name, parsed.suffix) == expected
 
 
 def test_parameter_repr_hides_the_value() -> None:
