@@ -11,7 +11,7 @@ import json
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -128,6 +128,10 @@ class RenderProbe:
     started_monotonic: float = field(default_factory=time.monotonic)
     client: Optional[SsmClient] = None
 
+    def watch(self, client: SsmClient) -> None:
+        """render.prepare's on_client: keep the client, whose counts stay readable after a failure."""
+        self.client = client
+
     def stats(self) -> RenderStats:
         """The attempt's figures, now."""
         return RenderStats(
@@ -169,7 +173,7 @@ def read_check_record(service: ServiceSettings) -> Optional[CheckRecord]:
     try:
         return CheckRecord.from_json(data, str(path))
     except AgentError as exc:
-        log.warning("check_record_unreadable", service=service.name, error=exc.message)
+        log.warning("check_record_unreadable", error=exc.message)
         return None
 
 
@@ -225,7 +229,7 @@ def publish(settings: AgentSettings, service: ServiceSettings, observed: Observa
     try:
         check = _record_check(service, observed)
     except AgentError as exc:
-        log.warning("check_not_recorded", service=service.name, error=exc.message)
+        log.warning("check_not_recorded", error=exc.message)
     if settings.metrics_dir is not None:
         path = metrics_path(settings.metrics_dir, service.name)
         try:
@@ -241,7 +245,7 @@ def publish(settings: AgentSettings, service: ServiceSettings, observed: Observa
                 )
                 write_public_file(path, text.encode("utf-8"))
         except OutputError as exc:
-            log.warning("metrics_not_written", service=service.name, path=str(path), error=exc.message)
+            log.warning("metrics_not_written", path=str(path), error=exc.message)
     publish_inventory(settings)
 
 
@@ -288,8 +292,3 @@ def publish_inventory(settings: AgentSettings, ssm_agent_dir: Path = inventory.S
             write_public_file(path, document)
         except OutputError as exc:
             log.warning("inventory_not_written", path=str(path), error=exc.message)
-
-
-def with_stats(record: RenderRecord, stats: RenderStats) -> RenderRecord:
-    """The record with the render's figures, for state.json."""
-    return replace(record, stats=stats)

@@ -16,12 +16,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
 from agent.config import AgentSettings, load_service_settings
-from agent.errors import AgentError
+from agent.errors import SystemdError
 from agent.observed import read_check_record, read_render_record, record_versions
+from agent.systemd import agent_unit, default_app_unit, refresh_service, refresh_timer
 
-AGENT_UNIT = "secrets-agent@{name}.service"
-TIMER_UNIT = "secrets-agent-refresh@{name}.timer"
-CHECK_UNIT = "secrets-agent-refresh@{name}.service"
 UNIT_PROPERTIES = (
     "ActiveState",
     "SubState",
@@ -50,6 +48,8 @@ EXIT_MEANINGS = {
     6: "no AWS credentials",
     7: "IMDS or SSM did not answer in time",
     8: "output cannot be written safely",
+    9: "systemctl failed",
+    10: "no usable record of the last render",
 }
 _TIMESPAN_UNITS = {
     "us": 1e-6,
@@ -233,18 +233,18 @@ def _with_systemd(
     now: float,
     problems: list[str],
 ) -> tuple[tuple[UnitState, ...], Optional[LastRender], Refresh]:
-    agent_unit, timer_unit, check_unit = (u.format(name=name) for u in (AGENT_UNIT, TIMER_UNIT, CHECK_UNIT))
-    agent, timer, checker = show([agent_unit, timer_unit, check_unit], UNIT_PROPERTIES)
-    app_units = agent.get("RequiredBy", "").split() or [f"{name}.service"]
+    agent_name, timer_name, check_name = agent_unit(name), refresh_timer(name), refresh_service(name)
+    agent, timer, checker = show([agent_name, timer_name, check_name], UNIT_PROPERTIES)
+    app_units = agent.get("RequiredBy", "").split() or [default_app_unit(name)]
     apps = show(app_units, ("ActiveState", "SubState", "Result"))
-    units = (_unit(agent, agent_unit), *(_unit(a, u) for a, u in zip(apps, app_units)))
+    units = (_unit(agent, agent_name), *(_unit(a, u) for a, u in zip(apps, app_units)))
 
     if agent.get("ActiveState") == "failed":
         code = int(agent.get("ExecMainStatus") or 0)
         why = agent.get("StatusText", "").strip()
         if not why:
             why = (
-                f"{EXIT_MEANINGS.get(code, 'exit code ' + str(code))}; `journalctl -u {agent_unit}` says more"
+                f"{EXIT_MEANINGS.get(code, 'exit code ' + str(code))}; `journalctl -u {agent_name}` says more"
             )
         last_render = LastRender(
             ok=False,
@@ -252,7 +252,7 @@ def _with_systemd(
             exit_code=code,
             error=why,
         )
-        problems.append(f"{agent_unit} failed (exit {code}): {why}")
+        problems.append(f"{agent_name} failed (exit {code}): {why}")
     for state, unit in zip(apps, app_units):
         if state.get("ActiveState") == "failed":
             problems.append(f"{unit} failed ({state.get('Result', '')})")
@@ -272,7 +272,7 @@ def _with_systemd(
     if checker.get("ActiveState") == "failed" and refresh.last_result != "failed":
         problems.append(
             f"the last rotation check failed (exit {checker.get('ExecMainStatus', '?')}): "
-            f"`journalctl -u {check_unit}` says why"
+            f"`journalctl -u {check_name}` says why"
         )
     app_runs = any(state.get("ActiveState") == "active" for state in apps)
     if timer_on and app_runs and interval:
@@ -298,8 +298,8 @@ def gather_all(
 def probe_systemd(show: ShowUnits) -> Optional[ShowUnits]:
     """`show` if systemd answers (the machine was booted with it), else None."""
     try:
-        show(["secrets-agent@probe.service"], ("ActiveState",))
-    except AgentError:
+        show([agent_unit("probe")], ("ActiveState",))
+    except SystemdError:
         return None
     return show
 
