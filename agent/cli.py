@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -15,14 +14,8 @@ from typing import Optional, TextIO
 import structlog
 
 from agent import __version__, render, status
-from agent.config import (
-    AgentSettings,
-    ServiceSettings,
-    load_agent_settings,
-    load_service_settings,
-    validate_name,
-)
-from agent.errors import EXIT_INTERRUPTED, AgentError, ConfigError, ParameterNotFound
+from agent.config import AgentSettings, ServiceSettings, load_agent_settings, load_service_settings
+from agent.errors import EXIT_INTERRUPTED, AgentError, ParameterNotFound
 from agent.log import REDACTOR, configure_logging
 from agent.notify import StatusNotifier
 from agent.observed import Observations, RenderOutcome, RenderProbe, publish
@@ -30,7 +23,7 @@ from agent.policy import PARTITIONS, caller_arn, generate_policy, render_policy
 from agent.refresh import Change, SsmVersions, Systemd, refresh
 from agent.retry import Deadline
 from agent.ssm import READ_TIMEOUT_SECONDS
-from agent.systemd import Systemctl, agent_unit, refresh_timer, show_units
+from agent.systemd import Systemctl, agent_unit, refresh_timer
 from agent.timer import (
     DEFAULT_REFRESH_INTERVAL,
     DEFAULT_REFRESH_INTERVAL_SECONDS,
@@ -217,17 +210,7 @@ def cmd_clean(
 
 
 def cmd_status(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -> int:
-    names = status.service_names(settings)
-    if args.name:
-        if validate_name(args.name) not in names:
-            raise ConfigError(
-                f"no service {args.name}: there is no {settings.config_dir / (args.name + '.env.j2')} "
-                f"(`secrets-agent enable {args.name}` writes a starter)"
-            )
-        names = [args.name]
-    statuses = status.gather_all(settings, names, status.probe_systemd(show_units))
-    out.write(status.render_json(statuses) if args.json else status.render_table(statuses, time.time()))
-    return 0 if all(s.healthy for s in statuses) else status.EXIT_UNHEALTHY
+    return status.command(settings, args.name, as_json=args.json, out=out)
 
 
 def cmd_policy(

@@ -23,7 +23,8 @@ from agent.inventory import (
 from agent.metrics import escape_label, render_metrics
 from agent.observed import NO_CHECK_YET, CheckRecord, RenderOutcome
 from agent.refresh import Change, RenderStats
-from agent.status import gather, parse_timespan, parse_unix_timestamp, render_json, render_table
+from agent.status import gather, parse_timespan, parse_unix_timestamp
+from agent.status_view import render_json, render_table
 
 STATS = RenderStats(ended_at=1_700_000_000.5, seconds=0.42, ssm_calls=3, throttled_seconds=1.25)
 SAMPLE_RE = re.compile(r'^secrets_agent_[a-z_]+\{service="app"(,[a-z_]+="(?:[^"\\\n]|\\.)*")*\} -?[0-9.]+$')
