@@ -163,6 +163,26 @@ def test_agent_unit_has_the_promised_settings() -> None:
     assert "NotifyAccess=main" in lines
 
 
+def test_units_may_write_the_metrics_and_inventory_folders_and_clean_on_stop() -> None:
+    """Both units may write node_exporter's Debian textfile folder and the SSM agent's folder (and
+    nothing more of /var); the agent unit runs `clean` on stop (failures ignored) to remove its metrics
+    file; the check keeps its record in a runtime folder of its own that outlives the app's restart."""
+    agent = set((UNITS / "secrets-agent@.service").read_text().splitlines())
+    check = set((UNITS / "secrets-agent-refresh@.service").read_text().splitlines())
+    published = "ReadWritePaths=-/var/lib/prometheus/node-exporter -/var/lib/amazon/ssm"
+    assert published in agent
+    assert published in check
+    assert "ExecStop=-/usr/bin/secrets-agent clean %i" in agent
+    for setting in (
+        "RuntimeDirectory=secrets-agent-refresh/%i",
+        "RuntimeDirectoryMode=0700",
+        "RuntimeDirectoryPreserve=yes",
+    ):
+        assert setting in check, setting
+    writable = [line for line in agent | check if line.startswith("ReadWritePaths=")]
+    assert sorted(writable) == sorted([published, "ReadWritePaths=-/run/secrets-agent/%i"])
+
+
 def test_refresh_units_have_the_promised_settings() -> None:
     """The check is a oneshot running `refresh %i`, writing only NAME's folder; the timer runs it every
     15 minutes after a fixed random delay and is enabled through timers.target."""
