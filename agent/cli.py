@@ -13,11 +13,10 @@ from typing import Optional, TextIO
 
 import structlog
 
-from agent import __version__, credentials, envfile
+from agent import __version__, aws_endpoints, credentials, envfile, imds_endpoints
 from agent.answers import Parameter
 from agent.config import AgentSettings, ServiceSettings, load_agent_settings, load_service_settings
 from agent.errors import EXIT_INTERRUPTED, AgentError, ConfigError, ParameterNotFound
-from agent.imds import ImdsClient
 from agent.log import REDACTOR, configure_logging
 from agent.notify import StatusNotifier
 from agent.output import (
@@ -216,7 +215,7 @@ def _aws_access(settings: AgentSettings, deadline: Deadline) -> _AwsAccess:
     credentials = settings.env_credentials
     role: Optional[str] = None
     if not settings.use_default_credential_chain:
-        imds = ImdsClient(settings.imds_endpoint, deadline)
+        imds = imds_endpoints.open_client(settings, deadline)
         try:
             if region is None:
                 region = imds.region()
@@ -247,6 +246,7 @@ def _ssm_client(
         deadline=deadline,
         role=access.role,
         on_status=StatusNotifier(settings.notify_socket).status,
+        endpoint_flags=aws_endpoints.endpoint_flags(settings),
     )
 
 
@@ -379,6 +379,7 @@ def cmd_policy(
             endpoint_url=settings.sts_endpoint,
             credentials=access.credentials if access else None,
             timeout_seconds=READ_TIMEOUT_SECONDS,
+            flags=aws_endpoints.endpoint_flags(settings),
         )
 
     generated = generate_policy(

@@ -7,6 +7,7 @@ earlier one could not provide). Names, versions, types and addresses are printed
 from __future__ import annotations
 
 import email.utils
+import ipaddress
 import os
 import socket
 import subprocess
@@ -15,14 +16,15 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
 import requests
 
+from agent import aws_endpoints, imds_endpoints
 from agent.config import AgentSettings, ServiceSettings
 from agent.errors import AgentError, ServiceUnavailable
-from agent.imds import ImdsClient, RoleCredentials
+from agent.imds import RoleCredentials
 from agent.output import is_memory_backed
 from agent.retry import Deadline
 from agent.ssm import CONNECT_TIMEOUT_SECONDS, SsmClient
@@ -117,6 +119,7 @@ def run_checks(name: str, inputs: Inputs) -> Iterator[Check]:
         yield Check(PASSED, "region", region)
 
     client: Optional[SsmClient] = None
+    flags = aws_endpoints.endpoint_flags(settings)
     if region is not None:
         try:
             client = SsmClient(
@@ -125,6 +128,7 @@ def run_checks(name: str, inputs: Inputs) -> Iterator[Check]:
                 credentials=credentials,
                 deadline=Deadline(min(service.deadline_seconds, SSM_DEADLINE_SECONDS)),
                 role=role,
+                endpoint_flags=flags,
             )
         except AgentError as exc:
             yield Check(FAILED, "ssm endpoint", exc.message)
@@ -133,8 +137,10 @@ def run_checks(name: str, inputs: Inputs) -> Iterator[Check]:
         yield Check(SKIPPED, "ssm endpoint", "no region, so no endpoint to try")
         yield Check(SKIPPED, "clock", "needs SSM's answer")
     else:
-        endpoint_checks = list(_endpoint_checks(client.endpoint, inputs.now))
-        reachable = endpoint_checks[0].status == PASSED
+        endpoint_checks = list(
+            _endpoint_checks(client.endpoint, _ssm_endpoint_why(settings, flags), inputs.now)
+        )
+        reachable = all(check.status == PASSED for check in endpoint_checks if check.name.startswith("ssm "))
         yield from endpoint_checks
     if template is None or client is None or not has_credentials or not reachable:
         why = "the template did not parse" if template is None else "SSM is not reachable or no credentials"
@@ -175,7 +181,15 @@ def runtime_folder_check(service: ServiceSettings) -> Check:
 
 
 def _imds_checks(settings: AgentSettings, deadline: Deadline) -> Iterator[tuple[Check, Optional[object]]]:
-    endpoint = settings.imds_endpoint
+    try:
+        choice = imds_endpoints.choose_endpoint(settings, deadline, timeout_seconds=IMDS_TIMEOUT_SECONDS)
+    except AgentError as exc:
+        yield Check(FAILED, "imds address", exc.message), None
+        for name in ("imds", "imds token", "role"):
+            yield Check(SKIPPED, name, "no IMDS address answered"), None
+        return
+    yield Check(PASSED, "imds address", f"{choice.endpoint}, {choice.why}"), None
+    endpoint = choice.endpoint
     parts = urlsplit(endpoint)
     address = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
     try:
@@ -196,7 +210,7 @@ def _imds_checks(settings: AgentSettings, deadline: Deadline) -> Iterator[tuple[
             yield Check(SKIPPED, name, "IMDS is not reachable"), None
         return
     yield Check(PASSED, "imds", f"reachable at {address}"), None
-    imds = ImdsClient(endpoint, deadline, timeout_seconds=IMDS_TIMEOUT_SECONDS)
+    imds = imds_endpoints.client_for(choice, deadline, IMDS_TIMEOUT_SECONDS)
     try:
         try:
             region = imds.region()
@@ -223,20 +237,36 @@ def _imds_checks(settings: AgentSettings, deadline: Deadline) -> Iterator[tuple[
         imds.close()
 
 
-def _endpoint_checks(endpoint: str, now: Callable[[], float]) -> Iterator[Check]:
+def _ssm_endpoint_why(settings: AgentSettings, flags: aws_endpoints.EndpointFlags) -> str:
+    if settings.ssm_endpoint is not None:
+        source = settings.ssm_endpoint_source or "an explicit endpoint"
+        where = f"{source} in the environment" if source.startswith("AWS_") else source
+        return f"set by {where}, which wins over use_dualstack_endpoint / use_fips_endpoint"
+    return f"AWS's, by botocore's endpoint rules: {flags.describe()}"
+
+
+def _endpoint_checks(endpoint: str, why: str, now: Callable[[], float]) -> Iterator[Check]:
+    yield Check(PASSED, "ssm endpoint", f"{endpoint} ({why})")
     parts = urlsplit(endpoint)
     port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = parts.hostname or ""
     try:
-        resolved = socket.getaddrinfo(parts.hostname or "", port, type=socket.SOCK_STREAM)
-        address = f"{resolved[0][4][0]}:{port}"
+        resolved = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:
         yield Check(
             FAILED,
-            "ssm endpoint",
-            f"cannot resolve {parts.hostname}: check DNS, or the VPC endpoint's private DNS for SSM",
+            "ssm dns",
+            f"cannot resolve {host}: check DNS, or the VPC endpoint's private DNS for SSM",
         )
         yield Check(SKIPPED, "clock", "needs SSM's answer")
         return
+    yield _dns_check(host, resolved)
+    connection = _connection_check(endpoint, resolved, port)
+    yield connection
+    if connection.status == FAILED:
+        yield Check(SKIPPED, "clock", "needs SSM's answer")
+        return
+    address = f"{resolved[0][4][0]}:{port}"
     try:
         # Unsigned: any HTTP answer proves the path, and carries SSM's Date.
         with requests.post(endpoint, data=b"", timeout=PROBE_TIMEOUT_SECONDS) as answer:
@@ -244,13 +274,13 @@ def _endpoint_checks(endpoint: str, now: Callable[[], float]) -> Iterator[Check]
     except requests.RequestException as exc:
         yield Check(
             FAILED,
-            "ssm endpoint",
+            "ssm answer",
             f"no answer from {endpoint} ({address}): {type(exc).__name__}; check the route to SSM "
             "(VPC endpoint, NAT gateway, security groups, HTTPS_PROXY/NO_PROXY)",
         )
         yield Check(SKIPPED, "clock", "needs SSM's answer")
         return
-    yield Check(PASSED, "ssm endpoint", f"{endpoint} ({address}) answers")
+    yield Check(PASSED, "ssm answer", f"{endpoint} ({address}) answers")
     parsed = email.utils.parsedate_to_datetime(date) if date else None
     if parsed is None:
         yield Check(SKIPPED, "clock", f"{endpoint} sent no Date header")
@@ -267,6 +297,58 @@ def _endpoint_checks(endpoint: str, now: Callable[[], float]) -> Iterator[Check]
         )
     else:
         yield Check(PASSED, "clock", detail)
+
+
+def _dns_check(host: str, resolved: list[Any]) -> Check:
+    """Which A and AAAA addresses the endpoint's name has; only A on a host without IPv4 fails."""
+    ipv4 = sorted({str(entry[4][0]) for entry in resolved if entry[0] == socket.AF_INET})
+    ipv6 = sorted({str(entry[4][0]) for entry in resolved if entry[0] == socket.AF_INET6})
+    shown = "; ".join(
+        f"{kind} {', '.join(found[:3])}" for kind, found in (("A", ipv4), ("AAAA", ipv6)) if found
+    )
+    if _is_address(host):
+        family = "IPv6" if ipv6 else "IPv4"
+        return Check(PASSED, "ssm dns", f"{host} is an {family} address, no lookup needed")
+    if not ipv6 and aws_endpoints.has_ipv4_default_route() is False:
+        return Check(
+            FAILED,
+            "ssm dns",
+            f"{host} has only IPv4 addresses ({shown}) and this host has no IPv4 default route: set "
+            "use_dualstack_endpoint = true (or auto) in agent.toml, or use a VPC endpoint with IPv6",
+        )
+    return Check(PASSED, "ssm dns", f"{host} resolves: {shown}")
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _connection_check(endpoint: str, resolved: list[Any], port: int) -> Check:
+    """A TCP connection to one of the endpoint's addresses opens (or the proxy that carries it)."""
+    proxy = requests.utils.get_environ_proxies(endpoint).get(urlsplit(endpoint).scheme)
+    if proxy:
+        return Check(PASSED, "ssm connection", f"requests to {endpoint} go through the proxy {proxy}")
+    errors = []
+    for family, kind, proto, _name, address in resolved:
+        shown = f"[{address[0]}]:{port}" if family == socket.AF_INET6 else f"{address[0]}:{port}"
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(PROBE_TIMEOUT_SECONDS)
+                sock.connect(address)
+        except OSError as exc:
+            errors.append(f"{shown}: {exc.strerror or type(exc).__name__}")
+            continue
+        return Check(PASSED, "ssm connection", f"a connection to {shown} opens")
+    return Check(
+        FAILED,
+        "ssm connection",
+        f"no connection to {endpoint} ({'; '.join(errors)}): check the route to SSM (VPC endpoint, "
+        "NAT gateway or egress-only internet gateway for IPv6, security groups)",
+    )
 
 
 def _parameter_checks(client: SsmClient, template: CompiledTemplate) -> Iterator[Check]:

@@ -24,7 +24,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from agent import __version__
+from agent import __version__, aws_endpoints
 from agent.answers import (
     NOT_FOUND_ERROR_CODES,
     SECRETS_MANAGER_PREFIX,
@@ -45,6 +45,7 @@ from agent.answers import (
     names_selector,
     split_selector,
 )
+from agent.aws_endpoints import NO_FLAGS, EndpointFlags
 from agent.errors import AccessDenied, AgentError, ConfigError, CredentialsError, ServiceUnavailable
 from agent.retry import Backoff, Deadline, ThrottleMemory
 
@@ -96,6 +97,7 @@ class SsmClient:
         on_status: Callable[[str], None] = lambda _text: None,
         connect_timeout_seconds: float = CONNECT_TIMEOUT_SECONDS,
         read_timeout_seconds: float = READ_TIMEOUT_SECONDS,
+        endpoint_flags: EndpointFlags = NO_FLAGS,
     ) -> None:
         started = time.perf_counter()
         # botocore is imported here and in create_client, not at the top: botocore.session costs
@@ -127,7 +129,12 @@ class SsmClient:
         )
         try:
             self._client: Any = create_client(
-                "ssm", region=region, endpoint_url=endpoint_url, credentials=credentials, config=config
+                "ssm",
+                region=region,
+                endpoint_url=endpoint_url,
+                credentials=credentials,
+                config=config,
+                flags=endpoint_flags,
             )
         except (BotoCoreError, ValueError) as exc:
             # botocore's messages here name only the region or the URL, never a secret.
@@ -135,7 +142,12 @@ class SsmClient:
                 f"cannot build an SSM client for region {region!r} and endpoint {endpoint_url!r}: "
                 f"{type(exc).__name__}; fix region / ssm_endpoint in agent.toml or AWS_ENDPOINT_URL_SSM"
             ) from None
-        self.endpoint: str = str(self._client.meta.endpoint_url)
+        # Where the requests go, by botocore's endpoint rules (dual-stack, FIPS), or the explicit one.
+        self.endpoint: str = (
+            str(self._client.meta.endpoint_url)
+            if endpoint_url
+            else aws_endpoints.resolved_endpoint(self._client)
+        )
         _log.debug(
             "ssm_client_created",
             region=region,
@@ -504,22 +516,30 @@ def create_client(
     endpoint_url: Optional[str],
     credentials: Optional[tuple[str, str, str]],
     config: Any,
+    flags: EndpointFlags = NO_FLAGS,
 ) -> Any:
-    """A botocore client for `service`; `credentials` None leaves them to botocore's default chain."""
+    """A botocore client for `service`; `credentials` None leaves them to botocore's default chain.
+
+    `flags` (dual-stack, FIPS) go to botocore's own endpoint rules; a region without such an
+    endpoint is a ConfigError here, before any call (agent/aws_endpoints.py)."""
     import botocore.session  # noqa: PLC0415  (see SsmClient: commands without AWS calls skip it)
 
     access_key, secret_key, token = credentials if credentials else (None, None, None)
     session = botocore.session.Session()
     session.register_component("data_loader", _one_service_loader(service))
-    return session.create_client(
+    aws_endpoints.prepare_session(session, service)
+    explicit = endpoint_url is not None
+    client = session.create_client(
         service,
         region_name=region,
         endpoint_url=endpoint_url,
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
         aws_session_token=token or None,
-        config=config,
+        config=aws_endpoints.client_config(config, flags, explicit_endpoint=explicit),
     )
+    aws_endpoints.check_endpoint(session, client, service, region, flags, explicit_endpoint=explicit)
+    return client
 
 
 def _one_service_loader(service: str) -> Any:
