@@ -8,19 +8,23 @@ options changed, is asked afresh.
 
 Why a race and not an order: a host without a route to one address fails that connect at once
 (ENETUNREACH), but a host with a route where IMDS does not listen on that address would make an
-ordered probe wait for its timeout. Racing costs an IPv4-only host two short-lived threads and one
-more TCP connection (bench/endpoint_mode.py measures it).
+ordered probe wait for its timeout. Racing costs an IPv4-only host one failed connect() and one
+more TCP connection (bench/endpoint_mode.py measures it). No proxy is ever involved: the race
+speaks HTTP on its own sockets, and the client never reads proxy settings for IMDS.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
+import errno
+import http.client
+import os
+import selectors
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Optional
+from urllib.parse import urlsplit
 
-import requests
 import structlog
 
 from agent.config import AgentSettings
@@ -137,8 +141,18 @@ def client_for(
 
 
 # -- the race ------------------------------------------------------------------------------------
+#
+# One thread, no HTTP library: a non-blocking connect to every address at once, the token request
+# sent on whichever connects, the first 200 wins. An address without a route fails in connect()
+# itself (ENETUNREACH), so an IPv4-only host pays one failed system call for the IPv6 address.
 
-_Outcome = tuple[str, Optional[int], str]  # endpoint, HTTP status (None: no answer), token or error
+
+@dataclass
+class _Attempt:
+    endpoint: str
+    sock: socket.socket
+    request: bytes
+    is_sent: bool = False
 
 
 def _race_once(
@@ -149,70 +163,106 @@ def _race_once(
     An address that answers anything else (403: IMDS disabled, 5xx) is taken when no other gives a
     token, so that the client names IMDS's own refusal. None when none answered at all.
     """
-    outcomes: queue.Queue[_Outcome] = queue.Queue()
-    for endpoint in endpoints:
-        threading.Thread(
-            target=_ask_token, args=(endpoint, timeout, outcomes), name="imds-race", daemon=True
-        ).start()
+    ends_at = time.monotonic() + timeout
     answered: Optional[str] = None
-    for _ in endpoints:
+    with selectors.DefaultSelector() as selector:
+        for endpoint in endpoints:
+            attempt = _connect(endpoint, last_errors)
+            if attempt is not None:
+                selector.register(attempt.sock, selectors.EVENT_WRITE, attempt)
         try:
-            endpoint, status, text = outcomes.get(timeout=timeout + 1.0)
-        except queue.Empty:  # pragma: no cover - every attempt ends within its own timeout
-            break
-        if status == 200 and text:
-            return endpoint, text
-        if status is None:
-            last_errors[endpoint] = text
-        else:
-            last_errors[endpoint] = f"HTTP {status}"
-            answered = answered or endpoint
+            while selector.get_map():
+                remaining = ends_at - time.monotonic()
+                events = selector.select(remaining) if remaining > 0 else []
+                if not events:
+                    for key in list(selector.get_map().values()):
+                        last_errors[key.data.endpoint] = "no answer before the timeout"
+                    break
+                for key, _mask in events:
+                    attempt = key.data
+                    if not attempt.is_sent:
+                        if _send(attempt, last_errors):
+                            selector.modify(attempt.sock, selectors.EVENT_READ, attempt)
+                        else:
+                            selector.unregister(attempt.sock)
+                            attempt.sock.close()
+                        continue
+                    selector.unregister(attempt.sock)
+                    status, token = _read_answer(attempt, max(ends_at - time.monotonic(), 0.01), last_errors)
+                    if status == 200 and token:
+                        return attempt.endpoint, token
+                    if status is not None:
+                        answered = answered or attempt.endpoint
+        finally:
+            for key in list(selector.get_map().values()):
+                key.fileobj.close()  # type: ignore[union-attr]
     return (answered, None) if answered is not None else None
 
 
-def _ask_token(endpoint: str, timeout: float, outcomes: queue.Queue[_Outcome]) -> None:
-    """PUT a token request at `endpoint` once; report (endpoint, status, token or error)."""
-    started = time.monotonic()
-    session = requests.Session()
-    # Never a proxy (or .netrc) for a link-local address, as in agent/imds.py.
-    session.trust_env = False
+def _connect(endpoint: str, last_errors: dict[str, str]) -> Optional[_Attempt]:
+    parts = urlsplit(endpoint)
+    host, port = parts.hostname or "", parts.port or 80
     try:
-        with session.put(
-            endpoint + TOKEN_PATH,
-            headers={TOKEN_TTL_HEADER: str(MAX_TOKEN_TTL_SECONDS)},
-            timeout=timeout,
-            allow_redirects=False,
-            proxies={"http": None, "https": None, "all": None},  # type: ignore[dict-item]
-        ) as response:
-            status = response.status_code
-            token = response.content.decode("ascii", errors="replace").strip()
-    except requests.RequestException as exc:
-        outcomes.put((endpoint, None, _short_error(exc)))
-        return
+        family, kind, proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        last_errors[endpoint] = _short_error(exc)
+        return None
+    sock.setblocking(False)
+    code = sock.connect_ex(address)
+    if code not in (0, errno.EINPROGRESS):
+        sock.close()
+        last_errors[endpoint] = os.strerror(code).lower()
+        return None
+    request = (
+        f"PUT {TOKEN_PATH} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        f"{TOKEN_TTL_HEADER}: {MAX_TOKEN_TTL_SECONDS}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    ).encode("ascii")
+    return _Attempt(endpoint, sock, request)
+
+
+def _send(attempt: _Attempt, last_errors: dict[str, str]) -> bool:
+    code = attempt.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code != 0:
+        last_errors[attempt.endpoint] = os.strerror(code).lower()
+        return False
+    try:
+        attempt.sock.sendall(attempt.request)
+    except OSError as exc:
+        last_errors[attempt.endpoint] = _short_error(exc)
+        return False
+    attempt.is_sent = True
+    return True
+
+
+def _read_answer(attempt: _Attempt, timeout: float, last_errors: dict[str, str]) -> tuple[Optional[int], str]:
+    """The status and (on a 200 that looks like one) the token; (None, "") when no answer came."""
+    attempt.sock.settimeout(timeout)
+    response = http.client.HTTPResponse(attempt.sock)
+    try:
+        response.begin()
+        body = response.read(_MAX_TOKEN_CHARS + 1)
+    except (OSError, http.client.HTTPException) as exc:
+        last_errors[attempt.endpoint] = _short_error(exc)
+        return None, ""
     finally:
-        session.close()
-    logger.debug(
-        "imds_race_answer",
-        endpoint=endpoint,
-        status=status,
-        elapsed_ms=round((time.monotonic() - started) * 1000, 1),
-    )
+        response.close()
+        attempt.sock.close()
+    last_errors[attempt.endpoint] = f"HTTP {response.status}"
+    logger.debug("imds_race_answer", endpoint=attempt.endpoint, status=response.status)
+    token = body.decode("ascii", errors="replace").strip()
     # A 200 that does not look like a token still shows the address answers; the client then asks
     # again and judges the answer itself.
-    outcomes.put((endpoint, status, token if status == 200 and _looks_like_token(token) else ""))
+    return response.status, token if response.status == 200 and _looks_like_token(token) else ""
 
 
 def _looks_like_token(text: str) -> bool:
     return 0 < len(text) <= _MAX_TOKEN_CHARS and text.isascii() and text.isprintable() and " " not in text
 
 
-def _short_error(exc: requests.RequestException) -> str:
-    if isinstance(exc, requests.ConnectTimeout):
-        return "no connection before the timeout"
-    if isinstance(exc, requests.Timeout):
+def _short_error(exc: Exception) -> str:
+    if isinstance(exc, socket.timeout):
         return "no answer before the timeout"
-    text = str(exc)
-    for words in ("Network is unreachable", "Connection refused", "No route to host", "Cannot assign"):
-        if words in text:
-            return words.lower()
-    return f"connection failed ({type(exc).__name__})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return f"no valid answer ({type(exc).__name__})"

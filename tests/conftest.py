@@ -24,7 +24,7 @@ def _network_namespace(path: str) -> int:
 
 
 # The session's own network namespace: a thread found in another one entered a namespace a test
-# created (tests/system/netns.py), which holds only the test's own fakes and machine.
+# created (devtools/netns.py), which holds only the test's own fakes and machine.
 _HOST_NETWORK = _network_namespace("/proc/self/ns/net")
 
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 from moto.server import ThreadedMotoServer
-from netns import Pair, namespace_pair
 from nspawn import (
     HostNotSuitable,
     Installer,
@@ -28,6 +27,7 @@ from nspawn import (
 from system_helpers import LOOPBACK, MARK, REGION, ROLE, App, install_app, install_mode, skip_or_fail
 
 from devtools.fakeimds import FakeImds
+from devtools.netns import Pair, namespace_pair
 from tests.integration.moto_server import admin_ssm_client
 from tests.packaging.dist import BuildUnavailable, built_artefacts
 from tests.packaging.machine import install_agent_from_deb
@@ -134,7 +134,7 @@ def machine(release: Release, moto_url: str, imds: FakeImds) -> Iterator[Machine
 @pytest.fixture(scope="module")
 def netns_machine(release: Release, moto_url: str) -> Iterator[tuple[Machine, Pair]]:
     """A second machine of `release`, booted in a network namespace of its own wired only to a
-    namespace of fakes (tests/system/netns.py): no route to the host, 169.254.169.254 or AWS, and no
+    namespace of fakes (devtools/netns.py): no route to the host, 169.254.169.254 or AWS, and no
     endpoint setting at all; the test wires IPv6-only or IPv4-only and starts the fakes there."""
     try:
         ensure_host_tools()

@@ -2,7 +2,7 @@
 setting at all, imds_endpoint_mode's default (auto) finds IMDS at whichever address the host can
 reach, the app starts with every value byte for byte and `doctor` names the address that answered.
 
-The machine boots in a network namespace of its own (tests/system/netns.py) whose only link leads
+The machine boots in a network namespace of its own (devtools/netns.py) whose only link leads
 to a namespace of fakes: nothing reaches the host, 169.254.169.254 or AWS. SSM's endpoint is set in
 agent.toml to the stand-in's address (moto's server is not AWS, so botocore's endpoint rules cannot
 find it); the IMDS side runs on the default, with no setting.
@@ -10,18 +10,16 @@ find it); the IMDS side runs on the default, with no setting.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from moto.moto_server.werkzeug_app import (
-    DomainDispatcherApplication,
-    MotoRequestHandler,
-    create_backend_app,
-)
-from netns import (
+from nspawn import Machine
+from system_helpers import MARK, REGION, ROLE, install_app, put
+
+from devtools.fakeimds import FakeImds
+from devtools.netns import (
     IPV4_IMDS,
     IPV4_SSM,
     IPV6_IMDS,
@@ -29,12 +27,8 @@ from netns import (
     MACHINE_SIDE,
     Pair,
     inside,
+    serve_moto,
 )
-from nspawn import Machine
-from system_helpers import MARK, REGION, ROLE, install_app, put
-from werkzeug.serving import BaseWSGIServer, make_server
-
-from devtools.fakeimds import FakeImds
 from tests.hard_values import hard_values, template_lines, tier_for
 
 pytestmark = pytest.mark.system
@@ -57,7 +51,7 @@ def fakes_in(pair: Pair, imds_address: str, ssm_address: str) -> Iterator[tuple[
     )
     inside(pair.fakes, imds.start)
     try:
-        moto = inside(pair.fakes, lambda: _serve_moto(ssm_address))
+        moto = inside(pair.fakes, lambda: serve_moto(ssm_address, SSM_PORT))
         host = f"[{ssm_address}]" if ":" in ssm_address else ssm_address
         try:
             yield imds, f"http://{host}:{SSM_PORT}"
@@ -66,15 +60,6 @@ def fakes_in(pair: Pair, imds_address: str, ssm_address: str) -> Iterator[tuple[
             moto.server_close()
     finally:
         imds.stop()
-
-
-def _serve_moto(address: str) -> BaseWSGIServer:
-    """moto's server app (its state is the process's, as for the session's server) bound here and
-    now, so that a bind error is raised rather than left in a thread."""
-    app = DomainDispatcherApplication(create_backend_app)
-    server = make_server(address, SSM_PORT, app, threaded=True, request_handler=MotoRequestHandler)
-    threading.Thread(target=server.serve_forever, name="moto-in-netns", daemon=True).start()
-    return server
 
 
 def _start_app_with_every_hard_value(machine: Machine, ssm: Any, ssm_url: str, name: str) -> str:

@@ -1,5 +1,6 @@
-"""Network namespaces for the endpoint-mode system tests: a machine's namespace wired by a veth pair
-to a namespace of fakes, and nothing else. Neither reaches the host's network, 169.254.169.254 or AWS.
+"""Network namespaces for the endpoint-mode system tests and bench (never installed): a machine's
+namespace wired by a veth pair to a namespace of fakes, and nothing else. Neither reaches the host's
+network, 169.254.169.254 or AWS.
 
     the machine's namespace (nspawn --network-namespace-path=)  <-veth->  the fakes' namespace
     IPv6-only: fd00:ec2::2/64, no IPv4 at all       fd00:ec2::254 (IMDS), fd00:ec2::10 (SSM)
@@ -18,7 +19,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 _CLONE_NEWNET = 0x40000000
 _T = TypeVar("_T")
@@ -138,3 +139,35 @@ def inside(namespace: str, start: Callable[[], _T]) -> _T:
     if errors:
         raise errors[0]
     return results[0]
+
+
+@contextmanager
+def lone_namespace(name: str, *, loopback_addresses: tuple[str, ...] = ()) -> Iterator[str]:
+    """One fresh namespace with only its loopback up (plus `loopback_addresses`/32 on it): an
+    IPv4-only host whose IMDS address is local and which has no IPv6 route beyond ::1."""
+    subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
+    ip("netns", "add", name)
+    try:
+        ip("-n", name, "link", "set", "lo", "up")
+        for address in loopback_addresses:
+            ip("-n", name, "addr", "add", f"{address}/32", "dev", "lo")
+        yield name
+    finally:
+        ip("netns", "delete", name)
+
+
+def serve_moto(address: str, port: int = 0) -> Any:
+    """moto's server app (its state is this process's, shared with any other moto server here)
+    bound on the calling thread, so that a bind error is raised rather than left in a thread; it
+    serves from a daemon thread. Stop it with .shutdown() and .server_close()."""
+    from moto.moto_server.werkzeug_app import (  # noqa: PLC0415  (a dev dependency)
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server  # noqa: PLC0415
+
+    app = DomainDispatcherApplication(create_backend_app)
+    server = make_server(address, port, app, threaded=True, request_handler=MotoRequestHandler)
+    threading.Thread(target=server.serve_forever, name="moto-in-netns", daemon=True).start()
+    return server
