@@ -7,29 +7,38 @@ earlier one could not provide). Names, versions, types and addresses are printed
 from __future__ import annotations
 
 import email.utils
-import ipaddress
 import os
 import socket
-import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 from urllib.parse import urlsplit
 
 import requests
 
-from agent import aws_endpoints, imds_endpoints
-from agent.config import AgentSettings, ServiceSettings
-from agent.errors import AgentError, ServiceUnavailable
+from agent import aws_endpoints, doctor_network, imds_endpoints
+from agent.config import DEFAULT_RUNTIME_DIR, AgentSettings, ServiceSettings
+from agent.errors import AgentError, ServiceUnavailable, SystemdError
+from agent.formats import format_of
 from agent.imds import RoleCredentials
 from agent.output import is_memory_backed
+from agent.render import AwsAccess, ssm_client
 from agent.retry import Deadline
 from agent.ssm import CONNECT_TIMEOUT_SECONDS, SsmClient
+from agent.systemd import (
+    DROPIN_NAME,
+    SYSTEMD_RUNNING_MARKER,
+    agent_unit,
+    dropin_directive,
+    dropin_path,
+    show,
+    unit_setting,
+)
 from agent.template import CompiledTemplate
-from agent.units import DROPIN_NAME, SYSTEMD_RUNNING_MARKER, unit_for
+from agent.units import unit_for
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 # SigV4 signatures are refused when the signer's clock is more than 5 minutes off AWS's.
@@ -39,7 +48,6 @@ IMDS_DEADLINE_SECONDS = 4.0
 SSM_DEADLINE_SECONDS = 15.0
 IMDS_TIMEOUT_SECONDS = 1.0
 PROBE_TIMEOUT_SECONDS = CONNECT_TIMEOUT_SECONDS
-SYSTEMCTL_TIMEOUT_SECONDS = 10
 
 _HOP_LIMIT_FIX = (
     "IMDS accepts connections but the PUT for a session token got no answer: from a container this "
@@ -119,17 +127,12 @@ def run_checks(name: str, inputs: Inputs) -> Iterator[Check]:
         yield Check(PASSED, "region", region)
 
     client: Optional[SsmClient] = None
-    flags = aws_endpoints.endpoint_flags(settings)
     if region is not None:
         try:
-            client = SsmClient(
-                region=region,
-                endpoint_url=settings.ssm_endpoint,
-                credentials=credentials,
-                deadline=Deadline(min(service.deadline_seconds, SSM_DEADLINE_SECONDS)),
-                role=role,
-                endpoint_flags=flags,
-            )
+            # The render's own client, built from what the checks above found.
+            access = AwsAccess(region=region, credentials=credentials, role=role)
+            deadline = Deadline(min(service.deadline_seconds, SSM_DEADLINE_SECONDS))
+            client = ssm_client(settings, deadline, access)
         except AgentError as exc:
             yield Check(FAILED, "ssm endpoint", exc.message)
     reachable = False
@@ -137,9 +140,9 @@ def run_checks(name: str, inputs: Inputs) -> Iterator[Check]:
         yield Check(SKIPPED, "ssm endpoint", "no region, so no endpoint to try")
         yield Check(SKIPPED, "clock", "needs SSM's answer")
     else:
-        endpoint_checks = list(
-            _endpoint_checks(client.endpoint, _ssm_endpoint_why(settings, flags), inputs.now)
-        )
+        why = doctor_network.ssm_endpoint_why(settings, aws_endpoints.endpoint_flags(settings))
+        yield Check(PASSED, "ssm endpoint", f"{client.endpoint} ({why})")
+        endpoint_checks = list(_endpoint_checks(client.endpoint, inputs.now))
         reachable = all(check.status == PASSED for check in endpoint_checks if check.name.startswith("ssm "))
         yield from endpoint_checks
     if template is None or client is None or not has_credentials or not reachable:
@@ -167,7 +170,7 @@ def runtime_folder_check(service: ServiceSettings) -> Check:
         return Check(
             FAILED,
             "runtime folder",
-            f"{folder} is not on tmpfs: secrets would reach persistent disk; use /run/secrets-agent "
+            f"{folder} is not on tmpfs: secrets would reach persistent disk; use {DEFAULT_RUNTIME_DIR} "
             "(tmpfs on every systemd host) or --runtime-dir / SECRETS_AGENT_RUNTIME_DIR on a tmpfs",
         )
     try:
@@ -237,36 +240,27 @@ def _imds_checks(settings: AgentSettings, deadline: Deadline) -> Iterator[tuple[
         imds.close()
 
 
-def _ssm_endpoint_why(settings: AgentSettings, flags: aws_endpoints.EndpointFlags) -> str:
-    if settings.ssm_endpoint is not None:
-        source = settings.ssm_endpoint_source or "an explicit endpoint"
-        where = f"{source} in the environment" if source.startswith("AWS_") else source
-        return f"set by {where}, which wins over use_dualstack_endpoint / use_fips_endpoint"
-    return f"AWS's, by botocore's endpoint rules: {flags.describe()}"
-
-
-def _endpoint_checks(endpoint: str, why: str, now: Callable[[], float]) -> Iterator[Check]:
-    yield Check(PASSED, "ssm endpoint", f"{endpoint} ({why})")
-    parts = urlsplit(endpoint)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    host = parts.hostname or ""
+def _endpoint_checks(endpoint: str, now: Callable[[], float]) -> Iterator[Check]:
     try:
-        resolved = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        host, port, resolved = doctor_network.resolve(endpoint)
+        address = f"{resolved[0][4][0]}:{port}"
     except OSError:
         yield Check(
             FAILED,
             "ssm dns",
-            f"cannot resolve {host}: check DNS, or the VPC endpoint's private DNS for SSM",
+            f"cannot resolve {urlsplit(endpoint).hostname}: check DNS, or the VPC endpoint's private DNS "
+            "for SSM",
         )
         yield Check(SKIPPED, "clock", "needs SSM's answer")
         return
-    yield _dns_check(host, resolved)
-    connection = _connection_check(endpoint, resolved, port)
-    yield connection
-    if connection.status == FAILED:
-        yield Check(SKIPPED, "clock", "needs SSM's answer")
-        return
-    address = f"{resolved[0][4][0]}:{port}"
+    for name, (passed, detail) in (
+        ("ssm dns", doctor_network.dns_line(host, resolved)),
+        ("ssm connection", doctor_network.connection_line(endpoint, resolved, port)),
+    ):
+        yield Check(PASSED if passed else FAILED, name, detail)
+        if not passed:
+            yield Check(SKIPPED, "clock", "needs SSM's answer")
+            return
     try:
         # Unsigned: any HTTP answer proves the path, and carries SSM's Date.
         with requests.post(endpoint, data=b"", timeout=PROBE_TIMEOUT_SECONDS) as answer:
@@ -297,58 +291,6 @@ def _endpoint_checks(endpoint: str, why: str, now: Callable[[], float]) -> Itera
         )
     else:
         yield Check(PASSED, "clock", detail)
-
-
-def _dns_check(host: str, resolved: list[Any]) -> Check:
-    """Which A and AAAA addresses the endpoint's name has; only A on a host without IPv4 fails."""
-    ipv4 = sorted({str(entry[4][0]) for entry in resolved if entry[0] == socket.AF_INET})
-    ipv6 = sorted({str(entry[4][0]) for entry in resolved if entry[0] == socket.AF_INET6})
-    shown = "; ".join(
-        f"{kind} {', '.join(found[:3])}" for kind, found in (("A", ipv4), ("AAAA", ipv6)) if found
-    )
-    if _is_address(host):
-        family = "IPv6" if ipv6 else "IPv4"
-        return Check(PASSED, "ssm dns", f"{host} is an {family} address, no lookup needed")
-    if not ipv6 and aws_endpoints.has_ipv4_default_route() is False:
-        return Check(
-            FAILED,
-            "ssm dns",
-            f"{host} has only IPv4 addresses ({shown}) and this host has no IPv4 default route: set "
-            "use_dualstack_endpoint = true (or auto) in agent.toml, or use a VPC endpoint with IPv6",
-        )
-    return Check(PASSED, "ssm dns", f"{host} resolves: {shown}")
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _connection_check(endpoint: str, resolved: list[Any], port: int) -> Check:
-    """A TCP connection to one of the endpoint's addresses opens (or the proxy that carries it)."""
-    proxy = requests.utils.get_environ_proxies(endpoint).get(urlsplit(endpoint).scheme)
-    if proxy:
-        return Check(PASSED, "ssm connection", f"requests to {endpoint} go through the proxy {proxy}")
-    errors = []
-    for family, kind, proto, _name, address in resolved:
-        shown = f"[{address[0]}]:{port}" if family == socket.AF_INET6 else f"{address[0]}:{port}"
-        try:
-            with socket.socket(family, kind, proto) as sock:
-                sock.settimeout(PROBE_TIMEOUT_SECONDS)
-                sock.connect(address)
-        except OSError as exc:
-            errors.append(f"{shown}: {exc.strerror or type(exc).__name__}")
-            continue
-        return Check(PASSED, "ssm connection", f"a connection to {shown} opens")
-    return Check(
-        FAILED,
-        "ssm connection",
-        f"no connection to {endpoint} ({'; '.join(errors)}): check the route to SSM (VPC endpoint, "
-        "NAT gateway or egress-only internet gateway for IPv6, security groups)",
-    )
 
 
 def _parameter_checks(client: SsmClient, template: CompiledTemplate) -> Iterator[Check]:
@@ -395,57 +337,60 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-def _systemctl_show(unit: str, properties: Sequence[str]) -> dict[str, list[str]]:
-    done = subprocess.run(
-        ["systemctl", "show", unit, *(f"--property={p}" for p in properties)],
-        capture_output=True,
-        text=True,
-        timeout=SYSTEMCTL_TIMEOUT_SECONDS,
-        check=False,
-    )
-    shown: dict[str, list[str]] = {}
-    for line in done.stdout.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and value:
-            shown.setdefault(key, []).append(value)
-    return shown
-
-
 def _systemd_checks(name: str, service: ServiceSettings, inputs: Inputs) -> Iterator[Check]:
     if not inputs.systemd_marker.exists():
         yield Check(SKIPPED, "systemd", "systemd is not running here (a container or an image build)")
         return
-    agent_unit = f"secrets-agent@{name}.service"
-    shown = _systemctl_show(agent_unit, ["LoadState"])
+    try:
+        yield from _unit_checks(name, service, inputs)
+    except SystemdError as exc:
+        yield Check(FAILED, "systemd", exc.message)
+
+
+def _unit_checks(name: str, service: ServiceSettings, inputs: Inputs) -> Iterator[Check]:
+    """The agent's unit is loaded, and the app's unit loads the drop-in `enable` writes for its format."""
+    agent = agent_unit(name)
+    shown = show(agent, ["LoadState"])
     load_state = " ".join(shown.get("LoadState", [])) or "unknown"
     if load_state == "loaded":
-        yield Check(PASSED, "agent unit", f"{agent_unit} is loaded")
+        yield Check(PASSED, "agent unit", f"{agent} is loaded")
     else:
         yield Check(
             FAILED,
             "agent unit",
-            f"{agent_unit} is {load_state}: install the package (it ships "
+            f"{agent} is {load_state}: install the package (it ships "
             "secrets-agent@.service), then `systemctl daemon-reload`",
         )
     app_unit = unit_for(name, inputs.unit)
-    enable = f"secrets-agent enable {name}" + (f" --unit {inputs.unit}" if inputs.unit else "")
-    shown = _systemctl_show(app_unit, ["DropInPaths", "EnvironmentFiles", "LoadState"])
+    credentials = format_of(service).loads_credentials
+    enable = (
+        f"secrets-agent enable {name}"
+        + (f" --unit {inputs.unit}" if inputs.unit else "")
+        + (" --credentials" if credentials else "")
+    )
+    directive, wanted = dropin_directive(name, credentials=credentials)
+    shown = show(app_unit, ["DropInPaths", "LoadState"])
+    expected_path = dropin_path(app_unit)
     dropins = [p for v in shown.get("DropInPaths", []) for p in v.split() if Path(p).name == DROPIN_NAME]
     if not dropins:
-        yield Check(FAILED, "drop-in", f"{app_unit} has no {DROPIN_NAME} drop-in loaded: run `{enable}`")
+        yield Check(
+            FAILED,
+            "drop-in",
+            f"{app_unit} has no {DROPIN_NAME} drop-in loaded (expected {expected_path}, with "
+            f"{directive}={wanted}): run `{enable}`",
+        )
         return
     yield Check(PASSED, "drop-in", f"{dropins[0]} is loaded for {app_unit}")
-    # "EnvironmentFiles=/run/secrets-agent/app/env (ignore_errors=no)", one line per file.
-    files = [entry.split(" ", 1)[0] for entry in shown.get("EnvironmentFiles", [])]
-    wanted = str(service.output_path)
-    if wanted in files:
-        yield Check(PASSED, "drop-in file", f"{app_unit} reads {wanted}")
+    loaded = unit_setting(app_unit, directive)
+    if wanted in loaded:
+        yield Check(PASSED, "drop-in file", f"{app_unit} has {directive}={wanted}")
     else:
+        found = ", ".join(f"{directive}={entry}" for entry in loaded) or f"no {directive}="
         yield Check(
             FAILED,
             "drop-in file",
-            f"{app_unit} reads {', '.join(files) or 'no EnvironmentFile'}, not {wanted}: "
-            f"run `{enable}` again",
+            f"{dropins[0]} gives {app_unit} {found}, not {directive}={wanted} (its format is "
+            f"{service.format}): run `{enable}` again",
         )
 
 

@@ -12,11 +12,12 @@ import pytest
 from botocore.config import Config
 
 from agent import aws_endpoints
+from agent.aws import create_client
 from agent.aws_endpoints import EndpointFlags, endpoint_flags, has_ipv4_default_route, is_fips_kernel
 from agent.config import load_agent_settings
 from agent.errors import ConfigError
 from agent.retry import Deadline
-from agent.ssm import SsmClient, create_client
+from agent.ssm import SsmClient
 
 REPO = Path(__file__).resolve().parents[2]
 CREDENTIALS = ("AKIDEXAMPLE", "secret-for-signing-only", "")
@@ -189,7 +190,7 @@ def test_explicit_ssm_endpoint_wins_over_every_mode(
         endpoint_flags=endpoint_flags(settings),
     )
     assert client.endpoint == url
-    assert _url_of_first_request(client._client, "ssm") == url
+    assert _url_of_first_request(client._caller._client, "ssm") == url
 
 
 def test_sts_is_regional_even_in_us_east_1() -> None:
