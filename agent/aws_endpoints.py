@@ -128,7 +128,7 @@ def client_config(config: Any, flags: EndpointFlags, *, explicit_endpoint: bool)
     Always set (False included), so that botocore never reads AWS_USE_*_ENDPOINT or ~/.aws/config
     itself: settings come from agent/config.py only. Beside an explicit endpoint both are off.
     """
-    from botocore.config import Config  # noqa: PLC0415  (botocore is imported late, see ssm.py)
+    from botocore.config import Config  # noqa: PLC0415  (botocore is imported late, see aws.py)
 
     return config.merge(
         Config(
