@@ -37,7 +37,7 @@ from agent.imds import (
     TOKEN_TTL_HEADER,
     ImdsClient,
 )
-from agent.retry import Backoff, Deadline
+from agent.retry import Backoff, Deadline, Failure, Kind, RetryLoop
 
 IPV4_ENDPOINT = "http://169.254.169.254"
 IPV6_ENDPOINT = "http://[fd00:ec2::254]"
@@ -97,28 +97,47 @@ def choose_endpoint(
     tried = candidates(settings)
     if len(tried) == 1:
         return ImdsChoice(tried[0], explain(settings))
-    backoff = backoff if backoff is not None else Backoff()
     last_errors: dict[str, str] = {}
-    rounds = 0
-    while True:
-        remaining = deadline.remaining
-        if remaining < MIN_ATTEMPT_TIMEOUT_SECONDS:
-            break
-        rounds += 1
-        winner = _race_once(tried, min(timeout_seconds, remaining), last_errors)
-        if winner is not None:
-            endpoint, token = winner
-            losers = "; ".join(f"{url}: {error}" for url, error in last_errors.items() if url != endpoint)
-            why = f"{explain(settings)}: answered first" + (f" ({losers})" if losers else "")
-            logger.debug("imds_endpoint_chosen", endpoint=endpoint, rounds=rounds)
-            return ImdsChoice(endpoint, why, token)
-        if not backoff.wait(deadline):
-            break
-    errors = "; ".join(f"{url}: {last_errors.get(url, 'not tried')}" for url in tried)
-    raise ServiceUnavailable(
-        f"no IMDS address answered within {deadline.seconds:g} s ({explain(settings)}; {rounds} "
-        f"{'round' if rounds == 1 else 'rounds'}; {errors}): {_RACE_FIX}"
+
+    def one_round() -> tuple[str, Optional[str]]:
+        winner = _race_once(tried, min(timeout_seconds, deadline.remaining), last_errors)
+        if winner is None:
+            raise _NoAddressAnswered(
+                "; ".join(f"{url}: {last_errors.get(url, 'not tried')}" for url in tried)
+            )
+        return winner
+
+    def give_up(loop: RetryLoop[tuple[str, Optional[str]]]) -> ServiceUnavailable:
+        errors = "; ".join(f"{url}: {last_errors.get(url, 'not tried')}" for url in tried)
+        rounds = f"{loop.attempts} {'round' if loop.attempts == 1 else 'rounds'}"
+        return ServiceUnavailable(
+            f"no IMDS address answered within {deadline.seconds:g} s ({explain(settings)}; {rounds}; "
+            f"{errors}): {_RACE_FIX}"
+        )
+
+    loop: RetryLoop[tuple[str, Optional[str]]] = RetryLoop(
+        deadline=deadline,
+        backoff=backoff if backoff is not None else Backoff(),
+        classify=lambda error: (
+            Failure(Kind.OUTAGE, str(error), "PUT " + TOKEN_PATH)
+            if isinstance(error, _NoAddressAnswered)
+            else None
+        ),
+        give_up=give_up,
+        on_failure=lambda failure, attempt: logger.debug(
+            "imds_race_failed", attempt=attempt, error=failure.error
+        ),
+        min_attempt_seconds=MIN_ATTEMPT_TIMEOUT_SECONDS,
     )
+    endpoint, token = loop.run(one_round, lambda winner: winner)
+    losers = "; ".join(f"{url}: {error}" for url, error in last_errors.items() if url != endpoint)
+    logger.debug("imds_endpoint_chosen", endpoint=endpoint, rounds=loop.attempts)
+    why = f"{explain(settings)}: answered first" + (f" ({losers})" if losers else "")
+    return ImdsChoice(endpoint, why, token)
+
+
+class _NoAddressAnswered(Exception):
+    """A round of the race in which no address answered at all (the message lists each one's error)."""
 
 
 def open_client(
