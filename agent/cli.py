@@ -17,6 +17,7 @@ from agent import __version__, credentials, envfile
 from agent.answers import Parameter
 from agent.config import AgentSettings, ServiceSettings, load_agent_settings, load_service_settings
 from agent.errors import EXIT_INTERRUPTED, AgentError, ConfigError, ParameterNotFound
+from agent.guard import CheckedRender
 from agent.imds import ImdsClient
 from agent.log import REDACTOR, configure_logging
 from agent.notify import StatusNotifier
@@ -272,34 +273,53 @@ def _encode(service: ServiceSettings, assignments: Sequence[Assignment]) -> byte
     return encoders[service.format](pairs).encode("utf-8")
 
 
-def cmd_render(settings: AgentSettings, service: ServiceSettings, out: TextIO) -> int:
+def _check_render(settings: AgentSettings, service: ServiceSettings) -> CheckedRender:
+    """Everything a render does but the write: fetch, render, encode for the format, check limits.
+
+    The returned render writes exactly these bytes (and the record of what they used) when asked.
+    """
     started = time.monotonic()
     ownership = resolve_ownership(service.owner, service.group)
     assignments, resolver, _ = _resolve(settings, service)
     if service.format == "credentials":
         files = credentials.encode_credentials(assignments)
-        write_secret_folder(service.credentials_dir, files, allow_persistent=service.allow_persistent)
         path = service.credentials_dir
+
+        def swap() -> None:
+            write_secret_folder(path, files, allow_persistent=service.allow_persistent)
+
     else:
         data = _encode(service, assignments)
-        write_secret_file(
-            service.output_path, data, ownership=ownership, allow_persistent=service.allow_persistent
-        )
         path = service.output_path
-    _record_render(service, resolver, ownership)
-    log.info(
-        "rendered",
-        service=service.name,
-        path=str(path),
-        variables=len(assignments),
-        parameters=len(resolver.parameters),
-        seconds=round(time.monotonic() - started, 3),
+
+        def swap() -> None:
+            write_secret_file(path, data, ownership=ownership, allow_persistent=service.allow_persistent)
+
+    def write() -> None:
+        swap()
+        _record_render(service, resolver, ownership)
+        log.info(
+            "rendered",
+            service=service.name,
+            path=str(path),
+            variables=len(assignments),
+            parameters=len(resolver.parameters),
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+    return CheckedRender(
+        path=path, variables=len(assignments), parameters=len(resolver.parameters), write=write
     )
+
+
+def cmd_render(settings: AgentSettings, service: ServiceSettings, out: TextIO) -> int:
+    _check_render(settings, service).write()
     return 0
 
 
 def _record_render(service: ServiceSettings, resolver: _FetchedResolver, ownership: Ownership) -> None:
-    record = make_record(service.name, resolver.by_selector, resolver.missing, resolver.listings)
+    modified = {key: p.modified for key, p in resolver.parameters.items() if p.modified}
+    record = make_record(service.name, resolver.by_selector, resolver.missing, resolver.listings, modified)
     try:
         write_record(service, record, ownership)
     except AgentError as exc:
@@ -313,10 +333,10 @@ def cmd_refresh(
     def versions() -> SsmVersions:
         return SsmVersions(_ssm_client(settings, Deadline(service.deadline_seconds)))
 
-    def rerender() -> None:
-        cmd_render(settings, service, out)
+    def prepare() -> CheckedRender:
+        return _check_render(settings, service)
 
-    return refresh(service, systemd=systemd or Systemctl(), versions=versions, rerender=rerender)
+    return refresh(service, systemd=systemd or Systemctl(), versions=versions, prepare=prepare)
 
 
 def cmd_check(settings: AgentSettings, service: ServiceSettings, out: TextIO) -> int:
