@@ -230,3 +230,19 @@ def test_a_secure_string_the_role_cannot_decrypt_is_named_and_nothing_moves(
         assert checking.systemd.calls == ACTIONS[on_change]
         if on_change == "render":
             assert checking.env_file()["API"] == f"{MARK}api-3"
+
+
+def test_a_parameter_deleted_and_created_again_is_a_change(rotation: Rotation) -> None:  # noqa: F811
+    """A parameter deleted and put again is back at version 1 in SSM: its new LastModifiedDate
+    makes it a change (logged as recreated), so the app gets the new value."""
+    rotation.render_db()
+    assert rotation.refresh()[0] == 0
+    admin_ssm_client(rotation.stack.ssm_url).delete_parameter(Name="/app/db")
+    assert rotation.stack.put("/app/db", f"{MARK}new") == 1
+
+    code, err = rotation.refresh()
+
+    assert code == 0, err
+    (changed,) = _events(err, "refresh_changed")
+    assert changed["changes"] == [{"name": "/app/db", "old_version": 1, "new_version": 1, "recreated": True}]
+    assert rotation.systemd.calls == [("try-restart", "app.service")]
