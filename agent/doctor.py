@@ -24,6 +24,7 @@ from agent.config import AgentSettings, ServiceSettings
 from agent.errors import AgentError, ServiceUnavailable
 from agent.imds import ImdsClient, RoleCredentials
 from agent.output import is_memory_backed
+from agent.render import AwsAccess, ssm_client
 from agent.retry import Deadline
 from agent.ssm import CONNECT_TIMEOUT_SECONDS, SsmClient
 from agent.template import CompiledTemplate
@@ -119,13 +120,10 @@ def run_checks(name: str, inputs: Inputs) -> Iterator[Check]:
     client: Optional[SsmClient] = None
     if region is not None:
         try:
-            client = SsmClient(
-                region=region,
-                endpoint_url=settings.ssm_endpoint,
-                credentials=credentials,
-                deadline=Deadline(min(service.deadline_seconds, SSM_DEADLINE_SECONDS)),
-                role=role,
-            )
+            # The render's own client, built from what the checks above found.
+            access = AwsAccess(region=region, credentials=credentials, role=role)
+            deadline = Deadline(min(service.deadline_seconds, SSM_DEADLINE_SECONDS))
+            client = ssm_client(settings, deadline, access)
         except AgentError as exc:
             yield Check(FAILED, "ssm endpoint", exc.message)
     reachable = False

@@ -20,12 +20,11 @@ from agent.errors import AgentError
 @dataclass(frozen=True)
 class CheckedRender:
     """A render that passed every check and is not written yet; `write()` swaps in exactly its
-    bytes (and the record of what it used) atomically."""
+    bytes (and the record of what it used) atomically and returns the path it wrote."""
 
-    path: Path
     variables: int
     parameters: int
-    write: Callable[[], None] = field(repr=False)
+    write: Callable[[], Path] = field(repr=False)
 
 
 class RefreshHeld(AgentError):
