@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from agent.errors import AgentError
+from agent.errors import AgentError, TemplateError, ValueNotRepresentable
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,18 @@ def held(cause: AgentError, units: Sequence[str]) -> RefreshHeld:
     one = len(units) == 1
     return RefreshHeld(
         cause,
-        f"{cause.message}. The changed set does not render, so {', '.join(units)} "
+        f"{cause.message}{_fix(cause)}. The changed set does not render, so {', '.join(units)} "
         f"{'keeps' if one else 'keep'} running on the values {'it' if one else 'they'} started with "
         "(nothing restarted, reloaded or rewritten; state.json unchanged); the next check tries "
         "again and acts once SSM holds a set that renders",
     )
+
+
+def _fix(cause: AgentError) -> str:
+    """The fix, for causes whose message names the problem only: a value the template or the
+    format cannot take (the others already end with theirs)."""
+    if isinstance(cause, ValueNotRepresentable):
+        return ": put a value the format can carry back in SSM, or change the template or the format"
+    if isinstance(cause, TemplateError):
+        return ": put a value the template can read back in SSM, or fix the template"
+    return ""

@@ -62,7 +62,7 @@ BAD_CHANGES = {
         do=lambda s: _put_json(s, {"username": f"{MARK}u2"}),
         undo=lambda s: _put_json(s, {"user": f"{MARK}u3"}),
         exit_code=3,
-        names=("/app/db", '"user"'),
+        names=("/app/db", '"user"', "put a value the template can read back in SSM"),
         repaired={"DB_USER": f"{MARK}u3"},
     ),
     "value too big": BadChange(
@@ -71,7 +71,7 @@ BAD_CHANGES = {
         do=lambda s: s.put("/app/blob", TOO_BIG, Tier="Advanced"),
         undo=lambda s: s.put("/app/blob", f"{MARK}blob-small"),
         exit_code=3,
-        names=("BLOB", str(max_value_bytes("BLOB"))),
+        names=("BLOB", "/app/blob", str(max_value_bytes("BLOB")), "the format can carry"),
         repaired={"BLOB": f"{MARK}blob-small"},
     ),
 }

@@ -147,7 +147,7 @@ def test_bad_changes_leave_the_running_app_and_each_repair_restarts_it(
             "too big",
             lambda: iam.put(f"{p}/BLOB", too_big, Tier="Advanced"),
             3,
-            ("BLOB", str(max_value_bytes("BLOB"))),
+            ("BLOB", f"{p}/BLOB", str(max_value_bytes("BLOB"))),
             lambda: iam.put(f"{p}/BLOB", f"blob-2 {MARK}"),
             "BLOB",
         ),
