@@ -137,7 +137,7 @@ def _measure_one(emulator: Emulator, spawner: Spawner, results: GuardResults, ki
 
 def report(results: Optional[GuardResults], emit: Callable[[str], None]) -> None:
     """The report's section on the refresh guard."""
-    emit("## 8. The refresh guard: the extra fetch on a change, against one render")
+    emit("## 9. The refresh guard: the extra fetch on a change, against one render")
     emit("")
     if results is None:
         emit("Not run (--skip-guard).")
