@@ -33,6 +33,7 @@ from agent.refresh import SsmVersions, Systemctl, Systemd, make_record, refresh,
 from agent.retry import Deadline
 from agent.ssm import READ_TIMEOUT_SECONDS, SsmClient
 from agent.template import TEXT_CARRIER, Assignment, CompiledTemplate, ParamValue, compile_template
+from agent.trust import check_trusted, owner_and_mode, read_trusted
 from agent.units import (
     DEFAULT_REFRESH_INTERVAL,
     DEFAULT_REFRESH_INTERVAL_SECONDS,
@@ -187,7 +188,7 @@ class _FetchedResolver:
 def _read_template(service: ServiceSettings) -> CompiledTemplate:
     path = service.template_path
     try:
-        raw = path.read_bytes()
+        raw = read_trusted(path)  # only if root alone could have changed it
     except FileNotFoundError:
         raise ConfigError(
             f"no template for {service.name}: create {path} "
@@ -435,9 +436,13 @@ def cmd_enable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -
     if result.settings_created:
         out.write(f'created {result.settings_path} with format = "credentials"\n')
     if result.template_created:
-        out.write(f"created {result.template_path}: list the parameters {result.unit} needs there\n")
+        out.write(
+            f"created {result.template_path} ({owner_and_mode(result.template_path)}: only root may change "
+            f"what is fetched): list the parameters {result.unit} needs there\n"
+        )
     else:
         out.write(f"kept {result.template_path}\n")
+        _warn_if_untrusted(result.template_path, out)
     out.write(
         f"systemd reloaded; `systemctl restart {result.unit}` to start it with its secrets\n"
         if result.reloaded
@@ -446,6 +451,16 @@ def cmd_enable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -
     if args.refresh is not None:
         _enable_refresh(args, out)
     return 0
+
+
+def _warn_if_untrusted(path: Path, out: TextIO) -> None:
+    """`enable` keeps an operator's template; if the agent would refuse it, say so now, not at start."""
+    try:
+        check_trusted(path)
+    except AgentError as exc:
+        out.write(f"warning: {exc.message}\n")
+    except OSError:
+        pass  # a missing or unreadable template is reported by render, with its own fix
 
 
 def cmd_disable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from agent.errors import ConfigError, UsageError
+from agent.trust import read_trusted
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -114,7 +115,7 @@ def validate_name(name: str) -> str:
 
 def _read_toml(path: Path, *, required: bool) -> dict[str, Any]:
     try:
-        data = path.read_bytes()
+        data = read_trusted(path)  # only if root alone could have changed it
     except FileNotFoundError:
         if required:
             raise ConfigError(f"{path} does not exist") from None

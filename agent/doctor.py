@@ -21,12 +21,13 @@ from urllib.parse import urlsplit
 import requests
 
 from agent.config import AgentSettings, ServiceSettings
-from agent.errors import AgentError, ServiceUnavailable
+from agent.errors import AgentError, ServiceUnavailable, UntrustedFile
 from agent.imds import ImdsClient, RoleCredentials
 from agent.output import is_memory_backed
 from agent.retry import Deadline
 from agent.ssm import CONNECT_TIMEOUT_SECONDS, SsmClient
 from agent.template import CompiledTemplate
+from agent.trust import check_trusted
 from agent.units import DROPIN_NAME, SYSTEMD_RUNNING_MARKER, unit_for
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
@@ -74,22 +75,30 @@ def run_checks(name: str, inputs: Inputs) -> Iterator[Check]:
     """Every check, in order; a check that cannot run says why it was skipped."""
     try:
         settings, service = inputs.load_settings()
+    except UntrustedFile as exc:
+        yield Check(FAILED, "ownership", exc.message)
+        return
     except AgentError as exc:
         yield Check(FAILED, "settings", exc.message)
         return
     yield Check(PASSED, "settings", f"{settings.config_dir}/agent.toml and {name}.toml")
+    ownership = ownership_check(settings, service)
+    yield ownership
     template: Optional[CompiledTemplate] = None
-    try:
-        template = inputs.load_template(service)
-        needs = template.requirements
-        yield Check(
-            PASSED,
-            "template",
-            f"{service.template_path} names {_count(len(needs.names), 'parameter')} and "
-            f"{_count(len(needs.paths), 'path')}",
-        )
-    except AgentError as exc:
-        yield Check(FAILED, "template", exc.message)
+    if ownership.status == FAILED:
+        yield Check(SKIPPED, "template", "not read: see ownership")
+    else:
+        try:
+            template = inputs.load_template(service)
+            needs = template.requirements
+            yield Check(
+                PASSED,
+                "template",
+                f"{service.template_path} names {_count(len(needs.names), 'parameter')} and "
+                f"{_count(len(needs.paths), 'path')}",
+            )
+        except AgentError as exc:
+            yield Check(FAILED, "template", exc.message)
     yield runtime_folder_check(service)
 
     deadline = Deadline(IMDS_DEADLINE_SECONDS)
@@ -142,6 +151,27 @@ def run_checks(name: str, inputs: Inputs) -> Iterator[Check]:
     else:
         yield from _parameter_checks(client, template)
     yield from _systemd_checks(name, service, inputs)
+
+
+def ownership_check(settings: AgentSettings, service: ServiceSettings) -> Check:
+    """Root alone can change the settings and the template, and every folder and symlink above them."""
+    read = []
+    config = settings.config_dir
+    for path in (config / "agent.toml", config / f"{service.name}.toml", service.template_path):
+        try:
+            check_trusted(path)
+        except FileNotFoundError:
+            continue  # optional, or reported by the template check
+        except AgentError as exc:
+            return Check(FAILED, "ownership", exc.message)
+        except OSError as exc:
+            return Check(FAILED, "ownership", f"cannot read {path}: {exc.strerror}")
+        read.append(path.name)
+    return Check(
+        PASSED,
+        "ownership",
+        f"{', '.join(read) or 'nothing'} in {config}, and the folders above, can be changed by root only",
+    )
 
 
 def runtime_folder_check(service: ServiceSettings) -> Check:
