@@ -24,10 +24,11 @@ from agent.config import AgentSettings, ServiceSettings
 from agent.errors import AgentError, ServiceUnavailable, UntrustedFile
 from agent.imds import ImdsClient, RoleCredentials
 from agent.output import is_memory_backed
+from agent.render import AwsAccess, ssm_client
 from agent.retry import Deadline
 from agent.ssm import CONNECT_TIMEOUT_SECONDS, SsmClient
 from agent.template import CompiledTemplate
-from agent.trust import check_trusted
+from agent.trust import check_present
 from agent.units import DROPIN_NAME, SYSTEMD_RUNNING_MARKER, unit_for
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
@@ -128,13 +129,10 @@ def run_checks(name: str, inputs: Inputs) -> Iterator[Check]:
     client: Optional[SsmClient] = None
     if region is not None:
         try:
-            client = SsmClient(
-                region=region,
-                endpoint_url=settings.ssm_endpoint,
-                credentials=credentials,
-                deadline=Deadline(min(service.deadline_seconds, SSM_DEADLINE_SECONDS)),
-                role=role,
-            )
+            # The render's own client, built from what the checks above found.
+            access = AwsAccess(region=region, credentials=credentials, role=role)
+            deadline = Deadline(min(service.deadline_seconds, SSM_DEADLINE_SECONDS))
+            client = ssm_client(settings, deadline, access)
         except AgentError as exc:
             yield Check(FAILED, "ssm endpoint", exc.message)
     reachable = False
@@ -155,22 +153,18 @@ def run_checks(name: str, inputs: Inputs) -> Iterator[Check]:
 
 def ownership_check(settings: AgentSettings, service: ServiceSettings) -> Check:
     """Root alone can change the settings and the template, and every folder and symlink above them."""
-    read = []
     config = settings.config_dir
-    for path in (config / "agent.toml", config / f"{service.name}.toml", service.template_path):
-        try:
-            check_trusted(path)
-        except FileNotFoundError:
-            continue  # optional, or reported by the template check
-        except AgentError as exc:
-            return Check(FAILED, "ownership", exc.message)
-        except OSError as exc:
-            return Check(FAILED, "ownership", f"cannot read {path}: {exc.strerror}")
-        read.append(path.name)
+    try:
+        present = check_present(
+            (config / "agent.toml", config / f"{service.name}.toml", service.template_path)
+        )
+    except AgentError as exc:
+        return Check(FAILED, "ownership", exc.message)
+    except OSError as exc:
+        return Check(FAILED, "ownership", f"cannot read {exc.filename}: {exc.strerror}")
+    names = ", ".join(path.name for path in present) or "nothing"
     return Check(
-        PASSED,
-        "ownership",
-        f"{', '.join(read) or 'nothing'} in {config}, and the folders above, can be changed by root only",
+        PASSED, "ownership", f"{names} in {config}, and the folders above, can be changed by root only"
     )
 
 

@@ -15,11 +15,11 @@ from typing import Any, Callable, Optional, Protocol, Union
 
 import structlog
 
-from agent.answers import SECRETS_MANAGER_PREFIX, split_selector
 from agent.config import ServiceSettings
 from agent.errors import AgentError
 from agent.log import REDACTOR
 from agent.output import Ownership, write_secret_file
+from agent.selectors import SECRETS_MANAGER_PREFIX, parse_selector
 from agent.ssm import SsmClient
 from agent.systemd import systemctl
 
@@ -240,8 +240,7 @@ class Change:
 
 def is_fixed_version(selector: str) -> bool:
     """True for "/x:3": a version number names one immutable value, so it never changes."""
-    suffix = split_selector(selector)[1]
-    return suffix[1:].isdigit()
+    return parse_selector(selector).is_fixed_version
 
 
 def selectors_to_check(record: RenderRecord) -> list[str]:

@@ -15,6 +15,7 @@ import os
 import pwd
 import shlex
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -111,8 +112,20 @@ def read_trusted(path: Path) -> bytes:
 
 
 def check_trusted(path: Path) -> None:
-    """Raise as `read_trusted` would, without reading: for `doctor`."""
+    """Raise as `read_trusted` would, without reading: for `enable` and `doctor`."""
     os.close(_open_trusted(path))
+
+
+def check_present(paths: Iterable[Path]) -> list[Path]:
+    """Check each of `paths` that exists as `check_trusted` does; the ones that exist."""
+    present = []
+    for path in paths:
+        try:
+            check_trusted(path)
+        except FileNotFoundError:
+            continue
+        present.append(path)
+    return present
 
 
 def _open_trusted(path: Path) -> int:

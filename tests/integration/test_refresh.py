@@ -14,7 +14,7 @@ from typing import Optional
 import pytest
 
 from agent.cli import main
-from agent.envfile import parse_env
+from devtools.systemd_envfile import parse_env
 from tests.integration.iam_world import IamWorld, allow, policy_of
 from tests.integration.moto_server import CannedResponse, RecordingProxy, admin_ssm_client, aws_json_error
 from tests.integration.test_cli import Stack, stack  # noqa: F401 - the fixture is used below

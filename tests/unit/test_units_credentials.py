@@ -10,7 +10,8 @@ import pytest
 
 from agent.cli import main
 from agent.errors import UsageError
-from agent.template import ParamValue, compile_template
+from agent.formats import FORMATS
+from agent.template import compile_template
 from agent.units import (
     DROPIN_NAME,
     disable_service,
@@ -19,6 +20,7 @@ from agent.units import (
     render_dropin,
     systemd_version,
 )
+from agent.values import ParamValue
 
 
 def _image(tmp_path: Path, systemd: Optional[int], libdir: str = "usr/lib/x86_64-linux-gnu/systemd") -> Path:
@@ -176,7 +178,7 @@ def test_the_credentials_starter_template_says_where_the_app_reads_and_renders_n
     assert "/run/secrets-agent/web/credentials/" in text
     assert "$CREDENTIALS_DIRECTORY/secrets_KEY" in text
     assert "EnvironmentFile" not in text
-    assert compile_template(text, "web.env.j2").render(_NoValues()) == []
+    assert compile_template(text, "web.env.j2").render(_NoValues(), carrier=FORMATS["credentials"]) == []
 
 
 class _NoValues:
