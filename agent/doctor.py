@@ -162,10 +162,8 @@ def ownership_check(settings: AgentSettings, service: ServiceSettings) -> Check:
         return Check(FAILED, "ownership", exc.message)
     except OSError as exc:
         return Check(FAILED, "ownership", f"cannot read {exc.filename}: {exc.strerror}")
-    names = ", ".join(path.name for path in present) or "nothing"
-    return Check(
-        PASSED, "ownership", f"{names} in {config}, and the folders above, can be changed by root only"
-    )
+    held = ", ".join(path.name for path in present) or "no file"
+    return Check(PASSED, "ownership", f"{held} in {config}, and the folders above: only root can change them")
 
 
 def runtime_folder_check(service: ServiceSettings) -> Check:
