@@ -13,23 +13,23 @@ from typing import Optional, TextIO
 
 import structlog
 
-from agent import __version__, credentials, render
+from agent import __version__, render
 from agent.config import AgentSettings, ServiceSettings, load_agent_settings, load_service_settings
 from agent.errors import EXIT_INTERRUPTED, AgentError, ParameterNotFound
 from agent.log import configure_logging
 from agent.policy import PARTITIONS, caller_arn, generate_policy, render_policy
-from agent.refresh import SsmVersions, Systemctl, Systemd, refresh
+from agent.refresh import SsmVersions, Systemd, refresh
 from agent.retry import Deadline
 from agent.ssm import READ_TIMEOUT_SECONDS
-from agent.trust import check_trusted, owner_and_mode
-from agent.units import (
+from agent.systemd import Systemctl, agent_unit, refresh_timer
+from agent.timer import (
     DEFAULT_REFRESH_INTERVAL,
     DEFAULT_REFRESH_INTERVAL_SECONDS,
     disable_refresh,
-    disable_service,
     enable_refresh,
-    enable_service,
 )
+from agent.trust import check_trusted, owner_and_mode
+from agent.units import disable_service, enable_service, unit_for
 
 log = structlog.get_logger("secrets-agent")
 
@@ -229,15 +229,16 @@ def _enable_refresh(args: argparse.Namespace, out: TextIO) -> None:
 
 def cmd_enable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -> int:
     result = enable_service(args.name, args.unit, Path(args.root), credentials=args.credentials)
-    gets = (
-        f"loads /run/secrets-agent/{args.name}/credentials with LoadCredential= (each variable KEY in "
-        f"$CREDENTIALS_DIRECTORY/{credentials.credential_id('KEY')})"
-        if args.credentials
-        else f"reads /run/secrets-agent/{args.name}/env"
-    )
+    if result.credentials_dir is not None:
+        gets = (
+            f"loads {result.credentials_dir} with LoadCredential= (each variable KEY in "
+            f"$CREDENTIALS_DIRECTORY/{result.credential_id_prefix}_KEY)"
+        )
+    else:
+        gets = f"reads {result.environment_file}"
     out.write(
         f"{'wrote' if result.dropin_written else 'unchanged'} {result.dropin_path}: "
-        f"{result.unit} now starts after secrets-agent@{args.name}.service and {gets}\n"
+        f"{result.unit} now starts after {result.agent_unit} and {gets}\n"
     )
     if result.settings_created:
         out.write(f'created {result.settings_path} with format = "credentials"\n')
@@ -272,17 +273,17 @@ def _warn_if_untrusted(path: Path, out: TextIO) -> None:
 def cmd_disable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -> int:
     timer_off = disable_refresh(args.name, Path(args.root))
     if timer_off:
-        out.write(f"turned off secrets-agent-refresh@{args.name}.timer\n")
+        out.write(f"turned off {refresh_timer(args.name)}\n")
     if args.refresh:
         if not timer_off:
-            out.write(f"secrets-agent-refresh@{args.name}.timer was not on: nothing to do\n")
+            out.write(f"{refresh_timer(args.name)} was not on: nothing to do\n")
         return 0
 
     removed = disable_service(args.name, args.unit, Path(args.root))
-    unit = args.unit or f"{args.name}.service"
+    unit = unit_for(args.name, args.unit)
     out.write(
         f"removed the secrets-agent drop-in of {unit}; to apply: `systemctl daemon-reload`, "
-        f"`systemctl stop secrets-agent@{args.name}.service` (removes the rendered file), "
+        f"`systemctl stop {agent_unit(args.name)}` (removes the rendered file), "
         f"`systemctl restart {unit}`\n"
         if removed
         else f"{unit} has no secrets-agent drop-in: nothing to do\n"

@@ -33,6 +33,8 @@ DEFAULT_DEADLINE_SECONDS = 60.0
 DEFAULT_THROTTLE_DEADLINE_SECONDS = 600.0
 # format = "credentials": one file per variable in this folder below the service's runtime folder.
 CREDENTIALS_FOLDER_NAME = "credentials"
+# Every other format: this one file below the service's runtime folder.
+ENV_FILE_NAME = "env"
 # What `secrets-agent refresh` does when a parameter changed (see agent/refresh.py).
 ON_CHANGE_ACTIONS = ("restart", "reload", "render", "none")
 DEFAULT_ON_CHANGE = "restart"
@@ -260,7 +262,7 @@ def load_service_settings(agent: AgentSettings, name: str) -> ServiceSettings:
         name=name,
         template_path=agent.config_dir / f"{name}.env.j2",
         output_dir=output_dir,
-        output_path=output_dir / "env",
+        output_path=output_dir / ENV_FILE_NAME,
         format=fmt,
         owner=owner,
         group=group,

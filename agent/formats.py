@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Union
 
 from agent import credentials, envfile
-from agent.output import Ownership, write_secret_file, write_secret_folder
+from agent.output import Ownership, write_secret_file
+from agent.secret_folder import write_secret_folder
 
 if TYPE_CHECKING:
     from agent.config import ServiceSettings

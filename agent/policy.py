@@ -22,9 +22,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from agent.aws import create_client
 from agent.errors import AgentError, CredentialsError, UsageError
 from agent.selectors import parse_selector, secret_of_reference
-from agent.ssm import create_client
 from agent.template import Requirements
 
 AWS_MANAGED_SSM_KEY = "alias/aws/ssm"

@@ -25,9 +25,10 @@ from agent.formats import Format, Payload, format_of
 from agent.imds import ImdsClient
 from agent.log import REDACTOR
 from agent.notify import StatusNotifier
-from agent.output import Ownership, remove_secret_file, remove_secret_folder, resolve_ownership
+from agent.output import Ownership, remove_secret_file, resolve_ownership
 from agent.refresh import RenderRecord, make_record, write_record
 from agent.retry import Deadline
+from agent.secret_folder import remove_secret_folder
 from agent.ssm import SsmClient
 from agent.template import Assignment, CompiledTemplate, compile_template
 from agent.trust import read_trusted
@@ -59,7 +60,10 @@ def read_template(service: ServiceSettings) -> CompiledTemplate:
             f"(`secrets-agent enable {service.name}` writes a starter)"
         ) from None
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(
+            f"cannot read {path} ({exc.strerror}): make it a regular file the agent can read "
+            "(owned by root, mode 0640), then run the command again"
+        ) from None
     try:
         source = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

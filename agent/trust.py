@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from agent.errors import ConfigError, UntrustedFile
+from agent.errors import AgentError, ConfigError, UntrustedFile
 
 # The kernel's own limit on symlinks followed while resolving one path (MAXSYMLINKS).
 MAX_SYMLINKS = 40
@@ -116,16 +116,23 @@ def check_trusted(path: Path) -> None:
     os.close(_open_trusted(path))
 
 
-def check_present(paths: Iterable[Path]) -> list[Path]:
-    """Check each of `paths` that exists as `check_trusted` does; the ones that exist."""
+def ownership_report(folder: Path, paths: Iterable[Path]) -> tuple[bool, str]:
+    """For `doctor`: (True, which of `paths` exist and pass) or (False, the first refusal and its fix)."""
     present = []
     for path in paths:
         try:
             check_trusted(path)
         except FileNotFoundError:
-            continue
-        present.append(path)
-    return present
+            continue  # optional settings; a missing template has its own check
+        except AgentError as exc:
+            return False, exc.message
+        except OSError as exc:
+            return False, f"cannot read {path}: {exc.strerror}"
+        present.append(path.name)
+    return (
+        True,
+        f"{', '.join(present) or 'no file'} in {folder}, and the folders above: only root can change them",
+    )
 
 
 def _open_trusted(path: Path) -> int:

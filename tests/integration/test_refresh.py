@@ -318,15 +318,15 @@ def test_an_app_that_does_not_run_costs_no_call_at_all(rotation: Rotation) -> No
 
 
 def test_without_a_record_refresh_fails_and_says_how_to_get_one(rotation: Rotation) -> None:
-    """An app running without state.json (started by an older agent): exit 1 with the fix, no call."""
+    """An app running without state.json (started by an older agent): exit 10 with the fix, no call."""
     rotation.render_db()
     (rotation.stack.output.parent / "state.json").unlink()
     before = len(rotation.proxy.actions)
 
     code, err = rotation.refresh()
 
-    assert code == 1
-    assert "restart the app once" in err
+    assert code == 10
+    assert "start or restart it once (`systemctl restart app.service`" in err
     assert len(rotation.proxy.actions) == before
 
 

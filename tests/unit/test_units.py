@@ -11,9 +11,9 @@ import pytest
 
 from agent.cli import main
 from agent.errors import OutputError, UsageError
+from agent.systemd import DROPIN_NAME
 from agent.trust import read_trusted
 from agent.units import (
-    DROPIN_NAME,
     disable_service,
     enable_service,
     render_dropin,

@@ -11,15 +11,9 @@ import pytest
 from agent.cli import main
 from agent.errors import UsageError
 from agent.formats import FORMATS
+from agent.systemd import DROPIN_NAME, parse_systemd_version, systemd_version
 from agent.template import compile_template
-from agent.units import (
-    DROPIN_NAME,
-    disable_service,
-    enable_service,
-    parse_systemd_version,
-    render_dropin,
-    systemd_version,
-)
+from agent.units import disable_service, enable_service, render_dropin
 from agent.values import ParamValue
 
 
