@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from agent.errors import AgentError, ConfigError, UntrustedFile
+from agent.errors import AgentError, UntrustedFile
 
 # The kernel's own limit on symlinks followed while resolving one path (MAXSYMLINKS).
 MAX_SYMLINKS = 40
@@ -99,7 +99,8 @@ def read_trusted(path: Path) -> bytes:
     """The bytes of `path` if root (or the agent's own user) alone could have written it.
 
     Raises FileNotFoundError when it (or a folder above it) is missing, OSError when it cannot be
-    opened, UntrustedFile when a step on the way could be changed by someone else.
+    opened or is not a regular file (a folder, a FIFO, a symlink loop), UntrustedFile when a step on
+    the way could be changed by someone else.
     """
     fd = _open_trusted(path)
     try:
@@ -177,7 +178,7 @@ def _open_trusted(path: Path) -> int:
                 elif not is_last:
                     raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
                 elif not stat.S_ISREG(st.st_mode):
-                    raise ConfigError(f"cannot read {path}: {full} is not a regular file")
+                    raise OSError(errno.EINVAL, f"{full} is not a regular file", str(path))
                 else:
                     _check(path, _entry_of(st, full, FILE), trusted)
                     return fd
@@ -187,11 +188,11 @@ def _open_trusted(path: Path) -> int:
             os.close(fd)
             links += 1
             if links > MAX_SYMLINKS:
-                raise ConfigError(f"cannot read {path}: more than {MAX_SYMLINKS} symlinks on the way")
+                raise OSError(errno.ELOOP, f"more than {MAX_SYMLINKS} symlinks on the way", str(path))
             if target.startswith("/"):
                 restart_at_root()
             pending.extend(reversed(target.split("/")))
-        raise ConfigError(f"cannot read {path}: it is a folder, not a file")
+        raise IsADirectoryError(errno.EISDIR, "it is a folder, not a file", str(path))
     finally:
         for fd, _ in folders:
             os.close(fd)

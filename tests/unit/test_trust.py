@@ -144,21 +144,23 @@ def test_missing_file_or_folder_is_file_not_found(folder: Path) -> None:
 
 
 def test_a_folder_fifo_or_device_is_not_a_file(folder: Path) -> None:
-    """A folder, a FIFO (opened without waiting for a writer) or a device is refused as not a file."""
+    """A folder, a FIFO (opened without waiting for a writer) or a device is an OSError naming the file,
+    which callers report as unreadable with their fix."""
     os.mkfifo(folder / "fifo")
     for path, what in (
         (folder, "is a folder"),
         (folder / "fifo", "not a regular file"),
         (Path("/dev/null"), "not a regular file"),
     ):
-        with pytest.raises(ConfigError, match=what):
+        with pytest.raises(OSError, match=what) as raised:
             read_trusted(path)
+        assert raised.value.filename == str(path)
 
 
 def test_symlink_loop_is_refused(folder: Path) -> None:
     """A symlink loop ends with an error after the kernel's 40 links, not a hang."""
     (folder / "loop").symlink_to("loop")
-    with pytest.raises(ConfigError, match="more than 40 symlinks"):
+    with pytest.raises(OSError, match="more than 40 symlinks"):
         read_trusted(folder / "loop")
 
 
