@@ -13,7 +13,7 @@ from typing import Optional, TextIO
 
 import structlog
 
-from agent import __version__, render
+from agent import __version__, aws_endpoints, render
 from agent.config import AgentSettings, ServiceSettings, load_agent_settings, load_service_settings
 from agent.errors import EXIT_INTERRUPTED, AgentError, ParameterNotFound
 from agent.log import configure_logging
@@ -186,6 +186,7 @@ def cmd_policy(
             endpoint_url=settings.sts_endpoint,
             credentials=access.credentials if access else None,
             timeout_seconds=READ_TIMEOUT_SECONDS,
+            flags=aws_endpoints.endpoint_flags(settings),
         )
 
     generated = generate_policy(

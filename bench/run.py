@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
-from bench import checks, fleet, levers, report, rotation
+from bench import checks, endpoint_mode, fleet, levers, report, rotation
 from bench.fallback import FallbackResults, GetParametersDenial, fallback_calls_per_agent, measure_fallback
 from bench.measure import Series, Spawner
 from bench.stack import (
@@ -77,6 +77,7 @@ class Options:
     skip_fleet_curve: bool
     output: Path
     skip_rotation: bool = False
+    skip_endpoint_mode: bool = False
 
 
 @dataclass
@@ -101,6 +102,7 @@ class Results:
     consolidation_costs: list[checks.BeforeAfter] = field(default_factory=list)
     consolidation_note: str = "not run"
     rotation: Optional[rotation.RotationResults] = None
+    endpoint_mode: Optional[endpoint_mode.EndpointModeResults] = None
     violations: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     # 1-minute load average at the start and at the end: other work on the machine skews timings.
@@ -137,6 +139,9 @@ def _parse_options(argv: Optional[list[str]]) -> Options:
     )
     parser.add_argument("--output", type=Path, default=BENCH_DIR / "RESULTS.md")
     parser.add_argument("--skip-rotation", action="store_true", help="leave the rotation checks out")
+    parser.add_argument(
+        "--skip-endpoint-mode", action="store_true", help="leave imds_endpoint_mode auto against ipv4 out"
+    )
     args = parser.parse_args(argv)
     return Options(
         rounds=args.rounds,
@@ -150,6 +155,7 @@ def _parse_options(argv: Optional[list[str]]) -> Options:
         skip_fleet_curve=args.skip_fleet_curve,
         output=args.output,
         skip_rotation=args.skip_rotation,
+        skip_endpoint_mode=args.skip_endpoint_mode,
     )
 
 
@@ -530,6 +536,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not options.skip_rotation:
         results.rotation = rotation.measure(skip_fleets=options.skip_storm)
         results.violations.extend(results.rotation.violations)
+    if not options.skip_endpoint_mode:
+        results.endpoint_mode = endpoint_mode.measure()
+        results.violations.extend(results.endpoint_mode.violations)
     results.seconds = time.perf_counter() - started
     results.load_after = os.getloadavg()[0]
     text = report.render(results)

@@ -412,8 +412,9 @@ def _find_init(nspawn_pid: int, deadline: float) -> int:
     raise TimeoutError("systemd-nspawn started no systemd")
 
 
-def boot(root: Path, name: str, console_log: Path) -> Machine:
-    """Boot `root` with systemd-nspawn and wait until systemd reports the system running."""
+def boot(root: Path, name: str, console_log: Path, network_namespace_path: Optional[str] = None) -> Machine:
+    """Boot `root` with systemd-nspawn and wait until systemd reports the system running; in the
+    host's network, or in the namespace at `network_namespace_path` (tests/system/netns.py)."""
     started = time.monotonic()
     deadline = started + BOOT_TIMEOUT_SECONDS
     with open(console_log, "wb") as log:
@@ -426,6 +427,7 @@ def boot(root: Path, name: str, console_log: Path) -> Machine:
                 "--keep-unit",
                 "--console=passive",
                 f"--machine={name}",
+                *([f"--network-namespace-path={network_namespace_path}"] if network_namespace_path else []),
                 "-D",
                 str(root),
             ],
@@ -484,9 +486,10 @@ def booted_machine(
     packages: Sequence[str] = ROOTFS_PACKAGES,
     prepare: Optional[Callable[[Path], None]] = None,
     release: Release = DEFAULT_RELEASE,
+    network_namespace_path: Optional[str] = None,
 ) -> Iterator[Machine]:
-    """A fresh copy of the cached root file system of `release` with the agent installed, booted;
-    removed after."""
+    """A fresh copy of the cached root file system of `release` with the agent installed, booted
+    (in the host's network, or in the namespace at `network_namespace_path`); removed after."""
     cached = build_rootfs(packages, release=release)
     started = time.monotonic()
     WORK_ROOT.mkdir(parents=True, exist_ok=True)
@@ -507,7 +510,9 @@ def booted_machine(
         install(root)
         if prepare is not None:
             prepare(root)
-        machine = boot(root, f"sa-test-{release.suite}-{os.getpid()}", workdir / "console.log")
+        machine = boot(
+            root, f"sa-test-{release.suite}-{os.getpid()}", workdir / "console.log", network_namespace_path
+        )
         machine.timings["copy"] = copied
         try:
             yield machine
