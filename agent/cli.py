@@ -29,6 +29,7 @@ from agent.timer import (
     disable_refresh,
     enable_refresh,
 )
+from agent.trust import check_trusted, owner_and_mode
 from agent.units import disable_service, enable_service, unit_for
 
 log = structlog.get_logger("secrets-agent")
@@ -244,9 +245,13 @@ def cmd_enable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -
     if result.settings_created:
         out.write(f'created {result.settings_path} with format = "credentials"\n')
     if result.template_created:
-        out.write(f"created {result.template_path}: list the parameters {result.unit} needs there\n")
+        out.write(
+            f"created {result.template_path} ({owner_and_mode(result.template_path)}: only root may change "
+            f"what is fetched): list the parameters {result.unit} needs there\n"
+        )
     else:
         out.write(f"kept {result.template_path}\n")
+        _warn_if_untrusted(result.template_path, out)
     out.write(
         f"systemd reloaded; `systemctl restart {result.unit}` to start it with its secrets\n"
         if result.reloaded
@@ -255,6 +260,16 @@ def cmd_enable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -
     if args.refresh is not None:
         _enable_refresh(args, out)
     return 0
+
+
+def _warn_if_untrusted(path: Path, out: TextIO) -> None:
+    """`enable` keeps an operator's template; if the agent would refuse it, say so now, not at start."""
+    try:
+        check_trusted(path)
+    except AgentError as exc:
+        out.write(f"warning: {exc.message}\n")
+    except OSError:
+        pass  # a missing or unreadable template is reported by render, with its own fix
 
 
 def cmd_disable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -> int:

@@ -32,6 +32,7 @@ from agent.retry import Deadline
 from agent.secret_folder import remove_secret_folder
 from agent.ssm import SsmClient
 from agent.template import Assignment, CompiledTemplate, compile_template
+from agent.trust import read_trusted
 from agent.values import ParamValue
 
 log = structlog.get_logger("secrets-agent")
@@ -53,7 +54,7 @@ def read_template(service: ServiceSettings) -> CompiledTemplate:
     """NAME.env.j2, read and compiled; a missing, unreadable or non-UTF-8 file names the fix."""
     path = service.template_path
     try:
-        raw = path.read_bytes()
+        raw = read_trusted(path)  # only if root alone could have changed it
     except FileNotFoundError:
         raise ConfigError(
             f"no template for {service.name}: create {path} "
