@@ -16,6 +16,7 @@ import structlog
 from agent import __version__, aws_endpoints, render, status
 from agent.config import AgentSettings, ServiceSettings, load_agent_settings, load_service_settings
 from agent.errors import EXIT_INTERRUPTED, AgentError, ParameterNotFound
+from agent.guard import CheckedRender
 from agent.log import REDACTOR, configure_logging
 from agent.notify import StatusNotifier
 from agent.observed import Observations, RenderOutcome, RenderProbe, publish
@@ -30,6 +31,7 @@ from agent.timer import (
     disable_refresh,
     enable_refresh,
 )
+from agent.trust import check_trusted, owner_and_mode
 from agent.units import disable_service, enable_service, unit_for
 
 log = structlog.get_logger("secrets-agent")
@@ -169,15 +171,15 @@ def cmd_refresh(
         deadline = Deadline(service.deadline_seconds)
         return SsmVersions(render.ssm_client(settings, deadline, render.aws_access(settings, deadline)))
 
-    def rerender() -> None:
-        cmd_render(settings, service, out, seen)
+    def prepare() -> CheckedRender:
+        return render.checked(settings, service)
 
     def found(changes: Sequence[Change]) -> None:
         seen.changes = list(changes)
 
     try:
         return refresh(
-            service, systemd=systemd or Systemctl(), versions=versions, rerender=rerender, found=found
+            service, systemd=systemd or Systemctl(), versions=versions, prepare=prepare, found=found
         )
     except AgentError as exc:
         seen.check_error = exc.message
@@ -294,9 +296,13 @@ def cmd_enable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -
     if result.settings_created:
         out.write(f'created {result.settings_path} with format = "credentials"\n')
     if result.template_created:
-        out.write(f"created {result.template_path}: list the parameters {result.unit} needs there\n")
+        out.write(
+            f"created {result.template_path} ({owner_and_mode(result.template_path)}: only root may change "
+            f"what is fetched): list the parameters {result.unit} needs there\n"
+        )
     else:
         out.write(f"kept {result.template_path}\n")
+        _warn_if_untrusted(result.template_path, out)
     out.write(
         f"systemd reloaded; `systemctl restart {result.unit}` to start it with its secrets\n"
         if result.reloaded
@@ -305,6 +311,16 @@ def cmd_enable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -
     if args.refresh is not None:
         _enable_refresh(args, out)
     return 0
+
+
+def _warn_if_untrusted(path: Path, out: TextIO) -> None:
+    """`enable` keeps an operator's template; if the agent would refuse it, say so now, not at start."""
+    try:
+        check_trusted(path)
+    except AgentError as exc:
+        out.write(f"warning: {exc.message}\n")
+    except OSError:
+        pass  # a missing or unreadable template is reported by render, with its own fix
 
 
 def cmd_disable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -> int:

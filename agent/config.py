@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from agent.errors import ConfigError, UsageError
 from agent.formats import DEFAULT_FORMAT, FORMATS
+from agent.trust import read_trusted
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -165,7 +166,7 @@ def validate_name(name: str) -> str:
 
 def _read_toml(path: Path, *, required: bool) -> dict[str, Any]:
     try:
-        data = path.read_bytes()
+        data = read_trusted(path)  # only if root alone could have changed it
     except FileNotFoundError:
         if required:
             raise ConfigError(f"{path} does not exist") from None

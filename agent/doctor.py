@@ -21,7 +21,7 @@ import requests
 
 from agent import aws_endpoints, doctor_network, imds_endpoints
 from agent.config import DEFAULT_RUNTIME_DIR, AgentSettings, ServiceSettings
-from agent.errors import AgentError, ServiceUnavailable, SystemdError
+from agent.errors import AgentError, ServiceUnavailable, SystemdError, UntrustedFile
 from agent.formats import format_of
 from agent.imds import RoleCredentials
 from agent.output import is_memory_backed
@@ -38,6 +38,7 @@ from agent.systemd import (
     unit_setting,
 )
 from agent.template import CompiledTemplate
+from agent.trust import ownership_report
 from agent.units import unit_for
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
@@ -84,22 +85,33 @@ def run_checks(name: str, inputs: Inputs) -> Iterator[Check]:
     """Every check, in order; a check that cannot run says why it was skipped."""
     try:
         settings, service = inputs.load_settings()
+    except UntrustedFile as exc:
+        yield Check(FAILED, "ownership", exc.message)
+        return
     except AgentError as exc:
         yield Check(FAILED, "settings", exc.message)
         return
     yield Check(PASSED, "settings", f"{settings.config_dir}/agent.toml and {name}.toml")
+    config = settings.config_dir
+    trusted, detail = ownership_report(
+        config, (config / "agent.toml", config / f"{name}.toml", service.template_path)
+    )
+    yield Check(PASSED if trusted else FAILED, "ownership", detail)
     template: Optional[CompiledTemplate] = None
-    try:
-        template = inputs.load_template(service)
-        needs = template.requirements
-        yield Check(
-            PASSED,
-            "template",
-            f"{service.template_path} names {_count(len(needs.names), 'parameter')} and "
-            f"{_count(len(needs.paths), 'path')}",
-        )
-    except AgentError as exc:
-        yield Check(FAILED, "template", exc.message)
+    if not trusted:
+        yield Check(SKIPPED, "template", "not read: see ownership")
+    else:
+        try:
+            template = inputs.load_template(service)
+            needs = template.requirements
+            yield Check(
+                PASSED,
+                "template",
+                f"{service.template_path} names {_count(len(needs.names), 'parameter')} and "
+                f"{_count(len(needs.paths), 'path')}",
+            )
+        except AgentError as exc:
+            yield Check(FAILED, "template", exc.message)
     yield runtime_folder_check(service)
 
     deadline = Deadline(IMDS_DEADLINE_SECONDS)

@@ -23,6 +23,7 @@ from agent.answers import Parameter
 from agent.config import AgentSettings, ServiceSettings
 from agent.errors import AgentError, ConfigError
 from agent.formats import Format, Payload, format_of
+from agent.guard import CheckedRender
 from agent.log import REDACTOR
 from agent.notify import StatusNotifier
 from agent.output import Ownership, remove_secret_file, resolve_ownership
@@ -31,6 +32,7 @@ from agent.retry import Deadline
 from agent.secret_folder import remove_secret_folder
 from agent.ssm import SsmClient
 from agent.template import Assignment, CompiledTemplate, compile_template
+from agent.trust import read_trusted
 from agent.values import ParamValue
 
 log = structlog.get_logger("secrets-agent")
@@ -52,7 +54,7 @@ def read_template(service: ServiceSettings) -> CompiledTemplate:
     """NAME.env.j2, read and compiled; a missing, unreadable or non-UTF-8 file names the fix."""
     path = service.template_path
     try:
-        raw = path.read_bytes()
+        raw = read_trusted(path)  # only if root alone could have changed it
     except FileNotFoundError:
         raise ConfigError(
             f"no template for {service.name}: create {path} "
@@ -246,7 +248,13 @@ def prepare(
         assignments=assignments,
         payload=payload,
         parameters=resolver.parameters,
-        record=make_record(service.name, resolver.by_selector, resolver.missing, resolver.listings),
+        record=make_record(
+            service.name,
+            resolver.by_selector,
+            resolver.missing,
+            resolver.listings,
+            {key: p.modified for key, p in resolver.parameters.items() if p.modified},
+        ),
         ssm_calls=client.calls_done,
         started=started,
         throttled_seconds=client.throttled_seconds,
@@ -286,6 +294,18 @@ def render(
     rendered = prepare(settings, service, stages=stages, on_client=on_client)
     write(rendered, ownership, stages=stages)
     return rendered
+
+
+def checked(settings: AgentSettings, service: ServiceSettings) -> CheckedRender:
+    """`prepare`, standing ready to write exactly what it checked: what refresh acts on."""
+    # An unknown owner fails here, before anything is acted on.
+    ownership = resolve_ownership(service.owner, service.group)
+    rendered = prepare(settings, service)
+    return CheckedRender(
+        variables=len(rendered.assignments),
+        parameters=len(rendered.parameters),
+        write=lambda: write(rendered, ownership),
+    )
 
 
 def clean(service: ServiceSettings) -> bool:
