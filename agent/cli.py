@@ -17,9 +17,8 @@ from agent import __version__, aws_endpoints, render, status
 from agent.config import AgentSettings, ServiceSettings, load_agent_settings, load_service_settings
 from agent.errors import EXIT_INTERRUPTED, AgentError, ParameterNotFound
 from agent.guard import CheckedRender
-from agent.log import REDACTOR, configure_logging
-from agent.notify import StatusNotifier
-from agent.observed import Observations, RenderOutcome, RenderProbe, publish
+from agent.log import configure_logging
+from agent.observed import Observations, RenderOutcome, publish
 from agent.policy import PARTITIONS, caller_arn, generate_policy, render_policy
 from agent.refresh import Change, SsmVersions, Systemd, refresh
 from agent.retry import Deadline
@@ -145,14 +144,8 @@ def cmd_render(
     observed: Optional[Observations] = None,
 ) -> int:
     seen = observed or Observations()
-    probe = RenderProbe()
-    try:
+    with seen.watching_render(settings) as probe:
         rendered = render.render(settings, service, on_client=probe.watch)
-    except AgentError as exc:
-        seen.render = RenderOutcome(stats=probe.stats(), exit_code=exc.exit_code, error=exc.message)
-        # systemd keeps a failed unit's last STATUS=: `status` and `systemctl status` show it.
-        StatusNotifier(settings.notify_socket).status(REDACTOR.redact(f"render failed: {exc.message}"))
-        raise
     seen.render = RenderOutcome(stats=rendered.stats(), parameters=len(rendered.parameters))
     return 0
 
@@ -199,10 +192,7 @@ def cmd_check(settings: AgentSettings, service: ServiceSettings, out: TextIO) ->
 
 
 def cmd_clean(
-    settings: AgentSettings,
-    service: ServiceSettings,
-    out: TextIO,
-    observed: Optional[Observations] = None,
+    settings: AgentSettings, service: ServiceSettings, out: TextIO, observed: Optional[Observations] = None
 ) -> int:
     if observed is not None:
         observed.cleaned = True  # the metrics file goes too, at the end of the command

@@ -7,10 +7,11 @@ code: a failure to publish is logged and never changes the command's outcome.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -20,6 +21,8 @@ import structlog
 from agent import inventory, metrics
 from agent.config import AgentSettings, ServiceSettings
 from agent.errors import AgentError, OutputError
+from agent.log import REDACTOR
+from agent.notify import StatusNotifier
 from agent.output import remove_public_file, write_public_file, write_secret_file
 from agent.refresh import STATE_MAX_BYTES, Change, RenderRecord, RenderStats, read_record
 from agent.ssm import SsmClient
@@ -151,6 +154,18 @@ class Observations:
     check_error: Optional[str] = None
     is_check: bool = False
     cleaned: bool = False
+
+    @contextlib.contextmanager
+    def watching_render(self, settings: AgentSettings) -> Iterator[RenderProbe]:
+        """Around a render: a failure's figures and message become `render`, and systemd's STATUS=
+        (which it keeps for a failed unit: `status` and `systemctl status` show it)."""
+        probe = RenderProbe()
+        try:
+            yield probe
+        except AgentError as exc:
+            self.render = RenderOutcome(stats=probe.stats(), exit_code=exc.exit_code, error=exc.message)
+            StatusNotifier(settings.notify_socket).status(REDACTOR.redact(f"render failed: {exc.message}"))
+            raise
 
     @property
     def did_nothing(self) -> bool:
