@@ -1,5 +1,5 @@
 """Copy systemd/'s units into cloud-init/user-data-wheel.yaml (which installs the wheel and so writes the
-units itself), with ExecStart= running the venv's command: `python -m devtools.sync_user_data`.
+units itself), ExecStart= (and ExecStop=) running the venv's command: `python -m devtools.sync_user_data`.
 tests/packaging/test_cloud_init_files.py fails until the copies match."""
 
 from __future__ import annotations
@@ -11,6 +11,13 @@ USER_DATA = REPO / "cloud-init" / "user-data-wheel.yaml"
 VENV_COMMAND = "/opt/secrets-agent/bin/secrets-agent"
 UNITS = ("secrets-agent@.service", "secrets-agent-refresh@.service", "secrets-agent-refresh@.timer")
 INDENT = " " * 6
+
+
+def venv_commands(unit_text: str) -> str:
+    """The unit with ExecStart= (and the agent unit's ExecStop=-) running the venv's command."""
+    for directive in ("ExecStart=", "ExecStop=-"):
+        unit_text = unit_text.replace(f"{directive}/usr/bin/secrets-agent ", f"{directive}{VENV_COMMAND} ")
+    return unit_text
 
 
 def synced(text: str) -> str:
@@ -25,7 +32,7 @@ def synced(text: str) -> str:
         while lines[end - 1].strip() == "":  # keep the blank lines that separate entries
             end -= 1
         body = (REPO / "systemd" / unit).read_text(encoding="utf-8")
-        body = body.replace("ExecStart=/usr/bin/secrets-agent ", f"ExecStart={VENV_COMMAND} ")
+        body = venv_commands(body)
         block = [INDENT + line if line.strip() else "\n" for line in body.splitlines(keepends=True)]
         lines[content + 1 : end] = block
     return "".join(lines)

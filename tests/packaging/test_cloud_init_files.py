@@ -135,9 +135,12 @@ def test_wheel_user_data_carries_the_current_unit() -> None:
     """The wheel user-data's unit is systemd/secrets-agent@.service with the venv's command."""
     config = yaml.safe_load(USER_DATA_WHEEL.read_text(encoding="utf-8"))
     files = {entry["path"]: entry["content"] for entry in config["write_files"]}
-    expected = UNIT.read_text(encoding="utf-8").replace(
-        "ExecStart=/usr/bin/secrets-agent ", f"ExecStart={VENV_COMMAND} "
+    expected = (
+        UNIT.read_text(encoding="utf-8")
+        .replace("ExecStart=/usr/bin/secrets-agent ", f"ExecStart={VENV_COMMAND} ")
+        .replace("ExecStop=-/usr/bin/secrets-agent ", f"ExecStop=-{VENV_COMMAND} ")
     )
+    assert "/usr/bin/secrets-agent" not in expected
     assert VENV_COMMAND in expected
     assert files["/etc/systemd/system/secrets-agent@.service"] == expected, (
         "copy systemd/secrets-agent@.service into cloud-init/user-data-wheel.yaml "
