@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from tests.system import nspawn
 from tests.system.nspawn import DEFAULT_RELEASE, Machine, Release
@@ -113,11 +113,12 @@ def fresh_rootfs(destination: Path, *, cloud_init: bool = False, release: Releas
 
 
 @contextlib.contextmanager
-def booted(root: Path, name: str) -> Iterator[Machine]:
-    """Boot `root` with the harness and power it off afterwards; the root stays for inspection."""
+def booted(root: Path, name: str, network_namespace: Optional[Path] = None) -> Iterator[Machine]:
+    """Boot `root` with the harness (in `network_namespace` when given) and power it off
+    afterwards; the root stays for inspection."""
     console_log = root.parent / f"{name}.console.log"
     try:
-        machine = nspawn.boot(root, name, console_log)
+        machine = nspawn.boot(root, name, console_log, network_namespace)
     except (TimeoutError, subprocess.TimeoutExpired) as exc:
         tail = console_log.read_bytes()[-6000:].decode(errors="replace") if console_log.exists() else ""
         raise AssertionError(f"{name} did not boot ({exc}); its console said:\n{tail}") from None

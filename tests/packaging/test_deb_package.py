@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.packaging.conftest import REPO, Artefacts
 
@@ -133,10 +134,19 @@ def deb_field(deb: Path, field: str) -> str:
     ).stdout.strip()
 
 
-def test_build_makes_the_three_artefacts_with_standard_names(artefacts: Artefacts) -> None:
-    """build-dist.sh leaves exactly the wheel, the sdist and the .deb, named by the version."""
+def test_build_makes_every_artefact_with_standard_names(artefacts: Artefacts) -> None:
+    """build-dist.sh leaves exactly the wheel, the sdist, the .deb, the tarball with its .sha256 and
+    the rpm, named by the version."""
     names = sorted(path.name for path in artefacts.folder.iterdir())
-    assert names == sorted([artefacts.wheel.name, artefacts.sdist.name, artefacts.deb.name])
+    made = (
+        artefacts.wheel,
+        artefacts.sdist,
+        artefacts.deb,
+        artefacts.tarball,
+        artefacts.tarball_sha256,
+        artefacts.rpm,
+    )
+    assert names == sorted(path.name for path in made)
 
 
 def test_deb_wheel_changelog_and_source_agree_on_the_version(artefacts: Artefacts) -> None:
@@ -243,10 +253,28 @@ def test_lintian_reports_no_error_and_no_warning(artefacts: Artefacts) -> None:
     assert tags == []
 
 
-@pytest.mark.parametrize("script", ["packaging/build-dist.sh", "packaging/ami-bake.sh"])
+@pytest.mark.parametrize(
+    "script",
+    [
+        "packaging/build-dist.sh",
+        "packaging/ami-bake.sh",
+        *(
+            f"cloud-init/user-data-offline.yaml:{step}"
+            for step in ("1-fetch", "2-verify-sha256", "3-install")
+        ),
+    ],
+)
 def test_shell_scripts_pass_shellcheck(artefacts: Artefacts, script: str) -> None:
-    """shellcheck (installed by build-dist.sh with the other checking tools) finds nothing."""
-    result = subprocess.run(["shellcheck", str(REPO / script)], capture_output=True, text=True, check=False)
+    """shellcheck (installed by build-dist.sh with the other checking tools) finds nothing; in the
+    offline user-data's scripts too."""
+    path, _, step = script.partition(":")
+    if step:
+        files = yaml.safe_load((REPO / path).read_text(encoding="utf-8"))["write_files"]
+        [text] = [file["content"] for file in files if file["path"].endswith(f"/secrets-agent-{step}")]
+        argv, stdin = ["shellcheck", "-"], text
+    else:
+        argv, stdin = ["shellcheck", str(REPO / path)], None
+    result = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout
 
 
