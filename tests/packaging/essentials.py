@@ -8,6 +8,7 @@ rpm's tests, so that each proves the same things as the .deb's system tests, in 
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import time
 from pathlib import Path
@@ -102,9 +103,10 @@ def assert_credentials_reach_a_dynamic_user_app(machine: Machine, world: ClosedW
     while "ready" not in (lines := machine.journal(after=cursor, unit="creds.service").splitlines()):
         assert time.monotonic() < deadline, lines
         time.sleep(0.2)
-    read = {line.split()[1]: line.split()[0] for line in lines if line != "ready"}
+    # sha256sum's lines among systemd's own about the unit.
+    read = {match[2]: match[1] for line in lines if (match := re.fullmatch(r"([0-9a-f]{64})  (\S+)", line))}
     expected = {f"secrets_{key}": hashlib.sha256(value.encode()).hexdigest() for key, value in values.items()}
-    assert read == expected
+    assert read == expected, lines
     run(machine, "systemctl", "stop", "creds.service")
     assert run(machine, "test", "-e", "/run/secrets-agent/creds", check=False).returncode == 1
     assert run(machine, "test", "-e", "/run/credentials/creds.service", check=False).returncode == 1
