@@ -20,7 +20,7 @@ import pytest
 
 from tests import readme_quickstart
 from tests.packaging.closed_network import ClosedWorld, closed_world
-from tests.packaging.conftest import Artefacts, skip_unless_root
+from tests.packaging.conftest import REPO, Artefacts, skip_unless_root
 from tests.packaging.essentials import (
     assert_app_gets_every_value_then_a_rotation_then_nothing_left,
     assert_credentials_reach_a_dynamic_user_app,
@@ -40,7 +40,10 @@ AGENT_LIBRARIES = (
     "boto3", "botocore", "requests", "urllib3", "jinja2", "markupsafe", "structlog", "jmespath",
     "dateutil", "idna", "certifi", "charset_normalizer",
 )  # fmt: skip
-APP_UNIT = "[Unit]\nDescription=The quick start's app\n\n[Service]\nExecStart=/bin/sleep infinity\n"
+APP_UNIT = (
+    "[Unit]\nDescription=The quick start's app\n\n[Service]\nExecStart=/bin/sleep infinity\n\n"
+    "[Install]\nWantedBy=multi-user.target\n"
+)
 DATABASE_URL = "postgres://app:quick-start-p4ss@db:5432/app"
 # Debian's rpm database knows nothing of the packages dpkg installed: these are the requirements it
 # cannot see, and the only reason for --nodeps.
@@ -159,9 +162,10 @@ def test_rpm_installs_on_the_amazon_linux_2023_stand_in_and_removes_cleanly(
     """On a bare Debian 12 (systemd 252, as Amazon Linux 2023) with no network, `rpm -i` of the rpm
     needs only python3, systemd and /bin/sh (which dpkg, not rpm, holds); the README's commands run
     the app; the essentials pass; `rpm -e` removes every file it installed and leaves the
-    operator's files in /etc/secrets-agent and the drop-ins."""
+    operator's files in /etc/secrets-agent and the drop-ins. Then ami-bake.sh takes the tarball
+    on the same machine: installed, app enabled, no secret left."""
     root = python_root(BOOKWORM)
-    prepare(root, world, artefacts.rpm)
+    prepare(root, world, artefacts.rpm, artefacts.tarball, REPO / "packaging" / "ami-bake.sh")
     with booted(root, "sa-rpm-bookworm", world.network.path) as machine:
         assert_bare_python(machine, BOOKWORM)
         rpm = f"/root/{artefacts.rpm.name}"
@@ -192,3 +196,13 @@ def test_rpm_installs_on_the_amazon_linux_2023_stand_in_and_removes_cleanly(
         assert (root / "etc/secrets-agent/app.env.j2").read_text(encoding="utf-8") == edited
         assert (root / "etc/secrets-agent/agent.toml").read_text(encoding="utf-8") == world.agent_toml()
         assert (root / "etc/systemd/system/app.service.d/secrets-agent.conf").is_file()
+
+        bake = run(
+            machine, "bash", "/root/ami-bake.sh", f"/root/{artefacts.tarball.name}", "app", check=False
+        )
+        assert bake.returncode == 0, bake.stdout + bake.stderr
+        assert f"installed secrets-agent {artefacts.version}" in bake.stderr
+        assert "verified: no rendered secret" in bake.stderr
+        assert run(machine, "systemctl", "is-enabled", "app.service").stdout.strip() == "enabled"
+        assert run(machine, "systemctl", "is-active", "app.service", check=False).stdout.strip() == "inactive"
+        assert list((root / "usr/lib/secrets-agent/agent").glob("__pycache__/*.pyc"))
