@@ -55,7 +55,7 @@ def _cpu_model() -> str:
 
 def render(results: Results) -> str:
     """The whole report."""
-    from bench import rotation, run
+    from bench import rotation, run, selfcontained
 
     lines: list[str] = []
     add = lines.append
@@ -96,6 +96,7 @@ def render(results: Results) -> str:
     _memory(results, add)
     _levers(results, add)
     rotation.report(results.rotation, add)
+    selfcontained.report(results.selfcontained, add)
     _reading(results, add)
     if results.violations:
         add("## Failed checks")

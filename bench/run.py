@@ -24,7 +24,7 @@ from typing import Any, Optional
 from urllib.parse import urlsplit
 
 from agent.envfile import parse_env
-from bench import checks, fleet, levers, report, rotation
+from bench import checks, fleet, levers, report, rotation, selfcontained
 from bench.fallback import FallbackResults, GetParametersDenial, fallback_calls_per_agent, measure_fallback
 from bench.measure import Series, Spawner
 from bench.stack import (
@@ -76,6 +76,7 @@ class Options:
     skip_fleet_curve: bool
     output: Path
     skip_rotation: bool = False
+    skip_selfcontained: bool = False
 
 
 @dataclass
@@ -98,6 +99,7 @@ class Results:
     check_costs: list[checks.BeforeAfter] = field(default_factory=list)
     check_note: str = "not run"
     rotation: Optional[rotation.RotationResults] = None
+    selfcontained: Optional[selfcontained.SelfContainedResults] = None
     violations: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     # 1-minute load average at the start and at the end: other work on the machine skews timings.
@@ -134,6 +136,11 @@ def _parse_options(argv: Optional[list[str]]) -> Options:
     )
     parser.add_argument("--output", type=Path, default=BENCH_DIR / "RESULTS.md")
     parser.add_argument("--skip-rotation", action="store_true", help="leave the rotation checks out")
+    parser.add_argument(
+        "--skip-selfcontained",
+        action="store_true",
+        help="leave the self-contained tarball's start-up out (it builds the tarball: needs PyPI)",
+    )
     args = parser.parse_args(argv)
     return Options(
         rounds=args.rounds,
@@ -147,6 +154,7 @@ def _parse_options(argv: Optional[list[str]]) -> Options:
         skip_fleet_curve=args.skip_fleet_curve,
         output=args.output,
         skip_rotation=args.skip_rotation,
+        skip_selfcontained=args.skip_selfcontained,
     )
 
 
@@ -515,6 +523,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not options.skip_rotation:
         results.rotation = rotation.measure(skip_fleets=options.skip_storm)
         results.violations.extend(results.rotation.violations)
+    if not options.skip_selfcontained:
+        print("self-contained tarball: build, then its launcher against the .deb-style install", flush=True)
+        results.selfcontained = selfcontained.measure()
+        results.violations.extend(results.selfcontained.violations)
     results.seconds = time.perf_counter() - started
     results.load_after = os.getloadavg()[0]
     text = report.render(results)

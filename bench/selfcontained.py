@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from bench.measure import Series, Spawner
+from bench.measure import Series, Spawner, median
 from bench.stack import Emulator, named_template, parameter_names
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO / "packaging" / "selfcontained" / "build.py"
 SIZE = 10
-ROUNDS = 7
+# More rounds than the other sections: the two medians are close, and a shared machine is noisy.
+ROUNDS = 15
 SERVICE = "selfcontained-n10"
 PREFIX = "/bench/selfcontained/"
 DEB_STYLE = ".deb-style (site-packages)"
@@ -43,6 +44,8 @@ class SelfContainedResults:
     """What the section measured."""
 
     series: dict[str, Series] = field(default_factory=dict)
+    # CPU seconds (user + system) of each run: less moved by other work on the machine than wall time.
+    cpu_seconds: dict[str, list[float]] = field(default_factory=dict)
     tarball_bytes: int = 0
     installed_bytes: int = 0
     installed_files: int = 0
@@ -52,6 +55,10 @@ class SelfContainedResults:
     def ratio(self) -> float:
         """The byte-compiled tarball's median render time over the .deb-style install's."""
         return self.series[TARBALL].median_seconds / self.series[DEB_STYLE].median_seconds
+
+    def cpu_ratio(self) -> float:
+        """The same ratio of median CPU seconds."""
+        return median(self.cpu_seconds[TARBALL]) / median(self.cpu_seconds[DEB_STYLE])
 
 
 def build_tarball(outdir: Path) -> Path:
@@ -150,6 +157,7 @@ def _run_rounds(
             if measurement.exit_code != 0:
                 raise SystemExit(f"{variant} failed ({measurement.exit_code}):\n{measurement.stderr[-2000:]}")
             results.series.setdefault(variant, Series.empty()).add(measurement)
+            results.cpu_seconds.setdefault(variant, []).append(measurement.cpu_seconds)
 
 
 def report(results: Optional[SelfContainedResults], emit: Callable[[str], None]) -> None:
@@ -168,19 +176,27 @@ def report(results: Optional[SelfContainedResults], emit: Callable[[str], None])
         "as Debian's py3compile leaves them)."
     )
     emit("")
-    emit("| install | median s | spread s | ratio to .deb-style |")
-    emit("|---|---:|---:|---:|")
+    emit("| install | median s | spread s | ratio to .deb-style | median CPU s | CPU ratio |")
+    emit("|---|---:|---:|---:|---:|---:|")
     base = results.series[DEB_STYLE].median_seconds
+    base_cpu = median(results.cpu_seconds[DEB_STYLE])
     for variant in VARIANTS:
         series = results.series[variant]
         spread = series.spread()
         shown = f"{spread[0]:.3f}-{spread[1]:.3f}" if spread else "-"
-        emit(f"| {variant} | {series.median_seconds:.3f} | {shown} | {series.median_seconds / base:.2f}x |")
+        cpu = median(results.cpu_seconds[variant])
+        emit(
+            f"| {variant} | {series.median_seconds:.3f} | {shown} | {series.median_seconds / base:.2f}x "
+            f"| {cpu:.3f} | {cpu / base_cpu:.2f}x |"
+        )
     emit("")
     ratio = results.ratio()
     verdict = "met" if ratio <= 1.0 else "missed"
     emit(
-        f"Target (at least as fast as the .deb, byte-compiled): {ratio:.2f}x, {verdict}. Size: the tarball "
+        f"Target (at least as fast as the .deb, byte-compiled): {ratio:.2f}x wall time, {verdict} "
+        f"({results.cpu_ratio():.2f}x in CPU time). Without byte code every start compiles the carried "
+        "libraries again: hence `python3 -m compileall` in the rpm's %post, ami-bake.sh and the "
+        "README's tarball install. Size: the tarball "
         f"{results.tarball_bytes / 1e6:.1f} MB packed, {results.installed_bytes / 1e6:.1f} MB in "
         f"{results.installed_files} files installed (hard links counted once), "
         f"{results.compiled_bytes / 1e6:.1f} MB more once byte-compiled."
