@@ -55,7 +55,7 @@ CLOUD_LAYER_RECIPE = (
 APT_RETRIES_CONF = "etc/apt/apt.conf.d/80-secrets-agent-tests-retries"
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-__all__ = ["Machine", "booted", "fresh_rootfs", "install_agent_from_deb", "run"]
+__all__ = ["Machine", "booted", "fresh_rootfs", "install_agent_from_deb", "install_agent_from_tarball", "run"]
 
 
 def _cloud_rootfs(release: Release = DEFAULT_RELEASE) -> Path:
@@ -160,6 +160,16 @@ def install_agent_from_deb(deb: Path) -> Callable[[Path], None]:
             )  # fmt: skip
         finally:
             copy.unlink()
+
+    return install
+
+
+def install_agent_from_tarball(tarball: Path) -> Callable[[Path], None]:
+    """The harness's Installer that extracts the self-contained `tarball` into a root before it
+    boots, as `tar -xzf TARBALL -C /` does (systemd reads the units at boot)."""
+
+    def install(root: Path) -> None:
+        subprocess.run(["tar", "-xzf", str(tarball), "-C", str(root)], check=True)
 
     return install
 
