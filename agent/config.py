@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from agent.errors import ConfigError, UsageError
+from agent.formats import DEFAULT_FORMAT, FORMATS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,9 +30,10 @@ DEFAULT_DEADLINE_SECONDS = 60.0
 # for a fleet needing 24,000 calls at the default 40 calls/s (2,400 instances of 100 parameters).
 # The unit's TimeoutStartSec= is a little longer, for the same reason as above.
 DEFAULT_THROTTLE_DEADLINE_SECONDS = 600.0
-OUTPUT_FORMATS = ("env", "dotenv", "json", "credentials")
 # format = "credentials": one file per variable in this folder below the service's runtime folder.
 CREDENTIALS_FOLDER_NAME = "credentials"
+# Every other format: this one file below the service's runtime folder.
+ENV_FILE_NAME = "env"
 # What `secrets-agent refresh` does when a parameter changed (see agent/refresh.py).
 ON_CHANGE_ACTIONS = ("restart", "reload", "render", "none")
 DEFAULT_ON_CHANGE = "restart"
@@ -239,16 +241,14 @@ def load_service_settings(agent: AgentSettings, name: str) -> ServiceSettings:
     table = _read_toml(path, required=False)
     _check_keys(path, table, _SERVICE_KEYS)
 
-    fmt = _typed(path, table, "format", str, "a string") or "env"
-    if fmt not in OUTPUT_FORMATS:
-        raise ConfigError(f"{path}: format must be one of {', '.join(OUTPUT_FORMATS)}, not {fmt!r}")
+    fmt = _typed(path, table, "format", str, "a string") or DEFAULT_FORMAT
+    if fmt not in FORMATS:
+        raise ConfigError(f"{path}: format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     owner = _typed(path, table, "owner", str, "a user name")
     group = _typed(path, table, "group", str, "a group name")
-    if fmt == "credentials" and (owner is not None or group is not None):
-        raise ConfigError(
-            f'{path}: owner and group do not apply to format = "credentials": systemd copies the '
-            "credentials for the app's own user at its start; remove them"
-        )
+    refuses_owner = FORMATS[fmt].refuses_owner
+    if refuses_owner and (owner is not None or group is not None):
+        raise ConfigError(f'{path}: owner and group do not apply to format = "{fmt}": {refuses_owner}')
     allow_persistent = bool(_typed(path, table, "allow_persistent", bool, "true or false"))
     on_change = _typed(path, table, "on_change", str, "a string") or DEFAULT_ON_CHANGE
     if on_change not in ON_CHANGE_ACTIONS:
@@ -261,7 +261,7 @@ def load_service_settings(agent: AgentSettings, name: str) -> ServiceSettings:
         name=name,
         template_path=agent.config_dir / f"{name}.env.j2",
         output_dir=output_dir,
-        output_path=output_dir / "env",
+        output_path=output_dir / ENV_FILE_NAME,
         format=fmt,
         owner=owner,
         group=group,

@@ -12,10 +12,12 @@ its id's length plus its size.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from agent.errors import ValueNotRepresentable
-from agent.template import Assignment, Carrier
+
+if TYPE_CHECKING:
+    from agent.template import Assignment
 
 # The ID given to LoadCredential=: every credential's id starts with it and "_".
 CREDENTIAL_ID_PREFIX = "secrets"
@@ -68,26 +70,14 @@ def value_problem(key: str, value: str, raw: Optional[bytes]) -> Optional[str]:
     return None
 
 
-CREDENTIALS_CARRIER = Carrier(key_problem=key_problem, value_problem=value_problem)
-
-
 def encode_credentials(assignments: Sequence[Assignment]) -> dict[str, bytes]:
     """File name -> exact bytes for every assignment, once the whole set is known to fit in a unit.
 
-    Raises ValueNotRepresentable naming the key when a key cannot be an id, a value is too large,
-    or the set is over systemd's 1 MiB per unit (naming the largest credentials).
+    Each key and value was checked (key_problem, value_problem) while the template's lines were
+    split; raises ValueNotRepresentable when the set is over systemd's 1 MiB per unit (naming the
+    largest credentials).
     """
-    files: dict[str, bytes] = {}
-    for assignment in assignments:
-        problem = key_problem(assignment.key)
-        if problem:
-            raise ValueNotRepresentable(problem)
-        if assignment.key in files:
-            raise ValueNotRepresentable(f"{assignment.key} is set twice")
-        problem = value_problem(assignment.key, assignment.value, assignment.raw)
-        if problem:
-            raise ValueNotRepresentable(f"the value of {assignment.key} {problem}")
-        files[assignment.key] = assignment.data
+    files = {assignment.key: assignment.data for assignment in assignments}
     costs = {key: len(credential_id(key).encode()) + len(data) for key, data in files.items()}
     total = sum(costs.values())
     if total > CREDENTIALS_TOTAL_MAX_BYTES:

@@ -9,10 +9,9 @@ from __future__ import annotations
 import email.utils
 import os
 import socket
-import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -20,14 +19,25 @@ from urllib.parse import urlsplit
 
 import requests
 
-from agent.config import AgentSettings, ServiceSettings
-from agent.errors import AgentError, ServiceUnavailable
+from agent.config import DEFAULT_RUNTIME_DIR, AgentSettings, ServiceSettings
+from agent.errors import AgentError, ServiceUnavailable, SystemdError
+from agent.formats import format_of
 from agent.imds import ImdsClient, RoleCredentials
 from agent.output import is_memory_backed
+from agent.render import AwsAccess, ssm_client
 from agent.retry import Deadline
 from agent.ssm import CONNECT_TIMEOUT_SECONDS, SsmClient
+from agent.systemd import (
+    DROPIN_NAME,
+    SYSTEMD_RUNNING_MARKER,
+    agent_unit,
+    dropin_directive,
+    dropin_path,
+    show,
+    unit_setting,
+)
 from agent.template import CompiledTemplate
-from agent.units import DROPIN_NAME, SYSTEMD_RUNNING_MARKER, unit_for
+from agent.units import unit_for
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 # SigV4 signatures are refused when the signer's clock is more than 5 minutes off AWS's.
@@ -37,7 +47,6 @@ IMDS_DEADLINE_SECONDS = 4.0
 SSM_DEADLINE_SECONDS = 15.0
 IMDS_TIMEOUT_SECONDS = 1.0
 PROBE_TIMEOUT_SECONDS = CONNECT_TIMEOUT_SECONDS
-SYSTEMCTL_TIMEOUT_SECONDS = 10
 
 _HOP_LIMIT_FIX = (
     "IMDS accepts connections but the PUT for a session token got no answer: from a container this "
@@ -119,13 +128,10 @@ def run_checks(name: str, inputs: Inputs) -> Iterator[Check]:
     client: Optional[SsmClient] = None
     if region is not None:
         try:
-            client = SsmClient(
-                region=region,
-                endpoint_url=settings.ssm_endpoint,
-                credentials=credentials,
-                deadline=Deadline(min(service.deadline_seconds, SSM_DEADLINE_SECONDS)),
-                role=role,
-            )
+            # The render's own client, built from what the checks above found.
+            access = AwsAccess(region=region, credentials=credentials, role=role)
+            deadline = Deadline(min(service.deadline_seconds, SSM_DEADLINE_SECONDS))
+            client = ssm_client(settings, deadline, access)
         except AgentError as exc:
             yield Check(FAILED, "ssm endpoint", exc.message)
     reachable = False
@@ -161,7 +167,7 @@ def runtime_folder_check(service: ServiceSettings) -> Check:
         return Check(
             FAILED,
             "runtime folder",
-            f"{folder} is not on tmpfs: secrets would reach persistent disk; use /run/secrets-agent "
+            f"{folder} is not on tmpfs: secrets would reach persistent disk; use {DEFAULT_RUNTIME_DIR} "
             "(tmpfs on every systemd host) or --runtime-dir / SECRETS_AGENT_RUNTIME_DIR on a tmpfs",
         )
     try:
@@ -313,57 +319,60 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-def _systemctl_show(unit: str, properties: Sequence[str]) -> dict[str, list[str]]:
-    done = subprocess.run(
-        ["systemctl", "show", unit, *(f"--property={p}" for p in properties)],
-        capture_output=True,
-        text=True,
-        timeout=SYSTEMCTL_TIMEOUT_SECONDS,
-        check=False,
-    )
-    shown: dict[str, list[str]] = {}
-    for line in done.stdout.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and value:
-            shown.setdefault(key, []).append(value)
-    return shown
-
-
 def _systemd_checks(name: str, service: ServiceSettings, inputs: Inputs) -> Iterator[Check]:
     if not inputs.systemd_marker.exists():
         yield Check(SKIPPED, "systemd", "systemd is not running here (a container or an image build)")
         return
-    agent_unit = f"secrets-agent@{name}.service"
-    shown = _systemctl_show(agent_unit, ["LoadState"])
+    try:
+        yield from _unit_checks(name, service, inputs)
+    except SystemdError as exc:
+        yield Check(FAILED, "systemd", exc.message)
+
+
+def _unit_checks(name: str, service: ServiceSettings, inputs: Inputs) -> Iterator[Check]:
+    """The agent's unit is loaded, and the app's unit loads the drop-in `enable` writes for its format."""
+    agent = agent_unit(name)
+    shown = show(agent, ["LoadState"])
     load_state = " ".join(shown.get("LoadState", [])) or "unknown"
     if load_state == "loaded":
-        yield Check(PASSED, "agent unit", f"{agent_unit} is loaded")
+        yield Check(PASSED, "agent unit", f"{agent} is loaded")
     else:
         yield Check(
             FAILED,
             "agent unit",
-            f"{agent_unit} is {load_state}: install the package (it ships "
+            f"{agent} is {load_state}: install the package (it ships "
             "secrets-agent@.service), then `systemctl daemon-reload`",
         )
     app_unit = unit_for(name, inputs.unit)
-    enable = f"secrets-agent enable {name}" + (f" --unit {inputs.unit}" if inputs.unit else "")
-    shown = _systemctl_show(app_unit, ["DropInPaths", "EnvironmentFiles", "LoadState"])
+    credentials = format_of(service).loads_credentials
+    enable = (
+        f"secrets-agent enable {name}"
+        + (f" --unit {inputs.unit}" if inputs.unit else "")
+        + (" --credentials" if credentials else "")
+    )
+    directive, wanted = dropin_directive(name, credentials=credentials)
+    shown = show(app_unit, ["DropInPaths", "LoadState"])
+    expected_path = dropin_path(app_unit)
     dropins = [p for v in shown.get("DropInPaths", []) for p in v.split() if Path(p).name == DROPIN_NAME]
     if not dropins:
-        yield Check(FAILED, "drop-in", f"{app_unit} has no {DROPIN_NAME} drop-in loaded: run `{enable}`")
+        yield Check(
+            FAILED,
+            "drop-in",
+            f"{app_unit} has no {DROPIN_NAME} drop-in loaded (expected {expected_path}, with "
+            f"{directive}={wanted}): run `{enable}`",
+        )
         return
     yield Check(PASSED, "drop-in", f"{dropins[0]} is loaded for {app_unit}")
-    # "EnvironmentFiles=/run/secrets-agent/app/env (ignore_errors=no)", one line per file.
-    files = [entry.split(" ", 1)[0] for entry in shown.get("EnvironmentFiles", [])]
-    wanted = str(service.output_path)
-    if wanted in files:
-        yield Check(PASSED, "drop-in file", f"{app_unit} reads {wanted}")
+    loaded = unit_setting(app_unit, directive)
+    if wanted in loaded:
+        yield Check(PASSED, "drop-in file", f"{app_unit} has {directive}={wanted}")
     else:
+        found = ", ".join(f"{directive}={entry}" for entry in loaded) or f"no {directive}="
         yield Check(
             FAILED,
             "drop-in file",
-            f"{app_unit} reads {', '.join(files) or 'no EnvironmentFile'}, not {wanted}: "
-            f"run `{enable}` again",
+            f"{dropins[0]} gives {app_unit} {found}, not {directive}={wanted} (its format is "
+            f"{service.format}): run `{enable}` again",
         )
 
 

@@ -9,7 +9,9 @@
     ├── AccessDenied                5  IAM or KMS refused a call
     ├── CredentialsError            6  no credentials: IMDS blocked, no role attached, ...
     ├── ServiceUnavailable          7  IMDS or SSM did not answer before the deadline
-    └── OutputError                 8  the rendered file cannot be written safely
+    ├── OutputError                 8  the rendered file cannot be written safely
+    ├── SystemdError                9  systemctl failed, hung or is missing
+    └── StateError                 10  no usable record of the last render (state.json) for refresh
 
 Messages name the resource and the fix, and never hold a parameter's value.
 """
@@ -93,5 +95,16 @@ class OutputError(AgentError):
     exit_code = 8
 
 
-EXIT_OK = 0
+class SystemdError(AgentError):
+    """A systemctl command the agent needs failed, timed out or could not run."""
+
+    exit_code = 9
+
+
+class StateError(AgentError):
+    """state.json, the record of the last render that `refresh` compares with, is missing or unusable."""
+
+    exit_code = 10
+
+
 EXIT_INTERRUPTED = 130

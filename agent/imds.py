@@ -20,7 +20,7 @@ import structlog
 
 from agent.errors import ConfigError, CredentialsError, ServiceUnavailable
 from agent.log import REDACTOR
-from agent.retry import Backoff, Deadline
+from agent.retry import Backoff, Deadline, Failure, Kind, NotServiceAnswer, RetryLoop
 
 TOKEN_PATH = "/latest/api/token"  # noqa: S105  (a path, not a secret)
 TOKEN_TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"  # noqa: S105
@@ -39,7 +39,6 @@ MIN_ATTEMPT_TIMEOUT_SECONDS = 0.05
 _RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Passed with every request: a None entry removes that proxy whatever the session or the
 # environment (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY) says.
-_TRANSIENT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 _NO_PROXIES: dict[str, Optional[str]] = {"http": None, "https": None, "all": None}
 
 # What IMDS's answers look like; anything else (a proxy's page, a truncated body) is not believed.
@@ -90,14 +89,6 @@ class RoleCredentials:
         return (
             f"RoleCredentials(role={self.role!r}, access_key_id={key_hint!r}, expiration={self.expiration!r})"
         )
-
-    def as_boto3_kwargs(self) -> dict[str, str]:
-        """The keyword arguments boto3's client() and Session() take for these credentials."""
-        return {
-            "aws_access_key_id": self.access_key_id,
-            "aws_secret_access_key": self.secret_access_key,
-            "aws_session_token": self.token,
-        }
 
 
 class ImdsClient:
@@ -155,7 +146,7 @@ class ImdsClient:
 
     def region(self) -> str:
         """The instance's region, e.g. eu-west-1."""
-        return self._read_checked(REGION_PATH, self._parse_region)
+        return self._read(REGION_PATH, self._parse_region)
 
     def _parse_region(self, text: Optional[str]) -> str:
         if text is None:
@@ -165,93 +156,87 @@ class ImdsClient:
             )
         region = text.strip()
         if not _REGION_RE.fullmatch(region):
-            raise NotImdsAnswer("the region is not a region name")
+            raise NotServiceAnswer("the region is not a region name")
         return region
 
     def role_credentials(self) -> RoleCredentials:
         """The temporary credentials of the IAM role attached to this instance."""
-        role = self._read_checked(ROLE_LIST_PATH, _parse_role_list)
-        return self._read_checked(ROLE_LIST_PATH + role, lambda text: _parse_credentials(role, text))
+        role = self._read(ROLE_LIST_PATH, _parse_role_list)
+        return self._read(ROLE_LIST_PATH + role, lambda text: _parse_credentials(role, text))
 
-    def _read_checked(self, path: str, parse: Callable[[Optional[str]], _T]) -> _T:
-        """GET `path` and `parse` it, until an answer is believed or the deadline passes."""
-        return self._until_believed(f"GET {path}", lambda: parse(self._get(path)))
+    def _read(self, path: str, parse: Callable[[Optional[str]], _T]) -> _T:
+        """GET `path` (a token first when needed) and `parse` its body, until an answer is believed or
+        the deadline passes. Only `parse`'s NotServiceAnswer is retried: any other error it raises is
+        the agent's own and propagates at once."""
+        request = f"GET {path}"
+        loop: RetryLoop[Optional[str]] = RetryLoop(
+            deadline=self._deadline,
+            backoff=dataclasses.replace(self._backoff, attempt=0),
+            classify=_classify,
+            give_up=lambda done: self._gave_up(request, done),
+            on_failure=lambda failure, attempt: _log_failure(request, failure, attempt),
+            min_attempt_seconds=MIN_ATTEMPT_TIMEOUT_SECONDS,
+        )
+        return loop.run(lambda: self._get(path), parse)
 
-    def _until_believed(self, request: str, attempt: Callable[[], _T]) -> _T:
-        """Run `attempt` again while it raises NotImdsAnswer, until the deadline; then name the reason."""
-        backoff = dataclasses.replace(self._backoff, attempt=0)
-        attempts = 0
-        reason: Optional[str] = None
-        while True:
-            attempts += 1
-            try:
-                return attempt()
-            except NotImdsAnswer as bad:
-                reason = bad.reason
-            except ServiceUnavailable:
-                if reason is None:
-                    raise
-                # The deadline ran out in the middle of a retry: what went wrong is the answer before.
-                break
-            logger.warning("imds_invalid_answer", request=request, attempt=attempts, reason=reason)
-            if not backoff.wait(self._deadline) or self._deadline.remaining < MIN_ATTEMPT_TIMEOUT_SECONDS:
-                break
-        tries = f"{attempts} {'attempt' if attempts == 1 else 'attempts'}"
-        raise ServiceUnavailable(
-            f"IMDS at {self.endpoint} gave no valid answer to {request} within "
-            f"{self._deadline.seconds:g} s ({tries}): {reason}; {_NOT_IMDS_FIX}"
+    def _gave_up(self, request: str, loop: RetryLoop[Optional[str]]) -> ServiceUnavailable:
+        tries = f"{loop.attempts} {'attempt' if loop.attempts == 1 else 'attempts'}"
+        if loop.not_answer is not None:
+            # An answer was not believed: that, not the outage that may have followed, is the reason.
+            unbelieved = loop.not_answer.request or request
+            return ServiceUnavailable(
+                f"IMDS at {self.endpoint} gave no valid answer to {unbelieved} within "
+                f"{self._deadline.seconds:g} s ({tries}): {loop.not_answer.error}; {_NOT_IMDS_FIX}"
+            )
+        last = loop.last
+        where = (last.request if last else None) or request
+        error = last.error if last else "no attempt: the deadline had already passed"
+        logger.debug("imds_gave_up", request=where, attempts=loop.attempts, error=error)
+        return ServiceUnavailable(
+            f"IMDS at {self.endpoint} did not answer within {self._deadline.seconds:g} s "
+            f"({tries} at {where}, last error: {error}): {_REACH_IMDS_FIX}"
         )
 
-    # -- protocol --------------------------------------------------------------------------
+    # -- protocol: one attempt -------------------------------------------------------------
 
     def _get(self, path: str) -> Optional[str]:
         """GET `path` with a token: the body on 200, None on 404."""
-        renewed = False
-        while True:
-            token = self._current_token()
-            response = self._send("GET", path, {TOKEN_HEADER: token})
-            status = response.status_code
-            if status == 401:
-                if renewed:
-                    # Twice in a row: IMDS restarting, or something between rewriting requests. Not an
-                    # answer to believe; retried to the deadline like any other.
-                    self._token = None
-                    raise NotImdsAnswer(
-                        f"IMDS refused a fresh session token (401 on GET {path}): check that nothing "
-                        "between the agent and IMDS rewrites requests"
-                    )
-                # The token expired or IMDS restarted: one new token, then one more try.
-                logger.info("imds.token_rejected", path=path)
+        response = self._http("GET", path, {TOKEN_HEADER: self._current_token()})
+        if response.status_code == 401:
+            # The token expired or IMDS restarted: one new token, then one more try.
+            logger.info("imds_token_rejected", path=path)
+            self._token = None
+            response = self._http("GET", path, {TOKEN_HEADER: self._current_token()})
+            if response.status_code == 401:
+                # Twice in a row: IMDS restarting, or something between rewriting requests. Not an
+                # answer to believe; retried to the deadline like any other.
                 self._token = None
-                renewed = True
-                continue
-            if status == 403:
-                raise self._forbidden(f"GET {path}")
-            if status == 404:
-                return None
-            if status == 200:
-                return response.content.decode("utf-8", errors="replace")
-            raise CredentialsError(
-                f"IMDS at {self.endpoint} answered {status} to GET {path}: {_REACH_IMDS_FIX}"
-            )
+                raise NotServiceAnswer(
+                    f"IMDS refused a fresh session token (401 on GET {path}): check that nothing "
+                    "between the agent and IMDS rewrites requests"
+                )
+        status = response.status_code
+        if status == 403:
+            raise self._forbidden(f"GET {path}")
+        if status == 404:
+            return None
+        if status == 200:
+            return response.content.decode("utf-8", errors="replace")
+        raise CredentialsError(f"IMDS at {self.endpoint} answered {status} to GET {path}: {_REACH_IMDS_FIX}")
 
     def _current_token(self) -> str:
         if self._token is None or time.monotonic() >= self._token_renew_at:
-            self._token = self._fetch_token()
+            self._token = self._request_token()
+            REDACTOR.add(self._token)
+            logger.debug("imds_token_issued", ttl_seconds=self._token_ttl_seconds)
             margin = min(TOKEN_RENEW_MARGIN_SECONDS, self._token_ttl_seconds / 2)
             lifetime = self._token_ttl_seconds - margin
             self._token_renew_at = time.monotonic() + lifetime
         return self._token
 
-    def _fetch_token(self) -> str:
-        token = self._until_believed(f"PUT {TOKEN_PATH}", self._request_token)
-        REDACTOR.add(token)
-        logger.debug("imds.token_issued", ttl_seconds=self._token_ttl_seconds)
-        return token
-
     def _request_token(self) -> str:
-        """One PUT for a token (with its own retries on network errors and 5xx)."""
-        response = self._send("PUT", TOKEN_PATH, {TOKEN_TTL_HEADER: str(self._token_ttl_seconds)})
+        """One PUT for a session token."""
+        response = self._http("PUT", TOKEN_PATH, {TOKEN_TTL_HEADER: str(self._token_ttl_seconds)})
         status = response.status_code
         if status == 403:
             raise self._forbidden(f"PUT {TOKEN_PATH}")
@@ -267,7 +252,7 @@ class ImdsClient:
             )
         token = response.content.decode("ascii", errors="replace").strip()
         if not _TOKEN_RE.fullmatch(token):
-            raise NotImdsAnswer("the answer is not a session token")
+            raise NotServiceAnswer("the answer is not a session token", request=f"PUT {TOKEN_PATH}")
         return token
 
     def _forbidden(self, request: str) -> CredentialsError:
@@ -275,72 +260,68 @@ class ImdsClient:
             f"IMDS is disabled or blocked (403 from {self.endpoint} on {request}): {_ENABLE_IMDS_FIX}"
         )
 
-    def _send(self, method: str, path: str, headers: dict[str, str]) -> requests.Response:
-        """One request, retried on connection errors, timeouts, 429 and 5xx until the deadline."""
-        backoff = dataclasses.replace(self._backoff, attempt=0)
-        url = self.endpoint + path
-        attempts = 0
-        last_error = "no attempt: the deadline had already passed"
-        while True:
-            remaining = self._deadline.remaining
-            if remaining < MIN_ATTEMPT_TIMEOUT_SECONDS:
-                break
-            timeout = min(self._timeout_seconds, remaining)
-            attempts += 1
-            started = time.monotonic()
-            try:
-                response = self._session.request(
-                    method,
-                    url,
-                    headers=headers,
-                    timeout=timeout,
-                    allow_redirects=False,
-                    proxies=_no_proxies_for(self._session),
-                )
-            except (
-                requests.ConnectionError,
-                requests.Timeout,
-                requests.exceptions.ChunkedEncodingError,
-            ) as exc:
-                last_error = _describe_failure(exc, timeout)
-                logger.debug(
-                    "imds.request_failed",
-                    method=method,
-                    path=path,
-                    attempt=attempts,
-                    error=last_error,
-                    elapsed_ms=_elapsed_ms(started),
-                )
-            else:
-                logger.debug(
-                    "imds.request",
-                    method=method,
-                    path=path,
-                    status=response.status_code,
-                    attempt=attempts,
-                    elapsed_ms=_elapsed_ms(started),
-                )
-                if response.status_code not in _RETRIED_STATUSES:
-                    return response
-                last_error = f"HTTP {response.status_code}"
-                response.close()
-            if not backoff.wait(self._deadline):
-                break
-        logger.debug("imds.gave_up", method=method, path=path, attempts=attempts, error=last_error)
-        raise ServiceUnavailable(
-            f"IMDS at {self.endpoint} did not answer within {self._deadline.seconds:g} s "
-            f"({attempts} {'attempt' if attempts == 1 else 'attempts'} at {method} {path}, "
-            f"last error: {last_error}): {_REACH_IMDS_FIX}"
+    def _http(self, method: str, path: str, headers: dict[str, str]) -> requests.Response:
+        """One request, its timeout cut to what is left of the deadline. The one place requests'
+        exceptions, and the statuses worth another try, are translated (into _NoAnswer)."""
+        request = f"{method} {path}"
+        remaining = self._deadline.remaining
+        if remaining < MIN_ATTEMPT_TIMEOUT_SECONDS:
+            raise _NoAnswer(request, "no attempt: the deadline had already passed")
+        timeout = min(self._timeout_seconds, remaining)
+        started = time.monotonic()
+        try:
+            response = self._session.request(
+                method,
+                self.endpoint + path,
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=False,
+                proxies=_no_proxies_for(self._session),
+            )
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+        ) as exc:
+            raise _NoAnswer(request, _describe_failure(exc, timeout)) from None
+        logger.debug(
+            "imds_request",
+            method=method,
+            path=path,
+            status=response.status_code,
+            elapsed_ms=round((time.monotonic() - started) * 1000),
         )
+        if response.status_code in _RETRIED_STATUSES:
+            response.close()
+            raise _NoAnswer(request, f"HTTP {response.status_code}")
+        return response
+
+
+class _NoAnswer(Exception):
+    """No answer from IMDS to one request, or one worth another try (429, 5xx): an outage."""
+
+    def __init__(self, request: str, error: str) -> None:
+        super().__init__(error)
+        self.failure = Failure(Kind.OUTAGE, error, request)
+
+
+def _classify(error: Exception) -> Optional[Failure]:
+    """No answer is an outage; anything else the attempt raises is not retried."""
+    return error.failure if isinstance(error, _NoAnswer) else None
+
+
+def _log_failure(request: str, failure: Failure, attempt: int) -> None:
+    if failure.kind is Kind.NOT_ANSWER:
+        logger.warning(
+            "imds_answer_rejected", request=failure.request or request, attempt=attempt, reason=failure.error
+        )
+    else:
+        logger.debug("imds_request_failed", request=failure.request, attempt=attempt, error=failure.error)
 
 
 def _no_proxies_for(session: requests.Session) -> Any:
     # Also cancel any per-scheme-and-host proxy a caller put on its own session.
     return {**dict.fromkeys(session.proxies), **_NO_PROXIES}
-
-
-def _elapsed_ms(started: float) -> int:
-    return round((time.monotonic() - started) * 1000)
 
 
 _ERRNO_TEXT = re.compile(r"\[Errno -?\d+\] ([A-Za-z][A-Za-z ,'-]*)")
@@ -361,21 +342,13 @@ def _describe_failure(exc: requests.RequestException, timeout: float) -> str:
     return f"connection failed ({type(exc).__name__})"
 
 
-class NotImdsAnswer(Exception):
-    """An answer that does not hold up as IMDS's; `reason` says why and never quotes the body."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 def _parse_role_list(listing: Optional[str]) -> str:
     """The role IMDS lists first; a 404 or an empty list means no role is attached."""
     roles = [line.strip() for line in (listing or "").splitlines() if line.strip()]
     if not roles:
         raise CredentialsError(f"no IAM role is attached to this instance: {_ATTACH_ROLE_FIX}")
     if not _ROLE_NAME_RE.fullmatch(roles[0]):
-        raise NotImdsAnswer("the role list does not hold a role name")
+        raise NotServiceAnswer("the role list does not hold a role name")
     return roles[0]
 
 
@@ -383,10 +356,10 @@ def _parse_credentials(role: str, document_text: Optional[str]) -> RoleCredentia
     """Check IMDS's credentials document and turn it into RoleCredentials.
 
     A document that is not JSON, lacks a field, says a Code other than Success or has already
-    expired is not believed (NotImdsAnswer): IMDS may be mid-rotation, and the caller retries.
+    expired is not believed (NotServiceAnswer): IMDS may be mid-rotation, and the caller retries.
     """
     if document_text is None:
-        raise NotImdsAnswer(
+        raise NotServiceAnswer(
             f"IMDS lists IAM role {role} but has no credentials for it (404): the instance profile may "
             "be changing, or was re-attached"
         )
@@ -394,12 +367,12 @@ def _parse_credentials(role: str, document_text: Optional[str]) -> RoleCredentia
         document = json.loads(document_text)
     except ValueError:
         # The document holds the secret key: never quote it, not even in part.
-        raise NotImdsAnswer(f"the credentials document for IAM role {role} is not JSON") from None
+        raise NotServiceAnswer(f"the credentials document for IAM role {role} is not JSON") from None
     if not isinstance(document, dict):
-        raise NotImdsAnswer(f"the credentials document for IAM role {role} is not an object")
+        raise NotServiceAnswer(f"the credentials document for IAM role {role} is not an object")
     code = document.get("Code")
     if code != "Success":
-        raise NotImdsAnswer(
+        raise NotServiceAnswer(
             f"IMDS could not provide credentials for IAM role {role} (Code={code!s}): check the role "
             "still exists and trusts ec2.amazonaws.com, or re-attach the instance profile"
         )
@@ -407,7 +380,7 @@ def _parse_credentials(role: str, document_text: Optional[str]) -> RoleCredentia
         name for name in _CREDENTIAL_FIELDS if not isinstance(document.get(name), str) or not document[name]
     ]
     if missing:
-        raise NotImdsAnswer(f"the credentials document for IAM role {role} lacks {', '.join(missing)}")
+        raise NotServiceAnswer(f"the credentials document for IAM role {role} lacks {', '.join(missing)}")
     # Registered before any further check can fail, so that nothing logs them even in part.
     secret_access_key, token = document["SecretAccessKey"], document["Token"]
     REDACTOR.add(secret_access_key)
@@ -416,11 +389,11 @@ def _parse_credentials(role: str, document_text: Optional[str]) -> RoleCredentia
     try:
         expires = datetime.fromisoformat(expiration.replace("Z", "+00:00"))
     except ValueError:
-        raise NotImdsAnswer(f"the credentials of IAM role {role} have an unreadable Expiration") from None
+        raise NotServiceAnswer(f"the credentials of IAM role {role} have an unreadable Expiration") from None
     if expires.tzinfo is None:
         expires = expires.replace(tzinfo=timezone.utc)
     if expires <= datetime.now(timezone.utc):
-        raise NotImdsAnswer(f"the credentials of IAM role {role} expired at {expiration}")
+        raise NotServiceAnswer(f"the credentials of IAM role {role} expired at {expiration}")
     return RoleCredentials(
         role=role,
         access_key_id=document["AccessKeyId"],

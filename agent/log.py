@@ -75,6 +75,8 @@ def configure_logging(*, stream: Optional[TextIO] = None, fmt: str = "auto", ver
         exc_processors = []
     structlog.configure(
         processors=[
+            # The command binds `service` once (cli.main); every event of the run carries it.
+            structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             *exc_processors,

@@ -1,8 +1,10 @@
-"""The one module that writes secrets to disk: atomic, 0600 in 0700, on tmpfs, no symlinks.
+"""The one atomic writer, and the secrets it writes: 0600 in 0700, on tmpfs, no symlinks.
 
-Every step works on directory file descriptors opened with O_NOFOLLOW, so a symlink planted
-at the folder or the file is refused rather than followed, and a failure at any point leaves
-either the previous good file or nothing, never a partial one.
+`write_file_at` is the only place the agent replaces or creates a file (rendered secrets, state.json,
+drop-ins, templates): directory descriptors opened with O_NOFOLLOW, a temporary file in the same
+folder, fsync, then rename (or link, for "only if missing"). A symlink planted at a folder or the
+file is refused rather than followed, and a failure at any point leaves either the previous good
+file or nothing, never a partial one. agent/secret_folder.py swaps whole folders (credentials).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 import pwd
 import secrets
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -27,16 +29,11 @@ from agent.errors import OutputError
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 TMP_PREFIX = ".env.tmp-"
-FOLDER_TMP_PREFIX = ".credentials.tmp-"
-RETIRED_PREFIX = ".credentials.old-"
-# renameat2() flags from linux/fs.h.
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
 # f_type values from linux/magic.h: memory-backed filesystems that vanish with the machine.
 TMPFS_MAGIC = 0x01021994
 RAMFS_MAGIC = 0x858458F6
 _MEMORY_FS = {TMPFS_MAGIC: "tmpfs", RAMFS_MAGIC: "ramfs"}
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -68,7 +65,8 @@ def resolve_ownership(owner: Optional[str], group: Optional[str]) -> Ownership:
 
 
 @functools.lru_cache(maxsize=1)
-def _libc() -> Optional[Any]:
+def load_libc() -> Optional[Any]:
+    """The C library, for the calls Python lacks (fstatfs, renameat2); None if it cannot be loaded."""
     try:
         return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     except OSError:  # pragma: no cover - every Linux has a libc
@@ -77,7 +75,7 @@ def _libc() -> Optional[Any]:
 
 def filesystem_type(fd: int) -> Optional[int]:
     """The statfs f_type of the filesystem holding `fd`, or None if it cannot be read."""
-    libc = _libc()
+    libc = load_libc()
     if libc is None:  # pragma: no cover
         return None
     # struct statfs starts with f_type (__fsword_t, a C long on Linux); 256 bytes covers it all.
@@ -93,6 +91,7 @@ def is_memory_backed(fd: int) -> bool:
 
 
 def lstat_at(dir_fd: int, name: str) -> Optional[os.stat_result]:
+    """What is at NAME in DIR_FD, without following a link; None if nothing."""
     try:
         return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -111,7 +110,7 @@ def open_dir_nofollow(
     created = False
     for attempt in range(2):
         try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+            fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
             if created:
                 os.fchmod(fd, mode)  # the mode asked for, whatever the umask (077 in the CLI)
             return fd
@@ -143,7 +142,8 @@ def _check_private_dir(fd: int, path: Path, want_uid: int) -> None:
 
 
 @contextlib.contextmanager
-def _service_dir(output_dir: Path, *, create: bool, ownership: Ownership) -> Iterator[int]:
+def service_dir(output_dir: Path, *, create: bool, ownership: Ownership) -> Iterator[int]:
+    """Yield a descriptor for the service's own 0700 folder (created if asked), refusing links."""
     try:
         base_fd = open_dir_nofollow(output_dir.parent, create=create)
     except FileNotFoundError:
@@ -163,7 +163,8 @@ def _service_dir(output_dir: Path, *, create: bool, ownership: Ownership) -> Ite
         os.close(base_fd)
 
 
-def _refuse_persistent(dir_fd: int, output_dir: Path, allow_persistent: bool) -> None:
+def refuse_persistent(dir_fd: int, output_dir: Path, allow_persistent: bool) -> None:
+    """Refuse a folder on persistent disk unless the service's settings allow it."""
     if not allow_persistent and not is_memory_backed(dir_fd):
         raise OutputError(
             f"{output_dir} is not on tmpfs or ramfs: secrets would reach persistent disk. "
@@ -172,7 +173,7 @@ def _refuse_persistent(dir_fd: int, output_dir: Path, allow_persistent: bool) ->
         )
 
 
-def _existing_of_kind(dir_fd: int, path: Path, *, folder: bool) -> Optional[os.stat_result]:
+def existing_of_kind(dir_fd: int, path: Path, *, folder: bool) -> Optional[os.stat_result]:
     """What is at `path` now (None if nothing); anything but a regular file (or folder) is refused."""
     existing = lstat_at(dir_fd, path.name)
     is_kind = stat.S_ISDIR if folder else stat.S_ISREG
@@ -194,23 +195,50 @@ def write_secret_file(
     """Atomically replace `output_path` with `data`: 0600 in a 0700 folder, on tmpfs unless allowed."""
     output_dir = output_path.parent
     try:
-        with _service_dir(output_dir, create=True, ownership=ownership) as dir_fd:
-            _refuse_persistent(dir_fd, output_dir, allow_persistent)
-            _existing_of_kind(dir_fd, output_path, folder=False)
-            _replace_atomically(dir_fd, output_path, data, ownership)
+        with service_dir(output_dir, create=True, ownership=ownership) as dir_fd:
+            refuse_persistent(dir_fd, output_dir, allow_persistent)
+            existing_of_kind(dir_fd, output_path, folder=False)
+            write_file_at(dir_fd, output_path, data, ownership=ownership)
     except OutputError:
         raise
     except OSError as exc:
-        raise OutputError(f"cannot write {output_path}: {exc.strerror}") from None
+        raise os_error("write", output_path, exc) from None
 
 
-def _replace_atomically(dir_fd: int, output_path: Path, data: bytes, ownership: Ownership) -> None:
+def write_file_at(
+    dir_fd: int,
+    path: Path,
+    data: bytes,
+    *,
+    mode: int = FILE_MODE,
+    ownership: Ownership = Ownership(),
+    only_if_changed: bool = False,
+    only_if_missing: bool = False,
+) -> bool:
+    """Atomically make `path.name` in the folder DIR_FD hold `data` with `mode` and `ownership`.
+
+    A temporary file next to it is written and fsynced, then renamed over it (the folder fsynced
+    too). `only_if_changed`: nothing is written when the file already holds `data` with `mode`.
+    `only_if_missing`: nothing is written when anything is there, even a dangling symlink, and an
+    operator's file that appears meanwhile wins (link(2) never replaces). True when written.
+    """
+    existing = lstat_at(dir_fd, path.name)
+    if existing is not None:
+        if only_if_missing:
+            return False
+        if not stat.S_ISREG(existing.st_mode):
+            raise OutputError(
+                f"{path} exists and is not a regular file (a symlink?): refusing to replace it; "
+                "remove it and run the command again"
+            )
+        if only_if_changed and stat.S_IMODE(existing.st_mode) == mode and _read_at(dir_fd, path.name) == data:
+            return False
     tmp_name = TMP_PREFIX + secrets.token_hex(8)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(tmp_name, flags, FILE_MODE, dir_fd=dir_fd)
     try:
+        fd = os.open(tmp_name, flags, mode, dir_fd=dir_fd)
         try:
-            os.fchmod(fd, FILE_MODE)
+            os.fchmod(fd, mode)  # whatever the umask
             if ownership.uid is not None or ownership.gid is not None:
                 os.fchown(
                     fd,
@@ -220,12 +248,39 @@ def _replace_atomically(dir_fd: int, output_path: Path, data: bytes, ownership: 
             write_all(fd, data)
         finally:
             os.close(fd)
-        os.rename(tmp_name, output_path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        if only_if_missing:
+            try:
+                os.link(tmp_name, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp_name, dir_fd=dir_fd)
+        else:
+            os.rename(tmp_name, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.fsync(dir_fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name, dir_fd=dir_fd)
+        raise os_error("write", path, exc) from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name, dir_fd=dir_fd)
         raise
-    os.fsync(dir_fd)
+    return True
+
+
+def os_error(verb: str, path: Path, exc: OSError) -> OutputError:
+    """An OutputError for a failed write or remove of PATH, with the fix its cause calls for."""
+    fixes = {
+        errno.ENOSPC: f"the filesystem holding {path.parent} is full: free space on it, or give it more "
+        "(a tmpfs: `mount -o remount,size=...`), then run the command again",
+        errno.EDQUOT: f"the disk quota on {path.parent} is used up: raise it or free space",
+        errno.EROFS: f"{path.parent} is on a read-only filesystem: write to a writable one",
+        errno.EACCES: "permission denied: run as root (or as the owner of the folder)",
+        errno.EPERM: "not permitted: run as root (or as the owner of the folder)",
+    }
+    fix = fixes.get(exc.errno or 0, "fix the cause and run the command again")
+    return OutputError(f"cannot {verb} {path} ({exc.strerror or exc}): {fix}")
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -236,153 +291,71 @@ def write_all(fd: int, data: bytes) -> None:
     os.fsync(fd)
 
 
-# --- a whole folder of secret files (format = "credentials") ----------------------------------
-
-
-def write_secret_folder(folder: Path, files: Mapping[str, bytes], *, allow_persistent: bool = False) -> None:
-    """Replace `folder` with a folder holding exactly `files` (name -> bytes), as one atomic step.
-
-    The new set is written into a fresh 0700 folder next to it, files 0600 and fsynced, then
-    swapped in with renameat2(RENAME_EXCHANGE), so a reader of the path finds the old set or the
-    new set, always a real folder, never a mix. On any failure the new folder is removed and the
-    old set stays as it was; on success the old set is removed by the next write.
-    """
-    output_dir = folder.parent
+def _read_at(dir_fd: int, name: str) -> Optional[bytes]:
     try:
-        with _service_dir(output_dir, create=True, ownership=Ownership()) as dir_fd:
-            _refuse_persistent(dir_fd, output_dir, allow_persistent)
-            existing = _existing_of_kind(dir_fd, folder, folder=True)
-            _remove_leftovers(dir_fd)
-            tmp_name = FOLDER_TMP_PREFIX + secrets.token_hex(8)
-            try:
-                _fill_new_folder(dir_fd, tmp_name, files)
-                if existing is None:
-                    _renameat2(dir_fd, tmp_name, folder.name, RENAME_NOREPLACE)
-                else:
-                    _renameat2(dir_fd, tmp_name, folder.name, RENAME_EXCHANGE)
-                    # The old set, now under the temporary name, is retired rather than deleted: a
-                    # unit starting at this instant may be loading it through a descriptor opened
-                    # before the swap, and systemd silently skips files that vanish meanwhile, which
-                    # would give it half a set. The next write, `clean` or the unit's stop removes it.
-                    os.rename(
-                        tmp_name,
-                        RETIRED_PREFIX + secrets.token_hex(8),
-                        src_dir_fd=dir_fd,
-                        dst_dir_fd=dir_fd,
-                    )
-            except BaseException:
-                _remove_tree(dir_fd, tmp_name)
-                raise
-            os.fsync(dir_fd)
-    except OutputError:
-        raise
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as file:
+        return file.read()
+
+
+@contextlib.contextmanager
+def open_under(
+    root: Path, relative: Path, *, create: bool = True, new_dir_mode: int = 0o755
+) -> Iterator[int]:
+    """Yield a descriptor for ROOT/RELATIVE, walked one component at a time without following links.
+
+    Missing folders below ROOT/etc are created (mode `new_dir_mode`) when `create` is set; otherwise,
+    and always for ROOT/etc itself, a missing folder raises FileNotFoundError (OutputError when creating).
+    """
+    try:
+        # The root itself is the operator's choice (a mounted image may be reached by a link).
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        raise OutputError(f"cannot write {folder}: {exc.strerror}") from None
+        raise OutputError(f"cannot open the root folder {root}: {exc.strerror}") from None
+    try:
+        current = root
+        for index, part in enumerate(relative.parts):
+            current = current / part
+            try:
+                # ROOT/etc must exist: a typo in the root option should not grow a new tree.
+                next_fd = open_dir_nofollow(
+                    current, create=create and index > 0, mode=new_dir_mode, parent_fd=fd
+                )
+            except FileNotFoundError:
+                if create:
+                    raise OutputError(
+                        f"{current} does not exist: the root option must name the root of a system"
+                    ) from None
+                raise
+            os.close(fd)
+            fd = next_fd
+        yield fd
+    finally:
+        os.close(fd)
 
 
-def _open_if_present(folder: Path) -> Optional[int]:
+def open_if_present(folder: Path) -> Optional[int]:
     """A descriptor for `folder` (not through a link at its last component), or None if it is missing."""
     try:
-        return os.open(str(folder), _DIR_FLAGS)
+        return os.open(str(folder), DIR_FLAGS)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise OutputError(f"cannot open {folder}: {exc.strerror}") from None
 
 
-def remove_secret_folder(folder: Path) -> bool:
-    """Remove `folder` and any half-written one next to it, never following a link; True if any existed."""
-    dir_fd = _open_if_present(folder.parent)
-    if dir_fd is None:
-        return False
-    try:
-        removed = _remove_leftovers(dir_fd)
-        return _remove_tree(dir_fd, folder.name) or removed
-    except OSError as exc:
-        raise OutputError(f"cannot remove {folder}: {exc.strerror}") from None
-    finally:
-        os.close(dir_fd)
-
-
-def _fill_new_folder(dir_fd: int, name: str, files: Mapping[str, bytes]) -> None:
-    os.mkdir(name, DIR_MODE, dir_fd=dir_fd)
-    folder_fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-    try:
-        os.fchmod(folder_fd, DIR_MODE)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        for file_name, data in files.items():
-            fd = os.open(file_name, flags, FILE_MODE, dir_fd=folder_fd)
-            try:
-                os.fchmod(fd, FILE_MODE)
-                write_all(fd, data)
-            finally:
-                os.close(fd)
-        os.fsync(folder_fd)
-    finally:
-        os.close(folder_fd)
-
-
-def _renameat2(dir_fd: int, source: str, target: str, flags: int) -> None:
-    """renameat2() within one folder; without it (old libc, a filesystem that refuses the flag) the
-    exchange falls back to two renames, where a reader may briefly find no folder, never a mix."""
-    libc = _libc()
-    function = getattr(libc, "renameat2", None) if libc is not None else None
-    if function is not None:
-        if function(dir_fd, source.encode(), dir_fd, target.encode(), ctypes.c_uint(flags)) == 0:
-            return
-        code = ctypes.get_errno()
-        if code not in (errno.ENOSYS, errno.EINVAL):
-            raise OSError(code, os.strerror(code))
-    if flags == RENAME_EXCHANGE:
-        retired = FOLDER_TMP_PREFIX + secrets.token_hex(8)
-        os.rename(target, retired, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        os.rename(source, target, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        os.rename(retired, source, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    else:
-        os.rename(source, target, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-
-
-def _remove_tree(dir_fd: int, name: str) -> bool:
-    """Delete `name` below `dir_fd` and everything in it, without following a link; True if it existed."""
-    try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-            raise
-        os.unlink(name, dir_fd=dir_fd)  # a link or a file where a folder should be
-        return True
-    try:
-        for entry in os.scandir(fd):
-            if entry.is_dir(follow_symlinks=False):
-                _remove_tree(fd, entry.name)
-            else:
-                os.unlink(entry.name, dir_fd=fd)
-    finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=dir_fd)
-    return True
-
-
-def _remove_leftovers(dir_fd: int) -> bool:
-    """Remove folders a killed run left half-written and sets retired by a swap; True if there was one."""
-    stale = [name for name in os.listdir(dir_fd) if name.startswith((FOLDER_TMP_PREFIX, RETIRED_PREFIX))]
-    for name in stale:
-        _remove_tree(dir_fd, name)
-    return bool(stale)
-
-
 def remove_secret_file(output_path: Path) -> bool:
     """Remove the rendered file, any leftover temporary file and the empty folder; True if any existed."""
     output_dir = output_path.parent
-    base_fd = _open_if_present(output_dir.parent)
+    base_fd = open_if_present(output_dir.parent)
     if base_fd is None:
         return False
     removed = False
     try:
         try:
-            dir_fd = os.open(output_dir.name, _DIR_FLAGS, dir_fd=base_fd)
+            dir_fd = os.open(output_dir.name, DIR_FLAGS, dir_fd=base_fd)
         except FileNotFoundError:
             return False
         except OSError as exc:

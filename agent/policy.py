@@ -22,9 +22,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from agent.answers import SECRETS_MANAGER_PREFIX, split_selector
+from agent.aws import create_client
 from agent.errors import AgentError, CredentialsError, UsageError
-from agent.ssm import create_client
+from agent.selectors import parse_selector, secret_of_reference
 from agent.template import Requirements
 
 AWS_MANAGED_SSM_KEY = "alias/aws/ssm"
@@ -88,14 +88,7 @@ class Scope:
 
 def base_name(selector: str) -> str:
     """The parameter a selector names: "/x:3" and "/x:label" -> "/x"; an ARN keeps its own colons."""
-    return split_selector(selector)[0]
-
-
-def secret_of_reference(name: str) -> Optional[str]:
-    """The secret a /aws/reference/secretsmanager/NAME reference names, or None for a parameter."""
-    if name.startswith(SECRETS_MANAGER_PREFIX):
-        return name[len(SECRETS_MANAGER_PREFIX) :]
-    return None
+    return parse_selector(selector).name
 
 
 def path_arns(scope: Scope, path: str) -> list[str]:

@@ -15,20 +15,19 @@ from typing import Any, Callable, Optional, Protocol, Union
 
 import structlog
 
-from agent.answers import SECRETS_MANAGER_PREFIX, split_selector
 from agent.config import ServiceSettings
-from agent.errors import AgentError
+from agent.errors import StateError
 from agent.log import REDACTOR
 from agent.output import Ownership, write_secret_file
+from agent.selectors import SECRETS_MANAGER_PREFIX, parse_selector
 from agent.ssm import SsmClient
-from agent.systemd import systemctl
+from agent.systemd import agent_unit, default_app_unit
 
 log = structlog.get_logger("secrets-agent")
 
 STATE_FORMAT = 1
 # A record of 10,000 parameters is under 1 MiB; anything bigger was not written by the agent.
 STATE_MAX_BYTES = 4 * 1024 * 1024
-AGENT_UNIT = "secrets-agent@{name}.service"
 # A parameter's version number, or a Secrets Manager secret's AWSCURRENT version id.
 Version = Union[int, str]
 
@@ -85,7 +84,7 @@ class RenderRecord:
 
     @classmethod
     def from_json(cls, data: bytes, source: str) -> RenderRecord:
-        """Parse state.json; anything malformed is an AgentError that names the file."""
+        """Parse state.json; anything malformed is a StateError that names the file."""
         try:
             document = json.loads(data.decode("utf-8"))
             if document.get("format") != STATE_FORMAT:
@@ -109,7 +108,7 @@ class RenderRecord:
                 paths=paths,
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise AgentError(
+            raise StateError(
                 f"{source} is not a state file this agent wrote ({type(exc).__name__}: {exc}): "
                 "restart the app once so that the agent records its render again"
             ) from None
@@ -154,22 +153,29 @@ def write_record(service: ServiceSettings, record: RenderRecord, ownership: Owne
 
 
 def read_record(service: ServiceSettings) -> RenderRecord:
-    """Read state.json without following a symlink; a missing one says how to get one."""
+    """Read state.json without following a symlink; a missing or unreadable one says how to get one."""
     path = service.state_path
+    app = default_app_unit(service.name)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle:
+            data = handle.read(STATE_MAX_BYTES + 1)
     except FileNotFoundError:
-        raise AgentError(
-            f"no record of the last render at {path}: the app was started before this version of "
-            f"the agent, or the record was removed; restart the app once (`systemctl restart "
-            f"{service.name}`) and refresh can compare from then on"
+        raise StateError(
+            f"no record of the last render at {path}: the app was not rendered by this agent yet "
+            f"(or the record was removed); start or restart it once (`systemctl restart {app}`, "
+            f"which runs {agent_unit(service.name)} first) and refresh can compare from then on"
         ) from None
     except OSError as exc:
-        raise AgentError(f"cannot read {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as handle:
-        data = handle.read(STATE_MAX_BYTES + 1)
+        raise StateError(
+            f"cannot read {path} ({exc.strerror}): run refresh as root (as its unit does), or remove "
+            f"it and restart the app once (`systemctl restart {app}`) so the agent records its render again"
+        ) from None
     if len(data) > STATE_MAX_BYTES:
-        raise AgentError(f"{path} is larger than {STATE_MAX_BYTES} bytes: not a state file this agent wrote")
+        raise StateError(
+            f"{path} is larger than {STATE_MAX_BYTES} bytes: not a state file this agent wrote; remove it "
+            f"and restart the app once (`systemctl restart {app}`)"
+        )
     return RenderRecord.from_json(data, str(path))
 
 
@@ -240,8 +246,7 @@ class Change:
 
 def is_fixed_version(selector: str) -> bool:
     """True for "/x:3": a version number names one immutable value, so it never changes."""
-    suffix = split_selector(selector)[1]
-    return suffix[1:].isdigit()
+    return parse_selector(selector).is_fixed_version
 
 
 def selectors_to_check(record: RenderRecord) -> list[str]:
@@ -286,27 +291,6 @@ class Systemd(Protocol):
         """`systemctl try-reload-or-restart UNIT`."""
 
 
-class Systemctl:
-    """Systemd through the `systemctl` command."""
-
-    def active_apps(self, name: str) -> list[str]:
-        """Units that Require= the agent instance (what `enable` wrote), else NAME.service; active ones."""
-        shown = systemctl("show", "--property=RequiredBy", "--value", AGENT_UNIT.format(name=name))
-        units = shown.stdout.split() or [f"{name}.service"]
-        states = systemctl("is-active", *units, check=False)
-        # One line per unit, in order; exit status is non-zero when any is not active.
-        lines = states.stdout.split()
-        return [unit for unit, state in zip(units, lines) if state in ("active", "reloading")]
-
-    def try_restart(self, unit: str) -> None:
-        """Restart UNIT if it runs; its agent instance re-runs first (PartOf=, Requires=)."""
-        systemctl("try-restart", unit)
-
-    def try_reload_or_restart(self, unit: str) -> None:
-        """Reload UNIT if it can, else restart it; nothing if it does not run."""
-        systemctl("try-reload-or-restart", unit)
-
-
 def refresh(
     service: ServiceSettings,
     *,
@@ -316,9 +300,9 @@ def refresh(
 ) -> int:
     """Check NAME's parameters and act on a change; exit code 0 when the check (and action) worked.
 
-    Nothing is fetched, not even credentials, when NAME's app does not run. Errors propagate as
-    AgentError (the CLI logs refresh_failed): a failed check or re-render leaves the app as it was;
-    a restart whose render fails leaves it down, as at boot.
+    Nothing is fetched, not even credentials, when NAME's app does not run (agent.systemd.Systemctl
+    asks systemd). Errors propagate as AgentError (the CLI logs refresh_failed): a failed check or
+    re-render leaves the app as it was; a restart whose render fails leaves it down, as at boot.
     """
     apps = systemd.active_apps(service.name)
     if not apps:
@@ -349,7 +333,7 @@ def refresh(
                 "refresh_restart",
                 service=service.name,
                 unit=unit,
-                note=f"secrets-agent@{service.name} renders again first; if it fails, {unit} stays "
+                note=f"{agent_unit(service.name)} renders again first; if it fails, {unit} stays "
                 "down as at boot and its journal says why",
             )
             systemd.try_restart(unit)

@@ -1,18 +1,35 @@
-"""One retry policy for IMDS and SSM: backoff with full jitter until a deadline, and a throttled
-fleet's pace.
+"""One retry loop for IMDS and SSM: backoff with full jitter until a deadline, a throttled fleet's
+pace, and the classes a failed attempt falls in.
 
 A fleet that boots at once must get through SSM's throttle rather than fail after a fixed number of
 tries, so retries are bounded by time, not by count. Two budgets: an outage (no answer, 5xx, answers
-that are not SSM's) ends at the short deadline, counted from the last time the service answered;
-throttling, which means the service is up and busy, may go on for the longer throttled budget.
+that are not the service's) ends at the short deadline, counted from the last time the service
+answered; throttling, which means the service is up and busy, may go on for the longer throttled
+budget.
+
+Each client reads its transport's exceptions in one place (ssm_call.SsmCaller._classify for
+botocore, imds.ImdsClient._http for requests) and gives the loop a classifier naming the class of
+each failure; the loop (RetryLoop, used by both) acts on the class:
+
+    an attempt failed
+    ├── Failure OUTAGE        no answer, a 5xx, a cut connection: retried to the short deadline
+    ├── Failure THROTTLED     "slow down": retried at the throttled pace, to the throttled budget
+    ├── Failure NOT_ANSWER    NotServiceAnswer, or a body the transport could not read: retried
+    │                         like an outage, and named when the client gives up
+    └── no Failure            anything else (an error the client translated, a bug in the agent's
+                              own code): raised at once, never retried
+
+Only the attempt's exceptions are classified: the client's `check` of an answer may raise
+NotServiceAnswer (retried), and anything else it raises propagates untouched.
 """
 
 from __future__ import annotations
 
+import enum
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Generic, Optional, TypeVar
 
 BASE_DELAY_SECONDS = 0.05
 MAX_DELAY_SECONDS = 2.0
@@ -24,7 +41,7 @@ MAX_DELAY_SECONDS = 2.0
 # jitter): the same longest sleep with a longer mean, so fewer retries, while still spread out.
 # Chosen with `python -m bench.fleet_model` (this Backoff in a model of 10 to 150 agents booting at
 # once against 2 calls/s: fewer throttled answers per call against time lost at the end of a storm),
-# then measured with real processes by `make bench` (bench/RESULTS.md). A process sees only its own
+# then measured with real processes by `make bench`. A process sees only its own
 # answers, so the last agents of a storm wait longer than the quota needs: the price of wasting a
 # third of the calls that retrying every second wastes.
 THROTTLED_STEP_SECONDS = 0.5
@@ -132,3 +149,82 @@ class Backoff:
         delay = min(self.next_delay(is_throttled=is_throttled), deadline.remaining)
         self.sleep(delay)
         return not deadline.is_expired
+
+
+class NotServiceAnswer(Exception):
+    """An answer that does not hold up as the service's (a proxy's page, a truncated body); `reason`
+    says why and never quotes the body. `request` names the request when it is not the one retried."""
+
+    def __init__(self, reason: str, *, request: Optional[str] = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.request = request
+
+
+class Kind(enum.Enum):
+    """The retry class of a failed attempt."""
+
+    OUTAGE = "outage"
+    THROTTLED = "throttled"
+    NOT_ANSWER = "not_answer"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed attempt: its class, a short secret-free `error`, and the request it was (if named)."""
+
+    kind: Kind
+    error: str
+    request: Optional[str] = None
+
+
+_Answer = TypeVar("_Answer")
+_T = TypeVar("_T")
+
+
+@dataclass
+class RetryLoop(Generic[_Answer]):
+    """Runs an attempt until its answer passes `check` or the deadline passes.
+
+    `classify` maps an exception the attempt raised to a Failure to retry, or returns None to let it
+    propagate (it may also raise a translated error itself). `on_failure` reports each failure before
+    the wait; `give_up` builds the error raised when no time is left, from this loop's record. No
+    attempt starts with less than `min_attempt_seconds` left (0: the first attempt always starts).
+    """
+
+    deadline: Deadline
+    backoff: Backoff
+    classify: Callable[[Exception], Optional[Failure]]
+    give_up: Callable[[RetryLoop[_Answer]], Exception]
+    on_failure: Callable[[Failure, int], None] = lambda _failure, _attempt: None
+    min_attempt_seconds: float = 0.0
+    attempts: int = 0
+    last: Optional[Failure] = None
+    not_answer: Optional[Failure] = None
+
+    def run(self, attempt: Callable[[], _Answer], check: Callable[[_Answer], _T]) -> _T:
+        """`check` of the first answer it believes; raises give_up(self) once the deadline passes."""
+        while True:
+            if self.deadline.remaining < self.min_attempt_seconds:
+                raise self.give_up(self)
+            self.attempts += 1
+            try:
+                answer = attempt()
+            except NotServiceAnswer as bad:
+                failure = Failure(Kind.NOT_ANSWER, bad.reason, bad.request)
+            except Exception as error:
+                classified = self.classify(error)
+                if classified is None:
+                    raise
+                failure = classified
+            else:
+                try:
+                    return check(answer)
+                except NotServiceAnswer as bad:
+                    failure = Failure(Kind.NOT_ANSWER, bad.reason, bad.request)
+            self.last = failure
+            if failure.kind is Kind.NOT_ANSWER:
+                self.not_answer = failure
+            self.on_failure(failure, self.attempts)
+            if not self.backoff.wait(self.deadline, is_throttled=failure.kind is Kind.THROTTLED):
+                raise self.give_up(self)

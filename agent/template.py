@@ -20,121 +20,33 @@ import jinja2
 from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from agent.envfile import is_valid_key, value_problem
 from agent.errors import ParameterNotFound, TemplateError, ValueNotRepresentable
+from agent.values import (
+    BinaryValue,
+    EnvKey,
+    ParamValue,
+    ValueFilterError,
+    env_name,
+    from_json_tree,
+    json_leaves,
+    origin_of,
+)
 
 # Placeholders cannot collide with template text: templates holding a NUL are refused.
 _SLOT_RE = re.compile("\x00([0-9]+)\x00")
-_ENV_NAME_RE = re.compile(r"[^A-Za-z0-9]+")
 _QUOTES = ("'", '"')
 
 
-class ParamValue(str):
-    """A parameter's value, remembering which parameter it came from (for error messages)."""
+class Carrier(Protocol):
+    """What an output format can carry (agent/formats.py): why a key or value cannot be written, or None."""
 
-    source: str
+    @property
+    def key_problem(self) -> Callable[[str], Optional[str]]:
+        """Why `key` cannot name a variable or file of this format."""
 
-    def __new__(cls, value: str, source: str) -> ParamValue:
-        obj = super().__new__(cls, value)
-        obj.source = source
-        return obj
-
-    def __repr__(self) -> str:
-        return f"<value of {self.source}>"
-
-
-class EnvKey(str):
-    """A variable name made by `env_name`: the only expression output allowed in key position."""
-
-
-class ValueFilterError(Exception):
-    """A filter refused a value; the message names the parameter and field, never the value."""
-
-
-class BinaryValue(bytes):
-    """Bytes made by `b64decode`: they go into an output as they are, never through str()."""
-
-    source: str
-
-    def __new__(cls, data: bytes, source: str) -> BinaryValue:
-        obj = super().__new__(cls, data)
-        obj.source = source
-        return obj
-
-    def __repr__(self) -> str:
-        return f"<bytes of {self.source}>"
-
-    def __str__(self) -> str:
-        # Jinja's `~` and most filters call str(): b'...' would silently become the value.
-        raise ValueFilterError(
-            f"the bytes b64decode made from {self.source} cannot be joined into text: write "
-            "{{ ... | b64decode }} as its own expression"
-        )
-
-
-class JsonObject(dict):  # type: ignore[type-arg]
-    """A JSON object from `from_json`: a missing field is an error naming the parameter and the field."""
-
-    where: str
-
-    def __getitem__(self, key: Any) -> Any:
-        try:
-            return super().__getitem__(key)
-        except (KeyError, TypeError):
-            raise ValueFilterError(f"{self.where} has no field {json.dumps(str(key))}") from None
-
-    def __str__(self) -> str:
-        return json.dumps(self, ensure_ascii=False, separators=(",", ":"))
-
-
-class JsonArray(list):  # type: ignore[type-arg]
-    """A JSON array from `from_json`: an index past its end is an error naming the parameter."""
-
-    where: str
-
-    def __getitem__(self, index: Any) -> Any:
-        try:
-            return super().__getitem__(index)
-        except (IndexError, TypeError):
-            raise ValueFilterError(f"{self.where} has no item {index!r}") from None
-
-    def __str__(self) -> str:
-        return json.dumps(self, ensure_ascii=False, separators=(",", ":"))
-
-
-@dataclass(frozen=True)
-class Carrier:
-    """What an output format can carry: the reason a key or value cannot be written, or None."""
-
-    key_problem: Callable[[str], Optional[str]]
-    value_problem: Callable[[str, str, Optional[bytes]], Optional[str]]
-
-
-def _text_key_problem(key: str) -> Optional[str]:
-    if is_valid_key(key):
-        return None
-    return f"{key!r} is not a valid variable name (letters, digits, _; not starting with a digit)"
-
-
-def _text_value_problem(key: str, value: str, raw: Optional[bytes]) -> Optional[str]:
-    if raw is not None and not _is_utf8(raw):
-        return (
-            "is binary (b64decode made bytes that are not UTF-8 text), which no environment or text "
-            'file carries exactly: use format = "credentials"'
-        )
-    return value_problem(value, key)
-
-
-# env, dotenv and json: variables an environment (or a text file) can hold.
-TEXT_CARRIER = Carrier(key_problem=_text_key_problem, value_problem=_text_value_problem)
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+    @property
+    def value_problem(self) -> Callable[[str, str, Optional[bytes]], Optional[str]]:
+        """Why (key, text, exact bytes if binary) cannot be carried, never quoting the value."""
 
 
 class Resolver(Protocol):
@@ -171,17 +83,6 @@ class Assignment:
         return self.raw if self.raw is not None else self.value.encode("utf-8")
 
 
-def env_name(name: str) -> EnvKey:
-    """`/prod/app/db-url` -> `DB_URL`: the last path segment, upper case, non-alphanumerics as `_`."""
-    last = str(name).rstrip("/").rsplit("/", 1)[-1]
-    key = _ENV_NAME_RE.sub("_", last).strip("_").upper()
-    if key[:1].isdigit():
-        key = "_" + key
-    if not is_valid_key(key):
-        raise TemplateError(f"env_name cannot make a variable name from {name!r}")
-    return EnvKey(key)
-
-
 def _const_str(node: nodes.Node) -> Optional[str]:
     if isinstance(node, nodes.Const) and isinstance(node.value, str):
         return node.value
@@ -198,37 +99,6 @@ def _const_bool(call: nodes.Call) -> Optional[bool]:
     return False
 
 
-def _where(value: Any) -> str:
-    return value.source if isinstance(value, (ParamValue, BinaryValue)) else "an expression"
-
-
-def _from_json_tree(node: Any, where: str) -> Any:
-    """JSON objects and arrays that name `where` when a field is missing; scalars as ParamValue text."""
-    if isinstance(node, dict):
-        obj = JsonObject(
-            (key, _from_json_tree(item, f"{where}[{json.dumps(key)}]")) for key, item in node.items()
-        )
-        obj.where = where
-        return obj
-    if isinstance(node, list):
-        array = JsonArray(_from_json_tree(item, f"{where}[{index}]") for index, item in enumerate(node))
-        array.where = where
-        return array
-    # A number, true, false or null gives its JSON text, exactly as the secret spells it.
-    return ParamValue(node if isinstance(node, str) else json.dumps(node), where)
-
-
-def _json_leaves(node: Any) -> Iterator[str]:
-    if isinstance(node, dict):
-        for item in node.values():
-            yield from _json_leaves(item)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _json_leaves(item)
-    else:
-        yield str(node)
-
-
 @dataclass
 class _RenderState:
     resolver: Resolver
@@ -236,7 +106,6 @@ class _RenderState:
     slots: list[Union[str, bytes]] = field(default_factory=list)
     slot_sources: list[tuple[str, ...]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
-    used: dict[str, ParamValue] = field(default_factory=dict)
 
 
 class CompiledTemplate:
@@ -247,7 +116,6 @@ class CompiledTemplate:
             raise TemplateError(f"{filename} contains a NUL byte: it is not a text template")
         self.filename = filename
         self._state: Optional[_RenderState] = None
-        self._carrier = TEXT_CARRIER
         self._env = ImmutableSandboxedEnvironment(
             undefined=jinja2.StrictUndefined,
             autoescape=False,
@@ -302,7 +170,6 @@ class CompiledTemplate:
                 return default
             state.missing.append(selector)
             return ParamValue("", selector)
-        state.used[selector] = value
         return value
 
     def _params(self, path: str, recursive: bool = False) -> Mapping[str, ParamValue]:
@@ -310,37 +177,36 @@ class CompiledTemplate:
         if not isinstance(path, str) or not path.startswith("/"):
             raise TemplateError(f"params() needs a path starting with '/', not {path!r}")
         found = state.resolver.get_path(path, bool(recursive))
-        state.used.update(found)
         return dict(sorted(found.items()))
 
     def _from_json(self, value: Any) -> Any:
-        where = _where(value)
+        origin = origin_of(value)
         if isinstance(value, BinaryValue):
-            raise ValueFilterError(f"from_json takes text, not the bytes b64decode made from {where}")
+            raise ValueFilterError(f"from_json takes text, not the bytes b64decode made from {origin}")
         try:
             parsed = json.loads(str(value))
         except ValueError:
             # json's message would quote the text around the error: never show it.
-            raise ValueFilterError(f"the value of {where} is not JSON (from_json)") from None
+            raise ValueFilterError(f"the value of {origin} is not JSON (from_json)") from None
         remember = self._current().remember
-        for leaf in _json_leaves(parsed):  # each field is as secret as the whole value
+        for leaf in json_leaves(parsed):  # each field is as secret as the whole value
             remember(leaf)
-        return _from_json_tree(parsed, where)
+        return from_json_tree(parsed, origin)
 
     def _b64decode(self, value: Any) -> BinaryValue:
-        where = _where(value)
+        origin = origin_of(value)
         if isinstance(value, bytes):
-            raise ValueFilterError(f"b64decode takes text, not bytes (from {where})")
+            raise ValueFilterError(f"b64decode takes text, not bytes (from {origin})")
         # Line breaks and spaces are how base64 is usually wrapped; anything else must be base64.
         compact = re.sub(r"[ \t\r\n]+", "", str(value))
         try:
             data = base64.b64decode(compact.encode("ascii"), validate=True)
         except (binascii.Error, UnicodeEncodeError):
             raise ValueFilterError(
-                f"the value of {where} is not base64 (b64decode takes A-Z a-z 0-9 + / and = padding)"
+                f"the value of {origin} is not base64 (b64decode takes A-Z a-z 0-9 + / and = padding)"
             ) from None
         self._current().remember(data.decode("utf-8", "replace"))
-        return BinaryValue(data, where)
+        return BinaryValue(data, origin)
 
     def _finalize(self, value: Any) -> str:
         if isinstance(value, EnvKey):
@@ -365,17 +231,18 @@ class CompiledTemplate:
         self,
         resolver: Resolver,
         *,
+        carrier: Carrier,
         redact: Callable[[str], str] = lambda s: s,
         remember: Callable[[str], None] = lambda _value: None,
-        carrier: Carrier = TEXT_CARRIER,
     ) -> list[Assignment]:
         """Render into ordered assignments; every missing parameter is reported at once.
 
-        `remember` is handed every value an expression produced and every JSON field read, so
-        that the logs can redact them; `carrier` says which keys and values the output takes.
+        `carrier` (the service's entry in agent/formats.py) says which keys and values the output
+        takes: each line is checked once, here, where its line and sources are known. `remember` is
+        handed every value an expression produced and every JSON field read, so that the logs can
+        redact them.
         """
         self._state = state = _RenderState(resolver=resolver, remember=remember)
-        self._carrier = carrier
         try:
             text = self._template.render()
         except jinja2.TemplateError as exc:  # undefined names, sandbox refusals
@@ -393,10 +260,9 @@ class CompiledTemplate:
             self._state = None
         if state.missing:
             raise ParameterNotFound(state.missing)
-        self.used = state.used
-        return list(self._split_lines(text, state))
+        return list(self._split_lines(text, state, carrier))
 
-    def _split_lines(self, text: str, state: _RenderState) -> Iterator[Assignment]:
+    def _split_lines(self, text: str, state: _RenderState, carrier: Carrier) -> Iterator[Assignment]:
         seen: dict[str, int] = {}
         for number, raw in enumerate(text.split("\n"), start=1):
             line = raw.rstrip("\r").strip(" \t")
@@ -412,7 +278,7 @@ class CompiledTemplate:
                     if sep
                     else f"{where}: expected KEY=value, got a line without '='"
                 )
-            key_problem = self._carrier.key_problem(key)
+            key_problem = carrier.key_problem(key)
             if key_problem:
                 raise TemplateError(f"{where}: {key_problem}")
             if key in seen:
@@ -426,7 +292,7 @@ class CompiledTemplate:
                 )
             sources: list[str] = []
             value, binary = _fill_slots(rest, state, sources)
-            problem = self._carrier.value_problem(key, value, binary)
+            problem = carrier.value_problem(key, value, binary)
             if problem:
                 origin = f" (from {', '.join(sources)})" if sources else ""
                 raise ValueNotRepresentable(f"{where}: the value of {key}{origin} {problem}")

@@ -10,9 +10,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Optional
 
-from agent.envfile import parse_env
 from bench.measure import Series, Spawner
 from bench.stack import Emulator, named_template, parameter_names
+from devtools.systemd_envfile import parse_env
 from tests.integration.moto_server import CannedResponse, Responder, aws_json_error
 
 SIZES = (10, 100)

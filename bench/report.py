@@ -93,6 +93,14 @@ def render(results: Results) -> str:
     _storm(results, add)
     fleet.report(results.fleet_results, add)
     add(checks.render_section(results.check_costs, results.check_note))
+    add(
+        checks.render_section(
+            results.consolidation_costs,
+            results.consolidation_note,
+            title=checks.CONSOLIDATION_TITLE,
+            before=checks.CONSOLIDATION_BEFORE,
+        )
+    )
     _memory(results, add)
     _levers(results, add)
     rotation.report(results.rotation, add)
@@ -257,7 +265,8 @@ def _floor(results: Results, add: Callable[[str], None]) -> None:
     for size, stages in results.profiles.items():
         total = results.profile_totals[size]
         emit(
-            f"Profile of one render, N={size} (`python -m bench.instrumented`: the real `agent.cli.main` "
+            f"Profile of one render, N={size} (`python -m bench.instrumented`: the agent's own "
+            "`agent.render.render` "
             f"with timestamps at each stage; median of each stage; total {total:.0f} ms):"
         )
         emit("")

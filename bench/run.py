@@ -18,12 +18,12 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
-from agent.envfile import parse_env
 from bench import checks, fleet, levers, report, rotation, selfcontained
 from bench.fallback import FallbackResults, GetParametersDenial, fallback_calls_per_agent, measure_fallback
 from bench.measure import Series, Spawner
@@ -49,6 +49,7 @@ from bench.storm import (
     run_storm,
     storm_env_file,
 )
+from devtools.systemd_envfile import parse_env
 
 SIZES = (3, 10, 100, 1000)
 BENCH_DIR = Path(__file__).resolve().parent
@@ -98,6 +99,8 @@ class Results:
     fleet_results: Optional[fleet.FleetResults] = None
     check_costs: list[checks.BeforeAfter] = field(default_factory=list)
     check_note: str = "not run"
+    consolidation_costs: list[checks.BeforeAfter] = field(default_factory=list)
+    consolidation_note: str = "not run"
     rotation: Optional[rotation.RotationResults] = None
     selfcontained: Optional[selfcontained.SelfContainedResults] = None
     violations: list[str] = field(default_factory=list)
@@ -182,6 +185,15 @@ def _prepare(emulator: Emulator) -> dict[str, str]:
         emulator.write_template(_service("named", size), named_template(names))
         emulator.write_template(_service("path", size), path_template(_prefix(size)))
     return values
+
+
+def prepare_named(emulator: Emulator, sizes: Sequence[int]) -> dict[str, int]:
+    """Seed `sizes` parameters each and write their named templates; service name -> size."""
+    for size in sizes:
+        names = parameter_names(_prefix(size), size)
+        emulator.seed(names)
+        emulator.write_template(_service("named", size), named_template(names))
+    return {_service("named", size): size for size in sizes}
 
 
 def _server_min_pages(emulator: Emulator, size: int) -> int:
@@ -361,7 +373,7 @@ def _round_trips(emulator: Emulator, rounds: int = 25) -> dict[str, float]:
 _STAGES = {
     "started": "interpreter start-up",
     "imported": "imports: agent, structlog, requests, jinja2",
-    "compile_end": "template read + compile",
+    "template_end": "template read + compile",
     "imds_end": "IMDS (token, region, credentials)",
     "botocore_imported": "import botocore",
     "ssm_client_end": "SSM client creation",
@@ -500,8 +512,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         try:
             _measure_renders(runner, options)
             print("answer checks: cold renders before and after", flush=True)
-            results.check_costs, results.check_note = checks.measure(
-                emulator, spawner, {_service("named", 10): 10, _service("named", 1000): 1000}, options.rounds
+            named = {_service("named", 10): 10, _service("named", 1000): 1000}
+            results.check_costs, results.check_note = checks.measure(emulator, spawner, named, options.rounds)
+            print("consolidation: cold renders before and after", flush=True)
+            results.consolidation_costs, results.consolidation_note = checks.measure(
+                emulator, spawner, named, options.rounds, checks.CONSOLIDATION_REVISION
             )
         finally:
             spawner.close()

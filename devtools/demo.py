@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from agent.envfile import parse_env
 from devtools.fakeimds import FakeImds
+from devtools.systemd_envfile import parse_env
 
 REGION = "eu-west-1"
 ROLE = "demo-app-role"

@@ -19,8 +19,8 @@ from dotenv import dotenv_values
 
 from agent import __version__
 from agent.cli import main
-from agent.envfile import parse_env
 from devtools.fakeimds import FakeImds
+from devtools.systemd_envfile import parse_env
 from tests.integration.moto_server import CannedResponse, RecordingProxy, admin_ssm_client, aws_json_error
 
 HARD_VALUES = {

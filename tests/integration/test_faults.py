@@ -25,12 +25,12 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from agent.cli import main
-from agent.envfile import parse_env
 from agent.errors import ServiceUnavailable
 from agent.output import TMP_PREFIX
 from agent.retry import Backoff, Deadline
 from agent.ssm import SsmClient
 from devtools.fakeimds import FakeImds
+from devtools.systemd_envfile import parse_env
 from tests.integration.faults import (
     BAD_ANSWER_FAULTS,
     HTML_MARKER,

@@ -13,10 +13,10 @@ from pathlib import Path
 import boto3
 import pytest
 
-from agent.envfile import parse_env
 from bench.stack import named_template, parameter_names, random_value
 from bench.storm import ThrottlingResponder, TokenBucket, calls_per_agent, run_fleet
 from devtools.fakeimds import FakeImds
+from devtools.systemd_envfile import parse_env
 from tests.integration.moto_server import RecordingProxy
 
 AGENTS = 8

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
-from agent.envfile import parse_env
+from devtools.systemd_envfile import parse_env
 from tests.integration.iam_world import IamWorld, allow, policy_of, ssm_proxy
 from tests.integration.moto_server import RecordingProxy
 from tests.integration.test_cli import Stack

@@ -14,7 +14,7 @@ from typing import Optional
 import pytest
 
 from agent.cli import main
-from agent.envfile import parse_env
+from devtools.systemd_envfile import parse_env
 from tests.integration.iam_world import IamWorld, allow, policy_of
 from tests.integration.moto_server import CannedResponse, RecordingProxy, admin_ssm_client, aws_json_error
 from tests.integration.test_cli import Stack, stack  # noqa: F401 - the fixture is used below
@@ -318,15 +318,15 @@ def test_an_app_that_does_not_run_costs_no_call_at_all(rotation: Rotation) -> No
 
 
 def test_without_a_record_refresh_fails_and_says_how_to_get_one(rotation: Rotation) -> None:
-    """An app running without state.json (started by an older agent): exit 1 with the fix, no call."""
+    """An app running without state.json (started by an older agent): exit 10 with the fix, no call."""
     rotation.render_db()
     (rotation.stack.output.parent / "state.json").unlink()
     before = len(rotation.proxy.actions)
 
     code, err = rotation.refresh()
 
-    assert code == 1
-    assert "restart the app once" in err
+    assert code == 10
+    assert "start or restart it once (`systemctl restart app.service`" in err
     assert len(rotation.proxy.actions) == before
 
 

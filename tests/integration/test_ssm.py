@@ -18,26 +18,27 @@ from moto_server import CannedResponse, RecordingProxy, admin_ssm_client, aws_js
 from structlog.testing import capture_logs
 
 from agent.answers import (
+    Parameter,
+    check_get_parameter,
+    check_get_parameters,
+    check_path_page,
+    match_parameters,
+)
+from agent.errors import AccessDenied, AgentError, CredentialsError, ServiceUnavailable, TemplateError
+from agent.retry import Backoff, Deadline, NotServiceAnswer
+from agent.selectors import parse_selector
+from agent.ssm import SsmClient
+from agent.ssm_errors import (
     ACCESS_DENIED_ERROR_CODES,
     CREDENTIALS_ERROR_CODES,
     KMS_ERROR_CODES,
     THROTTLING_ERROR_CODES,
     TRANSIENT_ERROR_CODES,
     VALIDATION_ERROR_CODES,
-    NotSsmAnswer,
-    Parameter,
-    check_get_parameter,
-    check_get_parameters,
-    check_path_page,
     denies_action,
     is_retryable_error,
     map_client_error,
-    match_parameters,
-    split_selector,
 )
-from agent.errors import AccessDenied, AgentError, CredentialsError, ServiceUnavailable, TemplateError
-from agent.retry import Backoff, Deadline
-from agent.ssm import SsmClient
 
 REGION = "us-east-1"
 CREDENTIALS = ("AKIDTESTTESTTESTTEST", "test-secret-key", "test-session-token")
@@ -270,7 +271,8 @@ def test_mapped_messages_carry_no_aws_text() -> None:
 )
 def test_split_selector(selector: str, expected: tuple[str, str]) -> None:
     """A selector splits into name and ":version"/":label", ARN colons included in the name."""
-    assert split_selector(selector) == expected
+    parsed = parse_selector(selector)
+    assert (parsed.name, parsed.suffix) == expected
 
 
 def test_parameter_repr_hides_the_value() -> None:
@@ -325,7 +327,7 @@ def test_match_reports_labels_it_cannot_tell_apart() -> None:
 
 def test_match_refuses_an_answer_that_leaves_a_selector_unaccounted_for() -> None:
     """A selector neither answered nor listed as invalid makes the answer not SSM's, never "missing"."""
-    with pytest.raises(NotSsmAnswer, match="/b neither answered nor listed as invalid"):
+    with pytest.raises(NotServiceAnswer, match="/b neither answered nor listed as invalid"):
         match_parameters(["/a", "/b"], [answer("/a", 1, "va")], [])
 
 
@@ -701,7 +703,7 @@ def test_get_parameters_answers_that_do_not_account_for_every_name_are_refused(
     response: dict[str, Any], reason: str
 ) -> None:
     """A GetParameters answer must account for every name asked for, well formed, and for nothing else."""
-    with pytest.raises(NotSsmAnswer, match=re.escape(reason)):
+    with pytest.raises(NotServiceAnswer, match=re.escape(reason)):
         check_get_parameters(["/a", "/b"], response)
 
 
@@ -732,7 +734,7 @@ def test_path_pages_that_are_not_ssms_are_refused(
     response: dict[str, Any], recursive: bool, reason: str
 ) -> None:
     """A GetParametersByPath page needs a Parameters list of well-formed entries under the path."""
-    with pytest.raises(NotSsmAnswer, match=re.escape(reason)):
+    with pytest.raises(NotServiceAnswer, match=re.escape(reason)):
         check_path_page("/p", recursive=recursive, response=response)
 
 
@@ -756,7 +758,7 @@ def test_get_parameter_answers_must_name_the_parameter_asked_for(
     response: dict[str, Any], reason: str
 ) -> None:
     """A GetParameter answer holds one well-formed parameter, the one asked for."""
-    with pytest.raises(NotSsmAnswer, match=re.escape(reason)):
+    with pytest.raises(NotServiceAnswer, match=re.escape(reason)):
         check_get_parameter("/x:3", response)
     assert check_get_parameter("/x:3", {"Parameter": good("/x", "v3", 3)}).value == "v3"
 

@@ -20,8 +20,8 @@ from typing import Any, Callable, Optional
 import boto3
 import pytest
 
-from agent.envfile import parse_env
 from devtools.fakeimds import FakeImds
+from devtools.systemd_envfile import parse_env
 from tests import readme_quickstart
 from tests.hard_values import hard_values, template_lines, tier_for
 from tests.integration.moto_server import RecordingProxy

@@ -12,8 +12,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from agent.envfile import parse_env
 from devtools.fakeimds import FakeImds
+from devtools.systemd_envfile import parse_env
 from tests.packaging.conftest import Artefacts
 
 # pip fetches boto3, requests, jinja2 and structlog from PyPI (or its cache): a minute at most.

@@ -82,11 +82,14 @@ def test_doctor_finds_a_missing_dropin_then_a_loaded_one(machine: Machine, new_a
     assert result.returncode == 1
     assert f"passed  agent unit: secrets-agent@{bare.name}.service is loaded" in out
     assert (
-        f"failed  drop-in: {bare.unit} has no secrets-agent.conf drop-in loaded: "
-        f"run `secrets-agent enable {bare.name}`" in out
+        f"failed  drop-in: {bare.unit} has no secrets-agent.conf drop-in loaded "
+        f"(expected /etc/systemd/system/{bare.unit}.d/secrets-agent.conf, with "
+        f"EnvironmentFile=/run/secrets-agent/{bare.name}/env): run `secrets-agent enable {bare.name}`" in out
     )
     behind = new_app("withdropin")
     behind.write_template("A=1\n")
     out = machine.run(*doctor, "doctor", behind.name, check=False).stdout.decode()
     assert f"/etc/systemd/system/{behind.unit}.d/secrets-agent.conf is loaded for {behind.unit}" in out
-    assert f"passed  drop-in file: {behind.unit} reads /run/secrets-agent/{behind.name}/env" in out
+    assert (
+        f"passed  drop-in file: {behind.unit} has EnvironmentFile=/run/secrets-agent/{behind.name}/env" in out
+    )

@@ -1,4 +1,4 @@
-"""agent.ssm.create_client: botocore's models, with a Loader that lists only the one service asked for."""
+"""agent.aws.create_client: botocore's models, with a Loader that lists only the one service asked for."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import UnknownServiceError
 
-from agent.ssm import create_client
+from agent.aws import create_client
 
 ENDPOINT = "http://127.0.0.1:9"
 

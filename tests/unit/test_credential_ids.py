@@ -8,14 +8,15 @@ import pytest
 
 from agent.credentials import (
     CREDENTIAL_MAX_BYTES,
-    CREDENTIALS_CARRIER,
     CREDENTIALS_TOTAL_MAX_BYTES,
     credential_id,
     encode_credentials,
     key_problem,
 )
 from agent.errors import TemplateError, ValueNotRepresentable
-from agent.template import Assignment, ParamValue, compile_template
+from agent.formats import FORMATS
+from agent.template import Assignment, compile_template
+from agent.values import ParamValue
 
 
 def _a(key: str, value: str = "v", raw: Optional[bytes] = None) -> Assignment:
@@ -70,9 +71,12 @@ def test_values_are_exact_bytes_and_binary_stays_binary() -> None:
 
 
 def test_one_value_over_a_mebibyte_is_named() -> None:
-    """A single value over 1 MiB is refused naming its key and systemd's limit."""
-    with pytest.raises(ValueNotRepresentable, match=f"the value of BIG is {CREDENTIAL_MAX_BYTES + 1} bytes"):
-        encode_credentials([_a("BIG", raw=b"x" * (CREDENTIAL_MAX_BYTES + 1))])
+    """A single value over 1 MiB is refused at render, naming its key, its line and systemd's limit."""
+    big = CREDENTIAL_MAX_BYTES + 1
+    with pytest.raises(ValueNotRepresentable, match=f"rendered line 1: the value of BIG .*is {big} bytes"):
+        compile_template("BIG={{ param('/x') }}\n", "t.env.j2").render(
+            _Big(big), carrier=FORMATS["credentials"]
+        )
 
 
 def test_total_counts_values_and_ids_up_to_exactly_one_mebibyte() -> None:
@@ -89,10 +93,15 @@ def test_total_counts_values_and_ids_up_to_exactly_one_mebibyte() -> None:
     assert "A (600009 bytes), B (" in message
 
 
-def test_an_invalid_key_is_refused_before_anything_else() -> None:
-    """encode_credentials names the key that cannot be an id."""
-    with pytest.raises(ValueNotRepresentable, match="'a/b' cannot be a credential id"):
-        encode_credentials([_a("OK"), _a("a/b")])
+class _Big:
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def get(self, selector: str) -> Optional[ParamValue]:
+        return ParamValue("x" * self.size, selector)
+
+    def get_path(self, path: str, recursive: bool) -> dict[str, ParamValue]:
+        return {}
 
 
 class _One:
@@ -109,16 +118,16 @@ class _One:
 )
 def test_credentials_accept_keys_an_environment_would_not(line: str, key: str) -> None:
     """With the credentials carrier a template key may be any valid id, such as a file name."""
-    [assignment] = compile_template(line, "t.env.j2").render(_One(), carrier=CREDENTIALS_CARRIER)
+    [assignment] = compile_template(line, "t.env.j2").render(_One(), carrier=FORMATS["credentials"])
     assert assignment.key == key
 
     with pytest.raises(TemplateError, match="is not a valid variable name"):
-        compile_template(line, "t.env.j2").render(_One())
+        compile_template(line, "t.env.j2").render(_One(), carrier=FORMATS["env"])
 
 
 def test_credentials_refuse_an_invalid_id_at_render_naming_the_line() -> None:
     """A key that cannot be an id fails at render, naming the rendered line and the key."""
     with pytest.raises(TemplateError, match=r"rendered line 2: 'a:b' cannot be a credential id"):
         compile_template("A=1\na:b={{ param('/x') }}\n", "t.env.j2").render(
-            _One(), carrier=CREDENTIALS_CARRIER
+            _One(), carrier=FORMATS["credentials"]
         )

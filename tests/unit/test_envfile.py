@@ -27,17 +27,35 @@ from hypothesis import strategies as st
 from agent.envfile import (
     _PY_OR_JS_SPACE,
     KEY_RE,
-    EnvFileRejected,
     _dotenv_candidates,
     encode_dotenv,
     encode_env,
     encode_json,
     is_valid_key,
     max_value_bytes,
-    parse_env,
     value_problem,
 )
 from agent.errors import ValueNotRepresentable
+from agent.formats import FORMATS
+from agent.template import Assignment
+from devtools.systemd_envfile import EnvFileRejected, parse_env
+
+
+def encode_checked(format_name: str, pairs: list[tuple[str, str]]) -> str:
+    """What the agent writes for `pairs` in a format: each key and value checked by the format's
+    entry (as the template's line split does), then encoded."""
+    fmt = FORMATS[format_name]
+    for key, value in pairs:
+        problem = fmt.key_problem(key)
+        if problem:
+            raise ValueNotRepresentable(problem)
+        problem = fmt.value_problem(key, value, None)
+        if problem:
+            raise ValueNotRepresentable(f"the value of {key} {problem}")
+    payload = fmt.encode([Assignment(key=key, value=value, line=n) for n, (key, value) in enumerate(pairs)])
+    assert isinstance(payload, bytes)
+    return payload.decode("utf-8")
+
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "node"
 NODE_DOTENV_VERSIONS = ("dotenv16", "dotenv17", "dotenv18")
@@ -491,7 +509,6 @@ def test_encode_env_longest_value() -> None:
     ("pairs", "message"),
     [
         pytest.param([("9X", "s3cret")], "'9X' is not a valid variable name", id="bad-key"),
-        pytest.param([("A", "s3cret"), ("A", "s3cret")], "A is assigned twice", id="repeated-key"),
         pytest.param([("TOKEN", "s3cret\x00")], "the value of TOKEN contains a NUL byte", id="NUL"),
         pytest.param([("TOKEN", "s3cret\udcff")], "the value of TOKEN is not valid UTF-8", id="surrogate"),
         pytest.param([("TOKEN", "s3cret\uffff")], "the value of TOKEN contains a Unicode", id="noncharacter"),
@@ -499,9 +516,9 @@ def test_encode_env_longest_value() -> None:
     ],
 )
 def test_encode_env_refuses(pairs: list[tuple[str, str]], message: str) -> None:
-    """encode_env raises ValueNotRepresentable naming the key and never the value."""
+    """The env format refuses a key or value systemd cannot carry, naming the key and never the value."""
     with pytest.raises(ValueNotRepresentable) as caught:
-        encode_env(pairs)
+        encode_checked("env", pairs)
     assert str(caught.value).startswith(message)
     assert "s3cret" not in str(caught.value)
 
@@ -551,7 +568,7 @@ def test_encode_json_keeps_utf8_and_refuses_surrogates() -> None:
     """Non-ASCII is written as itself; a lone surrogate is refused naming the key only."""
     assert encode_json([("K", "é🔑")]) == '{\n  "K": "é🔑"\n}\n'
     with pytest.raises(ValueNotRepresentable, match="the value of K is not valid UTF-8") as caught:
-        encode_json([("K", "s3cret\ud800")])
+        encode_checked("json", [("K", "s3cret\ud800")])
     assert "s3cret" not in str(caught.value)
 
 
@@ -599,20 +616,20 @@ def test_encode_dotenv_table_read_back(node_dotenv: NodeDotenv, value: str, expe
     ],
 )
 def test_encode_dotenv_refuses(key: str, value: str, message: str) -> None:
-    """encode_dotenv raises ValueNotRepresentable naming the key and why, never the value."""
+    """The dotenv format refuses what no .env quoting carries, naming the key and why, never the value."""
     with pytest.raises(ValueNotRepresentable) as caught:
-        encode_dotenv([(key, value)])
+        encode_checked("dotenv", [(key, value)])
     assert message in str(caught.value)
     assert key in str(caught.value)
     assert "s3cret" not in str(caught.value)
 
 
 def representable_in_dotenv(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The pairs whose value encode_dotenv accepts."""
+    """The pairs whose value the dotenv format accepts."""
     kept = []
     for key, value in pairs:
         try:
-            encode_dotenv([(key, value)])
+            encode_checked("dotenv", [(key, value)])
         except ValueNotRepresentable:
             continue
         kept.append((key, value))
@@ -651,7 +668,7 @@ NAIVE_FORMS: dict[str, Callable[[str], str]] = {
 def test_encode_dotenv_refuses_exactly_what_python_dotenv_expands(value: str) -> None:
     """encode_dotenv refuses a value for ${...} exactly when python-dotenv's own pattern would expand it."""
     try:
-        encode_dotenv([("K", value)])
+        encode_checked("dotenv", [("K", value)])
         refused_for_expansion = False
     except ValueNotRepresentable as exc:
         refused_for_expansion = "${...}" in str(exc)

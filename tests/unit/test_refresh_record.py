@@ -13,7 +13,7 @@ from agent.answers import current_secret_version
 from agent.cli import main
 from agent.errors import AgentError, UsageError
 from agent.refresh import PathListing, RenderRecord, is_fixed_version, selectors_to_check
-from agent.units import (
+from agent.timer import (
     DEFAULT_REFRESH_INTERVAL,
     disable_refresh,
     enable_refresh,

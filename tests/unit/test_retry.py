@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Callable, Optional
 
 import pytest
 
@@ -12,6 +13,10 @@ from agent.retry import (
     THROTTLED_STEP_SECONDS,
     Backoff,
     Deadline,
+    Failure,
+    Kind,
+    NotServiceAnswer,
+    RetryLoop,
     ThrottleMemory,
 )
 
@@ -95,3 +100,105 @@ def test_a_call_let_through_halves_what_the_process_remembers() -> None:
     memory.let_through()
     assert memory.count == 4
     assert memory.throttled() == 5
+
+
+class GaveUp(Exception):
+    """What the loops below raise when the deadline passes."""
+
+
+def _loop(
+    clock: Clock, *, min_attempt_seconds: float = 0.0, throttled_seconds: Optional[float] = None
+) -> RetryLoop[str]:
+    """A loop on a hand-moved clock (each sleep moves it) whose classifier reads OSError as an outage
+    and "throttled" as throttling, and lets everything else through."""
+
+    def sleep(seconds: float) -> None:
+        clock.now += seconds
+
+    def classify(error: Exception) -> Optional[Failure]:
+        if isinstance(error, OSError):
+            return Failure(Kind.THROTTLED if str(error) == "throttled" else Kind.OUTAGE, str(error))
+        return None
+
+    return RetryLoop(
+        deadline=Deadline(1.0, clock=clock, throttled_seconds=throttled_seconds),
+        backoff=Backoff(rng=random.Random(3), sleep=sleep),  # noqa: S311
+        classify=classify,
+        give_up=lambda loop: GaveUp(loop.attempts, loop.last, loop.not_answer),
+        min_attempt_seconds=min_attempt_seconds,
+    )
+
+
+def _failing(errors: list[Exception]) -> Callable[[], str]:
+    """An attempt that raises each of `errors` in turn, then answers "answer"."""
+
+    def attempt() -> str:
+        if errors:
+            raise errors.pop(0)
+        return "answer"
+
+    return attempt
+
+
+def test_classified_failures_are_retried_until_an_answer() -> None:
+    """Outages and answers that are not the service's are retried; the checked answer is returned."""
+    loop = _loop(Clock())
+    errors: list[Exception] = [OSError("refused"), NotServiceAnswer("a page"), OSError("reset")]
+    assert loop.run(_failing(errors), str.upper) == "ANSWER"
+    assert loop.attempts == 4
+    assert loop.not_answer == Failure(Kind.NOT_ANSWER, "a page")
+
+
+def test_an_error_the_classifier_does_not_claim_is_raised_at_the_first_attempt() -> None:
+    """A KeyError from the attempt (not the transport's) propagates at once, without a retry."""
+    loop = _loop(Clock())
+    with pytest.raises(KeyError):
+        loop.run(_failing([KeyError("bug")]), str.upper)
+    assert loop.attempts == 1
+
+
+def test_only_not_service_answer_from_the_check_is_retried() -> None:
+    """The check's NotServiceAnswer is retried; any other error it raises is a bug and propagates."""
+    verdicts: list[Exception] = [NotServiceAnswer("truncated"), KeyError("bug")]
+
+    def check(answer: str) -> str:
+        raise verdicts.pop(0)
+
+    loop = _loop(Clock())
+    with pytest.raises(KeyError):
+        loop.run(_failing([]), check)
+    assert loop.attempts == 2
+
+
+def test_the_deadline_ends_the_loop_with_the_client_error_naming_the_last_failure() -> None:
+    """Outages past the deadline end in give_up, which sees the attempts, the last failure and the last
+    answer not believed."""
+    clock = Clock()
+    loop = _loop(clock)
+    errors: list[Exception] = [NotServiceAnswer("a page"), *[OSError("refused") for _ in range(1000)]]
+    with pytest.raises(GaveUp) as raised:
+        loop.run(_failing(errors), str.upper)
+    attempts, last, not_answer = raised.value.args
+    assert attempts > 2
+    assert last == Failure(Kind.OUTAGE, "refused")
+    assert not_answer == Failure(Kind.NOT_ANSWER, "a page")
+    assert clock.now - 500.0 == pytest.approx(1.0)
+
+
+def test_throttling_runs_to_the_throttled_budget() -> None:
+    """Throttled answers keep the loop going past the short deadline, up to the throttled budget."""
+    clock = Clock()
+    loop = _loop(clock, throttled_seconds=30.0)
+    with pytest.raises(GaveUp):
+        loop.run(_failing([OSError("throttled") for _ in range(1000)]), str.upper)
+    assert clock.now - 500.0 == pytest.approx(30.0)
+
+
+def test_no_attempt_starts_with_less_than_the_minimum_left() -> None:
+    """With min_attempt_seconds above what is left, the loop gives up before its first attempt."""
+    clock = Clock()
+    loop = _loop(clock, min_attempt_seconds=0.05)
+    clock.now += 0.99
+    with pytest.raises(GaveUp) as raised:
+        loop.run(_failing([]), str.upper)
+    assert raised.value.args[0] == 0

@@ -7,7 +7,9 @@ from typing import Optional
 import pytest
 
 from agent.errors import ParameterNotFound, TemplateError, ValueNotRepresentable
-from agent.template import ParamValue, compile_template, env_name
+from agent.formats import FORMATS
+from agent.template import compile_template
+from agent.values import ParamValue, env_name
 
 
 class DictResolver:
@@ -32,7 +34,7 @@ class DictResolver:
 def render(source: str, values: dict[str, str], **paths: dict[str, str]) -> list[tuple[str, str]]:
     template = compile_template(source, "app.env.j2")
     resolver = DictResolver(values, {p.replace("_", "/"): v for p, v in paths.items()})
-    return [(a.key, a.value) for a in template.render(resolver)]
+    return [(a.key, a.value) for a in template.render(resolver, carrier=FORMATS["env"])]
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,10 @@ from typing import Optional
 
 import pytest
 
-from agent.credentials import CREDENTIALS_CARRIER
 from agent.errors import TemplateError, ValueNotRepresentable
-from agent.template import Assignment, Carrier, ParamValue, compile_template
+from agent.formats import FORMATS
+from agent.template import Assignment, Carrier, compile_template
+from agent.values import ParamValue
 
 RDS = "/aws/reference/secretsmanager/prod/rds"
 RDS_SECRET = {
@@ -49,8 +50,7 @@ def _render(
 ) -> list[Assignment]:
     template = compile_template(source, "app.env.j2")
     sink = remembered if remembered is not None else []
-    extra = {"carrier": carrier} if carrier is not None else {}
-    return template.render(Values(values), remember=sink.append, **extra)
+    return template.render(Values(values), remember=sink.append, carrier=carrier or FORMATS["env"])
 
 
 @pytest.mark.parametrize(
@@ -132,7 +132,7 @@ def test_b64decode_gives_exact_bytes_to_credentials() -> None:
     encoded = base64.b64encode(BINARY).decode()
     wrapped = "\n".join(encoded[i : i + 64] for i in range(0, len(encoded), 64))
     [assignment] = _render(
-        'KEYSTORE={{ param("/ks") | b64decode }}\n', {"/ks": wrapped}, carrier=CREDENTIALS_CARRIER
+        'KEYSTORE={{ param("/ks") | b64decode }}\n', {"/ks": wrapped}, carrier=FORMATS["credentials"]
     )
     assert assignment.raw == BINARY
     assert assignment.data == BINARY
@@ -154,7 +154,7 @@ def test_text_around_binary_is_kept_as_utf8() -> None:
     [assignment] = _render(
         'BLOB=é:{{ param("/b") | b64decode }}\n',
         {"/b": base64.b64encode(b"\x00\xff").decode()},
-        carrier=CREDENTIALS_CARRIER,
+        carrier=FORMATS["credentials"],
     )
     assert assignment.data == "é:".encode() + b"\x00\xff"
 
@@ -178,7 +178,7 @@ def test_a_nul_from_b64decode_is_refused_by_env_formats() -> None:
 def test_invalid_base64_is_named_never_shown(value: str) -> None:
     """A value that is not base64 is a template error naming the parameter, not the value."""
     with pytest.raises(TemplateError) as caught:
-        _render('K={{ param("/b") | b64decode }}\n', {"/b": value}, carrier=CREDENTIALS_CARRIER)
+        _render('K={{ param("/b") | b64decode }}\n', {"/b": value}, carrier=FORMATS["credentials"])
     assert str(caught.value).startswith("app.env.j2:1: the value of /b is not base64")
     assert value not in str(caught.value)
 
@@ -186,7 +186,7 @@ def test_invalid_base64_is_named_never_shown(value: str) -> None:
 def test_binary_joined_into_text_is_an_error_not_a_python_repr() -> None:
     """`~` on b64decode's bytes would print b'...': it is refused with the fix instead."""
     with pytest.raises(TemplateError, match="cannot be joined into text"):
-        _render('K={{ "x" ~ (param("/b") | b64decode) }}\n', {"/b": "QUJD"}, carrier=CREDENTIALS_CARRIER)
+        _render('K={{ "x" ~ (param("/b") | b64decode) }}\n', {"/b": "QUJD"}, carrier=FORMATS["credentials"])
 
 
 def test_from_json_of_b64decoded_json_needs_text() -> None:
@@ -201,6 +201,7 @@ def test_a_field_name_taken_from_a_secret_is_redacted_in_the_error() -> None:
     with pytest.raises(TemplateError) as caught:
         template.render(
             Values({RDS: json.dumps(RDS_SECRET), "/key": "topsecretfield"}),
+            carrier=FORMATS["env"],
             redact=lambda text: text.replace("topsecretfield", "[REDACTED]"),
         )
     assert str(caught.value) == f'a.env.j2:1: {RDS} has no field "[REDACTED]"'

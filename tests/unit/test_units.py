@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from agent.errors import OutputError, UsageError
+from agent.systemd import DROPIN_NAME
 from agent.units import (
-    DROPIN_NAME,
     disable_service,
     enable_service,
     render_dropin,

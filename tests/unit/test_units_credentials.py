@@ -10,15 +10,11 @@ import pytest
 
 from agent.cli import main
 from agent.errors import UsageError
-from agent.template import ParamValue, compile_template
-from agent.units import (
-    DROPIN_NAME,
-    disable_service,
-    enable_service,
-    parse_systemd_version,
-    render_dropin,
-    systemd_version,
-)
+from agent.formats import FORMATS
+from agent.systemd import DROPIN_NAME, parse_systemd_version, systemd_version
+from agent.template import compile_template
+from agent.units import disable_service, enable_service, render_dropin
+from agent.values import ParamValue
 
 
 def _image(tmp_path: Path, systemd: Optional[int], libdir: str = "usr/lib/x86_64-linux-gnu/systemd") -> Path:
@@ -176,7 +172,7 @@ def test_the_credentials_starter_template_says_where_the_app_reads_and_renders_n
     assert "/run/secrets-agent/web/credentials/" in text
     assert "$CREDENTIALS_DIRECTORY/secrets_KEY" in text
     assert "EnvironmentFile" not in text
-    assert compile_template(text, "web.env.j2").render(_NoValues()) == []
+    assert compile_template(text, "web.env.j2").render(_NoValues(), carrier=FORMATS["credentials"]) == []
 
 
 class _NoValues:

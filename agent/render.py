@@ -1,0 +1,270 @@
+"""The render pipeline, as functions of their inputs: settings -> AWS access (IMDS) -> parameters
+(SSM) -> assignments (template, checked by the format) -> payload (the format's bytes) -> files.
+
+`prepare` does everything but the write and returns a `Rendered`; `write` puts it on tmpfs and records
+what it used. `render`, `check`, `refresh` and the bench all go through here: nothing else runs a
+stage, and a caller times the stages by passing `stages`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import structlog
+
+from agent.answers import Parameter
+from agent.config import AgentSettings, ServiceSettings
+from agent.errors import AgentError, ConfigError
+from agent.formats import Format, Payload, format_of
+from agent.imds import ImdsClient
+from agent.log import REDACTOR
+from agent.notify import StatusNotifier
+from agent.output import Ownership, remove_secret_file, resolve_ownership
+from agent.refresh import RenderRecord, make_record, write_record
+from agent.retry import Deadline
+from agent.secret_folder import remove_secret_folder
+from agent.ssm import SsmClient
+from agent.template import Assignment, CompiledTemplate, compile_template
+from agent.values import ParamValue
+
+log = structlog.get_logger("secrets-agent")
+
+# A stage's name -> a context manager around it ("template", "imds", "ssm_client", "ssm_fetch",
+# "render", "encode", "write"); the bench passes one that notes the time, everyone else none.
+Stages = Callable[[str], AbstractContextManager[None]]
+
+
+def no_stages(_stage: str) -> AbstractContextManager[None]:
+    """Stages nobody times."""
+    return contextlib.nullcontext()
+
+
+# -- inputs: the template, AWS access, the SSM client -----------------------------------------
+
+
+def read_template(service: ServiceSettings) -> CompiledTemplate:
+    """NAME.env.j2, read and compiled; a missing, unreadable or non-UTF-8 file names the fix."""
+    path = service.template_path
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no template for {service.name}: create {path} "
+            f"(`secrets-agent enable {service.name}` writes a starter)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read {path} ({exc.strerror}): make it a regular file the agent can read "
+            "(owned by root, mode 0640), then run the command again"
+        ) from None
+    try:
+        source = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+    return compile_template(source, str(path))
+
+
+@dataclass(frozen=True)
+class AwsAccess:
+    """The region, the credentials (None: botocore's default chain) and the instance role, if any."""
+
+    region: str
+    credentials: Optional[tuple[str, str, str]] = field(repr=False)
+    role: Optional[str]
+
+
+def aws_access(settings: AgentSettings, deadline: Deadline) -> AwsAccess:
+    """The region and credentials every AWS call uses: IMDSv2's role, unless the settings say otherwise."""
+    region = settings.region
+    credentials = settings.env_credentials
+    role: Optional[str] = None
+    if not settings.use_default_credential_chain:
+        with ImdsClient(settings.imds_endpoint, deadline) as imds:
+            if region is None:
+                region = imds.region()
+            creds = imds.role_credentials()
+        for secret in (creds.secret_access_key, creds.token):
+            REDACTOR.add(secret)
+        credentials = (creds.access_key_id, creds.secret_access_key, creds.token)
+        role = creds.role
+        log.info("imds_credentials_received", role=role, region=region)
+    elif region is None:
+        raise ConfigError(
+            "no AWS region: set AWS_REGION, or region in agent.toml (IMDS is not used when "
+            "AWS_EC2_METADATA_DISABLED=true or AWS credentials are in the environment)"
+        )
+    return AwsAccess(region=region, credentials=credentials, role=role)
+
+
+def ssm_client(settings: AgentSettings, deadline: Deadline, access: AwsAccess) -> SsmClient:
+    """The one SSM client a command uses, with the agent's deadline and systemd status lines."""
+    return SsmClient(
+        region=access.region,
+        endpoint_url=settings.ssm_endpoint,
+        credentials=access.credentials,
+        deadline=deadline,
+        role=access.role,
+        on_status=StatusNotifier(settings.notify_socket).status,
+    )
+
+
+def service_deadline(service: ServiceSettings) -> Deadline:
+    """The outage deadline and the throttled budget NAME's settings give one run."""
+    return Deadline(service.deadline_seconds, throttled_seconds=service.throttle_deadline_seconds)
+
+
+# -- parameters ---------------------------------------------------------------------------------
+
+
+class FetchedResolver:
+    """Serves prefetched values to the template; anything it computes at render time is fetched then.
+
+    It also keeps what the render used, for the record: each selector's parameter, the selectors SSM
+    does not have, and each path's listing.
+    """
+
+    def __init__(
+        self, client: SsmClient, found: Mapping[str, Parameter], missing: Sequence[str], stages: Stages
+    ) -> None:
+        self._client = client
+        self._stages = stages
+        self._found = {selector: self._wrap(p) for selector, p in found.items()}
+        self._missing = set(missing)
+        self._paths: dict[tuple[str, bool], dict[str, ParamValue]] = {}
+        self.parameters: dict[str, Parameter] = dict(found)
+        self.by_selector: dict[str, Parameter] = dict(found)
+        self.listings: dict[tuple[str, bool], dict[str, int]] = {}
+
+    @staticmethod
+    def _wrap(parameter: Parameter) -> ParamValue:
+        REDACTOR.add(parameter.value)
+        return ParamValue(parameter.value, parameter.name)
+
+    def prefetch_path(self, path: str, recursive: bool) -> None:
+        """List `path` now, before rendering."""
+        with self._stages("ssm_fetch"):
+            found = self._client.fetch_path(path, recursive=recursive)
+        self._paths[(path, recursive)] = {p.name: self._wrap(p) for p in found}
+        self.listings[(path, recursive)] = {p.name: p.version for p in found}
+        for p in found:
+            self.parameters.setdefault(p.name, p)
+
+    def get(self, selector: str) -> Optional[ParamValue]:
+        """The value for `selector` (fetched now if the template computed its name), None if absent."""
+        if selector not in self._found and selector not in self._missing:
+            log.debug("ssm_computed_parameter", parameter=selector)
+            found, missing = self._client.fetch([selector])
+            self._missing.update(missing)
+            for key, p in found.items():
+                self._found[key] = self._wrap(p)
+                self.parameters[key] = p
+                self.by_selector[key] = p
+        return self._found.get(selector)
+
+    def get_path(self, path: str, recursive: bool) -> dict[str, ParamValue]:
+        """Every parameter under `path`, by full name."""
+        if (path, recursive) not in self._paths:
+            self.prefetch_path(path, recursive)
+        return self._paths[(path, recursive)]
+
+    @property
+    def missing(self) -> list[str]:
+        """Selectors SSM does not have (a default= covered them)."""
+        return sorted(self._missing)
+
+
+# -- the pipeline -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A complete render not yet written: what `check` shows, what `write` puts on tmpfs."""
+
+    service: ServiceSettings
+    format: Format
+    assignments: list[Assignment]
+    payload: Payload = field(repr=False)
+    # Every parameter the render read, by selector (or by name for a path's): never printed whole.
+    parameters: dict[str, Parameter] = field(repr=False)
+    record: RenderRecord
+    ssm_calls: int
+    started: float
+
+
+def prepare(settings: AgentSettings, service: ServiceSettings, *, stages: Stages = no_stages) -> Rendered:
+    """Everything a render does but the write: fetch (decrypted), render, check and encode.
+
+    Raises the AgentError a render would; nothing is written, so a failure leaves every file as it was.
+    """
+    started = time.monotonic()
+    fmt = format_of(service)
+    with stages("template"):
+        template = read_template(service)
+    needs = template.requirements
+    deadline = service_deadline(service)
+    with stages("imds"):
+        access = aws_access(settings, deadline)
+    with stages("ssm_client"):
+        client = ssm_client(settings, deadline, access)
+    with stages("ssm_fetch"):
+        found, missing = client.fetch(needs.names) if needs.names else ({}, [])
+    resolver = FetchedResolver(client, found, missing, stages)
+    for path, recursive in needs.paths:
+        resolver.prefetch_path(path, recursive)
+    with stages("render"):
+        assignments = template.render(resolver, carrier=fmt, redact=REDACTOR.redact, remember=REDACTOR.add)
+    with stages("encode"):
+        payload = fmt.encode(assignments)
+    return Rendered(
+        service=service,
+        format=fmt,
+        assignments=assignments,
+        payload=payload,
+        parameters=resolver.parameters,
+        record=make_record(service.name, resolver.by_selector, resolver.missing, resolver.listings),
+        ssm_calls=client.calls_done,
+        started=started,
+    )
+
+
+def write(rendered: Rendered, ownership: Ownership, *, stages: Stages = no_stages) -> Path:
+    """Put a prepared render in place atomically, then record what it used; returns the path written."""
+    service = rendered.service
+    with stages("write"):
+        path = rendered.format.write(service, rendered.payload, ownership)
+    try:
+        write_record(service, rendered.record, ownership)
+    except AgentError as exc:
+        # The file is complete and the app can start; only refresh loses its point of comparison.
+        log.warning("state_not_recorded", error=exc.message)
+    log.info(
+        "rendered",
+        path=str(path),
+        variables=len(rendered.assignments),
+        parameters=len(rendered.parameters),
+        seconds=round(time.monotonic() - rendered.started, 3),
+    )
+    return path
+
+
+def render(settings: AgentSettings, service: ServiceSettings, *, stages: Stages = no_stages) -> Rendered:
+    """Fetch, render and write NAME's secrets: the file is complete, or the earlier one is untouched."""
+    # An unknown owner fails before any secret is fetched.
+    ownership = resolve_ownership(service.owner, service.group)
+    rendered = prepare(settings, service, stages=stages)
+    write(rendered, ownership, stages=stages)
+    return rendered
+
+
+def clean(service: ServiceSettings) -> bool:
+    """Remove NAME's rendered files of every format and its record; True if anything was there."""
+    # The credentials folder first: the env file's removal takes the service's folder once it is empty.
+    removed = remove_secret_folder(service.credentials_dir)
+    removed = remove_secret_file(service.state_path) or removed  # names and versions, never a value
+    return remove_secret_file(service.output_path) or removed
