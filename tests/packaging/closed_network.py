@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,6 +47,9 @@ class ClosedNetwork:
         return Path("/run/netns") / self.name
 
 
+APT_INSTALL = Path(__file__).resolve().parents[2] / "packaging" / "apt-install.sh"
+
+
 def _ip(*argv: str) -> None:
     subprocess.run(["ip", *argv], check=True, capture_output=True, timeout=30)
 
@@ -53,6 +57,8 @@ def _ip(*argv: str) -> None:
 @contextlib.contextmanager
 def closed_network() -> Iterator[ClosedNetwork]:
     """A namespace whose only link leads to this host, made for the session and removed after."""
+    if shutil.which("ip") is None:
+        subprocess.run(["bash", str(APT_INSTALL), "iproute2"], check=True, timeout=600)
     number = os.getpid() % 250 + 1
     name = f"sa-closed-{os.getpid()}"
     host_link, container_link = f"sa{number}h", f"sa{number}c"

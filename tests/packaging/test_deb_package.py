@@ -53,6 +53,7 @@ EXPECTED_DEB_ENTRIES = {
     ("-rw-r--r--", DOC + "examples/app.service.d/secrets-agent.conf"),
     ("-rw-r--r--", DOC + "examples/user-data.yaml"),
     ("-rw-r--r--", DOC + "examples/user-data-wheel.yaml"),
+    ("-rw-r--r--", DOC + "examples/user-data-offline.yaml"),
     ("drwxr-xr-x", "./usr/share/man/"),
     ("drwxr-xr-x", "./usr/share/man/man1/"),
     ("-rw-r--r--", "./usr/share/man/man1/secrets-agent.1.gz"),
