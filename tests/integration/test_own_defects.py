@@ -192,7 +192,7 @@ def test_a_body_botocore_never_reads_ends_as_not_ssms_answer() -> None:
         RecordingProxy(None, lambda _index, _action: UNREADABLE) as proxy,
         pytest.raises(ServiceUnavailable) as raised,
     ):
-        _client(proxy.url, 0.5).fetch_path("/od/paged", recursive=False)
+        _client(proxy.url, 3.0).fetch_path("/od/paged", recursive=False)
     assert raised.value.exit_code == 7
     assert "the last answer was not SSM's: a body botocore could not read as SSM's" in raised.value.message
     assert len(proxy.actions) > 1
