@@ -35,7 +35,9 @@ TARBALL = "tarball, byte-compiled"
 TARBALL_AS_EXTRACTED = "tarball as extracted (no byte code)"
 VARIANTS = (DEB_STYLE, TARBALL, TARBALL_AS_EXTRACTED)
 # Render time of the byte-compiled tarball over the .deb-style install's: the target is
-# "at least as fast" (<= 1.00); beyond this the run reports a failed check (the rest is noise).
+# "at least as fast" (<= 1.00), reported as met or missed. The run reports a failed check when both
+# the wall-time and the CPU-time ratios pass this: a real regression (no byte code is 2.5x) moves
+# both, while other work on a shared machine moves wall time alone.
 RATIO_FAILS_ABOVE = 1.10
 
 
@@ -127,11 +129,11 @@ def measure(tarball: Optional[Path] = None, rounds: int = ROUNDS) -> SelfContain
                 _run_rounds(spawner, commands, env, rounds, results)
             finally:
                 spawner.close()
-    ratio = results.ratio()
-    if ratio > RATIO_FAILS_ABOVE:
+    ratio, cpu_ratio = results.ratio(), results.cpu_ratio()
+    if min(ratio, cpu_ratio) > RATIO_FAILS_ABOVE:
         results.violations.append(
             f"the tarball's launcher renders N={SIZE} in {ratio:.2f}x the .deb-style install's time "
-            f"(more than {RATIO_FAILS_ABOVE:.2f}x)"
+            f"({cpu_ratio:.2f}x its CPU time; both more than {RATIO_FAILS_ABOVE:.2f}x)"
         )
     return results
 
