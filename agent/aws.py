@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from agent import __version__
+from agent import __version__, aws_endpoints
+from agent.aws_endpoints import NO_FLAGS, EndpointFlags
 from agent.errors import ConfigError
 
 MIN_TIMEOUT_SECONDS = 0.1
@@ -23,22 +24,30 @@ def create_client(
     endpoint_url: Optional[str],
     credentials: Optional[tuple[str, str, str]],
     config: Any,
+    flags: EndpointFlags = NO_FLAGS,
 ) -> Any:
-    """A botocore client for `service`; `credentials` None leaves them to botocore's default chain."""
+    """A botocore client for `service`; `credentials` None leaves them to botocore's default chain.
+
+    `flags` (dual-stack, FIPS) go to botocore's own endpoint rules; a region without such an
+    endpoint is a ConfigError here, before any call (agent/aws_endpoints.py)."""
     import botocore.session  # noqa: PLC0415
 
     access_key, secret_key, token = credentials if credentials else (None, None, None)
     session = botocore.session.Session()
     session.register_component("data_loader", _one_service_loader(service))
-    return session.create_client(
+    aws_endpoints.prepare_session(session, service)
+    explicit = endpoint_url is not None
+    client = session.create_client(
         service,
         region_name=region,
         endpoint_url=endpoint_url,
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
         aws_session_token=token or None,
-        config=config,
+        config=aws_endpoints.client_config(config, flags, explicit_endpoint=explicit),
     )
+    aws_endpoints.check_endpoint(session, client, service, region, flags, explicit_endpoint=explicit)
+    return client
 
 
 def create_ssm_client(
@@ -49,6 +58,7 @@ def create_ssm_client(
     deadline_seconds: float,
     connect_timeout_seconds: float,
     read_timeout_seconds: float,
+    flags: EndpointFlags = NO_FLAGS,
 ) -> Any:
     """A botocore SSM client that makes one attempt per call (the agent's own loop retries until its
     deadline) and never waits for one answer longer than the outage deadline."""
@@ -65,7 +75,12 @@ def create_ssm_client(
     )
     try:
         return create_client(
-            "ssm", region=region, endpoint_url=endpoint_url, credentials=credentials, config=config
+            "ssm",
+            region=region,
+            endpoint_url=endpoint_url,
+            credentials=credentials,
+            config=config,
+            flags=flags,
         )
     except (BotoCoreError, ValueError) as exc:
         # botocore's messages here name only the region or the URL, never a secret.

@@ -13,7 +13,7 @@ from typing import Optional, TextIO
 
 import structlog
 
-from agent import __version__, render
+from agent import __version__, aws_endpoints, render
 from agent.config import AgentSettings, ServiceSettings, load_agent_settings, load_service_settings
 from agent.errors import EXIT_INTERRUPTED, AgentError, ParameterNotFound
 from agent.log import configure_logging
@@ -28,6 +28,7 @@ from agent.timer import (
     disable_refresh,
     enable_refresh,
 )
+from agent.trust import check_trusted, owner_and_mode
 from agent.units import disable_service, enable_service, unit_for
 
 log = structlog.get_logger("secrets-agent")
@@ -185,6 +186,7 @@ def cmd_policy(
             endpoint_url=settings.sts_endpoint,
             credentials=access.credentials if access else None,
             timeout_seconds=READ_TIMEOUT_SECONDS,
+            flags=aws_endpoints.endpoint_flags(settings),
         )
 
     generated = generate_policy(
@@ -242,9 +244,13 @@ def cmd_enable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -
     if result.settings_created:
         out.write(f'created {result.settings_path} with format = "credentials"\n')
     if result.template_created:
-        out.write(f"created {result.template_path}: list the parameters {result.unit} needs there\n")
+        out.write(
+            f"created {result.template_path} ({owner_and_mode(result.template_path)}: only root may change "
+            f"what is fetched): list the parameters {result.unit} needs there\n"
+        )
     else:
         out.write(f"kept {result.template_path}\n")
+        _warn_if_untrusted(result.template_path, out)
     out.write(
         f"systemd reloaded; `systemctl restart {result.unit}` to start it with its secrets\n"
         if result.reloaded
@@ -253,6 +259,16 @@ def cmd_enable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -
     if args.refresh is not None:
         _enable_refresh(args, out)
     return 0
+
+
+def _warn_if_untrusted(path: Path, out: TextIO) -> None:
+    """`enable` keeps an operator's template; if the agent would refuse it, say so now, not at start."""
+    try:
+        check_trusted(path)
+    except AgentError as exc:
+        out.write(f"warning: {exc.message}\n")
+    except OSError:
+        pass  # a missing or unreadable template is reported by render, with its own fix
 
 
 def cmd_disable(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -> int:

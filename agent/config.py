@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from agent.errors import ConfigError, UsageError
 from agent.formats import DEFAULT_FORMAT, FORMATS
+from agent.trust import read_trusted
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -42,7 +43,22 @@ DEFAULT_ON_CHANGE = "restart"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
 _TRUE = {"1", "true", "yes", "on"}
 
-_AGENT_KEYS = {"imds_endpoint", "ssm_endpoint", "region", "deadline_seconds", "throttle_deadline_seconds"}
+_AGENT_KEYS = {
+    "imds_endpoint",
+    "imds_endpoint_mode",
+    "ssm_endpoint",
+    "use_dualstack_endpoint",
+    "use_fips_endpoint",
+    "region",
+    "deadline_seconds",
+    "throttle_deadline_seconds",
+}
+# imds_endpoint_mode / AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE, as the AWS SDKs name it (see
+# agent/imds_endpoints.py); use_dualstack_endpoint / use_fips_endpoint take true, false or auto
+# (see agent/aws_endpoints.py).
+IMDS_ENDPOINT_MODES = ("auto", "ipv4", "ipv6")
+ENDPOINT_SWITCHES = ("true", "false", "auto")
+DEFAULT_SOURCE = "default"
 _SERVICE_KEYS = {
     "format",
     "owner",
@@ -52,6 +68,22 @@ _SERVICE_KEYS = {
     "throttle_deadline_seconds",
     "on_change",
 }
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A setting's value and where it came from: a variable's name, "KEY in PATH", or "default"."""
+
+    value: str
+    source: str = DEFAULT_SOURCE
+
+    def describe(self, key: str) -> str:
+        """`use_fips_endpoint = auto (default)`, `AWS_USE_FIPS_ENDPOINT=true`, ..."""
+        if self.source == DEFAULT_SOURCE:
+            return f"{key} = {self.value} (default)"
+        if self.source.startswith("AWS_"):
+            return f"{self.source}={self.value} in the environment"
+        return f"{key} = {self.value} in {self.source.rpartition(' in ')[2]}"
 
 
 @dataclass(frozen=True)
@@ -74,6 +106,14 @@ class AgentSettings:
     env_credentials: Optional[tuple[str, str, str]] = field(default=None, repr=False)
     # STS (for `policy`'s account lookup): AWS_ENDPOINT_URL_STS, else AWS_ENDPOINT_URL, else AWS's.
     sts_endpoint: Optional[str] = None
+    # False only when no one named an IMDS endpoint: then imds_endpoint_mode picks the address(es).
+    imds_endpoint_is_explicit: bool = True
+    imds_endpoint_mode: Setting = Setting("auto")
+    # Where ssm_endpoint came from (a variable's name or "ssm_endpoint in PATH"); None: AWS's.
+    ssm_endpoint_source: Optional[str] = None
+    # Outside load_agent_settings (tests, the bench) the classic endpoints; agent.toml's default is auto.
+    use_dualstack_endpoint: Setting = Setting("false")
+    use_fips_endpoint: Setting = Setting("false")
 
 
 @dataclass(frozen=True)
@@ -116,7 +156,7 @@ def validate_name(name: str) -> str:
 
 def _read_toml(path: Path, *, required: bool) -> dict[str, Any]:
     try:
-        data = path.read_bytes()
+        data = read_trusted(path)  # only if root alone could have changed it
     except FileNotFoundError:
         if required:
             raise ConfigError(f"{path} does not exist") from None
@@ -167,10 +207,40 @@ def _endpoint(source: str, value: str) -> str:
 
 def _env_endpoint(env: Mapping[str, str], service_var: str) -> Optional[str]:
     """The service's own endpoint variable, else AWS_ENDPOINT_URL, else None."""
+    return _env_endpoint_with_source(env, service_var)[0]
+
+
+def _env_endpoint_with_source(
+    env: Mapping[str, str], service_var: str
+) -> tuple[Optional[str], Optional[str]]:
     for var in (service_var, "AWS_ENDPOINT_URL"):
         if env.get(var):
-            return _endpoint(var, env[var])
-    return None
+            return _endpoint(var, env[var]), var
+    return None, None
+
+
+def _choice(
+    env: Mapping[str, str],
+    var: str,
+    where: tuple[Path, Mapping[str, Any]],
+    key: str,
+    allowed: tuple[str, ...],
+) -> Setting:
+    """One of `allowed` (any case): the environment's `var`, else `key` in agent.toml, else auto."""
+    path, table = where
+    source = var
+    raw: Any = env.get(var, "").strip()
+    if not raw:
+        raw, source = table.get(key), f"{key} in {path}"
+    if raw is None or raw == "":
+        return Setting("auto")
+    if isinstance(raw, bool) and "true" in allowed:
+        raw = "true" if raw else "false"
+    if not isinstance(raw, str) or raw.strip().lower() not in allowed:
+        named = f"{var} in the environment" if source == var else f"{path}: {key}"
+        choices = ", ".join(f'"{value}"' for value in allowed)
+        raise ConfigError(f"{named} must be one of {choices}, not {raw!r}")
+    return Setting(raw.strip().lower(), source)
 
 
 def load_agent_settings(
@@ -186,16 +256,22 @@ def load_agent_settings(
     table = _read_toml(path, required=False)
     _check_keys(path, table, _AGENT_KEYS)
 
+    imds_is_explicit = True
     if env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT"):
         imds = _endpoint("AWS_EC2_METADATA_SERVICE_ENDPOINT", env["AWS_EC2_METADATA_SERVICE_ENDPOINT"])
     elif table.get("imds_endpoint") is not None:
         imds = _endpoint(f"{path}: imds_endpoint", _typed(path, table, "imds_endpoint", str, "a URL"))
     else:
-        imds = DEFAULT_IMDS_ENDPOINT
+        imds, imds_is_explicit = DEFAULT_IMDS_ENDPOINT, False
+    where = (path, table)
+    imds_mode = _choice(
+        env, "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", where, "imds_endpoint_mode", IMDS_ENDPOINT_MODES
+    )
 
-    ssm = _env_endpoint(env, "AWS_ENDPOINT_URL_SSM")
+    ssm, ssm_source = _env_endpoint_with_source(env, "AWS_ENDPOINT_URL_SSM")
     if ssm is None and table.get("ssm_endpoint") is not None:
         ssm = _endpoint(f"{path}: ssm_endpoint", _typed(path, table, "ssm_endpoint", str, "a URL"))
+        ssm_source = f"ssm_endpoint in {path}"
 
     region = (
         env.get("AWS_REGION")
@@ -224,6 +300,15 @@ def load_agent_settings(
             else None
         ),
         sts_endpoint=_env_endpoint(env, "AWS_ENDPOINT_URL_STS"),
+        imds_endpoint_is_explicit=imds_is_explicit,
+        imds_endpoint_mode=imds_mode,
+        ssm_endpoint_source=ssm_source,
+        use_dualstack_endpoint=_choice(
+            env, "AWS_USE_DUALSTACK_ENDPOINT", where, "use_dualstack_endpoint", ENDPOINT_SWITCHES
+        ),
+        use_fips_endpoint=_choice(
+            env, "AWS_USE_FIPS_ENDPOINT", where, "use_fips_endpoint", ENDPOINT_SWITCHES
+        ),
     )
 
 

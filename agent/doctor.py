@@ -19,10 +19,11 @@ from urllib.parse import urlsplit
 
 import requests
 
+from agent import aws_endpoints, doctor_network, imds_endpoints
 from agent.config import DEFAULT_RUNTIME_DIR, AgentSettings, ServiceSettings
-from agent.errors import AgentError, ServiceUnavailable, SystemdError
+from agent.errors import AgentError, ServiceUnavailable, SystemdError, UntrustedFile
 from agent.formats import format_of
-from agent.imds import ImdsClient, RoleCredentials
+from agent.imds import RoleCredentials
 from agent.output import is_memory_backed
 from agent.render import AwsAccess, ssm_client
 from agent.retry import Deadline
@@ -37,6 +38,7 @@ from agent.systemd import (
     unit_setting,
 )
 from agent.template import CompiledTemplate
+from agent.trust import ownership_report
 from agent.units import unit_for
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
@@ -83,22 +85,33 @@ def run_checks(name: str, inputs: Inputs) -> Iterator[Check]:
     """Every check, in order; a check that cannot run says why it was skipped."""
     try:
         settings, service = inputs.load_settings()
+    except UntrustedFile as exc:
+        yield Check(FAILED, "ownership", exc.message)
+        return
     except AgentError as exc:
         yield Check(FAILED, "settings", exc.message)
         return
     yield Check(PASSED, "settings", f"{settings.config_dir}/agent.toml and {name}.toml")
+    config = settings.config_dir
+    trusted, detail = ownership_report(
+        config, (config / "agent.toml", config / f"{name}.toml", service.template_path)
+    )
+    yield Check(PASSED if trusted else FAILED, "ownership", detail)
     template: Optional[CompiledTemplate] = None
-    try:
-        template = inputs.load_template(service)
-        needs = template.requirements
-        yield Check(
-            PASSED,
-            "template",
-            f"{service.template_path} names {_count(len(needs.names), 'parameter')} and "
-            f"{_count(len(needs.paths), 'path')}",
-        )
-    except AgentError as exc:
-        yield Check(FAILED, "template", exc.message)
+    if not trusted:
+        yield Check(SKIPPED, "template", "not read: see ownership")
+    else:
+        try:
+            template = inputs.load_template(service)
+            needs = template.requirements
+            yield Check(
+                PASSED,
+                "template",
+                f"{service.template_path} names {_count(len(needs.names), 'parameter')} and "
+                f"{_count(len(needs.paths), 'path')}",
+            )
+        except AgentError as exc:
+            yield Check(FAILED, "template", exc.message)
     yield runtime_folder_check(service)
 
     deadline = Deadline(IMDS_DEADLINE_SECONDS)
@@ -139,8 +152,10 @@ def run_checks(name: str, inputs: Inputs) -> Iterator[Check]:
         yield Check(SKIPPED, "ssm endpoint", "no region, so no endpoint to try")
         yield Check(SKIPPED, "clock", "needs SSM's answer")
     else:
+        why = doctor_network.ssm_endpoint_why(settings, aws_endpoints.endpoint_flags(settings))
+        yield Check(PASSED, "ssm endpoint", f"{client.endpoint} ({why})")
         endpoint_checks = list(_endpoint_checks(client.endpoint, inputs.now))
-        reachable = endpoint_checks[0].status == PASSED
+        reachable = all(check.status == PASSED for check in endpoint_checks if check.name.startswith("ssm "))
         yield from endpoint_checks
     if template is None or client is None or not has_credentials or not reachable:
         why = "the template did not parse" if template is None else "SSM is not reachable or no credentials"
@@ -181,7 +196,15 @@ def runtime_folder_check(service: ServiceSettings) -> Check:
 
 
 def _imds_checks(settings: AgentSettings, deadline: Deadline) -> Iterator[tuple[Check, Optional[object]]]:
-    endpoint = settings.imds_endpoint
+    try:
+        choice = imds_endpoints.choose_endpoint(settings, deadline, timeout_seconds=IMDS_TIMEOUT_SECONDS)
+    except AgentError as exc:
+        yield Check(FAILED, "imds address", exc.message), None
+        for name in ("imds", "imds token", "role"):
+            yield Check(SKIPPED, name, "no IMDS address answered"), None
+        return
+    yield Check(PASSED, "imds address", f"{choice.endpoint}, {choice.why}"), None
+    endpoint = choice.endpoint
     parts = urlsplit(endpoint)
     address = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
     try:
@@ -202,7 +225,7 @@ def _imds_checks(settings: AgentSettings, deadline: Deadline) -> Iterator[tuple[
             yield Check(SKIPPED, name, "IMDS is not reachable"), None
         return
     yield Check(PASSED, "imds", f"reachable at {address}"), None
-    imds = ImdsClient(endpoint, deadline, timeout_seconds=IMDS_TIMEOUT_SECONDS)
+    imds = imds_endpoints.client_for(choice, deadline, IMDS_TIMEOUT_SECONDS)
     try:
         try:
             region = imds.region()
@@ -230,19 +253,26 @@ def _imds_checks(settings: AgentSettings, deadline: Deadline) -> Iterator[tuple[
 
 
 def _endpoint_checks(endpoint: str, now: Callable[[], float]) -> Iterator[Check]:
-    parts = urlsplit(endpoint)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        resolved = socket.getaddrinfo(parts.hostname or "", port, type=socket.SOCK_STREAM)
+        host, port, resolved = doctor_network.resolve(endpoint)
         address = f"{resolved[0][4][0]}:{port}"
     except OSError:
         yield Check(
             FAILED,
-            "ssm endpoint",
-            f"cannot resolve {parts.hostname}: check DNS, or the VPC endpoint's private DNS for SSM",
+            "ssm dns",
+            f"cannot resolve {urlsplit(endpoint).hostname}: check DNS, or the VPC endpoint's private DNS "
+            "for SSM",
         )
         yield Check(SKIPPED, "clock", "needs SSM's answer")
         return
+    for name, (passed, detail) in (
+        ("ssm dns", doctor_network.dns_line(host, resolved)),
+        ("ssm connection", doctor_network.connection_line(endpoint, resolved, port)),
+    ):
+        yield Check(PASSED if passed else FAILED, name, detail)
+        if not passed:
+            yield Check(SKIPPED, "clock", "needs SSM's answer")
+            return
     try:
         # Unsigned: any HTTP answer proves the path, and carries SSM's Date.
         with requests.post(endpoint, data=b"", timeout=PROBE_TIMEOUT_SECONDS) as answer:
@@ -250,13 +280,13 @@ def _endpoint_checks(endpoint: str, now: Callable[[], float]) -> Iterator[Check]
     except requests.RequestException as exc:
         yield Check(
             FAILED,
-            "ssm endpoint",
+            "ssm answer",
             f"no answer from {endpoint} ({address}): {type(exc).__name__}; check the route to SSM "
             "(VPC endpoint, NAT gateway, security groups, HTTPS_PROXY/NO_PROXY)",
         )
         yield Check(SKIPPED, "clock", "needs SSM's answer")
         return
-    yield Check(PASSED, "ssm endpoint", f"{endpoint} ({address}) answers")
+    yield Check(PASSED, "ssm answer", f"{endpoint} ({address}) answers")
     parsed = email.utils.parsedate_to_datetime(date) if date else None
     if parsed is None:
         yield Check(SKIPPED, "clock", f"{endpoint} sent no Date header")

@@ -3,6 +3,7 @@
     AgentError                      1  unexpected failure
     ├── UsageError                  2  bad command line or name
     │   └── ConfigError             2  agent.toml / <name>.toml / template file problems
+    │       └── UntrustedFile       2  someone but root could change one of them (agent/trust.py)
     ├── TemplateError               3  the template cannot be rendered, or names what SSM refuses
     │   └── ValueNotRepresentable   3  a value systemd cannot carry (NUL, bad UTF-8, > 128 KiB)
     ├── ParameterNotFound           4  named parameters do not exist in SSM
@@ -40,6 +41,12 @@ class UsageError(AgentError):
 
 class ConfigError(UsageError):
     """A settings file or template file is missing, unreadable or invalid."""
+
+    exit_code = 2
+
+
+class UntrustedFile(ConfigError):
+    """A template or settings file, or a folder or symlink on its way, could be changed by another user."""
 
     exit_code = 2
 

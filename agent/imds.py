@@ -224,6 +224,14 @@ class ImdsClient:
             return response.content.decode("utf-8", errors="replace")
         raise CredentialsError(f"IMDS at {self.endpoint} answered {status} to GET {path}: {_REACH_IMDS_FIX}")
 
+    def adopt_token(self, token: str) -> None:
+        """Use `token`, which IMDS at this endpoint granted just now for this client's TTL (the
+        endpoint race's, agent/imds_endpoints.py), instead of asking for another."""
+        REDACTOR.add(token)
+        self._token = token
+        margin = min(TOKEN_RENEW_MARGIN_SECONDS, self._token_ttl_seconds / 2)
+        self._token_renew_at = time.monotonic() + self._token_ttl_seconds - margin
+
     def _current_token(self) -> str:
         if self._token is None or time.monotonic() >= self._token_renew_at:
             self._token = self._request_token()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from agent.aws import create_client
+from agent.aws_endpoints import NO_FLAGS, EndpointFlags
 from agent.errors import AgentError, CredentialsError, UsageError
 from agent.selectors import parse_selector, secret_of_reference
 from agent.template import Requirements
@@ -204,8 +205,11 @@ def caller_arn(
     endpoint_url: Optional[str],
     credentials: Optional[tuple[str, str, str]],
     timeout_seconds: float,
+    flags: EndpointFlags = NO_FLAGS,
 ) -> str:
-    """The ARN STS GetCallerIdentity names for these credentials (no permission is needed for it)."""
+    """The ARN STS GetCallerIdentity names for these credentials (no permission is needed for it).
+
+    STS is always the region's own endpoint (dual-stack or FIPS as `flags` say), never the global one."""
     from botocore.config import Config  # noqa: PLC0415  (only `policy` pays for it)
     from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
 
@@ -214,7 +218,12 @@ def caller_arn(
     )
     try:
         client = create_client(
-            "sts", region=region, endpoint_url=endpoint_url, credentials=credentials, config=config
+            "sts",
+            region=region,
+            endpoint_url=endpoint_url,
+            credentials=credentials,
+            config=config,
+            flags=flags,
         )
         return str(client.get_caller_identity()["Arn"])
     except ClientError as exc:

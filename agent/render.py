@@ -18,11 +18,11 @@ from typing import Callable, Optional
 
 import structlog
 
+from agent import aws_endpoints, imds_endpoints
 from agent.answers import Parameter
 from agent.config import AgentSettings, ServiceSettings
 from agent.errors import AgentError, ConfigError
 from agent.formats import Format, Payload, format_of
-from agent.imds import ImdsClient
 from agent.log import REDACTOR
 from agent.notify import StatusNotifier
 from agent.output import Ownership, remove_secret_file, resolve_ownership
@@ -31,6 +31,7 @@ from agent.retry import Deadline
 from agent.secret_folder import remove_secret_folder
 from agent.ssm import SsmClient
 from agent.template import Assignment, CompiledTemplate, compile_template
+from agent.trust import read_trusted
 from agent.values import ParamValue
 
 log = structlog.get_logger("secrets-agent")
@@ -52,7 +53,7 @@ def read_template(service: ServiceSettings) -> CompiledTemplate:
     """NAME.env.j2, read and compiled; a missing, unreadable or non-UTF-8 file names the fix."""
     path = service.template_path
     try:
-        raw = path.read_bytes()
+        raw = read_trusted(path)  # only if root alone could have changed it
     except FileNotFoundError:
         raise ConfigError(
             f"no template for {service.name}: create {path} "
@@ -85,7 +86,7 @@ def aws_access(settings: AgentSettings, deadline: Deadline) -> AwsAccess:
     credentials = settings.env_credentials
     role: Optional[str] = None
     if not settings.use_default_credential_chain:
-        with ImdsClient(settings.imds_endpoint, deadline) as imds:
+        with imds_endpoints.open_client(settings, deadline) as imds:
             if region is None:
                 region = imds.region()
             creds = imds.role_credentials()
@@ -111,6 +112,7 @@ def ssm_client(settings: AgentSettings, deadline: Deadline, access: AwsAccess) -
         deadline=deadline,
         role=access.role,
         on_status=StatusNotifier(settings.notify_socket).status,
+        endpoint_flags=aws_endpoints.endpoint_flags(settings),
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 import structlog
 
+from agent import aws_endpoints
 from agent.answers import (
     Parameter,
     check_describe_page,
@@ -21,6 +22,7 @@ from agent.answers import (
     check_path_page,
 )
 from agent.aws import create_ssm_client
+from agent.aws_endpoints import NO_FLAGS, EndpointFlags
 from agent.errors import AccessDenied
 from agent.retry import Backoff, Deadline, NotServiceAnswer
 from agent.selectors import SECRETS_MANAGER_PREFIX, parse_selector
@@ -54,6 +56,7 @@ class SsmClient:
         on_status: Callable[[str], None] = lambda _text: None,
         connect_timeout_seconds: float = CONNECT_TIMEOUT_SECONDS,
         read_timeout_seconds: float = READ_TIMEOUT_SECONDS,
+        endpoint_flags: EndpointFlags = NO_FLAGS,
     ) -> None:
         started = time.perf_counter()
         self._role = role
@@ -66,12 +69,15 @@ class SsmClient:
             deadline_seconds=deadline.seconds,
             connect_timeout_seconds=connect_timeout_seconds,
             read_timeout_seconds=read_timeout_seconds,
+            flags=endpoint_flags,
         )
         self._caller = SsmCaller(
             client, deadline, backoff_factory=backoff_factory, role=role, on_status=on_status
         )
         self._call = self._caller.call
-        self.endpoint = self._caller.endpoint
+        # Where the requests go: botocore's endpoint rules (dual-stack, FIPS), or the explicit one.
+        self.endpoint = endpoint_url or aws_endpoints.resolved_endpoint(client)
+        self._caller.endpoint = self.endpoint  # its messages name the same URL
         _log.debug(
             "ssm_client_created",
             region=region,

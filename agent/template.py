@@ -35,6 +35,13 @@ from agent.values import (
 # Placeholders cannot collide with template text: templates holding a NUL are refused.
 _SLOT_RE = re.compile("\x00([0-9]+)\x00")
 _QUOTES = ("'", '"')
+# Tags that would read another file (none can: there is no loader); refused when the template is parsed.
+_OTHER_FILE_TAGS: dict[type[nodes.Node], str] = {
+    nodes.Extends: "extends",
+    nodes.Include: "include",
+    nodes.Import: "import",
+    nodes.FromImport: "from ... import",
+}
 
 
 class Carrier(Protocol):
@@ -128,6 +135,7 @@ class CompiledTemplate:
         self._env.globals.update(param=self._param, params=self._params)
         try:
             ast = self._env.parse(source, filename=filename)
+            _refuse_other_files(ast, filename)
             self.requirements = self._discover(ast)
             self._template = self._env.from_string(ast)  # parsed once, not twice
         except jinja2.TemplateSyntaxError as exc:
@@ -330,6 +338,15 @@ def _template_line(exc: BaseException) -> str:
             line = f":{tb.tb_lineno}"
         tb = tb.tb_next
     return line
+
+
+def _refuse_other_files(ast: nodes.Template, filename: str) -> None:
+    """A template is one file: whatever it could pull in would escape the ownership check (agent/trust.py)."""
+    for node in ast.find_all(tuple(_OTHER_FILE_TAGS)):
+        raise TemplateError(
+            f"{filename}:{node.lineno}: {{% {_OTHER_FILE_TAGS[type(node)]} %}} is not supported: a template "
+            "cannot read other files; write everything the service needs in this one"
+        )
 
 
 def compile_template(source: str, filename: str) -> CompiledTemplate:

@@ -55,7 +55,11 @@ def _cpu_model() -> str:
 
 def render(results: Results) -> str:
     """The whole report."""
+<<<<<<< HEAD
     from bench import rotation, run, selfcontained
+=======
+    from bench import endpoint_mode, rotation, run
+>>>>>>> main
 
     lines: list[str] = []
     add = lines.append
@@ -104,7 +108,11 @@ def render(results: Results) -> str:
     _memory(results, add)
     _levers(results, add)
     rotation.report(results.rotation, add)
+<<<<<<< HEAD
     selfcontained.report(results.selfcontained, add)
+=======
+    endpoint_mode.report(results.endpoint_mode, add)
+>>>>>>> main
     _reading(results, add)
     if results.violations:
         add("## Failed checks")

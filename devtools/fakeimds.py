@@ -75,6 +75,12 @@ class _Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
+class _Server6(_Server):
+    """The same on an IPv6 address (IMDS's fd00:ec2::254 on IPv6-only instances)."""
+
+    address_family = socket.AF_INET6
+
+
 class _Handler(BaseHTTPRequestHandler):
     # HTTP/1.1 so clients can keep one connection alive across the token and the reads.
     protocol_version = "HTTP/1.1"
@@ -219,7 +225,8 @@ class FakeImds:
             raise RuntimeError("FakeImds is already started")
         self._stopping.clear()
         self._listening.clear()
-        server = _Server((self.host, self.requested_port), _Handler, bind_and_activate=False)
+        server_class = _Server6 if ":" in self.host else _Server
+        server = server_class((self.host, self.requested_port), _Handler, bind_and_activate=False)
         server.fake = self
         try:
             # Bound but not listening: connections are refused, like an IMDS that is not up yet.

@@ -15,10 +15,13 @@
 #
 # Nothing here starts a service or contacts SSM: the image must hold no secret. The last
 # step checks it and exits 1, naming the files (never their contents), when the image holds
-# a rendered secret file or a cached AWS credential.
+# a rendered secret file or a cached AWS credential, or when a template or settings file in
+# /etc/secrets-agent (or a folder above it) could be changed by someone other than root, so
+# that the agent would refuse it at boot (a Packer upload owned by the SSH user, say).
 set -euo pipefail
 
 RUNTIME_DIR=run/secrets-agent
+CONFIG_DIR=etc/secrets-agent
 # Where credentials or rendered files could persist in an image; /usr is the packages'.
 PERSISTENT_DIRS=(etc root home var/lib var/cache var/log var/tmp tmp opt srv usr/local)
 # Files bigger than this are images and archives, not credential caches: not scanned.
@@ -153,16 +156,109 @@ find_leftovers() {
         done
 }
 
+# The command that makes one step on the way to a template trustworthy, or nothing: the rule
+# agent/trust.py applies at boot. Owned by root (a symlink too: `chown -h`); a file or folder
+# not writable by group or others, except a folder with the sticky bit (as /tmp).
+fix_for() {
+    local path=$1 type=$2 uid=$3 mode=$4 writers="" fix="" link_flag=""
+    ((type != 8#120000)) || link_flag="-h "
+    if [ "$uid" -ne 0 ]; then
+        fix="chown ${link_flag}root:root $(printf '%q' "$path")"
+    fi
+    if [ -z "$link_flag" ]; then
+        ((mode & 8#020)) && writers+=g
+        ((mode & 8#002)) && writers+=o
+        if [ -n "$writers" ] && ! ((type == 8#040000 && mode & 8#1000)); then
+            fix+="${fix:+ && }chmod $writers-w $(printf '%q' "$path")"
+        fi
+    fi
+    printf '%s' "$fix"
+}
+
+# Walks ROOT/RELATIVE one step at a time from the image's / as the agent will at boot (a symlink
+# is judged, then followed inside the image) and prints the first step the agent would refuse:
+# "STEP is owned by OWNER with mode MODE; fix: `COMMAND`". Prints nothing when root alone can
+# change every step, or when a step is missing (nothing to read there).
+refused_step() {
+    local root=$1 links=0 part path st uid raw mode type fix target joined
+    local -a todo=() walked=() more=()
+    IFS=/ read -r -a todo <<<"$2"
+    path=${root:-/}
+    while :; do
+        st=$(stat -c '%u %f' -- "$path" 2>/dev/null) || return 0
+        uid=${st% *} raw=$((16#${st#* }))
+        mode=$((raw & 8#7777)) type=$((raw & 8#170000))
+        fix=$(fix_for "$path" "$type" "$uid" "$mode")
+        if [ -n "$fix" ]; then
+            # shellcheck disable=SC2016 # the backquotes are literal: they set off the command
+            printf '%s is owned by %s with mode %04o; fix: `%s`\n' \
+                "$path" "$(stat -c '%U' -- "$path")" "$mode" "$fix"
+            return 0
+        fi
+        if ((type == 8#120000)); then
+            links=$((links + 1))
+            if ((links > 40)); then
+                printf '%s: more than 40 symlinks on the way; fix: point it at the file itself\n' "$path"
+                return 0
+            fi
+            target=$(readlink -- "$path")
+            [[ $target == /* ]] && walked=()
+            IFS=/ read -r -a more <<<"$target"
+            todo=("${more[@]}" "${todo[@]}")
+        elif ((type == 8#040000)) && [ "$path" != "${root:-/}" ]; then
+            walked+=("$part")
+        fi
+        while :; do
+            [ ${#todo[@]} -gt 0 ] || return 0
+            part=${todo[0]}
+            todo=("${todo[@]:1}")
+            case $part in
+                '' | .) ;;
+                ..) [ ${#walked[@]} -eq 0 ] || unset 'walked[-1]' ;;
+                *) break ;;
+            esac
+        done
+        joined=$(IFS=/ && printf '%s' "${walked[*]}")
+        path="$root/${joined:+$joined/}$part"
+    done
+}
+
+# Prints one line per template or settings file (and the folder holding them) that the agent
+# would refuse at boot because someone other than root could change it or a folder above it.
+find_untrusted() {
+    local root=$1 file refused
+    local -a files=("$root/$CONFIG_DIR")
+    shopt -s nullglob
+    files+=("$root/$CONFIG_DIR"/*.env.j2 "$root/$CONFIG_DIR"/*.toml)
+    shopt -u nullglob
+    for file in "${files[@]}"; do
+        refused=$(refused_step "$root" "${file#"$root"/}")
+        [ -n "$refused" ] || continue
+        printf '%s: %s\n' "$file" "$refused"
+        # The folder's own way is every file's way: one line says it.
+        [ "$file" != "$root/$CONFIG_DIR" ] || return 0
+    done
+}
+
 verify_image() {
-    local root=$1 leftovers
+    local root=$1 leftovers untrusted failed=0
     leftovers=$(find_leftovers "$root" | sort -u)
     if [ -n "$leftovers" ]; then
         log "error: the image holds a rendered secret or a cached AWS credential; remove these files" \
             "(and rotate whatever they held) before creating the image:"
         printf '%s\n' "$leftovers" | sed 's/^/  /' >&2
-        exit 1
+        failed=1
     fi
-    log "verified: no rendered secret and no cached AWS credential under $root"
+    untrusted=$(find_untrusted "$root")
+    if [ -n "$untrusted" ]; then
+        log "error: secrets-agent would refuse these at boot (exit 2): someone other than root could" \
+            "change them, and with them which parameters the instance role fetches; run each fix:"
+        printf '%s\n' "$untrusted" | sed 's/^/  /' >&2
+        failed=1
+    fi
+    [ "$failed" -eq 0 ] || exit 1
+    log "verified: no rendered secret, no cached AWS credential, and $root/$CONFIG_DIR can be changed" \
+        "by root only"
 }
 
 main() {

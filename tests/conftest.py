@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +15,23 @@ from tests.system.nspawn import TEST_NETWORKS, Release, releases_under_test
 
 _LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
 _TEST_NETWORKS = ipaddress.ip_network(TEST_NETWORKS)
+
+
+def _network_namespace(path: str) -> int:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return 0
+
+
+# The session's own network namespace: a thread found in another one entered a namespace a test
+# created (devtools/netns.py), which holds only the test's own fakes and machine.
+_HOST_NETWORK = _network_namespace("/proc/self/ns/net")
+
+
+def _in_test_network_namespace() -> bool:
+    here = _network_namespace(f"/proc/self/task/{threading.get_native_id()}/ns/net")
+    return here not in (0, _HOST_NETWORK)
 
 
 def _is_local(host: Any) -> bool:
@@ -39,7 +57,7 @@ def _refuse_remote_connections(event: str, args: tuple[Any, ...]) -> None:
         host = address[0] if isinstance(address, tuple) else address
     else:
         host = args[0]
-    if not _is_local(host):
+    if not _is_local(host) and not _in_test_network_namespace():
         raise ConnectionRefusedError(
             f"test tried to reach {host!r}: tests may only talk to 127.0.0.1 or {TEST_NETWORKS} "
             "(set the IMDS and SSM endpoints to the local fakes)"

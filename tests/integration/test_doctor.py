@@ -168,13 +168,21 @@ def test_skewed_date_fails_the_clock_check(iam: IamWorld, tmp_path: Path, tmpfs_
 
 
 def test_ssm_endpoint_unreachable_names_the_address(iam: IamWorld, tmp_path: Path, tmpfs_path: Path) -> None:
-    """An SSM endpoint nobody listens on: the line names the URL and the address tried."""
+    """An SSM endpoint nobody listens on: the endpoint line says where it comes from, the connection
+    line fails naming the URL and the address tried."""
     with role_stack(iam, tmp_path, tmpfs_path, READER) as (stack, _proxy):
         stack.env["AWS_ENDPOINT_URL_SSM"] = "http://127.0.0.1:9"
         code, checks = _doctor(stack)
     assert code == 1
-    assert checks["ssm endpoint"][0] == "failed"
-    assert "http://127.0.0.1:9 (127.0.0.1:9)" in checks["ssm endpoint"][1]
+    assert checks["ssm endpoint"] == (
+        "passed",
+        "http://127.0.0.1:9 (set by AWS_ENDPOINT_URL_SSM in the environment, which wins over "
+        "use_dualstack_endpoint / use_fips_endpoint)",
+    )
+    assert checks["ssm dns"] == ("passed", "127.0.0.1 is an IPv4 address, no lookup needed")
+    assert checks["ssm connection"][0] == "failed"
+    assert "http://127.0.0.1:9 (127.0.0.1:9: Connection refused)" in checks["ssm connection"][1]
+    assert checks["parameters"][0] == "skipped"
 
 
 def test_runtime_folder_on_disk_fails(iam: IamWorld, tmp_path: Path, tmpfs_path: Path) -> None:

@@ -118,7 +118,7 @@ def booted(root: Path, name: str, network_namespace: Optional[Path] = None) -> I
     afterwards; the root stays for inspection."""
     console_log = root.parent / f"{name}.console.log"
     try:
-        machine = nspawn.boot(root, name, console_log, network_namespace)
+        machine = nspawn.boot(root, name, console_log, str(network_namespace) if network_namespace else None)
     except (TimeoutError, subprocess.TimeoutExpired) as exc:
         tail = console_log.read_bytes()[-6000:].decode(errors="replace") if console_log.exists() else ""
         raise AssertionError(f"{name} did not boot ({exc}); its console said:\n{tail}") from None

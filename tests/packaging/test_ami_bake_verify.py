@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from agent.errors import UntrustedFile
+from agent.trust import read_trusted
 from tests.packaging.conftest import REPO
 
 SCRIPT = REPO / "packaging" / "ami-bake.sh"
@@ -94,3 +97,101 @@ def test_usage_error_without_arguments() -> None:
     result = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 2
     assert "PACKAGE" in result.stderr
+
+
+def _group_writable_template(root: Path) -> tuple[Path, str]:
+    path = root / "etc/secrets-agent/app.env.j2"
+    path.chmod(0o664)
+    return path, f"{path} is owned by root with mode 0664; fix: `chmod g-w {path}`"
+
+
+def _template_uploaded_by_the_ssh_user(root: Path) -> tuple[Path, str]:
+    path = root / "etc/secrets-agent/app.env.j2"
+    os.chown(path, 1000, 1000)
+    owner = subprocess.run(["stat", "-c", "%U", str(path)], capture_output=True, text=True, check=True)
+    return path, f"{path} is owned by {owner.stdout.strip()} with mode 0644; fix: `chown root:root {path}`"
+
+
+def _world_writable_settings(root: Path) -> tuple[Path, str]:
+    path = root / "etc/secrets-agent/app.toml"
+    path.write_text('format = "dotenv"\n')
+    path.chmod(0o666)
+    return path, f"{path} is owned by root with mode 0666; fix: `chmod go-w {path}`"
+
+
+def _group_writable_folder_above(root: Path) -> tuple[Path, str]:
+    (root / "etc").chmod(0o775)
+    return (
+        root / "etc/secrets-agent",
+        f"{root}/etc is owned by root with mode 0775; fix: `chmod g-w {root}/etc`",
+    )
+
+
+def _symlink_owned_by_another_user(root: Path) -> tuple[Path, str]:
+    link = root / "etc/secrets-agent/app.env.j2"
+    link.unlink()
+    link.symlink_to("/opt/app/app.env.j2")  # inside the image, as the agent will see it at boot
+    (root / "opt/app").mkdir(parents=True)
+    (root / "opt/app/app.env.j2").write_text("A=1\n")
+    os.lchown(link, 65534, 65534)
+    return link, f"{link} is owned by nobody with mode 0777; fix: `chown -h root:root {link}`"
+
+
+def _absolute_symlink_into_a_writable_image_folder(root: Path) -> tuple[Path, str]:
+    link = root / "etc/secrets-agent/app.env.j2"
+    link.unlink()
+    link.symlink_to("/opt/app/app.env.j2")
+    (root / "opt/app").mkdir(parents=True)
+    (root / "opt/app/app.env.j2").write_text("A=1\n")
+    (root / "opt/app").chmod(0o777)
+    return link, f"{root}/opt/app is owned by root with mode 0777; fix: `chmod go-w {root}/opt/app`"
+
+
+UNTRUSTED = {
+    "group-writable template": _group_writable_template,
+    "template uploaded by the SSH user": _template_uploaded_by_the_ssh_user,
+    "world-writable NAME.toml": _world_writable_settings,
+    "group-writable /etc": _group_writable_folder_above,
+    "symlink owned by another user": _symlink_owned_by_another_user,
+    "absolute symlink, followed inside the image, into a writable folder": (
+        _absolute_symlink_into_a_writable_image_folder
+    ),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(UNTRUSTED))
+def test_template_the_agent_would_refuse_at_boot_fails_the_image(tmp_path: Path, layout: str) -> None:
+    """A template or settings file someone other than root could change fails with exit 1, naming the
+    file, the step on its way, its owner and mode, and the exact fix."""
+    make_image(tmp_path, HARMLESS)
+    culprit, says = UNTRUSTED[layout](tmp_path)
+    result = verify(tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "secrets-agent would refuse these at boot" in result.stderr
+    assert f"  {culprit}: {says}\n" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "layout", ["group-writable template", "world-writable NAME.toml", "group-writable /etc"]
+)
+def test_the_image_check_and_the_agent_agree(tmp_path: Path, layout: str) -> None:
+    """What the image check refuses, the agent refuses too, with the same fix (same rule, two places)."""
+    make_image(tmp_path, HARMLESS)
+    culprit, says = UNTRUSTED[layout](tmp_path)
+    file = culprit if culprit.is_file() else culprit / "app.env.j2"
+    with pytest.raises(UntrustedFile) as raised:
+        read_trusted(file)
+    assert says.split("fix: ", 1)[1] in raised.value.message
+    assert "fix: " + says.split("fix: ", 1)[1] in verify(tmp_path).stderr
+
+
+def test_sticky_folder_and_root_owned_symlink_pass(tmp_path: Path) -> None:
+    """A root-owned symlink to a root-owned file, below a sticky world-writable folder, passes."""
+    make_image(tmp_path, HARMLESS)
+    (tmp_path / "srv/templates").mkdir(parents=True)
+    (tmp_path / "srv").chmod(0o1777)
+    (tmp_path / "srv/templates/web.env.j2").write_text("A=1\n")
+    (tmp_path / "etc/secrets-agent/web.env.j2").symlink_to("../../srv/templates/web.env.j2")
+    result = verify(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"{tmp_path}/etc/secrets-agent can be changed by root only" in result.stderr

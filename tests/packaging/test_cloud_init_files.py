@@ -132,12 +132,12 @@ def test_offline_user_data_steps_pass_shellcheck(step: str, tmp_path: Path) -> N
 
 @pytest.mark.parametrize("user_data", [USER_DATA, USER_DATA_WHEEL], ids=lambda path: path.name)
 def test_user_data_writes_the_template_and_app_and_enables_the_app(user_data: Path) -> None:
-    """write_files holds app.env.j2 (root-only) and app.service; runcmd enables app behind the agent,
-    with its rotation timer."""
+    """write_files holds app.env.j2 (root-owned and root-only, as the agent demands) and app.service;
+    runcmd enables app behind the agent, with its rotation timer."""
     config = yaml.safe_load(user_data.read_text(encoding="utf-8"))
     files = {entry["path"]: entry for entry in config["write_files"]}
     template = files["/etc/secrets-agent/app.env.j2"]
-    assert template["permissions"] == "0640"
+    assert (template["owner"], template["permissions"]) == ("root:root", "0640")
     assert 'param("/app/prod/DATABASE_URL")' in template["content"]
     assert "ExecStart=" in files["/etc/systemd/system/app.service"]["content"]
     assert config["runcmd"][1:] == [

@@ -5,6 +5,7 @@ server and the fake IMDSv2 on the host's 127.0.0.1. See README.md here for how t
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from nspawn import (
 from system_helpers import LOOPBACK, MARK, REGION, ROLE, App, install_app, install_mode, skip_or_fail
 
 from devtools.fakeimds import FakeImds
+from devtools.netns import Pair, namespace_pair
 from tests.integration.moto_server import admin_ssm_client
 from tests.packaging.dist import BuildUnavailable, built_artefacts
 from tests.packaging.machine import install_agent_from_deb, install_agent_from_tarball
@@ -129,6 +131,34 @@ def machine(release: Release, moto_url: str, imds: FakeImds) -> Iterator[Machine
         yield booted
         poweroff_started = time.monotonic()
     TIMINGS.phases[f"{release.suite} poweroff"] = time.monotonic() - poweroff_started
+
+
+@pytest.fixture(scope="module")
+def netns_machine(release: Release, moto_url: str) -> Iterator[tuple[Machine, Pair]]:
+    """A second machine of `release`, booted in a network namespace of its own wired only to a
+    namespace of fakes (devtools/netns.py): no route to the host, 169.254.169.254 or AWS, and no
+    endpoint setting at all; the test wires IPv6-only or IPv4-only and starts the fakes there."""
+    try:
+        ensure_host_tools()
+        build_rootfs(log=lambda _line: None, release=release)
+    except HostNotSuitable as exc:
+        skip_or_fail(str(exc))
+
+    def no_settings(root: Path) -> None:
+        (root / "etc/secrets-agent").mkdir(mode=0o755, exist_ok=True)
+
+    started = time.monotonic()
+    with (
+        namespace_pair(f"{release.suite[:4]}{os.getpid() % 100000}") as pair,
+        booted_machine(
+            install=_installer(),
+            prepare=no_settings,
+            release=release,
+            network_namespace_path=pair.machine_path,
+        ) as booted,
+    ):
+        TIMINGS.phases[f"{release.suite} netns machine boot"] = time.monotonic() - started
+        yield booted, pair
 
 
 @pytest.fixture

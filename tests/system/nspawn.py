@@ -107,8 +107,8 @@ ROOTFS_PACKAGES: tuple[str, ...] = (
     "python3-structlog",
     "ca-certificates",
 )
-# The addresses of the network namespaces tests create (tests/packaging/closed_network.py): the
-# host's end of each link serves the AWS stand-ins, which the suite's guard lets tests reach.
+# The addresses of the network namespaces tests/packaging/closed_network.py creates: the host's
+# end of each link serves the AWS stand-ins, which the suite's guard lets tests reach.
 TEST_NETWORKS = "10.213.0.0/16"
 HOST_PACKAGES = {"debootstrap": "debootstrap", "systemd-nspawn": "systemd-container", "nsenter": "util-linux"}
 
@@ -415,9 +415,9 @@ def _find_init(nspawn_pid: int, deadline: float) -> int:
     raise TimeoutError("systemd-nspawn started no systemd")
 
 
-def boot(root: Path, name: str, console_log: Path, network_namespace: Optional[Path] = None) -> Machine:
-    """Boot `root` with systemd-nspawn and wait until systemd reports the system running; in
-    `network_namespace` (a /run/netns/NAME path) when given, else on the host's network."""
+def boot(root: Path, name: str, console_log: Path, network_namespace_path: Optional[str] = None) -> Machine:
+    """Boot `root` with systemd-nspawn and wait until systemd reports the system running; in the
+    host's network, or in the namespace at `network_namespace_path` (tests/system/netns.py)."""
     started = time.monotonic()
     deadline = started + BOOT_TIMEOUT_SECONDS
     with open(console_log, "wb") as log:
@@ -430,7 +430,7 @@ def boot(root: Path, name: str, console_log: Path, network_namespace: Optional[P
                 "--keep-unit",
                 "--console=passive",
                 f"--machine={name}",
-                *([f"--network-namespace-path={network_namespace}"] if network_namespace else []),
+                *([f"--network-namespace-path={network_namespace_path}"] if network_namespace_path else []),
                 "-D",
                 str(root),
             ],
@@ -489,9 +489,10 @@ def booted_machine(
     packages: Sequence[str] = ROOTFS_PACKAGES,
     prepare: Optional[Callable[[Path], None]] = None,
     release: Release = DEFAULT_RELEASE,
+    network_namespace_path: Optional[str] = None,
 ) -> Iterator[Machine]:
-    """A fresh copy of the cached root file system of `release` with the agent installed, booted;
-    removed after."""
+    """A fresh copy of the cached root file system of `release` with the agent installed, booted
+    (in the host's network, or in the namespace at `network_namespace_path`); removed after."""
     cached = build_rootfs(packages, release=release)
     started = time.monotonic()
     WORK_ROOT.mkdir(parents=True, exist_ok=True)
@@ -512,7 +513,9 @@ def booted_machine(
         install(root)
         if prepare is not None:
             prepare(root)
-        machine = boot(root, f"sa-test-{release.suite}-{os.getpid()}", workdir / "console.log")
+        machine = boot(
+            root, f"sa-test-{release.suite}-{os.getpid()}", workdir / "console.log", network_namespace_path
+        )
         machine.timings["copy"] = copied
         try:
             yield machine

@@ -182,3 +182,19 @@ def test_render_error_does_not_echo_value() -> None:
         render('A={{ {}[param("/a")] }}', {"/a": "s3cr3t-value"})
     assert "s3cr3t-value" not in str(info.value)
     assert "<value of /a>" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("source", "tag"),
+    [
+        ('{% include "other.j2" %}\n', "include"),
+        ('A=1\n{% extends "base.j2" %}\n', "extends"),
+        ('{% import "macros.j2" as m %}\n', "import"),
+        ('{% from "macros.j2" import secret %}\n', "from ... import"),
+        ('{% if true %}{% include "/etc/shadow" %}{% endif %}\n', "include"),
+    ],
+)
+def test_tags_that_read_other_files_are_refused_at_parse_time(source: str, tag: str) -> None:
+    """include, extends and import are refused when the template is parsed: only the checked file is read."""
+    with pytest.raises(TemplateError, match=f"app.env.j2:[12]: {{% {tag} %}} is not supported"):
+        compile_template(source, "app.env.j2")

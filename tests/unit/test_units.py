@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from pathlib import Path
 
 import pytest
 
+from agent.cli import main
 from agent.errors import OutputError, UsageError
 from agent.systemd import DROPIN_NAME
+from agent.trust import read_trusted
 from agent.units import (
     disable_service,
     enable_service,
@@ -283,3 +286,30 @@ def test_disable_does_not_follow_a_symlinked_folder(
     with pytest.raises(OutputError, match="symlink"):
         disable_service("web", None, root)
     assert (elsewhere / DROPIN_NAME).read_text() == "keep\n"
+
+
+def test_enable_command_writes_a_root_owned_0640_template_the_agent_trusts(root: Path) -> None:
+    """`enable` creates NAME.env.j2 owned by root, mode 0640, says so, and the ownership check accepts it."""
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["enable", "web", "--root", str(root)], env={}, stdout=out, stderr=err) == 0, err.getvalue()
+    template = root / "etc/secrets-agent/web.env.j2"
+    assert (template.stat().st_uid, _mode(template)) == (0, 0o640)
+    assert (template.parent.stat().st_uid, _mode(template.parent)) == (0, 0o755)
+    assert (
+        f"created {template} (owner root, mode 0640: only root may change what is fetched)" in out.getvalue()
+    )
+    assert read_trusted(template) == render_starter_template("web").encode()
+
+
+def test_enable_command_warns_about_a_kept_template_the_agent_would_refuse(root: Path) -> None:
+    """An existing group-writable template is kept, and `enable` warns with the fix before any start."""
+    template = root / "etc/secrets-agent/web.env.j2"
+    template.parent.mkdir()
+    template.write_text("A=1\n")
+    template.chmod(0o664)
+    out = io.StringIO()
+    assert main(["enable", "web", "--root", str(root)], env={}, stdout=out, stderr=io.StringIO()) == 0
+    assert f"kept {template}\nwarning: refusing to read {template}: it is owned by root with mode 0664" in (
+        out.getvalue()
+    )
+    assert f"fix: `chmod g-w {template}`" in out.getvalue()
