@@ -55,11 +55,7 @@ def _cpu_model() -> str:
 
 def render(results: Results) -> str:
     """The whole report."""
-<<<<<<< HEAD
-    from bench import rotation, run, selfcontained
-=======
-    from bench import endpoint_mode, rotation, run
->>>>>>> main
+    from bench import endpoint_mode, rotation, run, selfcontained
 
     lines: list[str] = []
     add = lines.append
@@ -108,11 +104,8 @@ def render(results: Results) -> str:
     _memory(results, add)
     _levers(results, add)
     rotation.report(results.rotation, add)
-<<<<<<< HEAD
-    selfcontained.report(results.selfcontained, add)
-=======
     endpoint_mode.report(results.endpoint_mode, add)
->>>>>>> main
+    selfcontained.report(results.selfcontained, add)
     _reading(results, add)
     if results.violations:
         add("## Failed checks")

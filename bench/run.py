@@ -24,11 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
-<<<<<<< HEAD
-from bench import checks, fleet, levers, report, rotation, selfcontained
-=======
-from bench import checks, endpoint_mode, fleet, levers, report, rotation
->>>>>>> main
+from bench import checks, endpoint_mode, fleet, levers, report, rotation, selfcontained
 from bench.fallback import FallbackResults, GetParametersDenial, fallback_calls_per_agent, measure_fallback
 from bench.measure import Series, Spawner
 from bench.stack import (
@@ -81,11 +77,8 @@ class Options:
     skip_fleet_curve: bool
     output: Path
     skip_rotation: bool = False
-<<<<<<< HEAD
-    skip_selfcontained: bool = False
-=======
     skip_endpoint_mode: bool = False
->>>>>>> main
+    skip_selfcontained: bool = False
 
 
 @dataclass
@@ -110,11 +103,8 @@ class Results:
     consolidation_costs: list[checks.BeforeAfter] = field(default_factory=list)
     consolidation_note: str = "not run"
     rotation: Optional[rotation.RotationResults] = None
-<<<<<<< HEAD
-    selfcontained: Optional[selfcontained.SelfContainedResults] = None
-=======
     endpoint_mode: Optional[endpoint_mode.EndpointModeResults] = None
->>>>>>> main
+    selfcontained: Optional[selfcontained.SelfContainedResults] = None
     violations: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     # 1-minute load average at the start and at the end: other work on the machine skews timings.
@@ -152,13 +142,12 @@ def _parse_options(argv: Optional[list[str]]) -> Options:
     parser.add_argument("--output", type=Path, default=BENCH_DIR / "RESULTS.md")
     parser.add_argument("--skip-rotation", action="store_true", help="leave the rotation checks out")
     parser.add_argument(
-<<<<<<< HEAD
+        "--skip-endpoint-mode", action="store_true", help="leave imds_endpoint_mode auto against ipv4 out"
+    )
+    parser.add_argument(
         "--skip-selfcontained",
         action="store_true",
         help="leave the self-contained tarball's start-up out (it builds the tarball: needs PyPI)",
-=======
-        "--skip-endpoint-mode", action="store_true", help="leave imds_endpoint_mode auto against ipv4 out"
->>>>>>> main
     )
     args = parser.parse_args(argv)
     return Options(
@@ -173,11 +162,8 @@ def _parse_options(argv: Optional[list[str]]) -> Options:
         skip_fleet_curve=args.skip_fleet_curve,
         output=args.output,
         skip_rotation=args.skip_rotation,
-<<<<<<< HEAD
-        skip_selfcontained=args.skip_selfcontained,
-=======
         skip_endpoint_mode=args.skip_endpoint_mode,
->>>>>>> main
+        skip_selfcontained=args.skip_selfcontained,
     )
 
 
@@ -558,16 +544,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not options.skip_rotation:
         results.rotation = rotation.measure(skip_fleets=options.skip_storm)
         results.violations.extend(results.rotation.violations)
-<<<<<<< HEAD
+    if not options.skip_endpoint_mode:
+        results.endpoint_mode = endpoint_mode.measure()
+        results.violations.extend(results.endpoint_mode.violations)
     if not options.skip_selfcontained:
         print("self-contained tarball: build, then its launcher against the .deb-style install", flush=True)
         results.selfcontained = selfcontained.measure()
         results.violations.extend(results.selfcontained.violations)
-=======
-    if not options.skip_endpoint_mode:
-        results.endpoint_mode = endpoint_mode.measure()
-        results.violations.extend(results.endpoint_mode.violations)
->>>>>>> main
     results.seconds = time.perf_counter() - started
     results.load_after = os.getloadavg()[0]
     text = report.render(results)
