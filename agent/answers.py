@@ -9,6 +9,7 @@ parameters do not exist": it raises NotServiceAnswer, which the client retries l
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,9 @@ class Parameter:
     # A Secrets Manager reference's Version is always 0: the secret's own AWSCURRENT version id,
     # from SourceResult, is what changes when the secret rotates (None for plain parameters).
     source_version: Optional[str] = None
+    # LastModifiedDate (ISO 8601) when SSM gave one: a parameter deleted and created again starts
+    # over at version 1, so only this tells its new value from the one a render used.
+    modified: Optional[str] = None
 
 
 def describe_http(response: Any) -> str:
@@ -64,7 +68,15 @@ def parameter_from_item(item: Any, *, selector: str) -> Parameter:
         version=version,
         type=kind,
         source_version=current_secret_version(item.get("SourceResult")),
+        modified=_modified(item.get("LastModifiedDate")),
     )
+
+
+def _modified(value: Any) -> Optional[str]:
+    """LastModifiedDate as ISO 8601 text (botocore parses it into a datetime), or None."""
+    if isinstance(value, datetime.datetime):
+        return value.astimezone(datetime.timezone.utc).isoformat()
+    return None
 
 
 def current_secret_version(source_result: Any) -> Optional[str]:

@@ -16,6 +16,7 @@ import structlog
 from agent import __version__, aws_endpoints, render
 from agent.config import AgentSettings, ServiceSettings, load_agent_settings, load_service_settings
 from agent.errors import EXIT_INTERRUPTED, AgentError, ParameterNotFound
+from agent.guard import CheckedRender
 from agent.log import configure_logging
 from agent.policy import PARTITIONS, caller_arn, generate_policy, render_policy
 from agent.refresh import SsmVersions, Systemd, refresh
@@ -139,10 +140,10 @@ def cmd_refresh(
         deadline = Deadline(service.deadline_seconds)
         return SsmVersions(render.ssm_client(settings, deadline, render.aws_access(settings, deadline)))
 
-    def rerender() -> None:
-        render.render(settings, service)
+    def prepare() -> CheckedRender:
+        return render.checked(settings, service)
 
-    return refresh(service, systemd=systemd or Systemctl(), versions=versions, rerender=rerender)
+    return refresh(service, systemd=systemd or Systemctl(), versions=versions, prepare=prepare)
 
 
 def cmd_check(settings: AgentSettings, service: ServiceSettings, out: TextIO) -> int:

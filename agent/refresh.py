@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol, Union
 
 import structlog
 
+from agent.answers import Parameter
 from agent.config import ServiceSettings
-from agent.errors import StateError
+from agent.errors import AgentError, StateError
+from agent.guard import CheckedRender, held
 from agent.log import REDACTOR
 from agent.output import Ownership, write_secret_file
 from agent.selectors import SECRETS_MANAGER_PREFIX, parse_selector
@@ -64,6 +66,9 @@ class RenderRecord:
     # selectors SSM did not have (the template used its default=): one appearing is a change
     missing: tuple[str, ...]
     paths: tuple[PathListing, ...]
+    # selector, or name under a path -> LastModifiedDate: a parameter deleted and created again is
+    # back at version 1, and only this tells it apart (absent in older agents' records: not compared)
+    modified: Mapping[str, str] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         """The record as the JSON written to state.json."""
@@ -79,6 +84,7 @@ class RenderRecord:
                 {"path": p.path, "recursive": p.recursive, "versions": dict(sorted(p.versions.items()))}
                 for p in self.paths
             ],
+            "modified": dict(sorted(self.modified.items())),
         }
         return (json.dumps(document, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
 
@@ -106,6 +112,7 @@ class RenderRecord:
                 selectors=selectors,
                 missing=tuple(str(s) for s in document["missing"]),
                 paths=paths,
+                modified={str(k): str(v) for k, v in document.get("modified", {}).items()},
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StateError(
@@ -129,6 +136,7 @@ def make_record(
     found: Mapping[str, Versioned],
     missing: Iterable[str],
     paths: Mapping[tuple[str, bool], Mapping[str, int]],
+    modified: Optional[Mapping[str, str]] = None,
 ) -> RenderRecord:
     """Build the record of a render from what it resolved: by selector, absent, and by path."""
     return RenderRecord(
@@ -139,6 +147,7 @@ def make_record(
             PathListing(path=path, recursive=recursive, versions=dict(versions))
             for (path, recursive), versions in paths.items()
         ),
+        modified=dict(modified or {}),
     )
 
 
@@ -191,6 +200,10 @@ class VersionSource(Protocol):
     def current_listing(self, path: str, recursive: bool) -> dict[str, int]:
         """Every parameter under `path` now, by name, with its version."""
 
+    @property
+    def modified(self) -> Mapping[str, str]:
+        """LastModifiedDate by selector (and by name under a path) of everything asked so far."""
+
 
 class SsmVersions:
     """VersionSource over the agent's SSM client: GetParameters and GetParametersByPath with
@@ -198,6 +211,15 @@ class SsmVersions:
 
     def __init__(self, client: SsmClient) -> None:
         self._client = client
+        self._modified: dict[str, str] = {}
+
+    @property
+    def modified(self) -> Mapping[str, str]:
+        """LastModifiedDate by selector (and by name under a path) of everything asked so far."""
+        return self._modified
+
+    def _note(self, found: Mapping[str, Parameter]) -> None:
+        self._modified.update({key: p.modified for key, p in found.items() if p.modified})
 
     def current_versions(self, selectors: Sequence[str]) -> tuple[dict[str, Version], list[str]]:
         """Versions by selector, 10 selectors a call; and those SSM does not have.
@@ -212,18 +234,21 @@ class SsmVersions:
         if plain:
             found, absent = self._client.fetch(plain, decrypt=False)
             versions.update({selector: p.version for selector, p in found.items()})
+            self._note(found)
             missing.extend(absent)
         if secrets:
             found, absent = self._client.fetch(secrets, decrypt=True)
             for selector, p in found.items():
                 REDACTOR.add(p.value)
                 versions[selector] = p.source_version or p.version
+            self._note(found)
             missing.extend(absent)
         return versions, missing
 
     def current_listing(self, path: str, recursive: bool) -> dict[str, int]:
         """Versions by name of everything under `path`, every page."""
         listed = self._client.fetch_path(path, recursive=recursive, decrypt=False)
+        self._note({p.name: p for p in listed})
         return {p.name: p.version for p in listed}
 
 
@@ -235,12 +260,16 @@ class Change:
     old: Optional[Version]
     new: Optional[Version]
     path: Optional[str] = None
+    # Same version, but deleted and created again since the render (a new LastModifiedDate).
+    recreated: bool = False
 
     def as_log(self) -> dict[str, Any]:
         """Names and versions for the journal, never a value."""
         entry: dict[str, Any] = {"name": self.name, "old_version": self.old, "new_version": self.new}
         if self.path is not None:
             entry["under"] = self.path
+        if self.recreated:
+            entry["recreated"] = True
         return entry
 
 
@@ -264,15 +293,21 @@ def compare(record: RenderRecord, source: VersionSource) -> list[Change]:
         for selector in checked:
             old = record.selectors[selector][1] if selector in record.selectors else None
             new = current.get(selector)
-            if old != new:
-                changes.append(Change(name=selector, old=old, new=new))
+            if old != new or _recreated(record, source, selector):
+                changes.append(Change(name=selector, old=old, new=new, recreated=old == new))
     for listing in record.paths:
         now = source.current_listing(listing.path, listing.recursive)
         for name in sorted(set(listing.versions) | set(now)):
             old, new = listing.versions.get(name), now.get(name)
-            if old != new:
-                changes.append(Change(name=name, old=old, new=new, path=listing.path))
+            if old != new or _recreated(record, source, name):
+                changes.append(Change(name=name, old=old, new=new, path=listing.path, recreated=old == new))
     return changes
+
+
+def _recreated(record: RenderRecord, source: VersionSource, key: str) -> bool:
+    """True when both sides know when `key` last changed and they differ."""
+    old, new = record.modified.get(key), source.modified.get(key)
+    return old is not None and new is not None and old != new
 
 
 # -- acting through systemd -------------------------------------------------------------------
@@ -296,13 +331,15 @@ def refresh(
     *,
     systemd: Systemd,
     versions: Callable[[], VersionSource],
-    rerender: Callable[[], None],
+    prepare: Callable[[], CheckedRender],
 ) -> int:
     """Check NAME's parameters and act on a change; exit code 0 when the check (and action) worked.
 
     Nothing is fetched, not even credentials, when NAME's app does not run (agent.systemd.Systemctl
-    asks systemd). Errors propagate as AgentError (the CLI logs refresh_failed): a failed check or
-    re-render leaves the app as it was; a restart whose render fails leaves it down, as at boot.
+    asks systemd). On a change the new set is rendered in full without writing (`prepare`) before
+    anything is done: when that fails, the app, its file and state.json stay as they were and the
+    cause propagates as RefreshHeld, with render's exit code. Other errors propagate as AgentError
+    (the CLI logs refresh_failed).
     """
     apps = systemd.active_apps(service.name)
     if not apps:
@@ -325,6 +362,17 @@ def refresh(
         units=apps,
         changes=[change.as_log() for change in changes],
     )
+    try:
+        checked = prepare()
+    except AgentError as exc:
+        raise held(exc, apps) from None
+    log.info(
+        "refresh_ready",
+        service=service.name,
+        on_change=service.on_change,
+        variables=checked.variables,
+        parameters=checked.parameters,
+    )
     if service.on_change == "none":
         return 0
     if service.on_change == "restart":
@@ -333,13 +381,13 @@ def refresh(
                 "refresh_restart",
                 service=service.name,
                 unit=unit,
-                note=f"{agent_unit(service.name)} renders again first; if it fails, {unit} stays "
-                "down as at boot and its journal says why",
+                note=f"the new set rendered; {agent_unit(service.name)} renders it again at the "
+                "start (a second fetch, see README: Rotation)",
             )
             systemd.try_restart(unit)
         return 0
-    # render and reload: the new file replaces the old one atomically, or the old one stays.
-    rerender()
+    # render and reload: exactly the checked bytes replace the old file atomically, or it stays.
+    checked.write()
     if service.on_change == "reload":
         for unit in apps:
             log.info("refresh_reload", service=service.name, unit=unit)

@@ -23,6 +23,7 @@ from agent.answers import Parameter
 from agent.config import AgentSettings, ServiceSettings
 from agent.errors import AgentError, ConfigError
 from agent.formats import Format, Payload, format_of
+from agent.guard import CheckedRender
 from agent.log import REDACTOR
 from agent.notify import StatusNotifier
 from agent.output import Ownership, remove_secret_file, resolve_ownership
@@ -229,7 +230,13 @@ def prepare(settings: AgentSettings, service: ServiceSettings, *, stages: Stages
         assignments=assignments,
         payload=payload,
         parameters=resolver.parameters,
-        record=make_record(service.name, resolver.by_selector, resolver.missing, resolver.listings),
+        record=make_record(
+            service.name,
+            resolver.by_selector,
+            resolver.missing,
+            resolver.listings,
+            {key: p.modified for key, p in resolver.parameters.items() if p.modified},
+        ),
         ssm_calls=client.calls_done,
         started=started,
     )
@@ -262,6 +269,18 @@ def render(settings: AgentSettings, service: ServiceSettings, *, stages: Stages 
     rendered = prepare(settings, service, stages=stages)
     write(rendered, ownership, stages=stages)
     return rendered
+
+
+def checked(settings: AgentSettings, service: ServiceSettings) -> CheckedRender:
+    """`prepare`, standing ready to write exactly what it checked: what refresh acts on."""
+    # An unknown owner fails here, before anything is acted on.
+    ownership = resolve_ownership(service.owner, service.group)
+    rendered = prepare(settings, service)
+    return CheckedRender(
+        variables=len(rendered.assignments),
+        parameters=len(rendered.parameters),
+        write=lambda: write(rendered, ownership),
+    )
 
 
 def clean(service: ServiceSettings) -> bool:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
-from bench import checks, endpoint_mode, fleet, levers, report, rotation, selfcontained
+from bench import checks, endpoint_mode, fleet, guard, levers, report, rotation, selfcontained
 from bench.fallback import FallbackResults, GetParametersDenial, fallback_calls_per_agent, measure_fallback
 from bench.measure import Series, Spawner
 from bench.stack import (
@@ -78,6 +78,7 @@ class Options:
     output: Path
     skip_rotation: bool = False
     skip_endpoint_mode: bool = False
+    skip_guard: bool = False
     skip_selfcontained: bool = False
 
 
@@ -104,6 +105,7 @@ class Results:
     consolidation_note: str = "not run"
     rotation: Optional[rotation.RotationResults] = None
     endpoint_mode: Optional[endpoint_mode.EndpointModeResults] = None
+    guard: Optional[guard.GuardResults] = None
     selfcontained: Optional[selfcontained.SelfContainedResults] = None
     violations: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
@@ -145,6 +147,11 @@ def _parse_options(argv: Optional[list[str]]) -> Options:
         "--skip-endpoint-mode", action="store_true", help="leave imds_endpoint_mode auto against ipv4 out"
     )
     parser.add_argument(
+        "--skip-guard",
+        action="store_true",
+        help="leave the refresh guard's cost out (alone: python -m bench.guard)",
+    )
+    parser.add_argument(
         "--skip-selfcontained",
         action="store_true",
         help="leave the self-contained tarball's start-up out (it builds the tarball: needs PyPI)",
@@ -163,6 +170,7 @@ def _parse_options(argv: Optional[list[str]]) -> Options:
         output=args.output,
         skip_rotation=args.skip_rotation,
         skip_endpoint_mode=args.skip_endpoint_mode,
+        skip_guard=args.skip_guard,
         skip_selfcontained=args.skip_selfcontained,
     )
 
@@ -547,6 +555,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not options.skip_endpoint_mode:
         results.endpoint_mode = endpoint_mode.measure()
         results.violations.extend(results.endpoint_mode.violations)
+    if not options.skip_guard:
+        print("refresh guard: the extra fetch on a change against one render", flush=True)
+        results.guard = guard.measure()
+        results.violations.extend(results.guard.violations)
     if not options.skip_selfcontained:
         print("self-contained tarball: build, then its launcher against the .deb-style install", flush=True)
         results.selfcontained = selfcontained.measure()

@@ -183,7 +183,9 @@ class IamWorld:
         # moto answers a reference under the secret's bare name: take references from the request.
         asked = [str(name) for name in request.get("Names") or [request.get("Name") or ""]]
         checks = [(name, "reference") for name in asked if name.startswith("/aws/reference/secretsmanager/")]
-        checks += [(str(item["Name"]), str(item["Type"])) for item in items]
+        if request.get("WithDecryption") is True:
+            # Without decryption SSM returns SecureStrings encrypted and never calls KMS.
+            checks += [(str(item["Name"]), str(item["Type"])) for item in items]
         for name, kind in checks:
             denial = self._forward_access_denial(name, kind, keys)
             if denial is not None:

@@ -864,8 +864,11 @@ def test_throttled_longer_than_the_short_deadline_still_succeeds(admin: Any, cle
     assert waiting[0]["calls_left"] == 1
     assert "va" not in repr(logs)
     assert statuses[0].startswith("SSM is throttling")
-    # While throttled, the agent gives up when the throttled budget ends, not the 0.5 s deadline.
-    assert statuses[0].endswith("giving up in 10 s")
+    # While throttled, the agent gives up when the throttled budget ends, not the 0.5 s deadline (the
+    # budget counts from before the client was built: a loaded machine has spent a second or two of it).
+    giving_up = re.search(r"giving up in (\d+) s$", statuses[0])
+    assert giving_up is not None
+    assert 5 <= int(giving_up.group(1)) <= 10
     assert statuses[-1] == "SSM let the call through; fetching"
     passed = [entry for entry in logs if entry["event"] == "ssm_throttle_passed"]
     assert passed[0]["throttled_seconds"] >= 1.0  # 1.5 s less the first answer's round trip

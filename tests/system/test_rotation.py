@@ -297,25 +297,3 @@ def test_a_stopped_app_costs_no_call_at_all(
     assert proxy.actions == []
     assert len(imds.requests) == imds_before
     assert machine.show(app.unit, "ActiveState") == "inactive"
-
-
-def test_a_failed_render_on_restart_keeps_the_app_down_as_at_boot(
-    machine: Machine, new_app: NewApp, ssm: Any, rotating: Callable[[App], None]
-) -> None:
-    """on_change = "restart" (the default) and a parameter deleted in SSM: the agent cannot render, so
-    the app does not come back without its secrets; the check fails and both journals say why."""
-    app = new_app("rotgone")
-    rotating(app)
-    _started_app(app, ssm)
-    ssm.delete_parameter(Name=f"{app.prefix}/TOKEN")
-    cursor = machine.journal_cursor()
-
-    assert _check(machine, app).returncode != 0
-
-    assert machine.show(app.unit, "ActiveState") != "active"
-    assert machine.show(app.agent_unit, "ActiveState") == "failed"
-    assert f"{app.prefix}/TOKEN" in machine.journal(after=cursor, unit=app.agent_unit)
-    check_journal = machine.journal(after=cursor, unit=_refresh_unit(app))
-    assert "refresh_failed" in check_journal
-    assert f"try-restart {app.unit}" in check_journal
-    assert not app.exists(f"{app.folder}/env")

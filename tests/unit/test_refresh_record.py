@@ -28,12 +28,23 @@ RECORD = RenderRecord(
     selectors={"/a": ("/a", 3), "/b:live": ("/b", 2), "/c:1": ("/c", 1)},
     missing=("/opt",),
     paths=(PathListing(path="/dir/", recursive=True, versions={"/dir/x": 4}),),
+    modified={"/a": "2026-12-01T10:00:00.123000+00:00", "/dir/x": "2026-12-01T10:00:01+00:00"},
 )
 
 
 def test_record_survives_its_json() -> None:
-    """A record written to JSON reads back equal."""
+    """A record written to JSON reads back equal, LastModifiedDates included."""
     assert RenderRecord.from_json(RECORD.to_json(), "state.json") == RECORD
+
+
+def test_a_record_of_an_older_agent_without_dates_still_reads() -> None:
+    """state.json written before LastModifiedDate was recorded reads back with no dates (versions
+    alone are compared then)."""
+    document = json.loads(RECORD.to_json())
+    del document["modified"]
+    record = RenderRecord.from_json(json.dumps(document).encode(), "state.json")
+    assert record.modified == {}
+    assert record.selectors == RECORD.selectors
 
 
 @pytest.mark.parametrize(
