@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
-from bench import checks, endpoint_mode, fleet, guard, levers, report, rotation
+from bench import checks, endpoint_mode, fleet, guard, levers, report, rotation, selfcontained
 from bench.fallback import FallbackResults, GetParametersDenial, fallback_calls_per_agent, measure_fallback
 from bench.measure import Series, Spawner
 from bench.stack import (
@@ -79,6 +79,7 @@ class Options:
     skip_rotation: bool = False
     skip_endpoint_mode: bool = False
     skip_guard: bool = False
+    skip_selfcontained: bool = False
 
 
 @dataclass
@@ -105,6 +106,7 @@ class Results:
     rotation: Optional[rotation.RotationResults] = None
     endpoint_mode: Optional[endpoint_mode.EndpointModeResults] = None
     guard: Optional[guard.GuardResults] = None
+    selfcontained: Optional[selfcontained.SelfContainedResults] = None
     violations: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     # 1-minute load average at the start and at the end: other work on the machine skews timings.
@@ -149,6 +151,11 @@ def _parse_options(argv: Optional[list[str]]) -> Options:
         action="store_true",
         help="leave the refresh guard's cost out (alone: python -m bench.guard)",
     )
+    parser.add_argument(
+        "--skip-selfcontained",
+        action="store_true",
+        help="leave the self-contained tarball's start-up out (it builds the tarball: needs PyPI)",
+    )
     args = parser.parse_args(argv)
     return Options(
         rounds=args.rounds,
@@ -164,6 +171,7 @@ def _parse_options(argv: Optional[list[str]]) -> Options:
         skip_rotation=args.skip_rotation,
         skip_endpoint_mode=args.skip_endpoint_mode,
         skip_guard=args.skip_guard,
+        skip_selfcontained=args.skip_selfcontained,
     )
 
 
@@ -551,6 +559,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("refresh guard: the extra fetch on a change against one render", flush=True)
         results.guard = guard.measure()
         results.violations.extend(results.guard.violations)
+    if not options.skip_selfcontained:
+        print("self-contained tarball: build, then its launcher against the .deb-style install", flush=True)
+        results.selfcontained = selfcontained.measure()
+        results.violations.extend(results.selfcontained.violations)
     results.seconds = time.perf_counter() - started
     results.load_after = os.getloadavg()[0]
     text = report.render(results)

@@ -1,9 +1,11 @@
 #!/bin/bash
 # Bakes secrets-agent into a machine image: for a Packer shell provisioner or an EC2 Image
-# Builder component, run as root on the build instance (or in the chroot) of a Debian image.
+# Builder component, run as root on the build instance (or in the chroot) of the image.
 #
 #   ami-bake.sh PACKAGE [SERVICE...]
-#       PACKAGE is the .deb: a path, an http(s):// URL or s3://BUCKET/KEY.
+#       PACKAGE is the .deb (Debian, Ubuntu), the rpm (Amazon Linux 2023, RHEL family) or the
+#       self-contained tarball (any systemd Linux with python3), by its name: a path, an
+#       http(s):// URL or s3://BUCKET/KEY.
 #       For each SERVICE: `secrets-agent enable SERVICE` (the drop-in that puts SERVICE.service
 #       behind the agent) and `systemctl enable SERVICE.service` when that unit exists, so
 #       that instances launched from the image fetch the secrets at their boot. Put each
@@ -32,38 +34,67 @@ CREDENTIAL_RE+='|"SecretAccessKey"[[:space:]]*:[[:space:]]*"[A-Za-z0-9/+]{40}"'
 log() { printf 'ami-bake: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 usage() {
-    sed -n '5,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '5,14p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
 install_package() {
-    local location=$1 workdir deb
+    local location=$1 workdir kind package
+    case "${location%%\?*}" in
+        *.deb) kind=deb ;;
+        *.rpm) kind=rpm ;;
+        *-linux.tar.gz) kind=tarball ;;
+        *) die "$location: expected a .deb, a .rpm or a -linux.tar.gz (the name make dist gave it)" ;;
+    esac
     workdir=$(mktemp -d)
     # shellcheck disable=SC2064 # expand now: workdir is local
     trap "rm -rf '$workdir'" EXIT
-    deb="$workdir/secrets-agent.deb"
+    package="$workdir/secrets-agent.$kind"
     case "$location" in
         s3://*)
-            apt_get update
-            apt_get install python3-boto3
-            python3 -c 'import sys, boto3
+            # The .deb's dependencies include boto3 anyway; the rpm and the tarball need no
+            # library: the AWS CLI, which Amazon Linux 2023 images have, fetches them.
+            if [ "$kind" = deb ]; then
+                apt_get update
+                apt_get install python3-boto3
+                python3 -c 'import sys, boto3
 bucket, _, key = sys.argv[1][len("s3://"):].partition("/")
-boto3.client("s3").download_file(bucket, key, sys.argv[2])' "$location" "$deb"
+boto3.client("s3").download_file(bucket, key, sys.argv[2])' "$location" "$package"
+            else
+                command -v aws >/dev/null || die "fetching $location needs the AWS CLI: install it, or copy the file to the builder and pass its path"
+                aws s3 cp --only-show-errors "$location" "$package"
+            fi
             ;;
         http://* | https://*)
             python3 -c 'import shutil, sys, urllib.request
 with urllib.request.urlopen(sys.argv[1], timeout=60) as response, open(sys.argv[2], "wb") as out:
-    shutil.copyfileobj(response, out)' "$location" "$deb"
+    shutil.copyfileobj(response, out)' "$location" "$package"
             ;;
         *)
             [ -f "$location" ] || die "no such package file: $location"
-            cp "$location" "$deb"
+            cp "$location" "$package"
             ;;
     esac
-    # apt-get resolves the dependencies (python3-boto3 and the rest) from the archive; the
-    # package's maintainer scripts only reload systemd.
-    apt_get update
-    apt_get install "$deb"
+    case "$kind" in
+        deb)
+            # apt-get resolves the dependencies (python3-boto3 and the rest) from the archive; the
+            # package's maintainer scripts only reload systemd.
+            apt_get update
+            apt_get install "$package"
+            ;;
+        rpm)
+            # Its libraries are inside; it requires only python3 and systemd. Its scriptlets only
+            # byte-compile it and reload systemd.
+            rpm -U --replacepkgs "$package"
+            ;;
+        tarball)
+            # Its libraries are inside: extracted into /, then byte-compiled for this python3 (the
+            # agent unit's file system is read-only, so the agent could not do it at boot).
+            tar -xzf "$package" -C /
+            python3 -m compileall -q /usr/lib/secrets-agent >/dev/null
+            if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+            ;;
+    esac
     rm -rf "$workdir"
     trap - EXIT
     log "installed $(secrets-agent --version)"

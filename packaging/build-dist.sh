@@ -1,6 +1,7 @@
 #!/bin/bash
-# Builds the wheel, the sdist and the .deb into dist/ (or --outdir DIR), then runs lintian
-# on the .deb and fails on any error or warning. `make dist` calls it.
+# Builds the wheel, the sdist, the .deb, the self-contained tarball (+ .sha256) and the rpm into
+# dist/ (or --outdir DIR); runs lintian on the .deb and rpmlint on the rpm and fails on any
+# error, or on any warning the package does not explain. `make dist` calls it.
 #
 # Everything is built in a temporary copy of the tree, so the source tree gets nothing but
 # the artefacts in the output folder. As root on Debian it installs the Debian packages the
@@ -46,6 +47,12 @@ if [ "$deb_version" != "$version" ]; then
     die "agent/__init__.py says $version but packaging/debian/changelog says $deb_version;" \
         "add a changelog entry: dch --changelog packaging/debian/changelog -v $version"
 fi
+spec=packaging/rpm/secrets-agent.spec
+rpm_version=$(sed -n 's/^Version:[[:space:]]*//p' "$spec")
+if [ "$rpm_version" != "$version" ]; then
+    die "agent/__init__.py says $version but $spec says Version: $rpm_version;" \
+        "set it and add a %changelog entry"
+fi
 
 # Debian packages the build and its checks need. apt-get build-dep reads them from
 # debian/control itself, so the list lives in one place.
@@ -75,7 +82,7 @@ apt_install() {
 }
 
 missing_tools=()
-for tool in lintian:lintian shellcheck:shellcheck dpkg-buildpackage:dpkg-dev; do
+for tool in lintian:lintian shellcheck:shellcheck dpkg-buildpackage:dpkg-dev rpmbuild:rpm rpmlint:rpmlint; do
     command -v "${tool%%:*}" >/dev/null || missing_tools+=("${tool#*:}")
 done
 if ! build_deps_report=$(cd "$src" && dpkg-checkbuilddeps 2>&1) || [ ${#missing_tools[@]} -gt 0 ]; then
@@ -112,9 +119,35 @@ lintian --fail-on error,warning --display-info "$deb" >"$stage/lintian.log" 2>&1
     || { cat "$stage/lintian.log" >&2; die "lintian found errors or warnings"; }
 cat "$stage/lintian.log" >&2
 
+log "self-contained tarball of $version"
+mkdir "$stage/selfcontained"
+"$PYTHON" "$src/packaging/selfcontained/build.py" --outdir "$stage/selfcontained" >&2
+tarball="$stage/selfcontained/secrets-agent-$version-linux.tar.gz"
+
+log "rpm of $version"
+# Debian's rpmbuild, its own folder tree; the spec unpacks the tarball into its buildroot.
+mkdir -p "$stage/rpm/SOURCES"
+cp "$tarball" "$stage/rpm/SOURCES/"
+rpmbuild -bb --define "_topdir $stage/rpm" "$src/$spec" >"$stage/rpm-build.log" 2>&1 \
+    || { cat "$stage/rpm-build.log" >&2; die "the rpm build failed"; }
+rpm="$stage/rpm/RPMS/noarch/secrets-agent-$version-1.noarch.rpm"
+[ -f "$rpm" ] || die "rpmbuild did not make $(basename "$rpm")"
+
+log "rpmlint"
+# No error; a warning only of a kind the spec's opening comment explains.
+rpmlint_explained='only-non-binary-in-usr-lib|cross-directory-hard-link|no-manual-page-for-binary'
+rpmlint -c "$src/packaging/rpm/rpmlint.toml" "$rpm" >"$stage/rpmlint.log" 2>&1 || true
+if grep -q ': E: ' "$stage/rpmlint.log" || ! grep -q ' 0 errors' "$stage/rpmlint.log" \
+    || grep ': W: ' "$stage/rpmlint.log" | grep -v -E ": W: ($rpmlint_explained)( |\$)" | grep -q .; then
+    cat "$stage/rpmlint.log" >&2
+    die "rpmlint found errors, or warnings $spec does not explain"
+fi
+grep -E ' (errors|warnings)' "$stage/rpmlint.log" >&2
+
 # Replace the previous artefacts of this project, whatever their version, and nothing else.
 rm -f "$outdir"/secrets_agent-*.whl "$outdir"/secrets_agent-*.tar.gz \
-    "$outdir"/secrets-agent-*.tar.gz "$outdir"/secrets-agent_*_all.deb
-mv "$stage"/python/* "$deb" "$outdir"/
+    "$outdir"/secrets-agent-*.tar.gz "$outdir"/secrets-agent-*.tar.gz.sha256 \
+    "$outdir"/secrets-agent_*_all.deb "$outdir"/secrets-agent-*.noarch.rpm
+mv "$stage"/python/* "$deb" "$tarball" "$tarball.sha256" "$rpm" "$outdir"/
 log "built into $outdir:"
-(cd "$outdir" && ls -1 secrets_agent-* secrets-agent_*) >&2
+(cd "$outdir" && ls -1 secrets_agent-* secrets-agent_* secrets-agent-*) >&2

@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from tests.system.nspawn import Release, releases_under_test
+from tests.system.nspawn import TEST_NETWORKS, Release, releases_under_test
 
 _LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
+_TEST_NETWORKS = ipaddress.ip_network(TEST_NETWORKS)
 
 
 def _network_namespace(path: str) -> int:
@@ -39,9 +40,11 @@ def _is_local(host: Any) -> bool:
     if host in _LOCAL_NAMES:
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    # The host's own end of a network namespace a test made: still this machine.
+    return address.is_loopback or address in _TEST_NETWORKS
 
 
 def _refuse_remote_connections(event: str, args: tuple[Any, ...]) -> None:
@@ -56,8 +59,8 @@ def _refuse_remote_connections(event: str, args: tuple[Any, ...]) -> None:
         host = args[0]
     if not _is_local(host) and not _in_test_network_namespace():
         raise ConnectionRefusedError(
-            f"test tried to reach {host!r}: tests may only talk to 127.0.0.1 (set the IMDS and SSM "
-            "endpoints to the local fakes)"
+            f"test tried to reach {host!r}: tests may only talk to 127.0.0.1 or {TEST_NETWORKS} "
+            "(set the IMDS and SSM endpoints to the local fakes)"
         )
 
 

@@ -38,7 +38,7 @@ SESSION_NAME = "i-0fa4e1fa4e1fa4e10"  # EC2 names an instance role's session aft
 _SERVER_MAIN = """
 import sys, threading
 from moto.server import ThreadedMotoServer
-server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server = ThreadedMotoServer(ip_address=sys.argv[1], port=0, verbose=False)
 server.start()
 host, port = server.get_host_and_port()
 print(f"http://{host}:{port}", flush=True)
@@ -53,11 +53,12 @@ _ARN_PARTS_RE = re.compile(r"^arn:([\w-]+):[\w-]*:[\w-]*:(\d{12}):")
 
 
 @contextmanager
-def enforcing_moto_server() -> Iterator[str]:
-    """moto's server with IAM enforcement, in its own process on 127.0.0.1; yields its URL."""
+def enforcing_moto_server(host: str = LOOPBACK) -> Iterator[str]:
+    """moto's server with IAM enforcement, in its own process on `host` (127.0.0.1, or the host's
+    end of a test's network namespace link); yields its URL."""
     env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT=str(BOOTSTRAP_CALLS))
     process = subprocess.Popen(
-        [sys.executable, "-c", _SERVER_MAIN],
+        [sys.executable, "-c", _SERVER_MAIN, host],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,  # werkzeug's line per request
@@ -67,7 +68,7 @@ def enforcing_moto_server() -> Iterator[str]:
     try:
         assert process.stdout is not None
         url = process.stdout.readline().strip()
-        if not url.startswith("http://127.0.0.1:"):
+        if not url.startswith(f"http://{host}:"):
             raise RuntimeError(f"moto's enforcing server did not start (printed {url!r})")
         yield url
     finally:
@@ -222,9 +223,11 @@ class IamWorld:
             )
         return None
 
-    def imds(self, role: str, keys: Keys) -> FakeImds:
-        """A strict IMDSv2 fake (not started) serving `keys` as the instance role's credentials."""
+    def imds(self, role: str, keys: Keys, host: str = LOOPBACK) -> FakeImds:
+        """A strict IMDSv2 fake (not started) on `host` serving `keys` as the instance role's
+        credentials."""
         return FakeImds(
+            host=host,
             region=self.region,
             role=role,
             access_key_id=keys.access_key_id,

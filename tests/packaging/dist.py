@@ -20,8 +20,10 @@ from agent import __version__
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "packaging" / "build-dist.sh"
-# The Debian build, lintian and the wheel build with its own setuptools take about 20 s.
+# The Debian build, lintian, the wheel, the tarball's pip downloads and the rpm take about 2 min.
 BUILD_TIMEOUT_SECONDS = 600
+# While iterating: a folder `make dist` already filled, used as it is instead of a fresh build.
+PREBUILT_ENV = "SECRETS_AGENT_TEST_DIST"
 
 
 class BuildUnavailable(Exception):
@@ -30,19 +32,25 @@ class BuildUnavailable(Exception):
 
 @dataclass(frozen=True)
 class Artefacts:
-    """What packaging/build-dist.sh made: the folder and the three files in it."""
+    """What packaging/build-dist.sh made: the folder and the files in it."""
 
     folder: Path
     version: str
     wheel: Path
     sdist: Path
     deb: Path
+    tarball: Path
+    tarball_sha256: Path
+    rpm: Path
     build_log: str
 
 
 @functools.cache
 def built_artefacts() -> Artefacts:
-    """Build the wheel, sdist and .deb of this tree into a temporary dist/ (once per process)."""
+    """Build the wheel, sdist, .deb, tarball and rpm of this tree into a temporary dist/ (once
+    per process)."""
+    if os.environ.get(PREBUILT_ENV):
+        return _artefacts_in(Path(os.environ[PREBUILT_ENV]), f"prebuilt in ${PREBUILT_ENV}")
     if os.geteuid() != 0:
         raise BuildUnavailable("building the .deb needs root (it installs missing Debian build tools)")
     outdir = Path(tempfile.mkdtemp(prefix="secrets-agent-dist-"))
@@ -57,6 +65,10 @@ def built_artefacts() -> Artefacts:
     )
     if result.returncode != 0:
         raise AssertionError(f"build-dist.sh failed:\n{result.stdout}\n{result.stderr}")
+    return _artefacts_in(outdir, result.stderr)
+
+
+def _artefacts_in(outdir: Path, build_log: str) -> Artefacts:
     return Artefacts(
         folder=outdir,
         version=__version__,
@@ -64,5 +76,8 @@ def built_artefacts() -> Artefacts:
         wheel=outdir / f"secrets_agent-{__version__}-py3-none-any.whl",
         sdist=outdir / f"secrets_agent-{__version__}.tar.gz",
         deb=outdir / f"secrets-agent_{__version__}_all.deb",
-        build_log=result.stderr,
+        tarball=outdir / f"secrets-agent-{__version__}-linux.tar.gz",
+        tarball_sha256=outdir / f"secrets-agent-{__version__}-linux.tar.gz.sha256",
+        rpm=outdir / f"secrets-agent-{__version__}-1.noarch.rpm",
+        build_log=build_log,
     )

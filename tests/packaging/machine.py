@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from tests.system import nspawn
 from tests.system.nspawn import DEFAULT_RELEASE, Machine, Release
@@ -55,7 +55,7 @@ CLOUD_LAYER_RECIPE = (
 APT_RETRIES_CONF = "etc/apt/apt.conf.d/80-secrets-agent-tests-retries"
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-__all__ = ["Machine", "booted", "fresh_rootfs", "install_agent_from_deb", "run"]
+__all__ = ["Machine", "booted", "fresh_rootfs", "install_agent_from_deb", "install_agent_from_tarball", "run"]
 
 
 def _cloud_rootfs(release: Release = DEFAULT_RELEASE) -> Path:
@@ -113,11 +113,12 @@ def fresh_rootfs(destination: Path, *, cloud_init: bool = False, release: Releas
 
 
 @contextlib.contextmanager
-def booted(root: Path, name: str) -> Iterator[Machine]:
-    """Boot `root` with the harness and power it off afterwards; the root stays for inspection."""
+def booted(root: Path, name: str, network_namespace: Optional[Path] = None) -> Iterator[Machine]:
+    """Boot `root` with the harness (in `network_namespace` when given) and power it off
+    afterwards; the root stays for inspection."""
     console_log = root.parent / f"{name}.console.log"
     try:
-        machine = nspawn.boot(root, name, console_log)
+        machine = nspawn.boot(root, name, console_log, str(network_namespace) if network_namespace else None)
     except (TimeoutError, subprocess.TimeoutExpired) as exc:
         tail = console_log.read_bytes()[-6000:].decode(errors="replace") if console_log.exists() else ""
         raise AssertionError(f"{name} did not boot ({exc}); its console said:\n{tail}") from None
@@ -159,6 +160,16 @@ def install_agent_from_deb(deb: Path) -> Callable[[Path], None]:
             )  # fmt: skip
         finally:
             copy.unlink()
+
+    return install
+
+
+def install_agent_from_tarball(tarball: Path) -> Callable[[Path], None]:
+    """The harness's Installer that extracts the self-contained `tarball` into a root before it
+    boots, as `tar -xzf TARBALL -C /` does (systemd reads the units at boot)."""
+
+    def install(root: Path) -> None:
+        subprocess.run(["tar", "-xzf", str(tarball), "-C", str(root)], check=True)
 
     return install
 

@@ -16,6 +16,7 @@ from tests.packaging.machine import cloud_init_schema
 
 USER_DATA = REPO / "cloud-init" / "user-data.yaml"
 USER_DATA_WHEEL = REPO / "cloud-init" / "user-data-wheel.yaml"
+USER_DATA_OFFLINE = REPO / "cloud-init" / "user-data-offline.yaml"
 UNIT = REPO / "systemd" / "secrets-agent@.service"
 # The line each user-data asks its reader to edit, as the tests find and replace it.
 LOCATION_LINE = {
@@ -71,9 +72,9 @@ def install_script(user_data: Path) -> str:
     return script
 
 
-def test_both_user_data_examples_are_found() -> None:
-    """The search for cloud-configs finds at least the two shipped user-data files."""
-    assert {USER_DATA, USER_DATA_WHEEL} <= set(cloud_configs())
+def test_every_user_data_example_is_found() -> None:
+    """The search for cloud-configs finds at least the three shipped user-data files."""
+    assert {USER_DATA, USER_DATA_WHEEL, USER_DATA_OFFLINE} <= set(cloud_configs())
 
 
 @pytest.mark.parametrize("config", cloud_configs(), ids=lambda path: str(path.relative_to(REPO)))
@@ -112,6 +113,20 @@ def test_install_script_passes_shellcheck(user_data: Path, tmp_path: Path) -> No
     result = subprocess.run(
         ["shellcheck", "-s", "sh", str(script)], capture_output=True, text=True, check=False
     )
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("step", ["1-fetch", "2-verify-sha256", "3-install"])
+def test_offline_user_data_steps_pass_shellcheck(step: str, tmp_path: Path) -> None:
+    """Each step script the offline user-data writes is clean POSIX sh by shellcheck."""
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (build-dist.sh installs it as root)")
+    files = yaml.safe_load(USER_DATA_OFFLINE.read_text(encoding="utf-8"))["write_files"]
+    [text] = [entry["content"] for entry in files if entry["path"].endswith(f"/secrets-agent-{step}")]
+    assert text.startswith("#!/bin/sh\n")
+    script = tmp_path / step
+    script.write_text(text, encoding="utf-8")
+    result = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout
 
 

@@ -22,6 +22,7 @@ import pytest
 
 from devtools.fakeimds import FakeImds
 from devtools.systemd_envfile import parse_env
+from tests import readme_quickstart
 from tests.hard_values import hard_values, template_lines, tier_for
 from tests.integration.moto_server import RecordingProxy
 from tests.packaging.conftest import REPO, Artefacts, skip_unless_root
@@ -154,13 +155,14 @@ def expected_app_values(fakes: Fakes) -> dict[str, str]:
 
 
 def apt_install_deb(machine: Machine, deb: Path) -> None:
-    """`apt-get install ./secrets-agent_*.deb` as the README says, from the machine's /root,
-    where the test copied it; its dependencies come from Debian's archive."""
+    """The README quick start's .deb install block as printed, from the machine's /root, where the
+    test copied the .deb; its dependencies come from Debian's archive."""
     run(machine, "apt-get", "update", "-q", timeout=APT_TIMEOUT_SECONDS)
-    run(machine,
-        "apt-get", "install", "-y", "-q",
-        f"./{deb.name}", cwd="/root", timeout=APT_TIMEOUT_SECONDS,
-    )  # fmt: skip
+    block = readme_quickstart.install_block("deb")
+    assert "apt-get install -y ./secrets-agent_${VERSION}_all.deb" in block
+    run(
+        machine, "sh", "-c", readme_quickstart.as_root_script(block), cwd="/root", timeout=APT_TIMEOUT_SECONDS
+    )
 
 
 def test_apt_installs_the_deb_with_debians_libraries_and_it_renders(

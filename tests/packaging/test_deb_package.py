@@ -53,6 +53,7 @@ EXPECTED_DEB_ENTRIES = {
     ("-rw-r--r--", DOC + "examples/app.service.d/secrets-agent.conf"),
     ("-rw-r--r--", DOC + "examples/user-data.yaml"),
     ("-rw-r--r--", DOC + "examples/user-data-wheel.yaml"),
+    ("-rw-r--r--", DOC + "examples/user-data-offline.yaml"),
     ("drwxr-xr-x", "./usr/share/man/"),
     ("drwxr-xr-x", "./usr/share/man/man1/"),
     ("-rw-r--r--", "./usr/share/man/man1/secrets-agent.1.gz"),
@@ -133,10 +134,19 @@ def deb_field(deb: Path, field: str) -> str:
     ).stdout.strip()
 
 
-def test_build_makes_the_three_artefacts_with_standard_names(artefacts: Artefacts) -> None:
-    """build-dist.sh leaves exactly the wheel, the sdist and the .deb, named by the version."""
+def test_build_makes_every_artefact_with_standard_names(artefacts: Artefacts) -> None:
+    """build-dist.sh leaves exactly the wheel, the sdist, the .deb, the tarball with its .sha256 and
+    the rpm, named by the version."""
     names = sorted(path.name for path in artefacts.folder.iterdir())
-    assert names == sorted([artefacts.wheel.name, artefacts.sdist.name, artefacts.deb.name])
+    made = (
+        artefacts.wheel,
+        artefacts.sdist,
+        artefacts.deb,
+        artefacts.tarball,
+        artefacts.tarball_sha256,
+        artefacts.rpm,
+    )
+    assert names == sorted(path.name for path in made)
 
 
 def test_deb_wheel_changelog_and_source_agree_on_the_version(artefacts: Artefacts) -> None:

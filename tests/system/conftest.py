@@ -30,7 +30,7 @@ from devtools.fakeimds import FakeImds
 from devtools.netns import Pair, namespace_pair
 from tests.integration.moto_server import admin_ssm_client
 from tests.packaging.dist import BuildUnavailable, built_artefacts
-from tests.packaging.machine import install_agent_from_deb
+from tests.packaging.machine import install_agent_from_deb, install_agent_from_tarball
 
 
 @dataclass
@@ -48,11 +48,13 @@ def _installer() -> Installer:
         return install_agent_from_source
     started = time.monotonic()
     try:
-        deb = built_artefacts().deb
+        artefacts = built_artefacts()
     except BuildUnavailable as exc:
         skip_or_fail(str(exc))
     TIMINGS.phases["dist"] = time.monotonic() - started
-    return install_agent_from_deb(deb)
+    if install_mode() == "tarball":
+        return install_agent_from_tarball(artefacts.tarball)
+    return install_agent_from_deb(artefacts.deb)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

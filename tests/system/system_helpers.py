@@ -36,15 +36,18 @@ ExecStart=/bin/sleep infinity
 
 # How the agent gets into the machine: "deb" (the default, and what CI runs) builds the .deb with
 # packaging/build-dist.sh and apt-get installs it, so the system tests prove the package Debian
-# users get; "source" copies this tree's agent/ in, which saves the build while iterating.
+# users get; "tarball" extracts the self-contained tarball instead (its launcher ignores the
+# machine's python3-boto3 and the rest); "source" copies this tree's agent/ in, which saves the
+# build while iterating.
 INSTALL_ENV = "SECRETS_AGENT_SYSTEM_INSTALL"
+INSTALL_MODES = ("deb", "tarball", "source")
 
 
 def install_mode() -> str:
-    """The install mode, "deb" or "source", from SECRETS_AGENT_SYSTEM_INSTALL."""
+    """The install mode, "deb", "tarball" or "source", from SECRETS_AGENT_SYSTEM_INSTALL."""
     mode = os.environ.get(INSTALL_ENV, "deb")
-    if mode not in ("deb", "source"):
-        raise pytest.UsageError(f"{INSTALL_ENV} must be deb or source, not {mode!r}")
+    if mode not in INSTALL_MODES:
+        raise pytest.UsageError(f"{INSTALL_ENV} must be one of {', '.join(INSTALL_MODES)}, not {mode!r}")
     return mode
 
 

@@ -31,20 +31,27 @@ def test_machine_has_the_agent_and_its_debian_dependencies(machine: Machine, rel
     )
     for package, prefix in release.libraries:
         assert versions[package].startswith(prefix), (package, versions[package])
-    python = machine.text("python3", "-c", "import sys, agent.cli; print('%d.%d' % sys.version_info[:2])")
-    assert python.strip() == release.python
+    if install_mode() == "tarball":
+        # The tarball's agent is its launcher's own: the release's python3 does not see it.
+        assert machine.run("python3", "-c", "import agent", check=False).returncode != 0
+    else:
+        python = machine.text("python3", "-c", "import sys, agent.cli; print('%d.%d' % sys.version_info[:2])")
+        assert python.strip() == release.python
     assert machine.text("secrets-agent", "--version").startswith("secrets-agent ")
 
 
 def test_machine_runs_the_agent_as_installed(machine: Machine) -> None:
     """By default the machine's agent is the .deb, installed by apt-get: dpkg owns the command
     and the unit, and its version is this tree's. SECRETS_AGENT_SYSTEM_INSTALL=source copies
-    the tree in instead, and dpkg knows nothing of it."""
+    the tree in instead, and =tarball extracts the self-contained tarball: dpkg knows nothing of
+    either."""
     owners = machine.run(
         "dpkg-query", "-S", "/usr/bin/secrets-agent", "/lib/systemd/system/secrets-agent@.service",
         check=False,
     )  # fmt: skip
-    if install_mode() == "source":
+    if install_mode() == "tarball":
+        assert machine.text("cat", "/usr/lib/secrets-agent/VERSION").strip() == __version__
+    if install_mode() in ("source", "tarball"):
         assert owners.returncode != 0
         return
     assert owners.returncode == 0, owners.stderr
