@@ -13,7 +13,7 @@ from typing import Optional, TextIO
 
 import structlog
 
-from agent import __version__, aws_endpoints, render, status
+from agent import __version__, aws_endpoints, render
 from agent.config import AgentSettings, ServiceSettings, load_agent_settings, load_service_settings
 from agent.errors import EXIT_INTERRUPTED, AgentError, ParameterNotFound
 from agent.guard import CheckedRender
@@ -202,6 +202,9 @@ def cmd_clean(
 
 
 def cmd_status(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -> int:
+    # Like doctor, only `status` pays for its modules, not every render at boot.
+    from agent import status  # noqa: PLC0415
+
     return status.command(settings, args.name, as_json=args.json, out=out)
 
 

@@ -18,14 +18,15 @@ from typing import Any, Optional
 
 import structlog
 
-from agent import inventory, metrics
+from agent import inventory
 from agent.config import AgentSettings, ServiceSettings
 from agent.errors import AgentError, OutputError
 from agent.log import REDACTOR
 from agent.notify import StatusNotifier
 from agent.output import remove_public_file, write_public_file, write_secret_file
-from agent.refresh import STATE_MAX_BYTES, Change, RenderRecord, RenderStats, read_record
+from agent.refresh import Change
 from agent.ssm import SsmClient
+from agent.state import STATE_MAX_BYTES, RenderRecord, RenderStats, read_record
 
 log = structlog.get_logger("secrets-agent")
 
@@ -252,6 +253,8 @@ def publish(settings: AgentSettings, service: ServiceSettings, observed: Observa
                 remove_public_file(path)
             else:
                 record = read_render_record(service)
+                from agent import metrics  # noqa: PLC0415  (only hosts with metrics_dir pay for it)
+
                 text = metrics.render_metrics(
                     service.name,
                     render=observed.render or outcome_of(record),

@@ -27,10 +27,10 @@ from agent.guard import CheckedRender
 from agent.log import REDACTOR
 from agent.notify import StatusNotifier
 from agent.output import Ownership, remove_secret_file, resolve_ownership
-from agent.refresh import RenderRecord, RenderStats, make_record, write_record
 from agent.retry import Deadline
 from agent.secret_folder import remove_secret_folder
 from agent.ssm import SsmClient
+from agent.state import RenderRecord, RenderStats, make_record, write_record
 from agent.template import Assignment, CompiledTemplate, compile_template
 from agent.trust import read_trusted
 from agent.values import ParamValue

@@ -22,7 +22,8 @@ from agent.inventory import (
 )
 from agent.metrics import escape_label, render_metrics
 from agent.observed import NO_CHECK_YET, CheckRecord, RenderOutcome
-from agent.refresh import Change, RenderStats
+from agent.refresh import Change
+from agent.state import RenderStats
 from agent.status import gather, parse_timespan, parse_unix_timestamp
 from agent.status_view import render_json, render_table
 

@@ -12,7 +12,8 @@ import pytest
 from agent.answers import current_secret_version
 from agent.cli import main
 from agent.errors import AgentError, UsageError
-from agent.refresh import PathListing, RenderRecord, is_fixed_version, selectors_to_check
+from agent.refresh import is_fixed_version, selectors_to_check
+from agent.state import PathListing, RenderRecord
 from agent.timer import (
     DEFAULT_REFRESH_INTERVAL,
     disable_refresh,
