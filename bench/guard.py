@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from bench.measure import Measurement, Spawner
+from bench.measure import Spawner
+from bench.rotation import Cost as Runs
 from bench.stack import Emulator, named_template, parameter_names
 
 SIZES = (10, 100)
@@ -24,21 +25,6 @@ ROUNDS = 7
 TARGET_RATIO = 1.0
 RENDER, UNCHANGED, CHANGED = "render", "check, nothing changed", "check, a change that renders"
 KINDS = (RENDER, UNCHANGED, CHANGED)
-
-
-@dataclass
-class Runs:
-    """Every cold run of one kind at one N: wall and CPU seconds, and its SSM calls."""
-
-    seconds: list[float] = field(default_factory=list)
-    cpu_seconds: list[float] = field(default_factory=list)
-    calls: dict[str, int] = field(default_factory=dict)
-    decrypting: int = 0
-
-    def add(self, measurement: Measurement, calls: dict[str, int], decrypting: int) -> None:
-        self.seconds.append(measurement.seconds)
-        self.cpu_seconds.append(measurement.cpu_seconds)
-        self.calls, self.decrypting = calls, decrypting
 
 
 @dataclass
