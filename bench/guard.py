@@ -151,7 +151,8 @@ def report(results: Optional[GuardResults], emit: Callable[[str], None]) -> None
             f"{_median(results.runs[(UNCHANGED, size)].seconds):.3f} | {_median(changed.seconds):.3f} "
             f"| {results.extra_seconds(size):.3f} | {results.ratio(size):.2f}x "
             f"| {_median(render.cpu_seconds):.3f} | {_median(changed.cpu_seconds):.3f} "
-            f"| {changed.calls.get('GetParameters', 0)} GetParameters ({changed.decrypting_calls} decrypting) |"
+            f"| {changed.calls.get('GetParameters', 0)} GetParameters "
+            f"({changed.decrypting_calls} decrypting) |"
         )
     emit("")
 
