@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional, TextIO
 from agent import status_view
 from agent.config import AgentSettings, load_service_settings, validate_name
 from agent.errors import ConfigError, SystemdError
+from agent.formats import format_of
 from agent.observed import read_check_record, read_render_record, record_versions
 from agent.systemd import agent_unit, default_app_unit, refresh_service, refresh_timer, show_units
 
@@ -215,7 +216,7 @@ def gather(settings: AgentSettings, name: str, show: Optional[ShowUnits], now: f
     return ServiceStatus(
         service=name,
         format=service.format,
-        output=str(service.credentials_dir if service.format == "credentials" else service.output_path),
+        output=str(format_of(service).output_path(service)),
         units=units,
         last_render=last_render,
         parameters=parameters,
