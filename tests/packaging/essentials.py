@@ -73,11 +73,26 @@ def assert_app_gets_every_value_then_a_rotation_then_nothing_left(
     assert machine.show("hard.service", "MainPID") != before
     assert machine.exec_environ("hard.service")[b"DOLLARS"] == rotated.encode()
 
-    run(machine, "systemctl", "stop", "hard.service")
+    stop_app(machine, "hard")
     assert machine.show("secrets-agent@hard.service", "ActiveState") == "inactive"
     assert run(machine, "test", "-e", "/run/secrets-agent/hard", check=False).returncode == 1
     journal = machine.journal(unit="secrets-agent@hard.service")
     assert MARK not in journal
+
+
+# The agent unit stops after its app and runs its ExecStop= (`secrets-agent clean`) once
+# `systemctl stop APP` has returned: this long at most.
+AGENT_STOP_SECONDS = 10.0
+
+
+def stop_app(machine: Machine, name: str) -> None:
+    """`systemctl stop NAME.service`, then wait for secrets-agent@NAME to have stopped too."""
+    run(machine, "systemctl", "stop", f"{name}.service")
+    deadline = time.monotonic() + AGENT_STOP_SECONDS
+    while machine.show(f"secrets-agent@{name}.service", "ActiveState") not in ("inactive", "failed"):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"secrets-agent@{name}.service did not stop within {AGENT_STOP_SECONDS} s")
+        time.sleep(0.05)
 
 
 def assert_credentials_reach_a_dynamic_user_app(machine: Machine, world: ClosedWorld) -> None:
@@ -107,7 +122,7 @@ def assert_credentials_reach_a_dynamic_user_app(machine: Machine, world: ClosedW
     read = {match[2]: match[1] for line in lines if (match := re.fullmatch(r"([0-9a-f]{64})  (\S+)", line))}
     expected = {f"secrets_{key}": hashlib.sha256(value.encode()).hexdigest() for key, value in values.items()}
     assert read == expected, lines
-    run(machine, "systemctl", "stop", "creds.service")
+    stop_app(machine, "creds")
     assert run(machine, "test", "-e", "/run/secrets-agent/creds", check=False).returncode == 1
     assert run(machine, "test", "-e", "/run/credentials/creds.service", check=False).returncode == 1
 

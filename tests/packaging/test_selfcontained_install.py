@@ -25,6 +25,7 @@ from tests.packaging.essentials import (
     assert_app_gets_every_value_then_a_rotation_then_nothing_left,
     assert_credentials_reach_a_dynamic_user_app,
     assert_no_network_for_apt_or_pip,
+    stop_app,
     write,
 )
 from tests.packaging.machine import BARE_PACKAGES, Machine, booted, run
@@ -186,7 +187,7 @@ def test_rpm_installs_on_the_amazon_linux_2023_stand_in_and_removes_cleanly(
             encoding="utf-8"
         )
         write(root, "/etc/secrets-agent/app.env.j2", edited, 0o640)
-        run(machine, "systemctl", "stop", "app.service")
+        stop_app(machine, "app")
         run(machine, "rpm", "-e", "secrets-agent")
         assert run(machine, "systemctl", "cat", "secrets-agent@app.service", check=False).returncode != 0
         left = [path for path in files if (root / path.lstrip("/")).exists()]
