@@ -160,12 +160,16 @@ def cmd_refresh(
     seen = observed or Observations()
     seen.is_check = True
 
+    # IMDS is asked once per check: the versions and, on a change, the checked render share it.
+    access: list[render.AwsAccess] = []
+
     def versions() -> SsmVersions:
         deadline = Deadline(service.deadline_seconds)
-        return SsmVersions(render.ssm_client(settings, deadline, render.aws_access(settings, deadline)))
+        access.append(render.aws_access(settings, deadline))
+        return SsmVersions(render.ssm_client(settings, deadline, access[0]))
 
     def prepare() -> CheckedRender:
-        return render.checked(settings, service)
+        return render.checked(settings, service, access[0] if access else None)
 
     def found(changes: Sequence[Change]) -> None:
         seen.changes = list(changes)

@@ -217,10 +217,13 @@ def prepare(
     *,
     stages: Stages = no_stages,
     on_client: Callable[[SsmClient], None] = lambda _client: None,
+    access: Optional[AwsAccess] = None,
 ) -> Rendered:
     """Everything a render does but the write: fetch (decrypted), render, check and encode.
 
-    Raises the AgentError a render would; nothing is written, so a failure leaves every file as it was.
+    `access` is what a caller already got from IMDS in this process (refresh's version check);
+    without it, IMDS is asked. Raises the AgentError a render would; nothing is written, so a
+    failure leaves every file as it was.
     """
     started = time.monotonic()
     fmt = format_of(service)
@@ -228,8 +231,9 @@ def prepare(
         template = read_template(service)
     needs = template.requirements
     deadline = service_deadline(service)
-    with stages("imds"):
-        access = aws_access(settings, deadline)
+    if access is None:
+        with stages("imds"):
+            access = aws_access(settings, deadline)
     with stages("ssm_client"):
         client = ssm_client(settings, deadline, access)
     on_client(client)  # a caller that reports a failed render's figures reads them from the client
@@ -296,11 +300,13 @@ def render(
     return rendered
 
 
-def checked(settings: AgentSettings, service: ServiceSettings) -> CheckedRender:
+def checked(
+    settings: AgentSettings, service: ServiceSettings, access: Optional[AwsAccess] = None
+) -> CheckedRender:
     """`prepare`, standing ready to write exactly what it checked: what refresh acts on."""
     # An unknown owner fails here, before anything is acted on.
     ownership = resolve_ownership(service.owner, service.group)
-    rendered = prepare(settings, service)
+    rendered = prepare(settings, service, access=access)
     return CheckedRender(
         variables=len(rendered.assignments),
         parameters=len(rendered.parameters),
