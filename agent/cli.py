@@ -7,22 +7,20 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional, TextIO
 
 import structlog
 
-from agent import __version__, aws_endpoints, render
+from agent import __version__, render
 from agent.config import AgentSettings, ServiceSettings, load_agent_settings, load_service_settings
 from agent.errors import EXIT_INTERRUPTED, AgentError, ParameterNotFound
 from agent.guard import CheckedRender
 from agent.log import configure_logging
 from agent.observed import Observations, RenderOutcome, publish
-from agent.policy import PARTITIONS, caller_arn, generate_policy, render_policy
+from agent.policy import PARTITIONS, policy_for_service, render_policy
 from agent.refresh import Change, SsmVersions, Systemd, refresh
 from agent.retry import Deadline
-from agent.ssm import READ_TIMEOUT_SECONDS
 from agent.systemd import Systemctl, agent_unit, refresh_timer
 from agent.timer import (
     DEFAULT_REFRESH_INTERVAL,
@@ -38,7 +36,6 @@ log = structlog.get_logger("secrets-agent")
 _COMMANDS_WITH_UNIT = ("enable", "disable", "doctor")
 # Commands after which the metrics file and the SSM inventory file are brought up to date.
 _COMMANDS_THAT_PUBLISH = ("render", "refresh", "clean")
-POLICY_DEADLINE_SECONDS = 10.0
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -215,36 +212,13 @@ def cmd_status(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -
 def cmd_policy(
     args: argparse.Namespace, settings: AgentSettings, service: ServiceSettings, out: TextIO, err: TextIO
 ) -> int:
-    needs = render.read_template(service).requirements
-    if args.region:
-        settings = replace(settings, region=args.region)
-    # An operator waits at a shell: a laptop without IMDS should not cost the full render deadline.
-    deadline = Deadline(min(service.deadline_seconds, POLICY_DEADLINE_SECONDS))
-    access: Optional[render.AwsAccess] = None
-    try:
-        access = render.aws_access(settings, deadline)
-    except AgentError as exc:
-        if settings.region is None:
-            raise
-        err.write(f"note: no AWS credentials ({exc.message}); nothing is looked up\n")
-    region = access.region if access else str(settings.region)
-
-    def identity() -> str:
-        return caller_arn(
-            region=region,
-            endpoint_url=settings.sts_endpoint,
-            credentials=access.credentials if access else None,
-            timeout_seconds=READ_TIMEOUT_SECONDS,
-            flags=aws_endpoints.endpoint_flags(settings),
-        )
-
-    generated = generate_policy(
-        needs,
-        region=region,
+    generated = policy_for_service(
+        settings,
+        service,
+        region=args.region,
         account=args.account,
         partition=args.partition,
-        identity=identity if access else None,
-        describe=render.ssm_client(settings, deadline, access).describe_parameters if access else None,
+        note=lambda text: err.write(f"note: {text}\n"),
     )
     for note in generated.notes:
         err.write(f"note: {note}\n")

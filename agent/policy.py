@@ -16,6 +16,7 @@ Built from what the template names (no value is fetched). What AWS authorizes ea
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,9 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from agent.aws import create_client
-from agent.aws_endpoints import NO_FLAGS, EndpointFlags
+from agent.aws_endpoints import NO_FLAGS, EndpointFlags, endpoint_flags
+from agent.config import AgentSettings, ServiceSettings
 from agent.errors import AgentError, CredentialsError, UsageError
+from agent.retry import Deadline
 from agent.selectors import parse_selector, secret_of_reference
+from agent.ssm import READ_TIMEOUT_SECONDS
 from agent.template import Requirements
 
 AWS_MANAGED_SSM_KEY = "alias/aws/ssm"
@@ -34,6 +38,8 @@ PLACEHOLDER_SID = "PlaceholderDecryptWithCustomerManagedKeyReplaceKeyId"
 # DescribeParameters takes at most 50 values in one filter.
 DESCRIBE_FILTER_MAX_VALUES = 50
 POLICY_VERSION = "2012-10-17"
+# `policy` waits for IMDS and STS at most this long: an operator is waiting at a shell.
+POLICY_DEADLINE_SECONDS = 10.0
 PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
 
 _PARTITION_BY_REGION_PREFIX = (("cn-", "aws-cn"), ("us-gov-", "aws-us-gov"), ("us-iso-", "aws-iso"))
@@ -305,3 +311,49 @@ def generate_policy(
     if not document["Statement"]:
         notes.append("the template names no parameter, path or secret: rendering it needs no permission")
     return GeneratedPolicy(document=document, notes=tuple(notes))
+
+
+def policy_for_service(
+    settings: AgentSettings,
+    service: ServiceSettings,
+    *,
+    region: Optional[str],
+    account: Optional[str],
+    partition: Optional[str],
+    note: Callable[[str], object],
+) -> GeneratedPolicy:
+    """`secrets-agent policy NAME`: NAME's template's policy, with what AWS access can look up (the
+    account, the partition, customer-managed keys); without credentials, from the region alone."""
+    from agent import render  # noqa: PLC0415  (render imports this module's neighbours, not this one)
+
+    needs = render.read_template(service).requirements
+    if region:
+        settings = dataclasses.replace(settings, region=region)
+    # An operator waits at a shell: a laptop without IMDS should not cost the full render deadline.
+    deadline = Deadline(min(service.deadline_seconds, POLICY_DEADLINE_SECONDS))
+    access: Optional[render.AwsAccess] = None
+    try:
+        access = render.aws_access(settings, deadline)
+    except AgentError as exc:
+        if settings.region is None:
+            raise
+        note(f"no AWS credentials ({exc.message}); nothing is looked up")
+    found_region = access.region if access else str(settings.region)
+
+    def identity() -> str:
+        return caller_arn(
+            region=found_region,
+            endpoint_url=settings.sts_endpoint,
+            credentials=access.credentials if access else None,
+            timeout_seconds=READ_TIMEOUT_SECONDS,
+            flags=endpoint_flags(settings),
+        )
+
+    return generate_policy(
+        needs,
+        region=found_region,
+        account=account,
+        partition=partition,
+        identity=identity if access else None,
+        describe=render.ssm_client(settings, deadline, access).describe_parameters if access else None,
+    )
