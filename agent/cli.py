@@ -13,23 +13,24 @@ from typing import Optional, TextIO
 import structlog
 
 from agent import __version__, render
+from agent.aws.retry import Deadline
+from agent.commands.policy import PARTITIONS, policy_for_service, render_policy
+from agent.commands.refresh import SsmVersions, Systemd, refresh
 from agent.config import AgentSettings, ServiceSettings, load_agent_settings, load_service_settings
 from agent.errors import EXIT_INTERRUPTED, AgentError, ParameterNotFound
-from agent.guard import CheckedRender
-from agent.log import configure_logging
-from agent.observed import Observations, RenderOutcome, publish
-from agent.policy import PARTITIONS, policy_for_service, render_policy
-from agent.refresh import Change, SsmVersions, Systemd, refresh
-from agent.retry import Deadline
-from agent.systemd import Systemctl, agent_unit, refresh_timer
-from agent.timer import (
+from agent.host.state import Change
+from agent.host.systemd import Systemctl, agent_unit, refresh_timer
+from agent.host.timer import (
     DEFAULT_REFRESH_INTERVAL,
     DEFAULT_REFRESH_INTERVAL_SECONDS,
     disable_refresh,
     enable_refresh,
 )
-from agent.trust import check_trusted, owner_and_mode
-from agent.units import disable_service, enable_service, unit_for
+from agent.host.trust import check_trusted, owner_and_mode
+from agent.host.units import disable_service, enable_service, unit_for
+from agent.log import configure_logging
+from agent.observe.observed import Observations, publish
+from agent.observe.outcomes import RenderOutcome
 
 log = structlog.get_logger("secrets-agent")
 
@@ -165,7 +166,7 @@ def cmd_refresh(
         access.append(render.aws_access(settings, deadline))
         return SsmVersions(render.ssm_client(settings, deadline, access[0]))
 
-    def prepare() -> CheckedRender:
+    def prepare() -> render.CheckedRender:
         return render.checked(settings, service, access[0] if access else None)
 
     def found(changes: Sequence[Change]) -> None:
@@ -204,7 +205,7 @@ def cmd_clean(
 
 def cmd_status(args: argparse.Namespace, settings: AgentSettings, out: TextIO) -> int:
     # Like doctor, only `status` pays for its modules, not every render at boot.
-    from agent import status  # noqa: PLC0415
+    from agent.commands import status  # noqa: PLC0415
 
     return status.command(settings, args.name, as_json=args.json, out=out)
 
@@ -236,7 +237,7 @@ def cmd_doctor(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO
         return settings, load_service_settings(settings, args.name)
 
     # Only `doctor` pays for its module (sockets, temp files, HTTP probes), not every render.
-    from agent.doctor import Inputs, report, run_checks  # noqa: PLC0415
+    from agent.commands.doctor import Inputs, report, run_checks  # noqa: PLC0415
 
     inputs = Inputs(load_settings=load_settings, load_template=render.read_template, unit=args.unit)
     return report(run_checks(args.name, inputs), out.write)

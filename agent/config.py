@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from agent.errors import ConfigError, UsageError
-from agent.formats import DEFAULT_FORMAT, FORMATS
-from agent.trust import read_trusted
+from agent.host.trust import read_trusted
+from agent.template.formats import DEFAULT_FORMAT, FORMATS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,7 +35,7 @@ DEFAULT_THROTTLE_DEADLINE_SECONDS = 600.0
 CREDENTIALS_FOLDER_NAME = "credentials"
 # Every other format: this one file below the service's runtime folder.
 ENV_FILE_NAME = "env"
-# What `secrets-agent refresh` does when a parameter changed (see agent/refresh.py).
+# What `secrets-agent refresh` does when a parameter changed (see agent/commands/refresh.py).
 ON_CHANGE_ACTIONS = ("restart", "reload", "render", "none")
 DEFAULT_ON_CHANGE = "restart"
 
@@ -55,8 +55,8 @@ _AGENT_KEYS = {
     "metrics_dir",
 }
 # imds_endpoint_mode / AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE, as the AWS SDKs name it (see
-# agent/imds_endpoints.py); use_dualstack_endpoint / use_fips_endpoint take true, false or auto
-# (see agent/aws_endpoints.py).
+# agent/aws/imds_endpoints.py); use_dualstack_endpoint / use_fips_endpoint take true, false or auto
+# (see agent/aws/endpoints.py).
 IMDS_ENDPOINT_MODES = ("auto", "ipv4", "ipv6")
 ENDPOINT_SWITCHES = ("true", "false", "auto")
 DEFAULT_SOURCE = "default"

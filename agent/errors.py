@@ -3,7 +3,7 @@
     AgentError                      1  unexpected failure
     ├── UsageError                  2  bad command line or name
     │   └── ConfigError             2  agent.toml / <name>.toml / template file problems
-    │       └── UntrustedFile       2  someone but root could change one of them (agent/trust.py)
+    │       └── UntrustedFile       2  someone but root could change one of them (agent/host/trust.py)
     ├── TemplateError               3  the template cannot be rendered, or names what SSM refuses
     │   └── ValueNotRepresentable   3  a value systemd cannot carry (NUL, bad UTF-8, > 128 KiB)
     ├── ParameterNotFound           4  named parameters do not exist in SSM

@@ -18,22 +18,22 @@ from typing import Callable, Optional
 
 import structlog
 
-from agent import aws_endpoints, imds_endpoints
-from agent.answers import Parameter
+from agent.aws import endpoints as aws_endpoints
+from agent.aws import imds_endpoints
+from agent.aws.answers import Parameter
+from agent.aws.retry import Deadline
+from agent.aws.ssm import SsmClient
 from agent.config import AgentSettings, ServiceSettings
 from agent.errors import AgentError, ConfigError
-from agent.formats import Format, Payload, format_of
-from agent.guard import CheckedRender
+from agent.host.notify import StatusNotifier
+from agent.host.output import Ownership, remove_secret_file, resolve_ownership
+from agent.host.secret_folder import remove_secret_folder, write_payload
+from agent.host.state import RenderRecord, RenderStats, make_record, write_record
+from agent.host.trust import read_trusted
 from agent.log import REDACTOR
-from agent.notify import StatusNotifier
-from agent.output import Ownership, remove_secret_file, resolve_ownership
-from agent.retry import Deadline
-from agent.secret_folder import remove_secret_folder
-from agent.ssm import SsmClient
-from agent.state import RenderRecord, RenderStats, make_record, write_record
-from agent.template import Assignment, CompiledTemplate, compile_template
-from agent.trust import read_trusted
-from agent.values import ParamValue
+from agent.template.formats import Format, Payload, format_of
+from agent.template.jinja import Assignment, CompiledTemplate, compile_template
+from agent.template.values import ParamValue
 
 log = structlog.get_logger("secrets-agent")
 
@@ -269,7 +269,13 @@ def write(rendered: Rendered, ownership: Ownership, *, stages: Stages = no_stage
     """Put a prepared render in place atomically, then record what it used; returns the path written."""
     service = rendered.service
     with stages("write"):
-        path = rendered.format.write(service, rendered.payload, ownership)
+        path = write_payload(
+            service.output_path,
+            service.credentials_dir,
+            rendered.payload,
+            ownership,
+            allow_persistent=service.allow_persistent,
+        )
     try:
         write_record(service, replace(rendered.record, stats=rendered.stats()), ownership)
     except AgentError as exc:
@@ -298,6 +304,16 @@ def render(
     rendered = prepare(settings, service, stages=stages, on_client=on_client)
     write(rendered, ownership, stages=stages)
     return rendered
+
+
+@dataclass(frozen=True)
+class CheckedRender:
+    """A render that passed every check and is not written yet; `write()` swaps in exactly its
+    bytes (and the record of what it used) atomically and returns the path it wrote."""
+
+    variables: int
+    parameters: int
+    write: Callable[[], Path] = field(repr=False)
 
 
 def checked(

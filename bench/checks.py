@@ -21,9 +21,9 @@ from typing import Optional
 from bench.measure import Series, Spawner
 from bench.stack import Emulator
 
-# The last commit before agent.answers: every answer was believed as it came.
+# The last commit before agent.aws.answers: every answer was believed as it came.
 BEFORE_REVISION = "e4d5a9a"
-# The last commit before agent/render.py and agent/formats.py: the pipeline lived in agent/cli.py.
+# The last commit before agent/render.py and agent/template/formats.py: the pipeline lived in agent/cli.py.
 CONSOLIDATION_REVISION = "5b9aeae"
 REPO = Path(__file__).resolve().parents[1]
 # argv[1] is the tree whose `agent` package runs; the rest is the agent's own command line.

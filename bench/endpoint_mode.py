@@ -147,9 +147,9 @@ def _cold_render(
 
 def _stage_rounds(results: EndpointModeResults, config: Path, rounds: int) -> None:
     """The IMDS stage of a render, as the render runs it (agent/imds_endpoints.open_client)."""
+    from agent.aws.imds_endpoints import open_client
+    from agent.aws.retry import Deadline
     from agent.config import load_agent_settings
-    from agent.imds_endpoints import open_client
-    from agent.retry import Deadline
 
     # The agent's debug lines (one per IMDS request) would flood the console: warnings only here.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))

@@ -1,4 +1,4 @@
-"""A model of the fleet-size curve: how the agent's own retry policy (agent.retry.Backoff, the same
+"""A model of the fleet-size curve: how the agent's own retry policy (agent.aws.retry.Backoff, the same
 code) fares against a token bucket when K agents boot at once, for settings that would take a full
 `make bench` each to measure.
 
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
 
-from agent.retry import THROTTLED_JITTER_FLOOR, THROTTLED_STEP_SECONDS, Backoff, ThrottleMemory
+from agent.aws.retry import THROTTLED_JITTER_FLOOR, THROTTLED_STEP_SECONDS, Backoff, ThrottleMemory
 from bench.fleet import FLEET_PARAMETERS, FLEET_RATE_PER_SECOND, FLEET_SIZES
 from bench.storm import TokenBucket, calls_per_agent
 

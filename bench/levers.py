@@ -27,7 +27,7 @@ _CLIENT_CREATION_SCRIPT = """
 import json, sys, time
 import botocore.session
 from botocore.config import Config
-from agent.aws import create_client
+from agent.aws.clients import create_client
 config = Config(retries={"total_max_attempts": 1, "mode": "standard"})
 started = time.perf_counter()
 if sys.argv[1] == "stock":
@@ -90,7 +90,7 @@ def client_creation_lever(rounds: int) -> Lever:
             values.append(float(json.loads(out.stdout)))
     return Lever(
         name="SSM client: a Loader that lists only `ssm` (taken)",
-        where="agent/aws.py create_client",
+        where="agent/aws/clients.py create_client",
         now_ms=statistics.median(samples["stock"]) * 1000,
         with_change_ms=statistics.median(samples["agent"]) * 1000,
         how="stock botocore create_client against the agent's, fresh process each, median of each",
@@ -111,7 +111,7 @@ def import_levers(rounds: int) -> list[Lever]:
     return [
         Lever(
             name="IMDS over urllib3 (already loaded by botocore) instead of requests",
-            where="agent/imds.py",
+            where="agent/aws/imds.py",
             now_ms=costs["botocore+requests"],
             with_change_ms=costs["botocore"],
             how="fresh `python -c 'import botocore.session[, requests]'`, median",

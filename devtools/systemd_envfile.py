@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from typing import Optional, Union
 
-from agent.envfile import NONCHARACTER_RE
+from agent.template.envfile import NONCHARACTER_RE
 
 _KEY_BYTES_RE = re.compile(rb"[A-Za-z_][A-Za-z0-9_]*")
 # sysconf(_SC_ARG_MAX) in PID 1 with the default 8 MiB stack limit (RLIMIT_STACK / 4): systemd's own

@@ -157,7 +157,7 @@ find_leftovers() {
 }
 
 # The command that makes one step on the way to a template trustworthy, or nothing: the rule
-# agent/trust.py applies at boot. Owned by root (a symlink too: `chown -h`); a file or folder
+# agent/host/trust.py applies at boot. Owned by root (a symlink too: `chown -h`); a file or folder
 # not writable by group or others, except a folder with the sticky bit (as /tmp).
 fix_for() {
     local path=$1 type=$2 uid=$3 mode=$4 writers="" fix="" link_flag=""

@@ -17,7 +17,12 @@ from pathlib import Path
 import pytest
 
 from agent.errors import OutputError
-from agent.secret_folder import FOLDER_TMP_PREFIX, RETIRED_PREFIX, remove_secret_folder, write_secret_folder
+from agent.host.secret_folder import (
+    FOLDER_TMP_PREFIX,
+    RETIRED_PREFIX,
+    remove_secret_folder,
+    write_secret_folder,
+)
 from tests.integration import test_cli
 from tests.integration.test_cli import Stack
 
@@ -272,7 +277,7 @@ def test_a_write_failing_half_way_keeps_the_old_set_and_leaves_nothing(tmpfs_pat
     script = (
         "import resource, signal, sys\n"
         "from pathlib import Path\n"
-        "from agent.secret_folder import write_secret_folder\n"
+        "from agent.host.secret_folder import write_secret_folder\n"
         "from agent.errors import OutputError\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))\n"

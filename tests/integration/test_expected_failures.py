@@ -16,8 +16,8 @@ from typing import Optional
 import pytest
 
 from agent.cli import main
+from agent.commands.refresh import Systemd
 from agent.errors import ConfigError, OutputError, StateError, SystemdError
-from agent.refresh import Systemd
 from tests.integration.test_cli import Stack, stack  # noqa: F401 - the fixture is used below
 from tests.integration.test_refresh import FakeSystemd
 

@@ -24,11 +24,11 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from agent.aws.retry import Backoff, Deadline
+from agent.aws.ssm import SsmClient
 from agent.cli import main
 from agent.errors import ServiceUnavailable
-from agent.output import TMP_PREFIX
-from agent.retry import Backoff, Deadline
-from agent.ssm import SsmClient
+from agent.host.output import TMP_PREFIX
 from devtools.fakeimds import FakeImds
 from devtools.systemd_envfile import parse_env
 from tests.integration.faults import (

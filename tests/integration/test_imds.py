@@ -19,9 +19,9 @@ import pytest
 import requests
 from structlog.testing import capture_logs
 
+from agent.aws.imds import ImdsClient, RoleCredentials
+from agent.aws.retry import Backoff, Deadline
 from agent.errors import ConfigError, CredentialsError, ServiceUnavailable
-from agent.imds import ImdsClient, RoleCredentials
-from agent.retry import Backoff, Deadline
 from devtools.fakeimds import (
     FAKE_ACCESS_KEY_ID,
     FAKE_SECRET_ACCESS_KEY,

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from agent import imds_endpoints
+from agent.aws import imds_endpoints
+from agent.aws.imds import REGION_PATH, TOKEN_PATH
+from agent.aws.imds_endpoints import candidates, choose_endpoint, open_client
+from agent.aws.retry import Backoff, Deadline
 from agent.config import AgentSettings, load_agent_settings
 from agent.errors import ServiceUnavailable
-from agent.imds import REGION_PATH, TOKEN_PATH
-from agent.imds_endpoints import candidates, choose_endpoint, open_client
-from agent.retry import Backoff, Deadline
 from devtools.fakeimds import FakeImds
 
 NOWHERE = "http://127.0.0.1:9"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import OutputError
-from agent.output import (
+from agent.host.output import (
     TMP_PREFIX,
     is_memory_backed,
     remove_secret_file,
@@ -112,7 +112,7 @@ def test_failed_write_keeps_previous_file(tmpfs_path: Path) -> None:
     script = (
         "import resource, signal, sys\n"
         "from pathlib import Path\n"
-        "from agent.output import write_secret_file\n"
+        "from agent.host.output import write_secret_file\n"
         "from agent.errors import OutputError\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))\n"

@@ -18,12 +18,12 @@ from typing import Any, Callable, NoReturn
 import pytest
 from structlog.testing import capture_logs
 
-import agent.imds
-import agent.ssm
+import agent.aws.imds
+import agent.aws.ssm
+from agent.aws.retry import Backoff, Deadline
+from agent.aws.ssm import SsmClient
 from agent.cli import main
 from agent.errors import ServiceUnavailable
-from agent.retry import Backoff, Deadline
-from agent.ssm import SsmClient
 from devtools.fakeimds import FakeImds
 from tests.integration.moto_server import CannedResponse, RecordingProxy, admin_ssm_client
 
@@ -128,11 +128,11 @@ def test_the_stack_renders_without_a_defect(stack: Stack) -> None:
 @pytest.mark.parametrize(
     ("module", "checker"),
     [
-        (agent.ssm, "check_get_parameters"),
-        (agent.ssm, "check_path_page"),
-        (agent.imds, "_parse_role_list"),
-        (agent.imds, "_parse_credentials"),
-        (agent.imds.ImdsClient, "_parse_region"),
+        (agent.aws.ssm, "check_get_parameters"),
+        (agent.aws.ssm, "check_path_page"),
+        (agent.aws.imds, "_parse_role_list"),
+        (agent.aws.imds, "_parse_credentials"),
+        (agent.aws.imds.ImdsClient, "_parse_region"),
     ],
 )
 def test_a_defect_in_an_answer_checker_exits_1_at_once(

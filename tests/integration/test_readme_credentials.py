@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.credentials import credential_id
+from agent.template.credentials import credential_id
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 SECTION = "## Credentials instead of an EnvironmentFile"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.envfile import max_value_bytes
+from agent.template.envfile import max_value_bytes
 from tests.integration.iam_world import IamWorld, allow, policy_of
 from tests.integration.moto_server import admin_ssm_client
 from tests.integration.test_cli import Stack, stack  # noqa: F401 - the fixture is used below
@@ -156,16 +156,16 @@ def test_an_unrenderable_change_under_render_writes_exactly_what_it_checked(
     _running(rotation, "render")
     rotation.stack.put("/app/token", f"{MARK}token-2")
 
-    import agent.refresh
+    import agent.commands.refresh
 
-    checked = agent.refresh.log.info
+    checked = agent.commands.refresh.log.info
 
     def moved_on(event: str, **kw: object) -> None:
         checked(event, **kw)
         if event == "refresh_ready":
             admin_ssm_client(rotation.stack.ssm_url).delete_parameter(Name="/app/token")
 
-    monkeypatch.setattr(agent.refresh.log, "info", moved_on)
+    monkeypatch.setattr(agent.commands.refresh.log, "info", moved_on)
     code, err = rotation.refresh()
 
     assert code == 0, err

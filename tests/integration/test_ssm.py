@@ -1,4 +1,4 @@
-"""agent.ssm against moto's server over HTTP, a recording proxy for counting and faults, and its
+"""agent.aws.ssm against moto's server over HTTP, a recording proxy for counting and faults, and its
 error table checked code by code with real botocore ClientErrors."""
 
 from __future__ import annotations
@@ -17,18 +17,17 @@ from botocore.exceptions import ClientError
 from moto_server import CannedResponse, RecordingProxy, admin_ssm_client, aws_json_error
 from structlog.testing import capture_logs
 
-from agent.answers import (
+from agent.aws.answers import (
     Parameter,
     check_get_parameter,
     check_get_parameters,
     check_path_page,
     match_parameters,
 )
-from agent.errors import AccessDenied, AgentError, CredentialsError, ServiceUnavailable, TemplateError
-from agent.retry import Backoff, Deadline, NotServiceAnswer
-from agent.selectors import parse_selector
-from agent.ssm import SsmClient
-from agent.ssm_errors import (
+from agent.aws.retry import Backoff, Deadline, NotServiceAnswer
+from agent.aws.selectors import parse_selector
+from agent.aws.ssm import SsmClient
+from agent.aws.ssm_errors import (
     ACCESS_DENIED_ERROR_CODES,
     CREDENTIALS_ERROR_CODES,
     KMS_ERROR_CODES,
@@ -39,6 +38,7 @@ from agent.ssm_errors import (
     is_retryable_error,
     map_client_error,
 )
+from agent.errors import AccessDenied, AgentError, CredentialsError, ServiceUnavailable, TemplateError
 
 REGION = "us-east-1"
 CREDENTIALS = ("AKIDTESTTESTTESTTEST", "test-secret-key", "test-session-token")

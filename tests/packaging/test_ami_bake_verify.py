@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import UntrustedFile
-from agent.trust import read_trusted
+from agent.host.trust import read_trusted
 from tests.packaging.conftest import REPO
 
 SCRIPT = REPO / "packaging" / "ami-bake.sh"

@@ -9,6 +9,7 @@ import re
 import subprocess
 import zipfile
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -66,41 +67,65 @@ FORBIDDEN_IN_MAINTAINER_SCRIPTS = re.compile(
 
 
 def agent_modules() -> list[str]:
-    """The agent's modules in the source tree, as file names."""
-    return sorted(path.name for path in (REPO / "agent").glob("*.py"))
+    """The agent's modules in the source tree, as paths under agent/ (e.g. "aws/ssm.py")."""
+    return sorted(path.relative_to(REPO / "agent").as_posix() for path in (REPO / "agent").rglob("*.py"))
+
+
+def agent_packages() -> list[str]:
+    """The agent's subpackages, as folders under agent/ (e.g. "aws/")."""
+    return sorted(
+        f"{path.parent.relative_to(REPO / 'agent').as_posix()}/"
+        for path in (REPO / "agent").glob("*/__init__.py")
+    )
+
+
+def _module_file(dotted: str) -> Optional[str]:
+    """agent/'s file for a module named relative to agent ("aws.ssm"), or None when there is none."""
+    base = REPO / "agent" / Path(*dotted.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate.relative_to(REPO / "agent").as_posix()
+    return None
 
 
 def modules_the_command_imports() -> set[str]:
-    """The file names of agent/'s modules that `secrets-agent` (agent/__main__.py) can import,
-    directly or through each other, wherever the import statement sits (functions included)."""
+    """The paths under agent/ of the modules that `secrets-agent` (agent/__main__.py) can import,
+    directly or through each other, wherever the import statement sits (functions included), with
+    the __init__.py of every package on the way."""
     seen: set[str] = set()
-    pending = ["__main__", "__init__"]
+    pending = ["__main__", ""]
     while pending:
         module = pending.pop()
         if module in seen:
             continue
         seen.add(module)
-        tree = ast.parse((REPO / "agent" / f"{module}.py").read_text(encoding="utf-8"))
+        path = _module_file(module) if module else "__init__.py"
+        assert path is not None
+        tree = ast.parse((REPO / "agent" / path).read_text(encoding="utf-8"))
+        names: list[str] = []
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                names = [node.module] if node.module else [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("agent"):
-                names = [(node.module or "").partition(".")[2] or alias.name for alias in node.names]
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "agent":
+                inner = (node.module or "").partition(".")[2]
+                names += [inner] if inner else []
+                names += [f"{inner}.{alias.name}" if inner else alias.name for alias in node.names]
             elif isinstance(node, ast.Import):
-                names = [
+                names += [
                     alias.name.partition(".")[2] for alias in node.names if alias.name.startswith("agent.")
                 ]
-            else:
-                continue
-            pending += [name for name in names if (REPO / "agent" / f"{name}.py").is_file()]
-    return {f"{module}.py" for module in seen}
+        for name in names:
+            parts = name.split(".")
+            # A package's __init__ runs before any module inside it.
+            pending += [
+                ".".join(parts[:i]) for i in range(1, len(parts) + 1) if _module_file(".".join(parts[:i]))
+            ]
+    return {"__init__.py" if not m else str(_module_file(m)) for m in seen}
 
 
 DEB_AGENT_DIR = "./usr/lib/python3/dist-packages/agent/"
 
 
 def modules_under(files: set[str], package_dir: str) -> set[str]:
-    """The file names of the Python modules directly in `package_dir` among a package's `files`."""
+    """The paths under `package_dir` of the Python modules among a package's `files`."""
     return {
         name[len(package_dir) :] for name in files if name.startswith(package_dir) and name.endswith(".py")
     }
@@ -193,13 +218,14 @@ def test_deb_lists_exactly_the_expected_files(artefacts: Artefacts) -> None:
         mode, owner, _size, _date, _time, path = line.split(maxsplit=5)
         assert owner == "root/root", line
         entries.add((mode, path))
-    modules = {("-rw-r--r--", f"./usr/lib/python3/dist-packages/agent/{name}") for name in agent_modules()}
+    modules = {("-rw-r--r--", f"{DEB_AGENT_DIR}{name}") for name in agent_modules()}
+    modules |= {("drwxr-xr-x", f"{DEB_AGENT_DIR}{folder}") for folder in agent_packages()}
     expected = {(mode, path.format(version=artefacts.version)) for mode, path in EXPECTED_DEB_ENTRIES}
     assert entries == expected | modules
 
 
 def test_wheel_holds_the_agent_package_only(artefacts: Artefacts) -> None:
-    """The wheel holds agent/*.py, its metadata and the licence: no tests, no packaging files."""
+    """The wheel holds agent/**/*.py, its metadata and the licence: no tests, no packaging files."""
     with zipfile.ZipFile(artefacts.wheel) as wheel:
         names = set(wheel.namelist())
     info = f"secrets_agent-{artefacts.version}.dist-info/"

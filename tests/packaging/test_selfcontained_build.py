@@ -31,7 +31,8 @@ try:
     exec(compile(open(launcher).read(), launcher, "exec"), {"__file__": launcher, "__name__": "__main__"})
 except SystemExit:
     pass
-import agent.cli, agent.ssm, agent.imds, agent.template, agent.doctor, agent.refresh, agent.policy
+import agent.cli, agent.aws.ssm, agent.aws.imds, agent.template.jinja
+import agent.commands.doctor, agent.commands.refresh, agent.commands.policy
 import botocore.session
 botocore.session.get_session().create_client(
     "ssm", region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="x")

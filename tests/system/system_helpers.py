@@ -13,7 +13,7 @@ from typing import Any, NoReturn, Optional
 import pytest
 from nspawn import Machine
 
-from agent.units import render_dropin
+from agent.host.units import render_dropin
 
 REGION = "eu-west-1"
 ROLE = "app-role"

@@ -16,7 +16,7 @@ import pytest
 from nspawn import Machine
 from system_helpers import MARK, App, put
 
-from agent.envfile import max_value_bytes
+from agent.template.envfile import max_value_bytes
 from tests.integration.iam_world import IamWorld, allow, enforcing_moto_server, policy_of, ssm_proxy
 
 pytestmark = pytest.mark.system

@@ -20,7 +20,7 @@ import pytest
 from nspawn import Machine
 from system_helpers import MARK, App, put, skip_or_fail
 
-from agent.inventory import INVENTORY_FILE_NAME, TYPE_NAME, validate_inventory
+from agent.observe.inventory import INVENTORY_FILE_NAME, TYPE_NAME, validate_inventory
 
 pytestmark = pytest.mark.system
 

@@ -17,7 +17,7 @@ import pytest
 from nspawn import Machine
 
 from agent.config import DEFAULT_THROTTLE_DEADLINE_SECONDS
-from agent.units import render_dropin
+from agent.host.units import render_dropin
 
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "systemd"

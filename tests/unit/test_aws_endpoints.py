@@ -11,13 +11,13 @@ import botocore.session
 import pytest
 from botocore.config import Config
 
-from agent import aws_endpoints
-from agent.aws import create_client
-from agent.aws_endpoints import EndpointFlags, endpoint_flags, has_ipv4_default_route, is_fips_kernel
+from agent.aws import endpoints as aws_endpoints
+from agent.aws.clients import create_client
+from agent.aws.endpoints import EndpointFlags, endpoint_flags, has_ipv4_default_route, is_fips_kernel
+from agent.aws.retry import Deadline
+from agent.aws.ssm import SsmClient
 from agent.config import load_agent_settings
 from agent.errors import ConfigError
-from agent.retry import Deadline
-from agent.ssm import SsmClient
 
 REPO = Path(__file__).resolve().parents[2]
 CREDENTIALS = ("AKIDEXAMPLE", "secret-for-signing-only", "")

@@ -1,4 +1,4 @@
-"""agent.aws.create_client: botocore's models, with a Loader that lists only the one service asked for."""
+"""agent.aws.clients.create_client: botocore's models, with a Loader listing only the one service."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import UnknownServiceError
 
-from agent.aws import create_client
+from agent.aws.clients import create_client
 
 ENDPOINT = "http://127.0.0.1:9"
 

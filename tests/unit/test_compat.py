@@ -26,7 +26,7 @@ def test_agent_compiles_under_python39() -> None:
     python = _python39()
     if python is None:
         pytest.skip("no Python 3.9 interpreter on this machine")
-    sources = sorted(str(p) for p in AGENT_DIR.glob("*.py"))
+    sources = sorted(str(p) for p in AGENT_DIR.rglob("*.py"))
     script = "import sys\nfor f in sys.argv[1:]:\n    compile(open(f, encoding='utf-8').read(), f, 'exec')\n"
     result = subprocess.run([python, "-c", script, *sources], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr

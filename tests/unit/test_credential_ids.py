@@ -6,17 +6,17 @@ from typing import Optional
 
 import pytest
 
-from agent.credentials import (
+from agent.errors import TemplateError, ValueNotRepresentable
+from agent.template.credentials import (
     CREDENTIAL_MAX_BYTES,
     CREDENTIALS_TOTAL_MAX_BYTES,
     credential_id,
     encode_credentials,
     key_problem,
 )
-from agent.errors import TemplateError, ValueNotRepresentable
-from agent.formats import FORMATS
-from agent.template import Assignment, compile_template
-from agent.values import ParamValue
+from agent.template.formats import FORMATS
+from agent.template.jinja import Assignment, compile_template
+from agent.template.values import ParamValue
 
 
 def _a(key: str, value: str = "v", raw: Optional[bytes] = None) -> Assignment:

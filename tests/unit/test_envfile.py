@@ -1,4 +1,4 @@
-"""Tests for agent.envfile: the systemd 252 parser, the three encoders and the value checks.
+"""Tests for agent.template.envfile: the systemd 252 parser, the three encoders and the value checks.
 
 Where this machine has them, the real readers are the judges: systemd 252's own parser (load_env_file in
 libsystemd-shared-252.so, through ctypes), the kernel's execve(), bash, python-dotenv and Node's dotenv.
@@ -24,7 +24,8 @@ from dotenv.variables import _posix_variable as PYTHON_DOTENV_VARIABLE_RE
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.envfile import (
+from agent.errors import ValueNotRepresentable
+from agent.template.envfile import (
     _PY_OR_JS_SPACE,
     KEY_RE,
     _dotenv_candidates,
@@ -35,9 +36,8 @@ from agent.envfile import (
     max_value_bytes,
     value_problem,
 )
-from agent.errors import ValueNotRepresentable
-from agent.formats import FORMATS
-from agent.template import Assignment
+from agent.template.formats import FORMATS
+from agent.template.jinja import Assignment
 from devtools.systemd_envfile import EnvFileRejected, parse_env
 
 
@@ -709,7 +709,7 @@ def test_unquoted_edge_whitespace_covers_python_and_javascript() -> None:
 
 def test_encode_env_refuses_an_environment_execve_cannot_take() -> None:
     """Values each within the limit but over 1 MiB together are refused, naming the total, not a value."""
-    from agent.envfile import MAX_ENVIRONMENT_BYTES
+    from agent.template.envfile import MAX_ENVIRONMENT_BYTES
 
     pairs = [(f"K{i}", "v" * 100_000) for i in range(11)]
     with pytest.raises(ValueNotRepresentable, match="add up to") as info:

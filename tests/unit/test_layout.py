@@ -1,34 +1,193 @@
-"""The consolidation's rules, kept: one formats table, one systemctl runner, one atomic writer."""
+"""The layout's rules, kept: packages by what they touch, imports one way, no circles; one formats
+table, one process runner, one atomic writer."""
 
 from __future__ import annotations
 
+import ast
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 AGENT = Path(__file__).resolve().parents[2] / "agent"
+PACKAGES = ("aws", "template", "host", "observe", "commands")
+# What each package may never import (the direction of the layout; DESIGN.md's "Direction").
+FORBIDDEN = {
+    "aws": ("commands", "observe", "cli"),
+    "template": ("commands", "observe", "cli", "aws", "host", "render", "config"),
+    "host": ("commands", "observe", "cli"),
+    "observe": ("commands", "cli"),
+}
+# Modules (and attribute paths) that start a process, in any of the ways Python offers.
+PROCESS_STARTERS = re.compile(
+    r"\bsubprocess\b|\bos\.(system|popen|exec[lv]p?e?|spawn[lv]p?e?|posix_spawnp?|fork|forkpty)\b"
+    r"|\bpty\.spawn\b|\bmultiprocessing\b|\bcreate_subprocess_(exec|shell)\b"
+    r"|from os import [^\n]*\b(system|popen|exec[lv]p?e?|spawn[lv]p?e?|posix_spawnp?|fork)\b"
+)
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(AGENT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(path): path for path in sorted(AGENT.rglob("*.py"))}
 
 
 def _sources() -> dict[str, str]:
-    return {path.name: path.read_text(encoding="utf-8") for path in sorted(AGENT.glob("*.py"))}
+    return {name: path.read_text(encoding="utf-8") for name, path in _modules().items()}
+
+
+def _imports(name: str, path: Path) -> Iterator[str]:
+    """Every agent module `name` imports: at the top, in a function, or only for the type checker."""
+    modules = _modules()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # `from agent.aws import ssm` imports the module agent.aws.ssm.
+            targets = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+        else:
+            continue
+        for target in targets:
+            if target in modules and target != name and modules[target].name != "__init__.py":
+                yield target
+
+
+def _graph() -> dict[str, set[str]]:
+    return {name: set(_imports(name, path)) for name, path in _modules().items()}
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_every_module_lives_in_a_package_or_is_one_of_the_top_level_few() -> None:
+    """agent/ holds only cli, render, config, errors, log and the entry points beside the packages."""
+    top = {name for name in _modules() if name.count(".") == 1}
+    assert top == {f"agent.{n}" for n in ("__main__", "cli", "render", "config", "errors", "log", *PACKAGES)}
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_each_package_says_in_one_line_what_lives_there(package: str) -> None:
+    """A package's __init__.py is one docstring line (what lives there, what it may import), no code."""
+    text = (AGENT / package / "__init__.py").read_text(encoding="utf-8")
+    tree = ast.parse(text)
+    assert len(tree.body) == 1
+    docstring = ast.get_docstring(tree)
+    assert docstring is not None
+    assert "\n" not in docstring.strip()
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every circle a depth-first walk of `graph` meets, each as the path that closes it."""
+    circles: list[list[str]] = []
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                circles.append([*stack[stack.index(nxt) :], nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    return circles
+
+
+def test_no_import_circle_among_agent_modules() -> None:
+    """No agent module reaches itself through its imports (type-only and lazy imports count too)."""
+    assert _circles(_graph()) == []
+
+
+def test_the_circle_search_finds_a_circle() -> None:
+    """A control: the search reports a three-module circle and nothing for a chain."""
+    assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+    assert _circles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_imports_go_one_way(package: str) -> None:
+    """aws, template and host never import commands, observe or cli; template imports nothing that does
+    I/O (no aws, host, config or render); observe never imports commands."""
+    wrong = {
+        module: sorted(
+            t for t in targets if _package(t) in FORBIDDEN[package] or t in _top(FORBIDDEN[package])
+        )
+        for module, targets in _graph().items()
+        if _package(module) == package
+    }
+    assert {module: targets for module, targets in wrong.items() if targets} == {}
+
+
+def _top(names: tuple[str, ...]) -> set[str]:
+    return {f"agent.{name}" for name in names}
+
+
+def test_template_does_no_io() -> None:
+    """The template package opens no file, socket or process: it is pure and tested without mocks."""
+    doing_io = [
+        name
+        for name, text in _sources().items()
+        if _package(name) == "template"
+        and re.search(r"\bopen\(|\bos\.|\bsocket\b|\bsubprocess\b|\bshutil\b|\.read_text\(|\.write_", text)
+    ]
+    assert doing_io == []
 
 
 def test_no_module_asks_which_format_outside_the_table() -> None:
-    """Only agent/formats.py compares a format's name; everything else looks its entry up."""
+    """Only agent/template/formats.py compares a format's name; everything else looks its entry up."""
     asking = [name for name, text in _sources().items() if re.search(r"\bformat\s*[!=]=", text)]
     assert asking == []
 
 
-def test_only_systemd_py_runs_a_process() -> None:
-    """systemctl (the only program the agent runs) is run by agent/systemd.py alone."""
-    running = [name for name, text in _sources().items() if "subprocess" in text and name != "systemd.py"]
+def test_only_the_systemd_module_starts_a_process() -> None:
+    """systemctl (the only program the agent runs) is run by agent/host/systemd.py alone, whatever the
+    way of starting it (subprocess, os.system, os.exec*, os.spawn*, posix_spawn, fork, pty)."""
+    running = [
+        name
+        for name, text in _sources().items()
+        if PROCESS_STARTERS.search(text) and name != "agent.host.systemd"
+    ]
     assert running == []
 
 
-def test_only_output_py_renames_a_written_file_into_place() -> None:
-    """The atomic write (a temporary file renamed over the target) is defined once, in agent/output.py."""
+@pytest.mark.parametrize(
+    "line",
+    [
+        "import subprocess",
+        "os.system('x')",
+        "os.execvp('x', [])",
+        "os.execve('x', [], {})",
+        "os.posix_spawn('x', [], {})",
+        "os.spawnlp(0, 'x')",
+        "from os import execv",
+        "os.fork()",
+        "pty.spawn('x')",
+        "asyncio.create_subprocess_exec('x')",
+    ],
+)
+def test_the_process_check_sees_every_way_to_start_one(line: str) -> None:
+    """Each way of starting a process is caught by the rule above (a control: the rule can fail)."""
+    assert PROCESS_STARTERS.search(line)
+
+
+def test_only_the_writer_renames_a_written_file_into_place() -> None:
+    """The atomic write (a temporary file renamed over the target) is defined once, in host/output.py."""
     renaming = [
         name
         for name, text in _sources().items()
-        if re.search(r"\bos\.(rename|replace)\(", text) and name not in ("output.py", "secret_folder.py")
+        if re.search(r"\bos\.(rename|replace)\(", text)
+        and name not in ("agent.host.output", "agent.host.secret_folder")
     ]
     assert renaming == []

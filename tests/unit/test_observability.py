@@ -11,8 +11,11 @@ from typing import Any, Optional
 
 import pytest
 
+from agent.commands.status import gather, parse_timespan, parse_unix_timestamp
+from agent.commands.status_view import render_json, render_table
 from agent.config import load_agent_settings
-from agent.inventory import (
+from agent.host.state import Change, RenderStats
+from agent.observe.inventory import (
     MAX_ITEMS,
     MAX_VALUE_CHARS,
     InventoryRow,
@@ -20,12 +23,8 @@ from agent.inventory import (
     render_inventory,
     validate_inventory,
 )
-from agent.metrics import escape_label, render_metrics
-from agent.observed import NO_CHECK_YET, CheckRecord, RenderOutcome
-from agent.refresh import Change
-from agent.state import RenderStats
-from agent.status import gather, parse_timespan, parse_unix_timestamp
-from agent.status_view import render_json, render_table
+from agent.observe.metrics import escape_label, render_metrics
+from agent.observe.outcomes import NO_CHECK_YET, CheckRecord, RenderOutcome
 
 STATS = RenderStats(ended_at=1_700_000_000.5, seconds=0.42, ssm_calls=3, throttled_seconds=1.25)
 SAMPLE_RE = re.compile(r'^secrets_agent_[a-z_]+\{service="app"(,[a-z_]+="(?:[^"\\\n]|\\.)*")*\} -?[0-9.]+$')

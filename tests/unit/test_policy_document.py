@@ -6,8 +6,7 @@ from typing import Any
 
 import pytest
 
-from agent.errors import CredentialsError, UsageError
-from agent.policy import (
+from agent.commands.policy import (
     PLACEHOLDER_SID,
     KeyFindings,
     Scope,
@@ -19,7 +18,8 @@ from agent.policy import (
     partition_of_arn,
     path_arns,
 )
-from agent.template import Requirements
+from agent.errors import CredentialsError, UsageError
+from agent.template.jinja import Requirements
 
 SCOPE = Scope(partition="aws", region="eu-west-1", account="123456789012")
 PARAMETER = "arn:aws:ssm:eu-west-1:123456789012:parameter"

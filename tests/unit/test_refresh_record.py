@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.answers import current_secret_version
+from agent.aws.answers import current_secret_version
 from agent.cli import main
+from agent.commands.refresh import is_fixed_version, selectors_to_check
 from agent.errors import AgentError, UsageError
-from agent.refresh import is_fixed_version, selectors_to_check
-from agent.state import PathListing, RenderRecord
-from agent.timer import (
+from agent.host.state import PathListing, RenderRecord
+from agent.host.timer import (
     DEFAULT_REFRESH_INTERVAL,
     disable_refresh,
     enable_refresh,

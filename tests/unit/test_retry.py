@@ -7,7 +7,7 @@ from typing import Callable, Optional
 
 import pytest
 
-from agent.retry import (
+from agent.aws.retry import (
     THROTTLED_JITTER_FLOOR,
     THROTTLED_MAX_DELAY_SECONDS,
     THROTTLED_STEP_SECONDS,

@@ -1,4 +1,4 @@
-"""agent/systemd.py: the names table agrees with the settings and the drop-ins, and the runner's
+"""agent/host/systemd.py: the names table agrees with the settings and the drop-ins, and the runner's
 failures are SystemdError (exit 9) naming the command and the fix."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from agent.config import load_agent_settings, load_service_settings
 from agent.errors import SystemdError
-from agent.systemd import (
+from agent.host.systemd import (
     dropin_directive,
     dropin_path,
     refresh_dropin_path,
@@ -19,7 +19,7 @@ from agent.systemd import (
     systemctl,
     unit_setting,
 )
-from agent.units import enable_service, render_dropin
+from agent.host.units import enable_service, render_dropin
 
 
 def _stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str) -> None:

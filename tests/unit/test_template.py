@@ -7,9 +7,9 @@ from typing import Optional
 import pytest
 
 from agent.errors import ParameterNotFound, TemplateError, ValueNotRepresentable
-from agent.formats import FORMATS
-from agent.template import compile_template
-from agent.values import ParamValue, env_name
+from agent.template.formats import FORMATS
+from agent.template.jinja import compile_template
+from agent.template.values import ParamValue, env_name
 
 
 class DictResolver:

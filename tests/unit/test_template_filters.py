@@ -9,9 +9,9 @@ from typing import Optional
 import pytest
 
 from agent.errors import TemplateError, ValueNotRepresentable
-from agent.formats import FORMATS
-from agent.template import Assignment, Carrier, compile_template
-from agent.values import ParamValue
+from agent.template.formats import FORMATS
+from agent.template.jinja import Assignment, Carrier, compile_template
+from agent.template.values import ParamValue
 
 RDS = "/aws/reference/secretsmanager/prod/rds"
 RDS_SECRET = {

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ConfigError, UntrustedFile
-from agent.trust import FILE, FOLDER, SYMLINK, Entry, judge, read_trusted, refusal, trusted_owners
+from agent.host.trust import FILE, FOLDER, SYMLINK, Entry, judge, read_trusted, refusal, trusted_owners
 
 ROOT_ONLY = frozenset({0})
 ROOT_AND_ALICE = frozenset({0, 1000})

@@ -11,9 +11,9 @@ import pytest
 
 from agent.cli import main
 from agent.errors import OutputError, UsageError
-from agent.systemd import DROPIN_NAME
-from agent.trust import read_trusted
-from agent.units import (
+from agent.host.systemd import DROPIN_NAME
+from agent.host.trust import read_trusted
+from agent.host.units import (
     disable_service,
     enable_service,
     render_dropin,

@@ -10,11 +10,11 @@ import pytest
 
 from agent.cli import main
 from agent.errors import UsageError
-from agent.formats import FORMATS
-from agent.systemd import DROPIN_NAME, parse_systemd_version, systemd_version
-from agent.template import compile_template
-from agent.units import disable_service, enable_service, render_dropin
-from agent.values import ParamValue
+from agent.host.systemd import DROPIN_NAME, parse_systemd_version, systemd_version
+from agent.host.units import disable_service, enable_service, render_dropin
+from agent.template.formats import FORMATS
+from agent.template.jinja import compile_template
+from agent.template.values import ParamValue
 
 
 def _image(tmp_path: Path, systemd: Optional[int], libdir: str = "usr/lib/x86_64-linux-gnu/systemd") -> Path:

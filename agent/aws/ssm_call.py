@@ -1,0 +1,274 @@
+"""One SSM API call under the agent's retry loop: botocore's exceptions read in one place (as retry
+classes or the agent's errors), SSM's throttling paced across calls and reported to the operator.
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Callable, Optional, TypeVar
+
+import structlog
+import urllib3.exceptions
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from agent.aws.answers import describe_http
+from agent.aws.retry import Backoff, Deadline, Failure, Kind, NotServiceAnswer, RetryLoop, ThrottleMemory
+from agent.aws.ssm_errors import (
+    THROTTLING_ERROR_CODES,
+    error_code,
+    error_message,
+    is_foreign_error,
+    is_retryable_error,
+    map_client_error,
+)
+from agent.errors import AgentError, CredentialsError, ServiceUnavailable
+
+_log = structlog.get_logger()
+
+# While throttled, one journal line (and one systemd status) at most this often: enough to show an
+# operator the agent is waiting, not hung.
+THROTTLED_REPORT_INTERVAL_SECONDS = 10.0
+
+# Failures below botocore's own types: a body cut short mid-read (urllib3's ProtocolError,
+# http.client's IncompleteRead) escapes botocore unwrapped when it makes no retries of its own.
+_NETWORK_ERRORS = (
+    BotoConnectionError,
+    HTTPClientError,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+)
+# What botocore's parser raises on a 200 whose JSON has the wrong shape (a string where SSM's model
+# says list): the body is not SSM's answer. Counted only when raised inside botocore's parser, so a
+# bug elsewhere is never mistaken for a bad answer.
+_PARSE_ERRORS = (AttributeError, TypeError, ValueError, KeyError)
+_BOTOCORE_PARSER_MODULE = "botocore.parsers"
+
+_T = TypeVar("_T")
+
+_NOT_SSM_FIX = (
+    "check ssm_endpoint in agent.toml or AWS_ENDPOINT_URL_SSM / AWS_ENDPOINT_URL, and any proxy "
+    "between this host and SSM (a TLS-inspecting proxy answers with a page of its own)"
+)
+
+
+class SsmCaller:
+    """Runs SSM API calls on one botocore client, sharing what it learns of throttling between calls.
+
+    `calls_planned` and `calls_done` (kept by the client that plans the calls) let a throttled
+    report say how much is left.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        deadline: Deadline,
+        *,
+        backoff_factory: Callable[[], Backoff] = Backoff,
+        role: Optional[str] = None,
+        on_status: Callable[[str], None] = lambda _text: None,
+    ) -> None:
+        self._client = client
+        self.endpoint: str = str(client.meta.endpoint_url)
+        self._deadline = deadline
+        self._backoff_factory = backoff_factory
+        self._role = role
+        self._on_status = on_status
+        # What this process knows of the fleet's throttling, kept from one call to the next.
+        self._throttle_memory = ThrottleMemory()
+        self._throttled_since: Optional[float] = None
+        self._throttled_answers = 0
+        self._reported_at = 0.0
+        self.calls_planned = 0
+        self.calls_done = 0
+        # Seconds spent in throttled episodes that ended (a call got through), for the metrics.
+        self._throttled_seconds_ended = 0.0
+
+    @property
+    def throttled_seconds(self) -> float:
+        """Seconds these calls have waited while SSM throttled them, the episode under way included."""
+        ongoing = 0.0 if self._throttled_since is None else time.monotonic() - self._throttled_since
+        return self._throttled_seconds_ended + ongoing
+
+    def call(
+        self, action: str, names: Sequence[str], request: dict[str, Any], check: Callable[[Any], _T]
+    ) -> _T:
+        """Run one API call and return `check` of its answer, retrying throttling, 5xx, network errors
+        and answers that are not SSM's until the deadline."""
+        method = getattr(self._client, _snake_case(action))
+        backoff = self._backoff_factory()
+        backoff.memory = self._throttle_memory
+        loop: RetryLoop[Any] = RetryLoop(
+            deadline=self._deadline,
+            backoff=backoff,
+            classify=lambda error: self._classify(error, action, names),
+            give_up=lambda done: self._gave_up(action, done),
+            on_failure=lambda failure, attempt: self._failed(action, failure, attempt),
+        )
+        started = time.perf_counter()
+        result = loop.run(lambda: method(**request), lambda response: _believe(check, response))
+        self._let_through(action, names, loop.attempts, started)
+        return result
+
+    def _classify(self, error: Exception, action: str, names: Sequence[str]) -> Optional[Failure]:
+        """The one place botocore's exceptions are read: a Failure to retry, None for what is not
+        botocore's (raised as is), or the agent's error for a call SSM refused for good."""
+        if isinstance(error, ClientError):
+            code = error_code(error)
+            if is_foreign_error(error):
+                return Failure(Kind.NOT_ANSWER, f"HTTP {code}, no SSM error in the body")
+            if code in THROTTLING_ERROR_CODES:
+                return Failure(Kind.THROTTLED, code)
+            if is_retryable_error(error):
+                return Failure(Kind.OUTAGE, code)
+            self._deadline.note_answer()
+            mapped = map_client_error(
+                error, action=action, names=names, role=self._role, endpoint=self.endpoint
+            )
+            raise RejectedCall(code, error_message(error), mapped) from None
+        if isinstance(error, _NETWORK_ERRORS):
+            # EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError,
+            # a body cut short: refused or slow connects, answers that never come or never end.
+            return Failure(Kind.OUTAGE, type(error).__name__)
+        if isinstance(error, (NoCredentialsError, PartialCredentialsError)):
+            raise CredentialsError(
+                f"no AWS credentials for ssm:{action}: attach an instance profile (IMDS gives its "
+                "credentials) or, off EC2, configure the AWS default credential chain"
+            ) from None
+        if isinstance(error, BotoCoreError):
+            raise AgentError(f"ssm:{action} failed before reaching SSM: {type(error).__name__}") from None
+        if isinstance(error, _PARSE_ERRORS) and _raised_in(_BOTOCORE_PARSER_MODULE, error.__traceback__):
+            return Failure(
+                Kind.NOT_ANSWER, f"a body botocore could not read as SSM's ({type(error).__name__})"
+            )
+        return None
+
+    def _failed(self, action: str, failure: Failure, attempt: int) -> None:
+        if failure.kind is Kind.THROTTLED:
+            self._throttled(action)
+            return
+        error = failure.error
+        if failure.kind is Kind.NOT_ANSWER:
+            error = "an answer that is not SSM's: " + error
+        _log.warning(
+            "ssm_retry",
+            action=action,
+            attempt=attempt,
+            error=error,
+            remaining_seconds=round(self._deadline.remaining, 2),
+        )
+
+    def _let_through(self, action: str, names: Sequence[str], attempts: int, started: float) -> None:
+        self._deadline.note_answer()
+        self._throttle_memory.let_through()
+        self.calls_done += 1
+        if self._throttled_since is not None:
+            self._throttled_seconds_ended += time.monotonic() - self._throttled_since
+            _log.info(
+                "ssm_throttle_passed",
+                action=action,
+                throttled_seconds=round(time.monotonic() - self._throttled_since, 1),
+                throttled_answers=self._throttled_answers,
+                calls_left=max(0, self.calls_planned - self.calls_done),
+            )
+            self._throttled_since = None
+            self._throttled_answers = 0
+            self._on_status("SSM let the call through; fetching")
+        _log.debug(
+            "ssm_call",
+            action=action,
+            names=list(names),
+            attempts=attempts,
+            elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+
+    def _throttled(self, action: str) -> None:
+        """SSM is up and busy: count it, keep the outage deadline from running out, and say so at most
+        every THROTTLED_REPORT_INTERVAL_SECONDS."""
+        self._deadline.note_answer()
+        now = time.monotonic()
+        if self._throttled_since is None:
+            self._throttled_since = now
+        self._throttled_answers += 1
+        if now - self._reported_at < THROTTLED_REPORT_INTERVAL_SECONDS and self._throttled_answers > 1:
+            return
+        self._reported_at = now
+        waited = round(now - self._throttled_since, 1)
+        calls_left = max(1, self.calls_planned - self.calls_done)
+        budget_left = round(self._deadline.budget_remaining)
+        _log.warning(
+            "ssm_throttled",
+            action=action,
+            throttled_seconds=waited,
+            throttled_answers=self._throttled_answers,
+            calls_left=calls_left,
+            budget_left_seconds=budget_left,
+        )
+        self._on_status(
+            f"SSM is throttling (fleet boot?): waiting {waited:g} s so far, {calls_left} "
+            f"{'call' if calls_left == 1 else 'calls'} left, giving up in {budget_left} s"
+        )
+
+    def _gave_up(self, action: str, loop: RetryLoop[Any]) -> ServiceUnavailable:
+        last = loop.last or Failure(Kind.OUTAGE, "no attempt")
+        if last.kind is Kind.NOT_ANSWER:
+            return ServiceUnavailable(
+                f"SSM at {self.endpoint} gave no valid answer to ssm:{action} within the "
+                f"{self._deadline.seconds:g} s deadline ({loop.attempts} attempts): the last answer was "
+                f"not SSM's: {last.error}; {_NOT_SSM_FIX}"
+            )
+        if last.kind is Kind.THROTTLED:
+            return ServiceUnavailable(
+                f"SSM at {self.endpoint} kept throttling ssm:{action} ({last.error}) until the "
+                f"{self._deadline.budget_seconds:g} s throttled budget ran out ({self._throttled_answers} "
+                "throttled answers): the account's Parameter Store throughput (shared by every instance "
+                "and tool in the account and region) is exhausted; raise throttle_deadline_seconds, "
+                "enable higher throughput (aws ssm update-service-setting --setting-id "
+                "/ssm/parameter-store/high-throughput-enabled --setting-value true) or stagger the boot"
+            )
+        return ServiceUnavailable(
+            f"SSM at {self.endpoint} did not answer ssm:{action} within the "
+            f"{self._deadline.seconds:g} s deadline ({loop.attempts} attempts, last error {last.error}): "
+            "check the network path to SSM (VPC endpoint, NAT, security groups), or raise deadline_seconds"
+        )
+
+
+def _believe(check: Callable[[Any], _T], response: Any) -> _T:
+    """`check` of an answer; an answer it does not believe is described by its status and type."""
+    try:
+        return check(response)
+    except NotServiceAnswer as bad:
+        raise NotServiceAnswer(f"{bad.reason} ({describe_http(response)})") from None
+
+
+def _raised_in(module: str, traceback: Optional[TracebackType]) -> bool:
+    """True when a frame of `traceback` runs code of `module`."""
+    while traceback is not None:
+        if traceback.tb_frame.f_globals.get("__name__") == module:
+            return True
+        traceback = traceback.tb_next
+    return False
+
+
+class RejectedCall(Exception):
+    """A call SSM refused for good; carries the code for callers that treat some codes as answers."""
+
+    def __init__(self, code: str, message: str, mapped: AgentError) -> None:
+        super().__init__(code)
+        self.code = code
+        self.message = message
+        self.mapped = mapped
+
+
+def _snake_case(action: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", action).lower()

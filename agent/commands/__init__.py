@@ -1,0 +1,1 @@
+"""One module per command beyond render (refresh, guard, status, policy, doctor); may import anything."""

@@ -1,0 +1,211 @@
+"""`secrets-agent refresh`: whether SSM has moved on since the last render (agent/host/state.py's record),
+asking without decryption, and on a change acting as NAME.toml's on_change says, only once the new
+set renders (agent/commands/guard.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Callable, Protocol
+
+import structlog
+
+from agent.aws.answers import Parameter
+from agent.aws.selectors import SECRETS_MANAGER_PREFIX, parse_selector
+from agent.aws.ssm import SsmClient
+from agent.commands.guard import held
+from agent.config import ServiceSettings
+from agent.errors import AgentError
+from agent.host.state import Change, RenderRecord, Version, read_record
+from agent.host.systemd import agent_unit
+from agent.log import REDACTOR
+from agent.render import CheckedRender
+
+log = structlog.get_logger("secrets-agent")
+
+# -- comparing with SSM -----------------------------------------------------------------------
+
+
+class VersionSource(Protocol):
+    """SSM's current versions, asked without decryption."""
+
+    def current_versions(self, selectors: Sequence[str]) -> tuple[dict[str, Version], list[str]]:
+        """The version each selector resolves to now, and the selectors SSM does not have."""
+
+    def current_listing(self, path: str, recursive: bool) -> dict[str, int]:
+        """Every parameter under `path` now, by name, with its version."""
+
+    @property
+    def modified(self) -> Mapping[str, str]:
+        """LastModifiedDate by selector (and by name under a path) of everything asked so far."""
+
+
+class SsmVersions:
+    """VersionSource over the agent's SSM client: GetParameters and GetParametersByPath with
+    WithDecryption=false, so a check needs no kms:Decrypt and sees no value."""
+
+    def __init__(self, client: SsmClient) -> None:
+        self._client = client
+        self._modified: dict[str, str] = {}
+
+    @property
+    def modified(self) -> Mapping[str, str]:
+        """LastModifiedDate by selector (and by name under a path) of everything asked so far."""
+        return self._modified
+
+    def _note(self, found: Mapping[str, Parameter]) -> None:
+        self._modified.update({key: p.modified for key, p in found.items() if p.modified})
+
+    def current_versions(self, selectors: Sequence[str]) -> tuple[dict[str, Version], list[str]]:
+        """Versions by selector, 10 selectors a call; and those SSM does not have.
+
+        SSM refuses Secrets Manager references without decryption, so those go in calls of their
+        own with WithDecryption=true: the value comes along (kept in memory, redacted, unused) and
+        the secret's AWSCURRENT version id is compared."""
+        plain = [s for s in selectors if not s.startswith(SECRETS_MANAGER_PREFIX)]
+        secrets = [s for s in selectors if s.startswith(SECRETS_MANAGER_PREFIX)]
+        versions: dict[str, Version] = {}
+        missing: list[str] = []
+        if plain:
+            found, absent = self._client.fetch(plain, decrypt=False)
+            versions.update({selector: p.version for selector, p in found.items()})
+            self._note(found)
+            missing.extend(absent)
+        if secrets:
+            found, absent = self._client.fetch(secrets, decrypt=True)
+            for selector, p in found.items():
+                REDACTOR.add(p.value)
+                versions[selector] = p.source_version or p.version
+            self._note(found)
+            missing.extend(absent)
+        return versions, missing
+
+    def current_listing(self, path: str, recursive: bool) -> dict[str, int]:
+        """Versions by name of everything under `path`, every page."""
+        listed = self._client.fetch_path(path, recursive=recursive, decrypt=False)
+        self._note({p.name: p for p in listed})
+        return {p.name: p.version for p in listed}
+
+
+def is_fixed_version(selector: str) -> bool:
+    """True for "/x:3": a version number names one immutable value, so it never changes."""
+    return parse_selector(selector).is_fixed_version
+
+
+def selectors_to_check(record: RenderRecord) -> list[str]:
+    """The selectors a check asks SSM about: all but found fixed versions, plus the absent ones."""
+    found = [s for s in sorted(record.selectors) if not is_fixed_version(s)]
+    return found + [s for s in record.missing if s not in record.selectors]
+
+
+def compare(record: RenderRecord, source: VersionSource) -> list[Change]:
+    """Every change since the render: a version moved, a label moved, a parameter came or went."""
+    changes: list[Change] = []
+    checked = selectors_to_check(record)
+    if checked:
+        current, _missing = source.current_versions(checked)
+        for selector in checked:
+            old = record.selectors[selector][1] if selector in record.selectors else None
+            new = current.get(selector)
+            if old != new or _recreated(record, source, selector):
+                changes.append(Change(name=selector, old=old, new=new, recreated=old == new))
+    for listing in record.paths:
+        now = source.current_listing(listing.path, listing.recursive)
+        for name in sorted(set(listing.versions) | set(now)):
+            old, new = listing.versions.get(name), now.get(name)
+            if old != new or _recreated(record, source, name):
+                changes.append(Change(name=name, old=old, new=new, path=listing.path, recreated=old == new))
+    return changes
+
+
+def _recreated(record: RenderRecord, source: VersionSource, key: str) -> bool:
+    """True when both sides know when `key` last changed and they differ."""
+    old, new = record.modified.get(key), source.modified.get(key)
+    return old is not None and new is not None and old != new
+
+
+# -- acting through systemd -------------------------------------------------------------------
+
+
+class Systemd(Protocol):
+    """The few things refresh asks of systemd."""
+
+    def active_apps(self, name: str) -> list[str]:
+        """The running units behind secrets-agent@NAME (those whose drop-in requires it)."""
+
+    def try_restart(self, unit: str) -> None:
+        """`systemctl try-restart UNIT`."""
+
+    def try_reload_or_restart(self, unit: str) -> None:
+        """`systemctl try-reload-or-restart UNIT`."""
+
+
+def refresh(
+    service: ServiceSettings,
+    *,
+    systemd: Systemd,
+    versions: Callable[[], VersionSource],
+    prepare: Callable[[], CheckedRender],
+    found: Callable[[Sequence[Change]], None] = lambda _changes: None,
+) -> int:
+    """Check NAME's parameters and act on a change; exit code 0 when the check (and action) worked.
+
+    Nothing is fetched, not even credentials, when NAME's app does not run (agent.host.systemd.Systemctl
+    asks systemd). On a change the new set is rendered in full without writing (`prepare`) before
+    anything is done: when that fails, the app, its file and state.json stay as they were and the
+    cause propagates as RefreshHeld, with render's exit code. Other errors propagate as AgentError
+    (the CLI logs refresh_failed).
+    """
+    apps = systemd.active_apps(service.name)
+    if not apps:
+        log.info("refresh_skipped", service=service.name, reason="the app is not running")
+        return 0
+    record = read_record(service)
+    changes = compare(record, versions())
+    found(changes)  # what the check found, for its record and the metrics, before any action
+    if not changes:
+        log.info(
+            "refresh_unchanged",
+            service=service.name,
+            parameters=len(selectors_to_check(record)),
+            paths=len(record.paths),
+        )
+        return 0
+    log.info(
+        "refresh_changed",
+        service=service.name,
+        on_change=service.on_change,
+        units=apps,
+        changes=[change.as_log() for change in changes],
+    )
+    try:
+        checked = prepare()
+    except AgentError as exc:
+        raise held(exc, apps) from None
+    log.info(
+        "refresh_ready",
+        service=service.name,
+        on_change=service.on_change,
+        variables=checked.variables,
+        parameters=checked.parameters,
+    )
+    if service.on_change == "none":
+        return 0
+    if service.on_change == "restart":
+        for unit in apps:
+            log.info(
+                "refresh_restart",
+                service=service.name,
+                unit=unit,
+                note=f"the new set rendered; {agent_unit(service.name)} renders it again at the "
+                "start (a second fetch, see README: Rotation)",
+            )
+            systemd.try_restart(unit)
+        return 0
+    # render and reload: exactly the checked bytes replace the old file atomically, or it stays.
+    checked.write()
+    if service.on_change == "reload":
+        for unit in apps:
+            log.info("refresh_reload", service=service.name, unit=unit)
+            systemd.try_reload_or_restart(unit)
+    return 0
