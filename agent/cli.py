@@ -14,6 +14,7 @@ import structlog
 
 from agent import __version__, render
 from agent.aws.retry import Deadline
+from agent.commands import validate
 from agent.commands.policy import PARTITIONS, policy_for_service, render_policy
 from agent.commands.refresh import SsmVersions, Systemd, refresh
 from agent.config import AgentSettings, ServiceSettings, load_agent_settings, load_service_settings
@@ -39,7 +40,8 @@ _COMMANDS_WITH_UNIT = ("enable", "disable", "doctor")
 _COMMANDS_THAT_PUBLISH = ("render", "refresh", "clean")
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, for `main` and for the docs' test and completion scripts (nothing runs)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--config-dir",
@@ -81,6 +83,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "doctor": "check everything NAME's render needs, one line per check, with the fix (never a value)",
         "status": "show each service's units, last render, parameter versions (never a value) and "
         "rotation checks; exit 1 when something is failed or stale",
+        "validate": "check NAME offline, with no AWS call and no credentials: settings, ownership, template "
+        "syntax, parameter names, the format and on_change pair",
     }
     for command, text in helps.items():
         cmd = sub.add_parser(command, parents=[common], help=text, description=text)
@@ -328,7 +332,7 @@ def main(
     os.umask(0o077)  # nothing this process creates is readable by anyone else
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
-    args = _build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     configure_logging(
         stream=err, fmt=getattr(args, "log_format", "auto"), verbose=getattr(args, "verbose", False)
     )
@@ -360,6 +364,8 @@ def main(
             return cmd_refresh(settings, service, out, systemd, observed)
         if args.command == "check":
             return cmd_check(settings, service, out)
+        if args.command == "validate":
+            return validate.command(settings, service, out)
         commands = {"render": cmd_render, "clean": cmd_clean}
         return commands[args.command](settings, service, out, observed)
     except ParameterNotFound as exc:

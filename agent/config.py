@@ -72,6 +72,122 @@ _SERVICE_KEYS = {
 
 
 @dataclass(frozen=True)
+class SettingSpec:
+    """One key an operator may write in agent.toml or NAME.toml, as the docs print it."""
+
+    key: str
+    files: tuple[str, ...]  # "agent.toml", "NAME.toml" or both
+    values: str  # what it takes
+    default: str
+    meaning: str
+    env: str = ""  # the environment variable that wins over it, if any
+
+
+# The settings schema: the docs' settings table is generated from it (python -m devtools.docs), and
+# tests/unit/test_docs_contract.py holds it equal to the keys the loaders below accept.
+AGENT_FILE, SERVICE_FILE = "agent.toml", "NAME.toml"
+SETTINGS_SCHEMA: tuple[SettingSpec, ...] = (
+    SettingSpec(
+        "region",
+        (AGENT_FILE,),
+        "a region name such as eu-west-1",
+        "IMDS placement/region",
+        "the region of SSM and STS",
+        "AWS_REGION, AWS_DEFAULT_REGION",
+    ),
+    SettingSpec(
+        "imds_endpoint",
+        (AGENT_FILE,),
+        "an http:// URL",
+        "by imds_endpoint_mode",
+        "the IMDS address; an explicit one always wins over the mode",
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+    ),
+    SettingSpec(
+        "imds_endpoint_mode",
+        (AGENT_FILE,),
+        ", ".join(IMDS_ENDPOINT_MODES),
+        "auto",
+        "auto asks 169.254.169.254 and [fd00:ec2::254] at once and keeps the first that answers",
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
+    ),
+    SettingSpec(
+        "ssm_endpoint",
+        (AGENT_FILE,),
+        "an http:// or https:// URL (a VPC endpoint, say)",
+        "AWS's, by botocore's endpoint rules",
+        "the SSM endpoint",
+        "AWS_ENDPOINT_URL_SSM, then AWS_ENDPOINT_URL",
+    ),
+    SettingSpec(
+        "use_dualstack_endpoint",
+        (AGENT_FILE,),
+        ", ".join(ENDPOINT_SWITCHES),
+        "auto",
+        "dual-stack endpoints (auto: when the host has no IPv4 default route)",
+        "AWS_USE_DUALSTACK_ENDPOINT",
+    ),
+    SettingSpec(
+        "use_fips_endpoint",
+        (AGENT_FILE,),
+        ", ".join(ENDPOINT_SWITCHES),
+        "auto",
+        "FIPS endpoints (auto: when /proc/sys/crypto/fips_enabled is 1)",
+        "AWS_USE_FIPS_ENDPOINT",
+    ),
+    SettingSpec(
+        "deadline_seconds",
+        (AGENT_FILE, SERVICE_FILE),
+        "1 to 3600",
+        f"{DEFAULT_DEADLINE_SECONDS:g}",
+        "an outage (no answer, 5xx, answers that are not SSM's) ends after this",
+    ),
+    SettingSpec(
+        "throttle_deadline_seconds",
+        (AGENT_FILE, SERVICE_FILE),
+        "1 to 3600",
+        f"{DEFAULT_THROTTLE_DEADLINE_SECONDS:g}",
+        "while SSM answers but throttles (a fleet booting at once), retry this long",
+    ),
+    SettingSpec(
+        "metrics_dir",
+        (AGENT_FILE,),
+        "an absolute folder path",
+        "unset: no metrics",
+        "node_exporter's textfile folder, for <metrics_dir>/secrets-agent-<name>.prom",
+    ),
+    SettingSpec(
+        "format",
+        (SERVICE_FILE,),
+        ", ".join(FORMATS),
+        DEFAULT_FORMAT,
+        "env: a systemd EnvironmentFile; dotenv and json for apps that read the file; credentials: one "
+        "file per variable, for LoadCredential=",
+    ),
+    SettingSpec(
+        "owner", (SERVICE_FILE,), "a user name", "root", "the rendered file's owner (not with credentials)"
+    ),
+    SettingSpec(
+        "group", (SERVICE_FILE,), "a group name", "root", "the rendered file's group (not with credentials)"
+    ),
+    SettingSpec(
+        "allow_persistent",
+        (SERVICE_FILE,),
+        "true, false",
+        "false",
+        "true lets the agent write to a folder that is not tmpfs: avoid",
+    ),
+    SettingSpec(
+        "on_change",
+        (SERVICE_FILE,),
+        ", ".join(ON_CHANGE_ACTIONS),
+        DEFAULT_ON_CHANGE,
+        "what `refresh` does when a parameter changed",
+    ),
+)
+
+
+@dataclass(frozen=True)
 class Setting:
     """A setting's value and where it came from: a variable's name, "KEY in PATH", or "default"."""
 

@@ -1,6 +1,6 @@
 """The agent's error types: each carries the exit code the CLI returns and a message for the operator.
 
-    AgentError                      1  unexpected failure
+    AgentError                      1  the agent's own bug
     ├── UsageError                  2  bad command line or name
     │   └── ConfigError             2  agent.toml / <name>.toml / template file problems
     │       └── UntrustedFile       2  someone but root could change one of them (agent/host/trust.py)
@@ -18,6 +18,8 @@ Messages name the resource and the fix, and never hold a parameter's value.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 
 class AgentError(Exception):
@@ -115,3 +117,84 @@ class StateError(AgentError):
 
 
 EXIT_INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class ExitCode:
+    """One exit code as the docs print it: what it means and what the operator does about it."""
+
+    meaning: str
+    fix: str
+    summary: str = ""  # a few words, for `status` when a failed unit left no message
+
+
+# Every exit code the agent can return, for operators: the README's exit-code table and the man page's
+# EXIT STATUS are generated from it (python -m devtools.docs), and tests/unit/test_docs_contract.py
+# holds it equal to the codes the classes above (and the CLI) return.
+EXIT_CODES: dict[int, ExitCode] = {
+    0: ExitCode("done", "", "done"),
+    1: ExitCode(
+        "the agent's own bug (never an outage or a setting); for `doctor`, a check failed; for `status`, "
+        "something failed or is stale",
+        "report a bug with its log line; for `doctor` and `status`, the lines marked failed say the fix",
+        "unexpected error",
+    ),
+    2: ExitCode(
+        "bad command line, service name or settings file; or a template or settings file (or a folder "
+        "or symlink on its way) that someone other than root could change",
+        "the message names the file and the setting; for ownership, the file, the step on its way, its "
+        "owner and mode, and the exact `chown`/`chmod` to run (see "
+        "[who can change what is fetched](#who-can-change-what-is-fetched)); "
+        "`secrets-agent validate NAME` checks it offline",
+        "bad command line, settings or template file",
+    ),
+    3: ExitCode(
+        "the template cannot be rendered, SSM refuses a name or path in it as invalid, or a value cannot "
+        "be carried (NUL byte, invalid UTF-8, over 128 KiB)",
+        "fix the template line or the parameter the message names",
+        "template error",
+    ),
+    4: ExitCode(
+        "parameters missing in SSM (all are named at once)",
+        "create them, or give the template a `default=`",
+        "parameter not found",
+    ),
+    5: ExitCode(
+        "access denied by IAM or KMS",
+        "grant the named action on the named parameter or key to the instance role "
+        "(`secrets-agent policy NAME` prints the policy)",
+        "access denied",
+    ),
+    6: ExitCode(
+        "no credentials: IMDS disabled or blocked, no role attached, or the credentials refused "
+        "(a clock more than 5 minutes off)",
+        "attach an instance profile; `aws ec2 modify-instance-metadata-options --instance-id ID "
+        "--http-endpoint enabled --http-tokens required`; fix the clock (chrony)",
+        "no AWS credentials",
+    ),
+    7: ExitCode(
+        "IMDS or SSM gave no valid answer before the deadline: no answer at all, or answers that were not "
+        "theirs (a proxy's page, a truncated body, a list missing a name)",
+        "check the network path, the endpoint settings and any proxy in between; raise `deadline_seconds`",
+        "IMDS or SSM did not answer in time",
+    ),
+    8: ExitCode(
+        "the file cannot be written safely: not tmpfs, a symlink in the way, permissions, the "
+        "filesystem full",
+        "as the message says: run as root, on tmpfs (`/run`), nothing but the agent's own files in "
+        "`/run/secrets-agent/NAME`",
+        "output cannot be written safely",
+    ),
+    9: ExitCode(
+        "a `systemctl` command failed, hung or is missing (systemd not running, a unit refused)",
+        "the message names the command: see `systemctl status` and the journal, or run it yourself",
+        "systemctl failed",
+    ),
+    10: ExitCode(
+        "`refresh` found no usable record of the last render (`/run/secrets-agent/NAME/state.json` "
+        "missing or unreadable)",
+        "start or restart the app once, so the agent renders and records it",
+        "no usable record of the last render",
+    ),
+    EXIT_INTERRUPTED: ExitCode("interrupted (SIGINT)", "run the command again", "interrupted"),
+}

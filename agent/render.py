@@ -26,7 +26,7 @@ from agent.aws.ssm import SsmClient
 from agent.config import AgentSettings, ServiceSettings
 from agent.errors import AgentError, ConfigError
 from agent.host.notify import StatusNotifier
-from agent.host.output import Ownership, remove_secret_file, resolve_ownership
+from agent.host.output import Ownership, remove_secret_file, resolve_ownership, swappable_swaps
 from agent.host.secret_folder import remove_secret_folder, write_payload
 from agent.host.state import RenderRecord, RenderStats, make_record, write_record
 from agent.host.trust import read_trusted
@@ -281,6 +281,15 @@ def write(rendered: Rendered, ownership: Ownership, *, stages: Stages = no_stage
     except AgentError as exc:
         # The file is complete and the app can start; only refresh loses its point of comparison.
         log.warning("state_not_recorded", error=exc.message)
+    swaps = swappable_swaps(path.parent)
+    if swaps:
+        # tmpfs keeps the file in RAM, but under memory pressure the kernel may page it out to swap.
+        log.warning(
+            "secrets_may_reach_swap",
+            path=str(path),
+            swaps=swaps,
+            fix="turn swap off (swapoff -a), or encrypt it, on hosts that hold secrets",
+        )
     log.info(
         "rendered",
         path=str(path),

@@ -11,7 +11,8 @@
 #       that instances launched from the image fetch the secrets at their boot. Put each
 #       service's template in /etc/secrets-agent/SERVICE.env.j2 before or after this step.
 #   ami-bake.sh --verify-only [--root DIR]
-#       Only the last step, on the system mounted at DIR (default /).
+#       Only the last step, on the system mounted at DIR (default /); it also runs
+#       `secrets-agent validate SERVICE` for every template there (offline: no AWS call).
 #
 # Nothing here starts a service or contacts SSM: the image must hold no secret. The last
 # step checks it and exits 1, naming the files (never their contents), when the image holds
@@ -34,7 +35,7 @@ CREDENTIAL_RE+='|"SecretAccessKey"[[:space:]]*:[[:space:]]*"[A-Za-z0-9/+]{40}"'
 log() { printf 'ami-bake: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 usage() {
-    sed -n '5,14p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '5,15p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -240,6 +241,29 @@ find_untrusted() {
     done
 }
 
+# `secrets-agent validate` for every service whose template the image holds: settings, template
+# syntax and parameter names, offline (no AWS call, no credentials), by the image's own agent on its
+# own files (chroot for --root); its own lines say what to fix.
+validate_services() {
+    local root=$1 template name failed=0
+    local -a agent=(secrets-agent)
+    if [ -n "$root" ]; then
+        [ -x "$root/usr/bin/secrets-agent" ] || { log "no secrets-agent in $root: services not validated"; return 0; }
+        agent=(chroot "$root" /usr/bin/secrets-agent)
+    fi
+    shopt -s nullglob
+    for template in "$root/$CONFIG_DIR"/*.env.j2; do
+        name=${template##*/}
+        name=${name%.env.j2}
+        if ! "${agent[@]}" validate "$name" --log-format console >&2; then
+            log "error: $name would not render at boot: fix what the line above names"
+            failed=1
+        fi
+    done
+    shopt -u nullglob
+    return "$failed"
+}
+
 verify_image() {
     local root=$1 leftovers untrusted failed=0
     leftovers=$(find_leftovers "$root" | sort -u)
@@ -256,6 +280,7 @@ verify_image() {
         printf '%s\n' "$untrusted" | sed 's/^/  /' >&2
         failed=1
     fi
+    [ -n "$untrusted" ] || validate_services "$root" || failed=1
     [ "$failed" -eq 0 ] || exit 1
     log "verified: no rendered secret, no cached AWS credential, and $root/$CONFIG_DIR can be changed" \
         "by root only"

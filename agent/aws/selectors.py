@@ -77,3 +77,59 @@ def secret_of_reference(name: str) -> Optional[str]:
     if name.startswith(SECRETS_MANAGER_PREFIX):
         return name[len(SECRETS_MANAGER_PREFIX) :]
     return None
+
+
+# SSM's naming rules (the PutParameter reference): letters, digits and _ . - in each part, / between
+# hierarchy levels (a name with one begins with it), at most 1011 characters and 15 levels below the
+# root. (Names beginning with aws or ssm cannot be created, but AWS's public /aws/service/... are read.)
+_PARAMETER_PART_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_SECRET_ID_RE = re.compile(r"^[A-Za-z0-9/_+=.@-]+$")
+_LABEL_RE = re.compile(r"^[A-Za-z_.-][A-Za-z0-9_.-]{0,99}$")
+MAX_PARAMETER_NAME_CHARS = 1011
+MAX_HIERARCHY_LEVELS = 15
+NAMING_RULES = (
+    "SSM names hold letters, digits, _ . - and / between levels, begin with / when they have levels, "
+    f"have at most {MAX_HIERARCHY_LEVELS} levels and {MAX_PARAMETER_NAME_CHARS} characters; a label "
+    "holds letters, digits, _ . - and does not begin with a digit"
+)
+
+
+def _name_problem(name: str, *, is_path: bool) -> Optional[str]:
+    if len(name) > MAX_PARAMETER_NAME_CHARS:
+        return f"longer than {MAX_PARAMETER_NAME_CHARS} characters"
+    if "/" in name and not name.startswith("/"):
+        return "a name with levels must begin with /"
+    parts = name.strip("/").split("/") if is_path else name.lstrip("/").split("/")
+    if name.strip("/") == "":
+        return None if is_path else "empty"
+    if len(parts) > MAX_HIERARCHY_LEVELS + (0 if is_path else 1):
+        return f"more than {MAX_HIERARCHY_LEVELS} levels"
+    for part in parts:
+        if not _PARAMETER_PART_RE.fullmatch(part):
+            return f"{part!r} holds a character SSM refuses" if part else "an empty level (//)"
+    return None
+
+
+def selector_problem(text: str) -> Optional[str]:
+    """Why SSM would refuse `param(text)`'s name, version or label by its naming rules, else None."""
+    selector = parse_selector(text)
+    name = _ARN_RESOURCE_PREFIX_RE.sub("", selector.name)
+    secret = secret_of_reference(name)
+    if secret is not None:
+        problem = None if _SECRET_ID_RE.fullmatch(secret) else "the secret's name holds a character it cannot"
+    else:
+        problem = _name_problem(name, is_path=False)
+    if problem is None and selector.suffix:
+        suffix = selector.suffix[1:]
+        if suffix.isdigit():
+            problem = None if int(suffix) >= 1 else "versions start at 1"
+        elif secret is None and not _LABEL_RE.fullmatch(suffix):
+            problem = f"{suffix!r} is neither a version number nor a valid label"
+    return problem
+
+
+def path_problem(path: str) -> Optional[str]:
+    """Why SSM would refuse `params(path)` by its naming rules, else None."""
+    if not path.startswith("/"):
+        return "a path begins with /"
+    return _name_problem(path, is_path=True)

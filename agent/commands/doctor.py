@@ -27,7 +27,7 @@ from agent.aws.ssm import CONNECT_TIMEOUT_SECONDS, SsmClient
 from agent.commands import doctor_network
 from agent.config import DEFAULT_RUNTIME_DIR, AgentSettings, ServiceSettings
 from agent.errors import AgentError, ServiceUnavailable, SystemdError, UntrustedFile
-from agent.host.output import is_memory_backed
+from agent.host.output import is_memory_backed, swappable_swaps
 from agent.host.systemd import (
     DROPIN_NAME,
     SYSTEMD_RUNNING_MARKER,
@@ -192,8 +192,17 @@ def runtime_folder_check(service: ServiceSettings) -> Check:
             pass
     except OSError as exc:
         return Check(FAILED, "runtime folder", f"cannot write in {folder} ({exc.strerror}): run as root")
+    swaps = swappable_swaps(folder)
+    swap_note = (
+        f"; but swap is on ({', '.join(swaps)}): under memory pressure tmpfs pages, secrets included, may "
+        "be written there; turn swap off (swapoff -a) or encrypt it"
+        if swaps
+        else ""
+    )
     return Check(
-        PASSED, "runtime folder", f"{folder} is {'tmpfs' if memory_backed else 'allowed'} and writable"
+        PASSED,
+        "runtime folder",
+        f"{folder} is {'tmpfs' if memory_backed else 'allowed'} and writable{swap_note}",
     )
 
 

@@ -16,7 +16,7 @@ from typing import Callable, Optional, TextIO
 from agent.commands import status_view
 from agent.commands.status_view import LastRender, Parameter, Refresh, ServiceStatus, UnitState
 from agent.config import AgentSettings, load_service_settings, validate_name
-from agent.errors import ConfigError, SystemdError
+from agent.errors import EXIT_CODES, EXIT_INTERRUPTED, ConfigError, SystemdError
 from agent.host.systemd import agent_unit, default_app_unit, refresh_service, refresh_timer, show_units
 from agent.observe.observed import read_check_record, read_render_record, record_versions
 from agent.template.formats import format_of
@@ -40,18 +40,7 @@ EXIT_UNHEALTHY = 1
 # A refresh timer is stale when no check ran for this many intervals (plus its random delay).
 STALE_INTERVALS = 2
 # What an agent exit code means (agent/errors.py), for a failed unit whose message is not known.
-EXIT_MEANINGS = {
-    1: "unexpected error",
-    2: "bad command line, settings or template file",
-    3: "template error",
-    4: "parameter not found",
-    5: "access denied",
-    6: "no AWS credentials",
-    7: "IMDS or SSM did not answer in time",
-    8: "output cannot be written safely",
-    9: "systemctl failed",
-    10: "no usable record of the last render",
-}
+EXIT_MEANINGS = {code: e.summary for code, e in EXIT_CODES.items() if code not in (0, EXIT_INTERRUPTED)}
 _TIMESPAN_UNITS = {
     "us": 1e-6,
     "ms": 1e-3,

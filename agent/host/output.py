@@ -92,6 +92,29 @@ def is_memory_backed(fd: int) -> bool:
     return filesystem_type(fd) in _MEMORY_FS
 
 
+def active_swaps(proc_swaps: Path = Path("/proc/swaps")) -> list[str]:
+    """The swap areas in use (/proc/swaps after its header), or none when it cannot be read."""
+    try:
+        lines = proc_swaps.read_text(encoding="utf-8").splitlines()[1:]
+    except OSError:
+        return []
+    return [line.split()[0] for line in lines if line.strip()]
+
+
+def swappable_swaps(folder: Path, proc_swaps: Path = Path("/proc/swaps")) -> list[str]:
+    """The swap areas that could receive `folder`'s pages: tmpfs pages go to swap under memory
+    pressure (ramfs pages never do); none when `folder` is not tmpfs or no swap is on."""
+    try:
+        fd = os.open(folder, DIR_FLAGS)
+    except OSError:
+        return []
+    try:
+        is_tmpfs = filesystem_type(fd) == TMPFS_MAGIC
+    finally:
+        os.close(fd)
+    return active_swaps(proc_swaps) if is_tmpfs else []
+
+
 def lstat_at(dir_fd: int, name: str) -> Optional[os.stat_result]:
     """What is at NAME in DIR_FD, without following a link; None if nothing."""
     try:

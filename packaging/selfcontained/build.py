@@ -45,6 +45,12 @@ PLATFORM_TAG = "manylinux2014_x86_64"
 BOTOCORE_SERVICES = ("ssm", "sts", "secretsmanager")
 COMPILED_SUFFIXES = (".so", ".c", ".pyx")
 UNITS = ("secrets-agent@.service", "secrets-agent-refresh@.service", "secrets-agent-refresh@.timer")
+# Shell completion (python -m devtools.docs writes them from the argument parser), where bash-completion
+# and zsh look on any distribution.
+COMPLETIONS = {
+    REPO / "packaging/completion/secrets-agent": "usr/share/bash-completion/completions",
+    REPO / "packaging/completion/_secrets-agent": "usr/share/zsh/site-functions",
+}
 # Folders the package owns (listed in the archive, mode 0755); every other parent is the system's.
 OWNED_FOLDERS = (PREFIX, "usr/share/doc/secrets-agent")
 # The list of every file the tarball installs, for removing it: rm $(cat this file).
@@ -214,6 +220,10 @@ def stage_tree(root: Path, version: str) -> None:
     man.parent.mkdir(parents=True)
     with open(man, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as out:
         out.write((REPO / "packaging/debian/secrets-agent.1").read_bytes())
+    for source, folder in COMPLETIONS.items():
+        target = root / folder / source.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
     doc = root / "usr/share/doc/secrets-agent"
     doc.mkdir(parents=True)
     shutil.copyfile(REPO / "LICENSE", doc / "LICENSE")

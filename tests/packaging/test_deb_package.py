@@ -58,6 +58,12 @@ EXPECTED_DEB_ENTRIES = {
     ("drwxr-xr-x", "./usr/share/man/"),
     ("drwxr-xr-x", "./usr/share/man/man1/"),
     ("-rw-r--r--", "./usr/share/man/man1/secrets-agent.1.gz"),
+    ("drwxr-xr-x", "./usr/share/bash-completion/"),
+    ("drwxr-xr-x", "./usr/share/bash-completion/completions/"),
+    ("-rw-r--r--", "./usr/share/bash-completion/completions/secrets-agent"),
+    ("drwxr-xr-x", "./usr/share/zsh/"),
+    ("drwxr-xr-x", "./usr/share/zsh/vendor-completions/"),
+    ("-rw-r--r--", "./usr/share/zsh/vendor-completions/_secrets-agent"),
 }
 DEBIAN_RUNTIME_DEPENDENCIES = ("python3-boto3", "python3-requests", "python3-jinja2", "python3-structlog")
 # A maintainer script that did any of these would start the agent or fetch something at install.
