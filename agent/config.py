@@ -116,8 +116,8 @@ SETTINGS_SCHEMA: tuple[SettingSpec, ...] = (
         (AGENT_FILE,),
         "an http:// or https:// URL (a VPC endpoint, say)",
         "AWS's, by botocore's endpoint rules",
-        "the SSM endpoint",
-        "AWS_ENDPOINT_URL_SSM, then AWS_ENDPOINT_URL",
+        "the SSM endpoint (AWS_ENDPOINT_URL_SSM wins over AWS_ENDPOINT_URL)",
+        "AWS_ENDPOINT_URL_SSM, AWS_ENDPOINT_URL",
     ),
     SettingSpec(
         "use_dualstack_endpoint",
@@ -165,10 +165,18 @@ SETTINGS_SCHEMA: tuple[SettingSpec, ...] = (
         "file per variable, for LoadCredential=",
     ),
     SettingSpec(
-        "owner", (SERVICE_FILE,), "a user name", "root", "the rendered file's owner (not with credentials)"
+        "owner",
+        (SERVICE_FILE,),
+        "a user name",
+        "the agent's (root)",
+        "the rendered file's owner (not with credentials)",
     ),
     SettingSpec(
-        "group", (SERVICE_FILE,), "a group name", "root", "the rendered file's group (not with credentials)"
+        "group",
+        (SERVICE_FILE,),
+        "a group name",
+        "the agent's (root)",
+        "the rendered file's group (not with credentials)",
     ),
     SettingSpec(
         "allow_persistent",

@@ -368,10 +368,9 @@ def zsh_completion() -> str:
         specs = []
         for action in options_of(sub):
             for option in action.option_strings:
-                help_text = (
-                    (action.help or "").replace("'", "").replace("[", "(").replace("]", ")").split(";")[0]
-                )
-                takes = "" if action.nargs == 0 else ":value:"
+                help_text = re.sub(r"\s*\([^)]*\)?", "", (action.help or "").split(";")[0])
+                help_text = help_text.replace("'", "").replace("[", "").replace("]", "")
+                takes = "" if action.nargs == 0 else "::value:" if action.nargs == "?" else ":value:"
                 specs.append(f"'{option}[{help_text}]{takes}'")
         specs.append("'1:service:_secrets_agent_services'")
         cases.append(f"            {name}) _arguments {' '.join(specs)} ;;")

@@ -460,3 +460,19 @@ def test_ami_bake_leaves_no_secret_and_the_image_boots_the_app(
         check=False,
     )
     assert verify.returncode == 0, verify.stderr
+    assert "no secrets-agent in" not in verify.stderr  # the image's agent validated its services
+
+    # A template that would not render fails the image check, by the image's own agent (chroot),
+    # offline: nothing reached the AWS stand-ins.
+    write(root, "/etc/secrets-agent/broken.env.j2", 'X={{ param("/app/x" }}\n', 0o640)
+    ssm_actions = len(fakes.ssm.actions)
+    refused = subprocess.run(
+        ["bash", str(REPO / "packaging" / "ami-bake.sh"), "--verify-only", "--root", str(root)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode == 1, refused.stderr
+    assert "broken would not render at boot" in refused.stderr
+    assert "/etc/secrets-agent/broken.env.j2:1" in refused.stderr
+    assert len(fakes.ssm.actions) == ssm_actions

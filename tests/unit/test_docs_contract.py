@@ -610,3 +610,13 @@ def test_the_first_screen_leads_to_the_quick_start_verification_and_troubleshoot
     first_screen = "\n".join(readme().splitlines()[:25])
     for anchor in ("#quick-start-on-ec2", "#verify-and-install-a-release", "#troubleshooting"):
         assert f"]({anchor})" in first_screen, anchor
+
+
+def test_every_vpc_endpoint_the_readme_asks_for_is_a_service_the_agent_calls() -> None:
+    """A `com.amazonaws.REGION.X` endpoint the README asks for is one of the services the agent makes
+    clients for (S3 only for the user-data's download), so no endpoint is asked for in vain."""
+    from agent.aws.endpoints import SERVICE_NAMES
+
+    named = set(re.findall(r"com\.amazonaws\.REGION\.([\w-]+)", readme()))
+    assert "ssm" in named
+    assert sorted(named - set(SERVICE_NAMES) - {"s3"}) == []
