@@ -80,8 +80,8 @@ def secret_of_reference(name: str) -> Optional[str]:
 
 
 # SSM's naming rules (the PutParameter reference): letters, digits and _ . - in each part, / between
-# hierarchy levels (a name with one begins with it), at most 1011 characters and 15 levels below the
-# root. (Names beginning with aws or ssm cannot be created, but AWS's public /aws/service/... are read.)
+# hierarchy levels (a name with one begins with it), at most 1011 characters and 15 parts (levels and
+# name). (Names beginning with aws or ssm cannot be created, but AWS's public /aws/service/... are read.)
 _PARAMETER_PART_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 _SECRET_ID_RE = re.compile(r"^[A-Za-z0-9/_+=.@-]+$")
 _LABEL_RE = re.compile(r"^[A-Za-z_.-][A-Za-z0-9_.-]{0,99}$")
@@ -102,7 +102,7 @@ def _name_problem(name: str, *, is_path: bool) -> Optional[str]:
     parts = name.strip("/").split("/") if is_path else name.lstrip("/").split("/")
     if name.strip("/") == "":
         return None if is_path else "empty"
-    if len(parts) > MAX_HIERARCHY_LEVELS + (0 if is_path else 1):
+    if len(parts) > MAX_HIERARCHY_LEVELS:  # AWS's example: /Level-1/.../L14/parameter-name
         return f"more than {MAX_HIERARCHY_LEVELS} levels"
     for part in parts:
         if not _PARAMETER_PART_RE.fullmatch(part):

@@ -620,3 +620,19 @@ def test_every_vpc_endpoint_the_readme_asks_for_is_a_service_the_agent_calls() -
     named = set(re.findall(r"com\.amazonaws\.REGION\.([\w-]+)", readme()))
     assert "ssm" in named
     assert sorted(named - set(SERVICE_NAMES) - {"s3"}) == []
+
+
+def test_every_file_a_package_installs_is_where_the_docs_say(tmp_path: Path) -> None:
+    """Each file a package installs for operators (command, units, man page, completion) is printed
+    by the README or the man page at that path, or in a folder printed beside its name."""
+    text = readme() + "\n".join(man_lines(MAN_PAGE.read_text(encoding="utf-8")))
+    printed = {p.rstrip("/") for p in printed_paths(text)}
+    missing = []
+    for kind, paths in (("deb", deb_paths()), ("tarball/rpm", tarball_paths(tmp_path))):
+        for path in sorted(paths):
+            if path.startswith(("/usr/lib/secrets-agent/", "/usr/share/doc/")) or path in printed:
+                continue
+            if str(Path(path).parent) in printed and Path(path).name in text:
+                continue
+            missing.append(f"{kind}: {path}")
+    assert missing == []
