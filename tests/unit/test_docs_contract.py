@@ -298,6 +298,35 @@ def test_the_settings_schema_is_what_the_loaders_accept() -> None:
     )
 
 
+def test_the_settings_schemas_defaults_are_the_loaders(tmp_path: Path) -> None:
+    """Where SETTINGS_SCHEMA prints a literal default (one of its values, or a number), the loaders
+    give that very value when nothing is set (so a changed default cannot leave the docs behind)."""
+    tmp_path.chmod(0o755)
+    (tmp_path / "app.env.j2").write_text("", encoding="utf-8")
+    agent = config.load_agent_settings({}, config_dir=str(tmp_path), runtime_dir=str(tmp_path / "run"))
+    service = config.load_service_settings(agent, "app")
+    checked, wrong = 0, []
+    for spec in config.SETTINGS_SCHEMA:
+        is_literal = spec.default in spec.values.split(", ") or re.fullmatch(r"\d+", spec.default)
+        if not is_literal:
+            continue
+        holder = service if config.SERVICE_FILE in spec.files else agent
+        value = getattr(holder, spec.key)
+        value = getattr(value, "value", value)  # a Setting carries where it came from too
+        shown = (
+            str(value).lower()
+            if isinstance(value, bool)
+            else f"{value:g}"
+            if isinstance(value, float)
+            else value
+        )
+        checked += 1
+        if shown != spec.default:
+            wrong.append(f"{spec.key}: the docs say {spec.default}, the loader gives {shown}")
+    assert checked >= 8
+    assert wrong == []
+
+
 def _toml_file_for(keys: set[str]) -> Optional[str]:
     """Which file a block of settings belongs in, by its known keys (unknown ones: NAME.toml's loader
     names them); None when it mixes keys only agent.toml takes with keys only NAME.toml takes."""
