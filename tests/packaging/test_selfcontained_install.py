@@ -160,7 +160,7 @@ def test_tarball_runs_on_python_39_of_debian_11(
 def test_rpm_installs_on_the_amazon_linux_2023_stand_in_and_removes_cleanly(
     artefacts: Artefacts, world: ClosedWorld, python_root: Callable[[Release], Path]
 ) -> None:
-    """On a bare Debian 12 (systemd 252, as Amazon Linux 2023) with no network, `rpm -i` of the rpm
+    """On a bare Debian 12 (systemd 252, as Amazon Linux 2023) with no network, `rpm -Uvh` of the rpm
     needs only python3, systemd and /bin/sh (which dpkg, not rpm, holds); the README's commands run
     the app; the essentials pass; `rpm -e` removes every file it installed and leaves the
     operator's files in /etc/secrets-agent and the drop-ins. Then ami-bake.sh takes the tarball
@@ -175,8 +175,8 @@ def test_rpm_installs_on_the_amazon_linux_2023_stand_in_and_removes_cleanly(
         missing = {line.split()[0] for line in unresolved.stderr.splitlines() if "is needed by" in line}
         assert missing == RPM_REQUIREMENTS_DPKG_HOLDS, unresolved.stderr
         install = readme_quickstart.install_block("rpm")
-        assert "rpm -i secrets-agent-$VERSION-1.noarch.rpm" in install
-        run_quick_start(machine, world, install.replace("rpm -i ", "rpm -i --nodeps "))
+        assert "rpm -Uvh secrets-agent-$VERSION-1.noarch.rpm" in install  # installs, or upgrades
+        run_quick_start(machine, world, install.replace("rpm -Uvh ", "rpm -Uvh --nodeps "))
         assert_app_gets_every_value_then_a_rotation_then_nothing_left(machine, world)
         assert_credentials_reach_a_dynamic_user_app(machine, world)
 
