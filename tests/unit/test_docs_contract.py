@@ -377,6 +377,9 @@ def settings_blocks() -> Iterator[tuple[str, str, Optional[str]]]:
         for span in _BACKTICK_RE.findall(line):
             if re.fullmatch(r"[a-z_]+ = \S.*", span):
                 yield f"README.md:{number} `{span}`", span, None
+    for line in man_lines(MAN_PAGE.read_text(encoding="utf-8")):
+        for span in re.findall(r"\b([a-z_]+ = (?:\"[^\"]*\"|[\w.]+))", line):
+            yield f"secrets-agent.1 `{span}`", span, None
 
 
 def test_every_settings_key_and_value_the_docs_show_loads(tmp_path: Path) -> None:
