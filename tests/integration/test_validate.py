@@ -121,3 +121,12 @@ def test_an_impossible_settings_pair_exits_2(folders: tuple[Path, Path]) -> None
     done = offline("validate", "app", config=config, runtime=runtime)
     assert done.returncode == 2, done.stderr
     assert "owner and group do not apply to format" in done.stderr
+
+
+def test_an_on_change_the_format_cannot_deliver_exits_2(folders: tuple[Path, Path]) -> None:
+    """on_change = "render" with format = "env" (systemd reads the file only at the app's start): exit 2."""
+    config, runtime = folders
+    (config / "app.toml").write_text('format = "env"\non_change = "render"\n', encoding="utf-8")
+    done = offline("validate", "app", config=config, runtime=runtime)
+    assert done.returncode == 2, done.stderr
+    assert "cannot deliver a new value with format" in done.stderr
