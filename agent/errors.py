@@ -134,9 +134,9 @@ class ExitCode:
 EXIT_CODES: dict[int, ExitCode] = {
     0: ExitCode("done", "", "done"),
     1: ExitCode(
-        "the agent's own bug (never an outage or a setting); for `doctor`, a check failed; for `status`, "
-        "something failed or is stale",
-        "report a bug with its log line; for `doctor` and `status`, the lines marked failed say the fix",
+        "the agent's own bug, never an outage or a setting (`status` and `doctor` exit with the code of "
+        "what failed, never 1)",
+        "report it, with the log line",
         "unexpected error",
     ),
     2: ExitCode(
@@ -149,9 +149,11 @@ EXIT_CODES: dict[int, ExitCode] = {
         "bad command line, settings or template file",
     ),
     3: ExitCode(
-        "the template cannot be rendered, SSM refuses a name or path in it as invalid, or a value cannot "
-        "be carried (NUL byte, invalid UTF-8, over 128 KiB)",
-        "fix the template line or the parameter the message names",
+        "the template cannot be rendered, SSM refuses a name or path in it as invalid, a value cannot be "
+        "carried (NUL byte, invalid UTF-8, over 128 KiB), or the template asks for no parameter at all "
+        "(`enable`'s starter, an empty file: the app would start without its secrets)",
+        "fix the template line or the parameter the message names; for a template without parameters, "
+        "write its lines (the message shows the first)",
         "template error",
     ),
     4: ExitCode(
@@ -166,8 +168,9 @@ EXIT_CODES: dict[int, ExitCode] = {
         "access denied",
     ),
     6: ExitCode(
-        "no credentials: IMDS disabled or blocked, no role attached, or the credentials refused "
-        "(a clock more than 5 minutes off)",
+        "no credentials: IMDS disabled or blocked, no role attached, or the credentials refused (a clock "
+        "more than 5 minutes off); off EC2, botocore's default credential chain gave none (no keys, a "
+        "failing `credential_process`, an expired SSO login, an unknown profile)",
         "attach an instance profile; `aws ec2 modify-instance-metadata-options --instance-id ID "
         "--http-endpoint enabled --http-tokens required`; fix the clock (chrony)",
         "no AWS credentials",
@@ -191,8 +194,8 @@ EXIT_CODES: dict[int, ExitCode] = {
         "systemctl failed",
     ),
     10: ExitCode(
-        "`refresh` found no usable record of the last render (`/run/secrets-agent/NAME/state.json` "
-        "missing or unreadable)",
+        "`refresh` found no usable record of the last render (`/run/secrets-agent-state/NAME/state.json` "
+        "missing, unreadable, or not a regular file root owns)",
         "start or restart the app once, so the agent renders and records it",
         "no usable record of the last render",
     ),

@@ -129,4 +129,4 @@ def test_an_on_change_the_format_cannot_deliver_exits_2(folders: tuple[Path, Pat
     (config / "app.toml").write_text('format = "env"\non_change = "render"\n', encoding="utf-8")
     done = offline("validate", "app", config=config, runtime=runtime)
     assert done.returncode == 2, done.stderr
-    assert "cannot deliver a new value with format" in done.stderr
+    assert "cannot deliver with format" in done.stderr
