@@ -287,8 +287,17 @@ def test_the_settings_schema_is_what_the_loaders_accept() -> None:
     is accepted, and the man page's FILES names every one."""
     in_agent = {s.key for s in config.SETTINGS_SCHEMA if config.AGENT_FILE in s.files}
     in_service = {s.key for s in config.SETTINGS_SCHEMA if config.SERVICE_FILE in s.files}
-    assert in_agent == config._AGENT_KEYS
-    assert in_service == config._SERVICE_KEYS
+    drift = [
+        f"{key}: {config.AGENT_FILE if key in accepted else config.SERVICE_FILE} accepts it; add a "
+        "SettingSpec row to config.SETTINGS_SCHEMA, then run python -m devtools.docs"
+        for listed, accepted in ((in_agent, config._AGENT_KEYS), (in_service, config._SERVICE_KEYS))
+        for key in sorted(accepted - listed)
+    ] + [
+        f"{key}: SETTINGS_SCHEMA lists it where the loader does not accept it"
+        for listed, accepted in ((in_agent, config._AGENT_KEYS), (in_service, config._SERVICE_KEYS))
+        for key in sorted(listed - accepted)
+    ]
+    assert drift == []
     man = MAN_PAGE.read_text(encoding="utf-8")
     assert (
         sorted(
@@ -475,7 +484,12 @@ def test_every_exit_code_the_code_can_return_has_a_row_with_its_fix() -> None:
     """errors.EXIT_CODES (the source of the README's table and the man page's EXIT STATUS) has a row
     for exactly the codes the code returns, and each failure's row says what to do."""
     in_code = docs.exit_codes_in_code()
-    assert sorted(set(in_code) - set(EXIT_CODES)) == []
+    missing = [
+        f"exit {code} ({', '.join(where)}): add its row to errors.EXIT_CODES, then python -m devtools.docs"
+        for code, where in sorted(in_code.items())
+        if code not in EXIT_CODES
+    ]
+    assert missing == []
     assert sorted(set(EXIT_CODES) - set(in_code) - {0}) == []
     assert [code for code, e in EXIT_CODES.items() if code and not e.fix] == []
 
