@@ -418,9 +418,13 @@ def test_wheel_user_data_boots_debian_11_with_python_39(
 def test_ami_bake_leaves_no_secret_and_the_image_boots_the_app(
     artefacts: Artefacts, fakes: Fakes, workdir: Path, release: Release
 ) -> None:
-    """ami-bake.sh installs and enables without fetching; an instance of the image gets its secrets at
-    boot; after shutdown no secret value is anywhere in the root file system."""
+    """ami-bake.sh installs and enables without fetching and empties the builder's machine-id; an
+    instance of the image gets its secrets at boot; after shutdown no secret value is anywhere in
+    the root file system."""
     root = fresh_rootfs(workdir / "root", release=release)
+    # The builder runs on a machine-id of its own, as an EC2 build instance does.
+    builder_id = "4f3c2b1a09876543210fedcba9876543"
+    write(root, "/etc/machine-id", builder_id + "\n", 0o444)
     shutil.copy(artefacts.deb, root / "root")
     shutil.copy(REPO / "packaging" / "ami-bake.sh", root / "root")
     write(root, "/etc/secrets-agent/agent.toml", fakes.agent_toml())
@@ -438,10 +442,13 @@ def test_ami_bake_leaves_no_secret_and_the_image_boots_the_app(
         )
         assert bake.returncode == 0, bake.stdout + bake.stderr
         assert "verified: no rendered secret" in bake.stderr
+        assert "emptied /etc/machine-id" in bake.stderr
+        assert run(builder, "cat", "/etc/machine-id").stdout == ""
         assert run(builder, "systemctl", "is-enabled", "app.service").stdout.strip() == "enabled"
         assert run(builder, "systemctl", "is-active", "app.service", check=False).stdout.strip() == "inactive"
     assert fakes.imds.count() == 0
     assert fakes.ssm.actions == []
+    assert (root / "etc/machine-id").read_text() == ""
     (root / "root" / artefacts.deb.name).unlink()
 
     # An instance launched from the image: the app comes up at boot with its secrets.
