@@ -22,18 +22,13 @@ import pytest
 
 from tests.integration.test_cli import Stack, stack  # noqa: F401 - the fixture is used below
 from tests.integration.test_refresh import FakeSystemd
+from tests.prerequisites import require_command
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_EXPORTER = Path("/usr/bin/prometheus-node-exporter")
 MARK = "st4tus-v4lue-"
 RENDERS = 50
 SAMPLE_RE = re.compile(r'^(secrets_agent_[a-z_]+)\{service="app"(,[a-z_]+="[^"\\\n]*")*\} -?[0-9.e+]+$')
-
-
-def _skip_or_fail(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason}; CI must run this test", pytrace=False)
-    pytest.skip(reason)
 
 
 def _free_port() -> int:
@@ -55,15 +50,7 @@ def metrics_dir(stack: Stack, tmp_path: Path) -> Path:  # noqa: F811 - the impor
 @pytest.fixture
 def node_exporter(metrics_dir: Path) -> Iterator[str]:
     """Debian's prometheus-node-exporter on 127.0.0.1 (a free port), textfile collector only."""
-    if not NODE_EXPORTER.exists():
-        install = subprocess.run(
-            ["bash", str(REPO / "packaging/apt-install.sh"), "prometheus-node-exporter"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if install.returncode != 0:
-            _skip_or_fail(f"prometheus-node-exporter is not installed: {install.stderr.strip()}")
+    require_command(NODE_EXPORTER.name, "prometheus-node-exporter")
     port = _free_port()
     process = subprocess.Popen(
         [
