@@ -15,6 +15,9 @@ from nspawn import Machine
 
 from agent.host.units import render_dropin
 
+# The suite's one skip-or-fail rule (tests/prerequisites.py), importable from here as before.
+from tests.prerequisites import skip_or_fail  # noqa: F401 - re-exported
+
 REGION = "eu-west-1"
 ROLE = "app-role"
 # The machine shares the host's network, so the host's loopback is the machine's too.
