@@ -13,7 +13,7 @@ import pytest
 
 from tests.prerequisites import skip_or_fail
 from tests.system.nspawn import TEST_NETWORKS, Release, releases_under_test
-from tests.timing import MACHINE_TIMEOUT_SECONDS
+from tests.timing import MACHINE_TIMEOUT_SECONDS, ManualClock
 
 _LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
 _TEST_NETWORKS = ipaddress.ip_network(TEST_NETWORKS)
@@ -102,6 +102,22 @@ def tmpfs_path() -> Iterator[Any]:
     shutil.rmtree(path, ignore_errors=True)
     # Where a rotation check records what it found when `path` is the runtime folder.
     shutil.rmtree(path.with_name(path.name + "-refresh"), ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """moto's server on 127.0.0.1, started once for the session and shared by every layer (the
+    system tests' machines reach it through the host network they share)."""
+    from tests.integration.moto_server import moto_server
+
+    with moto_server() as url:
+        yield url
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """The suite's hand-moved monotonic clock (tests/timing.py), for code that takes a `clock`."""
+    return ManualClock()
 
 
 @pytest.fixture

@@ -10,8 +10,10 @@ measured by `make bench` as ratios in one run (bench/pace.py says what moved the
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from typing import Callable
+from typing import IO, Callable
 
 # How late after the moment it promises a run may end on a loaded 2-core machine (thread and process
 # scheduling, a garbage collection): the suite's one slack.
@@ -78,3 +80,30 @@ class HeldClock:
         """Let the clock run from here on, from the moment it was held at."""
         if self._offset is None:
             self._offset = time.monotonic() - self._held_at
+
+
+class Lines:
+    """A child process's output, line by line, read by a thread: a test waits for the next line (a
+    reader's pass, a server's "listening" line) with a timeout, which a blocking readline() lacks."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        try:
+            for line in stream:
+                self._queue.put(line.rstrip("\n"))
+        except ValueError:  # the stream was closed under the thread
+            pass
+        finally:
+            self._queue.put(None)
+
+    def next(self, timeout_seconds: float, what: str) -> str | None:
+        """The next line (None once the stream has ended); AssertionError naming `what` when none
+        came within `timeout_seconds` (a limit against hanging, not a speed target)."""
+        try:
+            return self._queue.get(timeout=timeout_seconds)
+        except queue.Empty:
+            raise AssertionError(f"{what}: no line within {timeout_seconds:g} s") from None

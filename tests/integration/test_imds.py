@@ -123,9 +123,8 @@ def test_expired_token_is_renewed_once(fake: FakeImds) -> None:
     assert [r.status for r in fake.requests if r.method == "GET"] == [200, 401, 200, 200]
 
 
-def test_token_expiring_by_the_clock_is_renewed() -> None:
+def test_token_expiring_by_the_clock_is_renewed(clock: ManualClock) -> None:
     """A token whose lifetime ran out on the server's clock is replaced transparently."""
-    clock = ManualClock()
     with FakeImds(token_lifetime_seconds=5.0, clock=clock) as fake, make_client(fake.url) as client:
         client.region()
         clock.now += 5.0
@@ -434,9 +433,8 @@ def test_fake_serves_metadata_with_a_token(fake: FakeImds, raw: requests.Session
     assert raw.get(fake.url + ROLE_LIST_PATH + "other", headers=headers, timeout=2).status_code == 404
 
 
-def test_fake_tokens_expire_by_the_clock(raw: requests.Session) -> None:
+def test_fake_tokens_expire_by_the_clock(raw: requests.Session, clock: ManualClock) -> None:
     """A token stops working once its TTL has passed on the server's clock."""
-    clock = ManualClock()
     with FakeImds(clock=clock) as fake:
         headers = {TOKEN: get_token(raw, fake.url, ttl="10")}
         clock.now += 9.9

@@ -13,13 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration import test_cli
+from tests.integration.cli_harness import Stack
 from tests.integration.moto_server import RecordingProxy
-from tests.integration.test_cli import Stack
 from tests.prerequisites import skip_or_fail
 
 # The command's fixture: a config folder, a tmpfs runtime folder, moto and the IMDS fake.
-stack = test_cli.stack
 
 NOBODY = 65534
 # A second user that is neither root nor nobody (Debian's `daemon`).

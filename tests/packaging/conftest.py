@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.moto_server import moto_server
 from tests.packaging.dist import REPO, Artefacts, BuildUnavailable, built_artefacts
 from tests.prerequisites import require_root, skip_or_fail
 
@@ -35,10 +34,3 @@ def artefacts() -> Artefacts:
     except BuildUnavailable as exc:
         skip_or_fail(str(exc))
         raise
-
-
-@pytest.fixture(scope="session")
-def moto_url() -> Iterator[str]:
-    """moto's server on 127.0.0.1, started once for the packaging tests."""
-    with moto_server() as url:
-        yield url
