@@ -10,10 +10,12 @@ measured by `make bench` as ratios in one run (bench/pace.py says what moved the
 
 from __future__ import annotations
 
+import os
 import queue
+import select
 import threading
 import time
-from typing import IO, Callable
+from typing import IO, Any, Callable
 
 # How late after the moment it promises a run may end on a loaded 2-core machine (thread and process
 # scheduling, a garbage collection): the suite's one slack.
@@ -107,3 +109,24 @@ class Lines:
             return self._queue.get(timeout=timeout_seconds)
         except queue.Empty:
             raise AssertionError(f"{what}: no line within {timeout_seconds:g} s") from None
+
+
+def read_line(stream: IO[Any], timeout_seconds: float, what: str) -> str:
+    """One line from a child process's pipe (a server printing its URL), read byte by byte from its
+    file descriptor so that nothing past the line is taken; "" at end of file. AssertionError naming
+    `what` when no whole line came within `timeout_seconds` (a limit against hanging)."""
+    descriptor = stream.fileno()
+    limit = time.monotonic() + timeout_seconds
+    data = b""
+    while not data.endswith(b"\n"):
+        left = limit - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"{what}: no whole line within {timeout_seconds:g} s (got {data!r})")
+        ready, _, _ = select.select([descriptor], [], [], left)
+        if not ready:
+            continue
+        byte = os.read(descriptor, 1)
+        if not byte:
+            break
+        data += byte
+    return data.decode("utf-8", errors="replace")

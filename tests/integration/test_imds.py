@@ -29,7 +29,7 @@ from devtools.fakeimds import (
     ROLE_LIST_PATH,
     FakeImds,
 )
-from tests.timing import ManualClock, assert_ended_by
+from tests.timing import ManualClock, assert_ended_by, read_line
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOKEN_PATH = "/latest/api/token"
@@ -528,7 +528,7 @@ def test_fake_cli_prints_its_url_and_stops_on_sigterm(raw: requests.Session) -> 
     )
     try:
         assert process.stdout is not None
-        url = process.stdout.readline().strip()
+        url = read_line(process.stdout, 30.0, "the fake's URL line").strip()
         assert url.startswith("http://127.0.0.1:")
         headers = {TOKEN: get_token(raw, url)}
         assert raw.get(url + REGION_PATH, headers=headers, timeout=2).text == "ap-south-1"

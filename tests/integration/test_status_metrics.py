@@ -206,7 +206,7 @@ def test_node_exporter_serves_the_series_and_the_file_is_never_half_written(
         stop.set()
         scraper.join()
         reader.terminate()
-    contents = [json.loads(line) for line in reader.communicate()[0].splitlines()]
+    contents = [json.loads(line) for line in reader.communicate(timeout=60)[0].splitlines()]
 
     assert len(contents) >= 2  # every render writes new times
     for text in contents:
