@@ -27,6 +27,7 @@ import boto3
 # FakeImds from here.
 from devtools.fakeimds import FakeImds
 from tests.integration.moto_server import CannedResponse, RecordingProxy, moto_api
+from tests.timing import read_line
 
 LOOPBACK = "127.0.0.1"
 REGION = "eu-west-1"
@@ -34,6 +35,8 @@ ACCOUNT = "123456789012"  # moto's default account
 BOOTSTRAP_CALLS = 3  # create_user, put_user_policy, create_access_key
 ADMIN_USER = "iam-test-admin"
 SESSION_NAME = "i-0fa4e1fa4e1fa4e10"  # EC2 names an instance role's session after the instance
+# How long moto's enforcing server may take to print its URL: a limit against hanging.
+SERVER_START_SECONDS = 60.0
 
 _SERVER_MAIN = """
 import sys, threading
@@ -71,7 +74,7 @@ def enforcing_moto_server(host: str = LOOPBACK, *, netns: str = "") -> Iterator[
     )
     try:
         assert process.stdout is not None
-        url = process.stdout.readline().strip()
+        url = read_line(process.stdout, SERVER_START_SECONDS, "moto's enforcing server's URL").strip()
         if not url.startswith(f"http://{shown}:"):
             raise RuntimeError(f"moto's enforcing server did not start (printed {url!r})")
         yield url

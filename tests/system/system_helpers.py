@@ -8,12 +8,15 @@ import os
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, NoReturn, Optional
+from typing import Any, Optional
 
 import pytest
 from nspawn import Machine
 
 from agent.host.units import render_dropin
+
+# The suite's one skip-or-fail rule (tests/prerequisites.py), importable from here as before.
+from tests.prerequisites import skip_or_fail  # noqa: F401 - re-exported
 
 REGION = "eu-west-1"
 ROLE = "app-role"
@@ -50,13 +53,6 @@ def install_mode() -> str:
     if mode not in INSTALL_MODES:
         raise pytest.UsageError(f"{INSTALL_ENV} must be one of {', '.join(INSTALL_MODES)}, not {mode!r}")
     return mode
-
-
-def skip_or_fail(reason: str) -> NoReturn:
-    """Skip with a one-line reason; in CI (CI=true) the system tests must run, so fail instead."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"system tests cannot run: {reason}; CI must run them", pytrace=False)
-    pytest.skip(reason)
 
 
 @dataclass
