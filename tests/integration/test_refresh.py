@@ -22,7 +22,7 @@ from tests.integration.test_iam import role_stack
 MARK = "r0tat3d-v4lue-"
 
 
-def record_path(stack: Stack) -> Path:  # noqa: F811
+def record_path(stack: Stack) -> Path:
     """Where app's record is: RUNTIME_DIR-state/app/state.json, root's folder beside the runtime one."""
     return stack.runtime.with_name(stack.runtime.name + "-state") / "app" / "state.json"
 
