@@ -149,10 +149,8 @@ def test_wheel_user_data_carries_the_current_unit() -> None:
     """The wheel user-data's unit is systemd/secrets-agent@.service with the venv's command."""
     config = yaml.safe_load(USER_DATA_WHEEL.read_text(encoding="utf-8"))
     files = {entry["path"]: entry["content"] for entry in config["write_files"]}
-    expected = (
-        UNIT.read_text(encoding="utf-8")
-        .replace("ExecStart=/usr/bin/secrets-agent ", f"ExecStart={VENV_COMMAND} ")
-        .replace("ExecStop=-/usr/bin/secrets-agent ", f"ExecStop=-{VENV_COMMAND} ")
+    expected = UNIT.read_text(encoding="utf-8").replace(
+        "ExecStart=/usr/bin/secrets-agent ", f"ExecStart={VENV_COMMAND} "
     )
     assert "/usr/bin/secrets-agent" not in expected
     assert VENV_COMMAND in expected
@@ -162,9 +160,11 @@ def test_wheel_user_data_carries_the_current_unit() -> None:
     )
 
 
-@pytest.mark.parametrize("unit", ["secrets-agent-refresh@.service", "secrets-agent-refresh@.timer"])
+@pytest.mark.parametrize(
+    "unit", ["secrets-agent-refresh@.service", "secrets-agent-refresh@.timer", "secrets-agent-clean@.service"]
+)
 def test_wheel_user_data_carries_the_current_rotation_units(unit: str) -> None:
-    """The wheel user-data's rotation check and timer are systemd/'s, the check running the venv's command."""
+    """The wheel user-data's rotation check, timer and clean-up are systemd/'s, running the venv's command."""
     config = yaml.safe_load(USER_DATA_WHEEL.read_text(encoding="utf-8"))
     files = {entry["path"]: entry["content"] for entry in config["write_files"]}
     expected = (REPO / "systemd" / unit).read_text(encoding="utf-8")

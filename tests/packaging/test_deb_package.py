@@ -31,6 +31,7 @@ EXPECTED_DEB_ENTRIES = {
     ("-rw-r--r--", "./lib/systemd/system/secrets-agent@.service"),
     ("-rw-r--r--", "./lib/systemd/system/secrets-agent-refresh@.service"),
     ("-rw-r--r--", "./lib/systemd/system/secrets-agent-refresh@.timer"),
+    ("-rw-r--r--", "./lib/systemd/system/secrets-agent-clean@.service"),
     ("drwxr-xr-x", "./usr/"),
     ("drwxr-xr-x", "./usr/bin/"),
     ("-rwxr-xr-x", "./usr/bin/secrets-agent"),
@@ -38,6 +39,8 @@ EXPECTED_DEB_ENTRIES = {
     ("drwxr-xr-x", "./usr/lib/python3/"),
     ("drwxr-xr-x", "./usr/lib/python3/dist-packages/"),
     ("drwxr-xr-x", "./usr/lib/python3/dist-packages/agent/"),
+    ("drwxr-xr-x", "./usr/lib/secrets-agent/"),
+    ("-rwxr-xr-x", "./usr/lib/secrets-agent/removal-guard"),
     ("drwxr-xr-x", DIST_INFO),
     ("-rw-r--r--", DIST_INFO + "METADATA"),
     ("-rw-r--r--", DIST_INFO + "RECORD"),
@@ -267,6 +270,8 @@ def test_maintainer_scripts_only_reload_systemd(artefacts: Artefacts, tmp_path: 
     )
     assert reload_guarded.search(scripts["postinst"])
     assert reload_guarded.search(scripts["postrm"])
+    # On removal only (not on upgrade), before anything else of the package goes.
+    assert 'if [ "$1" = remove ]; then\n\t/usr/lib/secrets-agent/removal-guard\nfi' in scripts["prerm"]
     assert "conffiles" not in scripts
 
 
@@ -283,7 +288,9 @@ def test_lintian_reports_no_error_and_no_warning(artefacts: Artefacts) -> None:
     assert tags == []
 
 
-@pytest.mark.parametrize("script", ["packaging/build-dist.sh", "packaging/ami-bake.sh"])
+@pytest.mark.parametrize(
+    "script", ["packaging/build-dist.sh", "packaging/ami-bake.sh", "packaging/removal-guard"]
+)
 def test_shell_scripts_pass_shellcheck(artefacts: Artefacts, script: str) -> None:
     """shellcheck (installed by build-dist.sh with the other checking tools) finds nothing."""
     result = subprocess.run(["shellcheck", str(REPO / script)], capture_output=True, text=True, check=False)

@@ -117,6 +117,43 @@ def test_stop_removes_the_secrets_and_restart_fetches_new_values(
     assert app.environ()[b"TOKEN"] == f"new {MARK}".encode()
 
 
+# How soon after `systemctl stop APP` returns the secret files must be gone (issue 27): systemd
+# deletes the folder itself once the app has stopped, with no process started in front of it.
+SECRETS_GONE_SECONDS = 0.25
+STOPS_MEASURED = 3
+# Stop the app, then check at once (no sleep) and keep checking, in one bash inside the machine, so
+# nothing of the test's own lies between the stop's return and the first check. Prints the
+# microseconds until the file was gone (0 when it was gone at the first check), or "never" after 5 s.
+_GONE_PROBE = r"""
+systemctl stop "$1"
+start=${EPOCHREALTIME/./}
+now=$start
+while [ -e "$2" ] && [ $((now - start)) -lt 5000000 ]; do now=${EPOCHREALTIME/./}; done
+if [ -e "$2" ]; then echo never; else echo $((now - start)); fi
+"""
+
+
+def test_secrets_are_gone_right_after_systemctl_stop_returns(
+    machine: Machine, new_app: NewApp, ssm: Any
+) -> None:
+    """Right after `systemctl stop APP` returns, the secret file is gone within 0.25 s, every time,
+    and the folder with it; the clean-up unit runs after that and fails nothing."""
+    app = new_app("quickstop")
+    put(ssm, f"{app.prefix}/TOKEN", f"quick {MARK}")
+    app.write_template(_template(app, ["TOKEN"]))
+    took = []
+    for _ in range(STOPS_MEASURED):
+        machine.systemctl("start", app.unit)
+        assert app.exists(f"{app.folder}/env")
+        probe = machine.text("bash", "-c", _GONE_PROBE, "probe", app.unit, f"{app.folder}/env").strip()
+        assert probe != "never", machine.journal(unit=app.agent_unit)
+        took.append(int(probe) / 1e6)
+        app.stop()
+        assert not app.exists(app.folder)
+        assert machine.show(app.clean_unit, "Result") == "success"
+    assert max(took) < SECRETS_GONE_SECONDS, f"seconds from the stop's return to no secret file: {took}"
+
+
 def test_missing_parameter_fails_the_agent_and_keeps_the_app_down(
     machine: Machine, new_app: NewApp, ssm: Any
 ) -> None:
