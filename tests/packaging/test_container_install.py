@@ -22,11 +22,20 @@ import pytest
 
 from devtools.fakeimds import FakeImds
 from devtools.systemd_envfile import parse_env
-from tests import readme_quickstart
 from tests.hard_values import hard_values, template_lines, tier_for
 from tests.integration.moto_server import RecordingProxy
 from tests.packaging.conftest import REPO, Artefacts, skip_unless_root
-from tests.packaging.machine import Machine, booted, fresh_rootfs, run
+from tests.packaging.machine import (
+    APP_TEMPLATE,
+    APP_UNIT,
+    APT_TIMEOUT_SECONDS,
+    InstalledDeb,
+    Machine,
+    booted,
+    fresh_rootfs,
+    run,
+    write,
+)
 from tests.packaging.test_cloud_init_files import USER_DATA, USER_DATA_WHEEL, with_location
 from tests.system import nspawn
 from tests.system.nspawn import BULLSEYE, Release
@@ -35,11 +44,6 @@ pytestmark = pytest.mark.system
 
 REGION = "eu-west-1"
 CLOUD_INIT_TIMEOUT_SECONDS = 300
-APT_TIMEOUT_SECONDS = 300
-APP_UNIT = (REPO / "systemd" / "examples" / "app.service").read_text(encoding="utf-8")
-APP_TEMPLATE = (
-    'DATABASE_URL={{ param("/app/prod/DATABASE_URL") }}\nAPI_TOKEN={{ param("/app/prod/API_TOKEN") }}\n'
-)
 
 
 @pytest.fixture(autouse=True)
@@ -119,21 +123,7 @@ def workdir() -> Iterator[Path]:
     nspawn.WORK_ROOT.mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix="secrets-agent-packaging-", dir=nspawn.WORK_ROOT))
     yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def write(root: Path, path: str, content: str, mode: int = 0o644) -> None:
-    """Write a file into the container's root."""
-    target = root / path.lstrip("/")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(content, encoding="utf-8")
-    target.chmod(mode)
-
-
-def app_environment(machine: Machine) -> dict[str, str]:
-    """The environment app.service's main process runs with, once it runs the app's program."""
-    environ = machine.exec_environ("app.service")
-    return {key.decode(): value.decode() for key, value in environ.items()}
+    nspawn.remove_copies(path)
 
 
 def files_holding(root: Path, needles: list[bytes]) -> list[str]:
@@ -147,99 +137,76 @@ def files_holding(root: Path, needles: list[bytes]) -> list[str]:
     return result.stdout.splitlines()
 
 
-def expected_app_values(fakes: Fakes) -> dict[str, str]:
-    return {
-        "DATABASE_URL": fakes.values["/app/prod/DATABASE_URL"],
-        "API_TOKEN": fakes.values["/app/prod/API_TOKEN"],
+def assert_app_has_its_values(machine: Machine, fakes: Fakes) -> None:
+    """app.service's main process, once it runs the app's program (Machine.exec_environ), holds
+    DATABASE_URL and API_TOKEN byte for byte as SSM has them."""
+    environment = machine.exec_environ("app.service")
+    keys = ("DATABASE_URL", "API_TOKEN")
+    assert {key: environment.get(key.encode()) for key in keys} == {
+        key: fakes.values[f"/app/prod/{key}"].encode() for key in keys
     }
 
 
-def apt_install_deb(machine: Machine, deb: Path) -> None:
-    """The README quick start's .deb install block as printed, from the machine's /root, where the
-    test copied the .deb; its dependencies come from Debian's archive."""
-    run(machine, "apt-get", "update", "-q", timeout=APT_TIMEOUT_SECONDS)
-    block = readme_quickstart.install_block("deb")
-    assert "apt-get install -y ./secrets-agent_${VERSION}_all.deb" in block
-    run(
-        machine, "sh", "-c", readme_quickstart.as_root_script(block), cwd="/root", timeout=APT_TIMEOUT_SECONDS
-    )
-
-
 def test_apt_installs_the_deb_with_debians_libraries_and_it_renders(
-    artefacts: Artefacts, fakes: Fakes, workdir: Path, release: Release
+    artefacts: Artefacts, fakes: Fakes, installed_deb: InstalledDeb
 ) -> None:
     """apt-get install ./deb pulls the release's own libraries (the one .deb's Depends: hold on
     each), starts nothing, and the agent then feeds the app."""
-    root = fresh_rootfs(workdir / "root", release=release)
-    shutil.copy(artefacts.deb, root / "root")
-    write(root, "/etc/secrets-agent/agent.toml", fakes.agent_toml())
-    write(root, "/etc/secrets-agent/app.env.j2", APP_TEMPLATE, 0o640)
-    write(root, "/etc/systemd/system/app.service", APP_UNIT)
-    with booted(root, f"sa-pkg-apt-{release.suite}") as machine:
-        apt_install_deb(machine, artefacts.deb)
-        installed = run(
-            machine,
-            "dpkg-query",
-            "-W",
-            "-f=${Package} ${Version}\n",
-            "secrets-agent",
-            *dict(release.libraries),
-        ).stdout
-        versions = dict(line.split() for line in installed.splitlines())
-        assert versions["secrets-agent"] == artefacts.version
-        for package, prefix in release.libraries:
-            assert versions[package].startswith(prefix), (package, versions[package])
-        assert run(machine, "secrets-agent", "--version").stdout.split() == [
-            "secrets-agent",
-            artefacts.version,
-        ]
-        # Installing fetched nothing and started nothing.
-        assert fakes.imds.count() == 0
-        assert fakes.ssm.actions == []
-        units = run(
-            machine,
-            "systemctl",
-            "list-units",
-            "--all",
-            "--no-legend",
-            "secrets-agent@*",
-            "secrets-agent-refresh@*",
-        ).stdout
-        assert units.strip() == ""
+    machine, release = installed_deb.machine, installed_deb.release
+    installed = run(
+        machine,
+        "dpkg-query",
+        "-W",
+        "-f=${Package} ${Version}\n",
+        "secrets-agent",
+        *dict(release.libraries),
+    ).stdout
+    versions = dict(line.split() for line in installed.splitlines())
+    assert versions["secrets-agent"] == artefacts.version
+    for package, prefix in release.libraries:
+        assert versions[package].startswith(prefix), (package, versions[package])
+    assert run(machine, "secrets-agent", "--version").stdout.split() == [
+        "secrets-agent",
+        artefacts.version,
+    ]
+    # Installing fetched nothing and started nothing.
+    assert installed_deb.imds_requests == 0
+    assert installed_deb.ssm_actions == []
+    assert installed_deb.agent_units.strip() == ""
 
-        run(machine, "secrets-agent", "enable", "app")
+    write(machine.root, "/etc/secrets-agent/agent.toml", fakes.agent_toml())
+    run(machine, "secrets-agent", "enable", "app")
+    try:
         run(machine, "systemctl", "start", "app.service")
-        environment = app_environment(machine)
-        assert {key: environment.get(key) for key in ("DATABASE_URL", "API_TOKEN")} == expected_app_values(
-            fakes
-        )
+        assert_app_has_its_values(machine, fakes)
         assert fakes.ssm.count("GetParameters") >= 1
+    finally:
+        # Back to the shared machine's state: installed, nothing enabled or running.
+        machine.stop_app("app")
+        run(machine, "secrets-agent", "disable", "app")
 
 
-def test_purge_removes_the_package_and_keeps_the_operators_files(
-    artefacts: Artefacts, workdir: Path, release: Release
-) -> None:
+def test_purge_removes_the_package_and_keeps_the_operators_files(installed_deb: InstalledDeb) -> None:
     """apt-get purge removes every file the .deb installed and leaves /etc/secrets-agent and drop-ins."""
-    root = fresh_rootfs(workdir / "root", release=release)
-    shutil.copy(artefacts.deb, root / "root")
-    write(root, "/etc/secrets-agent/app.env.j2", APP_TEMPLATE, 0o640)
-    write(root, "/etc/systemd/system/app.service", APP_UNIT)
-    with booted(root, f"sa-pkg-purge-{release.suite}") as machine:
-        apt_install_deb(machine, artefacts.deb)
-        run(machine, "secrets-agent", "enable", "app")
-        shipped = [
-            path
-            for path in run(machine, "dpkg", "-L", "secrets-agent").stdout.splitlines()
-            if (root / path.lstrip("/")).is_file()
-        ]
-        assert "/usr/bin/secrets-agent" in shipped
-        run(machine, "apt-get", "purge", "-y", "-q", "secrets-agent")
+    machine, root = installed_deb.machine, installed_deb.machine.root
+    run(machine, "secrets-agent", "enable", "app")
+    shipped = [
+        path
+        for path in run(machine, "dpkg", "-L", "secrets-agent").stdout.splitlines()
+        if (root / path.lstrip("/")).is_file()
+    ]
+    assert "/usr/bin/secrets-agent" in shipped
+    # No package left to share: the next test that asks gets a fresh machine.
+    run(machine, "apt-get", "purge", "-y", "-q", "secrets-agent")
+    try:
         assert run(machine, "systemctl", "cat", "secrets-agent@app.service", check=False).returncode != 0
-    left = [path for path in shipped if (root / path.lstrip("/")).exists()]
-    assert left == []
-    assert not (root / "usr/lib/python3/dist-packages/agent").exists()  # with py3compile's __pycache__
-    assert (root / "etc/secrets-agent/app.env.j2").read_text(encoding="utf-8") == APP_TEMPLATE
-    assert (root / "etc/systemd/system/app.service.d/secrets-agent.conf").is_file()
+        left = [path for path in shipped if (root / path.lstrip("/")).exists()]
+        assert left == []
+        assert not (root / "usr/lib/python3/dist-packages/agent").exists()  # with py3compile's __pycache__
+        assert (root / "etc/secrets-agent/app.env.j2").read_text(encoding="utf-8") == APP_TEMPLATE
+        assert (root / "etc/systemd/system/app.service.d/secrets-agent.conf").is_file()
+    finally:
+        installed_deb.retire()
 
 
 def first_boot_output(machine: Machine) -> str:
@@ -287,10 +254,7 @@ def test_cloud_init_first_boot_installs_the_deb_and_starts_the_app(
         version = run(machine, "dpkg-query", "-W", "-f=${Version}", "secrets-agent").stdout
         assert version == artefacts.version
         assert run(machine, "systemctl", "is-active", "app.service").stdout.strip() == "active"
-        environment = app_environment(machine)
-        assert {key: environment.get(key) for key in ("DATABASE_URL", "API_TOKEN")} == expected_app_values(
-            fakes
-        )
+        assert_app_has_its_values(machine, fakes)
         rendered = run(machine, "cat", "/run/secrets-agent/app/env").stdout
         assert dict(parse_env(rendered))["API_TOKEN"] == fakes.values["/app/prod/API_TOKEN"]
         assert_rotation_checks_run(machine)
@@ -374,10 +338,7 @@ def boot_wheel_user_data(
         # No .deb: dpkg knows nothing of the agent.
         assert run(machine, "dpkg-query", "-W", "secrets-agent", check=False).returncode != 0
         assert run(machine, "systemctl", "is-active", "app.service").stdout.strip() == "active"
-        environment = app_environment(machine)
-        assert {key: environment.get(key) for key in ("DATABASE_URL", "API_TOKEN")} == expected_app_values(
-            fakes
-        )
+        assert_app_has_its_values(machine, fakes)
         assert_rotation_checks_run(machine)
         for value in fakes.values.values():
             assert value not in output
@@ -448,10 +409,7 @@ def test_ami_bake_leaves_no_secret_and_the_image_boots_the_app(
     with booted(root, f"sa-pkg-instance-{release.suite}") as instance:
         # app.service is part of multi-user.target, which booting waited for.
         assert run(instance, "systemctl", "is-active", "app.service", check=False).stdout.strip() == "active"
-        environment = app_environment(instance)
-        assert {key: environment.get(key) for key in ("DATABASE_URL", "API_TOKEN")} == expected_app_values(
-            fakes
-        )
+        assert_app_has_its_values(instance, fakes)
     assert files_holding(root, fakes.secret_bytes()) == []
     verify = subprocess.run(
         ["bash", str(REPO / "packaging" / "ami-bake.sh"), "--verify-only", "--root", str(root)],

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import time
 from dataclasses import dataclass
 from typing import Any, NoReturn, Optional
 
@@ -19,9 +18,6 @@ REGION = "eu-west-1"
 ROLE = "app-role"
 # The machine shares the host's network, so the host's loopback is the machine's too.
 LOOPBACK = "127.0.0.1"
-# The agent unit stops after its app (the reverse of Before=) and runs its ExecStop= (`secrets-agent
-# clean`, for the metrics and inventory files) once `systemctl stop APP` has returned: this long at most.
-AGENT_STOP_SECONDS = 10.0
 # Every secret of the session (SSM values, IMDS credentials) carries this mark, so that one
 # search of the machine's disk and journal finds a leak of any of them.
 MARK = f"s3cr3t{secrets.token_hex(6)}"
@@ -32,23 +28,15 @@ Description=Test app {name} that only holds its environment
 [Service]
 ExecStart=/bin/sleep infinity
 """
+# The same app, which also records each reload in /run/NAME-reloads (App.reloads).
+RELOADABLE_APP_UNIT_TEMPLATE = """\
+[Unit]
+Description=Test app {name} that records each reload
 
-
-# How the agent gets into the machine: "deb" (the default, and what CI runs) builds the .deb with
-# packaging/build-dist.sh and apt-get installs it, so the system tests prove the package Debian
-# users get; "tarball" extracts the self-contained tarball instead (its launcher ignores the
-# machine's python3-boto3 and the rest); "source" copies this tree's agent/ in, which saves the
-# build while iterating.
-INSTALL_ENV = "SECRETS_AGENT_SYSTEM_INSTALL"
-INSTALL_MODES = ("deb", "tarball", "source")
-
-
-def install_mode() -> str:
-    """The install mode, "deb", "tarball" or "source", from SECRETS_AGENT_SYSTEM_INSTALL."""
-    mode = os.environ.get(INSTALL_ENV, "deb")
-    if mode not in INSTALL_MODES:
-        raise pytest.UsageError(f"{INSTALL_ENV} must be one of {', '.join(INSTALL_MODES)}, not {mode!r}")
-    return mode
+[Service]
+ExecStart=/bin/sleep infinity
+ExecReload=/bin/sh -c 'echo reloaded >> /run/{name}-reloads'
+"""
 
 
 def skip_or_fail(reason: str) -> NoReturn:
@@ -77,6 +65,16 @@ class App:
         return f"secrets-agent@{self.name}.service"
 
     @property
+    def refresh_unit(self) -> str:
+        """The rotation check of the app (`enable --refresh`'s timer starts it)."""
+        return f"secrets-agent-refresh@{self.name}.service"
+
+    @property
+    def reloads(self) -> str:
+        """Where a reloadable app (install_app(..., reloadable=True)) records each reload, one line each."""
+        return f"/run/{self.name}-reloads"
+
+    @property
     def folder(self) -> str:
         """The app's runtime folder inside the machine."""
         return f"/run/secrets-agent/{self.name}"
@@ -92,14 +90,9 @@ class App:
         self.machine.path(f"/etc/secrets-agent/{self.name}.toml").write_text(text)
 
     def stop(self) -> None:
-        """`systemctl stop` the app, then wait for its agent unit to have stopped too (see
-        AGENT_STOP_SECONDS): only then are its runtime folder and metrics file gone."""
-        self.machine.systemctl("stop", self.unit)
-        deadline = time.monotonic() + AGENT_STOP_SECONDS
-        while self.machine.show(self.agent_unit, "ActiveState") not in ("inactive", "failed"):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.agent_unit} did not stop within {AGENT_STOP_SECONDS} s")
-            time.sleep(0.05)
+        """`systemctl stop` the app, then wait for its agent unit to have stopped too
+        (Machine.stop_app): only then are its runtime folder and metrics file gone."""
+        self.machine.stop_app(self.name)
 
     def main_pid(self) -> int:
         """The app's main PID in the machine's PID namespace (0 when it does not run)."""
@@ -115,10 +108,12 @@ class App:
         return self.machine.run("test", "-e", path, check=False).returncode == 0
 
 
-def install_app(machine: Machine, name: str, *, behind_agent: bool = True) -> App:
-    """Install a `sleep infinity` unit NAME.service, with the agent's drop-in unless told not to."""
+def install_app(machine: Machine, name: str, *, behind_agent: bool = True, reloadable: bool = False) -> App:
+    """Install a `sleep infinity` unit NAME.service, with the agent's drop-in unless told not to;
+    a reloadable one records each `systemctl reload` in App.reloads."""
     units = machine.path("/etc/systemd/system")
-    (units / f"{name}.service").write_text(APP_UNIT_TEMPLATE.format(name=name))
+    template = RELOADABLE_APP_UNIT_TEMPLATE if reloadable else APP_UNIT_TEMPLATE
+    (units / f"{name}.service").write_text(template.format(name=name))
     if behind_agent:
         dropin = units / f"{name}.service.d" / "secrets-agent.conf"
         dropin.parent.mkdir(exist_ok=True)
