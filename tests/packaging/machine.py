@@ -146,12 +146,19 @@ def fresh_rootfs(destination: Path, *, cloud_init: bool = False, release: Releas
 
 
 @contextlib.contextmanager
-def booted(root: Path, name: str, network_namespace: Optional[Path] = None) -> Iterator[Machine]:
+def booted(
+    root: Path,
+    name: str,
+    network_namespace: Optional[Path] = None,
+    timeout: float = nspawn.BOOT_TIMEOUT_SECONDS,
+) -> Iterator[Machine]:
     """Boot `root` with the harness (in `network_namespace` when given) and power it off
-    afterwards; the root stays for inspection."""
+    afterwards; the root stays for inspection. A first boot with cloud-init is running only once
+    cloud-init's user-data ran: give it a `timeout` for that too."""
     console_log = root.parent / f"{name}.console.log"
     try:
-        machine = nspawn.boot(root, name, console_log, str(network_namespace) if network_namespace else None)
+        namespace = str(network_namespace) if network_namespace else None
+        machine = nspawn.boot(root, name, console_log, namespace, timeout)
     except (TimeoutError, subprocess.TimeoutExpired) as exc:
         tail = console_log.read_bytes()[-6000:].decode(errors="replace") if console_log.exists() else ""
         raise AssertionError(f"{name} did not boot ({exc}); its console said:\n{tail}") from None

@@ -544,11 +544,18 @@ def _find_init(nspawn_pid: int, deadline: float) -> int:
     raise TimeoutError("systemd-nspawn started no systemd")
 
 
-def boot(root: Path, name: str, console_log: Path, network_namespace_path: Optional[str] = None) -> Machine:
-    """Boot `root` with systemd-nspawn and wait until systemd reports the system running; in the
-    host's network, or in the namespace at `network_namespace_path` (devtools/netns.py)."""
+def boot(
+    root: Path,
+    name: str,
+    console_log: Path,
+    network_namespace_path: Optional[str] = None,
+    timeout: float = BOOT_TIMEOUT_SECONDS,
+) -> Machine:
+    """Boot `root` with systemd-nspawn and wait (up to `timeout` seconds) until systemd reports the
+    system running; in the host's network, or in the namespace at `network_namespace_path`
+    (devtools/netns.py)."""
     started = time.monotonic()
-    deadline = started + BOOT_TIMEOUT_SECONDS
+    deadline = started + timeout
     with open(console_log, "wb") as log:
         process = subprocess.Popen(
             [
@@ -574,7 +581,7 @@ def boot(root: Path, name: str, console_log: Path, network_namespace_path: Optio
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"{name} did not finish booting in {BOOT_TIMEOUT_SECONDS} s")
+                raise TimeoutError(f"{name} did not finish booting in {timeout} s")
             # is-system-running --wait fails at once while the bus is not up yet: retry.
             state = machine.run(
                 "systemctl", "is-system-running", "--wait", check=False, timeout=remaining
