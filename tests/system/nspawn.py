@@ -340,11 +340,16 @@ def _mounts_under(folder: Path) -> list[str]:
 
 
 def remove_copies(folder: Path) -> None:
-    """Unmount the copies (writable_copy) under `folder` and remove it with everything in it."""
+    """Unmount the copies (writable_copy) under `folder` and remove it with everything in it: on a
+    thread of its own, which the process waits for before it exits, so that no test waits for
+    the disk (a killed session's leftovers go with remove_stale_workdirs)."""
     for point in _mounts_under(folder):
         if subprocess.run(["umount", point], capture_output=True, check=False).returncode != 0:
             subprocess.run(["umount", "--lazy", point], capture_output=True, check=False)
-    shutil.rmtree(folder, ignore_errors=True)
+    remover = threading.Thread(
+        target=shutil.rmtree, args=(folder,), kwargs={"ignore_errors": True}, name=f"remove-{folder.name}"
+    )
+    remover.start()
 
 
 # -- one machine ------------------------------------------------------------------------------
