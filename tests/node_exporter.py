@@ -13,30 +13,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.prerequisites import require_command
+
 NODE_EXPORTER = Path("/usr/bin/prometheus-node-exporter")
 READY_TIMEOUT_SECONDS = 10.0
 
 
-class NodeExporterUnavailable(Exception):
-    """prometheus-node-exporter is not installed and packaging/apt-install.sh could not install it."""
-
-
 def node_exporter_binary() -> Path:
-    """Debian's prometheus-node-exporter on the host, installed through packaging/apt-install.sh
-    when missing."""
-    if not NODE_EXPORTER.exists():
-        install = subprocess.run(
-            ["bash", str(REPO / "packaging/apt-install.sh"), "prometheus-node-exporter"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if install.returncode != 0:
-            raise NodeExporterUnavailable(
-                f"prometheus-node-exporter cannot be installed: {install.stderr.strip()}"
-            )
-    return NODE_EXPORTER
+    """Debian's prometheus-node-exporter on the host (tests/prerequisites.py installs it when
+    missing, else the test skips, or fails under CI, naming it)."""
+    return Path(require_command(NODE_EXPORTER.name, "prometheus-node-exporter"))
 
 
 def _free_port() -> int:

@@ -9,8 +9,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -18,9 +16,8 @@ import pytest
 from dotenv import dotenv_values
 
 from agent import __version__
-from agent.cli import main
-from devtools.fakeimds import FakeImds
 from devtools.systemd_envfile import parse_env
+from tests.integration.cli_harness import Stack
 from tests.integration.moto_server import CannedResponse, RecordingProxy, admin_ssm_client, aws_json_error
 
 HARD_VALUES = {
@@ -28,58 +25,6 @@ HARD_VALUES = {
     "/prod/JWT_SECRET": "line one\nEVIL=1\r\n\ttabbed  ",
     "/prod/STRIPE_SECRET_KEY": "  sk_live_ünïcødé-🔑 ; # = ",
 }
-
-
-@dataclass
-class Stack:
-    """A config dir, a tmpfs runtime dir, moto over HTTP and the fake IMDS, wired like a real host."""
-
-    ssm_url: str
-    imds: FakeImds
-    config: Path
-    runtime: Path
-    env: dict[str, str] = field(default_factory=dict)
-
-    def put(self, name: str, value: str, kind: str = "SecureString", **extra: object) -> int:
-        client = admin_ssm_client(self.ssm_url)
-        return int(
-            client.put_parameter(Name=name, Value=value, Type=kind, Overwrite=True, **extra)["Version"]
-        )
-
-    def template(self, text: str, name: str = "app") -> None:
-        (self.config / f"{name}.env.j2").write_text(text, encoding="utf-8")
-
-    def run(self, *args: str, env: Optional[dict[str, str]] = None) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        code = main(
-            ["--config-dir", str(self.config), "--runtime-dir", str(self.runtime), *args],
-            env=self.env if env is None else env,
-            stdout=out,
-            stderr=err,
-        )
-        return code, out.getvalue(), err.getvalue()
-
-    @property
-    def output(self) -> Path:
-        return self.runtime / "app" / "env"
-
-
-@pytest.fixture
-def stack(clean_moto_url: str, tmp_path: Path, tmpfs_path: Path) -> Iterator[Stack]:
-    imds = FakeImds(region="eu-west-1", role="app-role")
-    imds_url = imds.start()
-    config = tmp_path / "etc"
-    config.mkdir()
-    try:
-        yield Stack(
-            ssm_url=clean_moto_url,
-            imds=imds,
-            config=config,
-            runtime=tmpfs_path,
-            env={"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds_url, "AWS_ENDPOINT_URL_SSM": clean_moto_url},
-        )
-    finally:
-        imds.stop()
 
 
 def _read(path: Path) -> str:
@@ -192,7 +137,7 @@ def test_a_path_ssm_refuses_is_a_template_error_and_keeps_the_old_file(stack: St
     assert "SSM refused ssm:GetParametersByPath on /ssm/x/ as invalid (ValidationException)" in err
     assert out == ""
     assert stack.output.read_bytes() == before
-    assert sorted(path.name for path in stack.output.parent.iterdir()) == ["env", "state.json"]
+    assert sorted(path.name for path in stack.output.parent.iterdir()) == ["env"]
 
 
 def test_check_lists_parameters_and_never_values(stack: Stack) -> None:
@@ -279,7 +224,7 @@ def test_failure_keeps_previous_good_file(stack: Stack) -> None:
     stack.template('A={{ param("/p/a") }}\nB={{ param("/p/gone") }}\n')
     assert stack.run("render", "app")[0] == 4
     assert stack.output.read_bytes() == before
-    assert sorted(os.listdir(stack.output.parent)) == ["env", "state.json"]
+    assert sorted(os.listdir(stack.output.parent)) == ["env"]
 
 
 @pytest.mark.parametrize(
@@ -287,7 +232,7 @@ def test_failure_keeps_previous_good_file(stack: Stack) -> None:
     [
         ('A={{ param("/p/a") ', 3, "app.env.j2:1"),
         ('A="{{ param("/p/a") }}"\n', 3, "remove the quotes"),
-        ("A={{ nope }}\n", 3, "undefined"),
+        ('A={{ param("/p/a") }}\nB={{ nope }}\n', 3, "undefined"),
         ('A={{ param("/p/a") * 40 }}\n', 3, "/p/a"),
     ],
 )
@@ -317,21 +262,21 @@ def test_bad_settings_file(stack: Stack) -> None:
 
 def test_imds_disabled(stack: Stack) -> None:
     """IMDS answering 403 fails at once with exit 6 and how to fix it."""
-    stack.template("A=1\n")
+    stack.template('A={{ param("/p/a") }}\n')
     stack.imds.disabled = True
     _assert_failed(stack, ("render", "app"), 6, "IMDS is disabled or blocked")
 
 
 def test_no_role_attached(stack: Stack) -> None:
     """An instance without a role fails with exit 6 and says to attach an instance profile."""
-    stack.template("A=1\n")
+    stack.template('A={{ param("/p/a") }}\n')
     stack.imds.role = None
     _assert_failed(stack, ("render", "app"), 6, "no IAM role is attached to this instance")
 
 
 def test_imds_down_until_deadline(stack: Stack) -> None:
     """IMDS that never answers fails with exit 7 once deadline_seconds has passed."""
-    stack.template("A=1\n")
+    stack.template('A={{ param("/p/a") }}\n')
     (stack.config / "agent.toml").write_text("deadline_seconds = 1.5\n")
     stack.imds.stop()
     _assert_failed(stack, ("render", "app"), 7, "did not answer")
@@ -431,7 +376,7 @@ def test_a_proxy_page_never_turns_a_secret_into_its_default(stack: Stack) -> Non
     assert "fallback" not in err
     assert "Blocked by policy" not in err
     assert _read(stack.output) == before
-    assert sorted(p.name for p in stack.output.parent.iterdir()) == ["env", "state.json"]
+    assert sorted(p.name for p in stack.output.parent.iterdir()) == ["env"]
 
 
 def test_a_proxy_page_then_ssm_renders_the_real_value(stack: Stack) -> None:

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration import test_cli
+from tests.integration.cli_harness import Stack
 from tests.integration.moto_server import RecordingProxy
-from tests.integration.test_cli import Stack
+from tests.prerequisites import skip_or_fail
 
 # The command's fixture: a config folder, a tmpfs runtime folder, moto and the IMDS fake.
-stack = test_cli.stack
 
 NOBODY = 65534
 # A second user that is neither root nor nobody (Debian's `daemon`).
@@ -251,7 +250,7 @@ def test_doctor_reports_ownership_on_its_own_line(stack: Stack) -> None:
     assert passed in out
     (stack.config / "app.env.j2").chmod(0o660)
     code, out, _err = stack.run("doctor", "app")
-    assert code == 1
+    assert code == 2  # UntrustedFile
     line = next(line for line in out.splitlines() if " ownership: " in line)
     assert line.startswith("failed  ownership: refusing to read ")
     assert f"`chmod g-w {stack.config / 'app.env.j2'}`" in line
@@ -264,7 +263,7 @@ def test_doctor_reports_untrusted_settings_as_ownership(stack: Stack) -> None:
     (stack.config / "agent.toml").write_text("")
     (stack.config / "agent.toml").chmod(0o646)
     code, out, _err = stack.run("doctor", "app")
-    assert code == 1
+    assert code == 2  # UntrustedFile
     assert out.splitlines()[0].startswith("failed  ownership: refusing to read ")
     assert f"`chmod o-w {stack.config / 'agent.toml'}`" in out
 
@@ -290,7 +289,10 @@ def _as_nobody(stack: Stack, config: Path, *args: str) -> subprocess.CompletedPr
         [*as_nobody, "-c", "import agent"], cwd="/", env=env, capture_output=True, check=False
     )
     if probe.returncode != 0:
-        pytest.skip(f"nobody cannot run {sys.executable} with {REPO}: the checkout is in a private folder")
+        skip_or_fail(
+            f"a checkout nobody can read: nobody cannot run {sys.executable} with {REPO} "
+            "(clone outside a private folder such as /root)"
+        )
     env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = stack.env["AWS_EC2_METADATA_SERVICE_ENDPOINT"]
     env["AWS_ENDPOINT_URL_SSM"] = stack.ssm_url
     return subprocess.run(

@@ -10,6 +10,7 @@ import pytest
 
 from agent.errors import UntrustedFile
 from agent.host.trust import read_trusted
+from agent.host.units import render_starter_template
 from tests.packaging.conftest import REPO
 
 SCRIPT = REPO / "packaging" / "ami-bake.sh"
@@ -46,7 +47,11 @@ HARMLESS = {
     "etc/systemd/system/app.service.d/secrets-agent.conf": (
         "[Service]\nEnvironmentFile=/run/secrets-agent/app/env\n"
     ),
+    # Empty: each instance makes its own machine-id at first boot.
+    "etc/machine-id": "",
 }
+# A machine-id left in the image, shaped like a real one.
+MACHINE_ID = "4f3c2b1a09876543210fedcba9876543"
 
 
 def make_image(root: Path, files: dict[str, str]) -> None:
@@ -90,6 +95,52 @@ def test_leftover_fails_and_is_named_without_its_content(tmp_path: Path, leftove
         assert harmless not in result.stderr
     for secret in (SECRET_KEY, ACCESS_KEY_ID, "baked-in-secret"):
         assert secret not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("credentials", [False, True], ids=["env", "credentials"])
+def test_a_template_asking_for_no_parameter_fails_the_image(tmp_path: Path, credentials: bool) -> None:
+    """The starter `enable` writes (a comment, no parameter) left in the image fails the check, naming
+    the file and the first line to write: the agent would refuse it at boot (exit 3), or worse, an
+    empty file would start the app without its secrets."""
+    make_image(
+        tmp_path,
+        {
+            **HARMLESS,
+            "etc/secrets-agent/worker.env.j2": render_starter_template("worker", credentials=credentials),
+        },
+    )
+    result = verify(tmp_path)
+    assert result.returncode == 1, result.stderr
+    worker = tmp_path / "etc/secrets-agent/worker.env.j2"
+    first_line = 'DATABASE_URL={{ param("/worker/DATABASE_URL") }}'
+    assert (
+        f"{worker} asks for no parameter; write the lines worker needs, the first such as: {first_line}"
+        in result.stderr
+    )
+    assert str(tmp_path / "etc/secrets-agent/app.env.j2") not in result.stderr  # control: app asks
+
+
+@pytest.mark.parametrize("relative", ["etc/machine-id", "var/lib/dbus/machine-id"])
+def test_image_with_a_machine_id_fails_naming_it(tmp_path: Path, relative: str) -> None:
+    """An image whose machine-id is set (or dbus's old regular copy of it) fails the check, naming
+    the file, the id, why, and the command that empties it."""
+    make_image(tmp_path, {**HARMLESS, relative: MACHINE_ID + "\n"})
+    result = verify(tmp_path)
+    assert result.returncode == 1
+    path = tmp_path / relative
+    assert f"{path} holds {MACHINE_ID}; fix: `truncate -s 0 {path}`" in result.stderr
+    assert "every instance launched from it would share it" in result.stderr
+
+
+@pytest.mark.parametrize("content", ["", "\n", "uninitialized\n"])
+def test_image_with_an_empty_machine_id_passes(tmp_path: Path, content: str) -> None:
+    """An empty machine-id (or systemd's "uninitialized") and a dbus symlink to it pass the check."""
+    make_image(tmp_path, {**HARMLESS, "etc/machine-id": content})
+    (tmp_path / "var/lib/dbus").mkdir(parents=True)
+    (tmp_path / "var/lib/dbus/machine-id").symlink_to("/etc/machine-id")
+    result = verify(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "an empty machine-id" in result.stderr
 
 
 def test_usage_error_without_arguments() -> None:
@@ -190,7 +241,7 @@ def test_sticky_folder_and_root_owned_symlink_pass(tmp_path: Path) -> None:
     make_image(tmp_path, HARMLESS)
     (tmp_path / "srv/templates").mkdir(parents=True)
     (tmp_path / "srv").chmod(0o1777)
-    (tmp_path / "srv/templates/web.env.j2").write_text("A=1\n")
+    (tmp_path / "srv/templates/web.env.j2").write_text('A={{ param("/web/A") }}\n')
     (tmp_path / "etc/secrets-agent/web.env.j2").symlink_to("../../srv/templates/web.env.j2")
     result = verify(tmp_path)
     assert result.returncode == 0, result.stderr

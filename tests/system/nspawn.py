@@ -140,8 +140,9 @@ BOOT_TIMEOUT_SECONDS = 90
 POWEROFF_TIMEOUT_SECONDS = 30
 COMMAND_TIMEOUT_SECONDS = 120
 EXEC_TIMEOUT_SECONDS = 30
-# The agent unit stops after its app (the reverse of Before=) and runs its ExecStop= (`secrets-agent
-# clean`, for the metrics and inventory files) once `systemctl stop APP` has returned: this long at most.
+# The agent unit stops after its app (the reverse of Before=), once `systemctl stop APP` has returned,
+# then secrets-agent-clean@APP runs `secrets-agent clean` for the metrics and inventory files: this
+# long at most for both.
 AGENT_STOP_SECONDS = 10.0
 # What a unit's main process runs between systemd's fork and the exec of the unit's program.
 SYSTEMD_OWN_PROGRAMS = ("systemd", "systemd-executor")
@@ -478,15 +479,23 @@ class Machine:
         return self.text(*argv)
 
     def stop_app(self, name: str) -> None:
-        """`systemctl stop NAME.service`, then wait for its agent unit secrets-agent@NAME.service
-        to have stopped too (see AGENT_STOP_SECONDS): only then are the app's runtime folder, its
-        metrics file and its credentials gone."""
+        """`systemctl stop NAME.service`, then wait for its agent unit secrets-agent@NAME.service to
+        have stopped too and for the clean-up that follows (secrets-agent-clean@NAME) to have run
+        (see AGENT_STOP_SECONDS): only then are the app's runtime folder, its metrics file, its
+        inventory lines and its credentials gone."""
         self.systemctl("stop", f"{name}.service")
-        agent_unit = f"secrets-agent@{name}.service"
+        agent_unit, clean_unit = f"secrets-agent@{name}.service", f"secrets-agent-clean@{name}.service"
         deadline = time.monotonic() + AGENT_STOP_SECONDS
-        while self.show(agent_unit, "ActiveState") not in ("inactive", "failed"):
+        # PID 1 queues the clean-up's job in the same step that makes the agent unit inactive, so
+        # once that is seen, an empty job list for the clean-up means it has run (or was skipped).
+        while (
+            self.show(agent_unit, "ActiveState") not in ("inactive", "failed")
+            or self.text("systemctl", "list-jobs", "--no-legend", clean_unit).strip()
+        ):
             if time.monotonic() > deadline:
-                raise AssertionError(f"{agent_unit} did not stop within {AGENT_STOP_SECONDS} s")
+                raise AssertionError(
+                    f"{agent_unit} and its clean-up did not finish within {AGENT_STOP_SECONDS} s"
+                )
             time.sleep(0.05)
 
     def path(self, inside: str) -> Path:

@@ -4,15 +4,16 @@ test apps installed into the machine.
 
 from __future__ import annotations
 
-import os
 import secrets
 from dataclasses import dataclass
-from typing import Any, NoReturn, Optional
+from typing import Any, Optional
 
-import pytest
 from nspawn import Machine
 
 from agent.host.units import render_dropin
+
+# The suite's one skip-or-fail rule (tests/prerequisites.py), importable from here as before.
+from tests.prerequisites import skip_or_fail  # noqa: F401 - re-exported
 
 REGION = "eu-west-1"
 ROLE = "app-role"
@@ -37,13 +38,6 @@ Description=Test app {name} that records each reload
 ExecStart=/bin/sleep infinity
 ExecReload=/bin/sh -c 'echo reloaded >> /run/{name}-reloads'
 """
-
-
-def skip_or_fail(reason: str) -> NoReturn:
-    """Skip with a one-line reason; in CI (CI=true) the system tests must run, so fail instead."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"system tests cannot run: {reason}; CI must run them", pytrace=False)
-    pytest.skip(reason)
 
 
 @dataclass
@@ -89,9 +83,15 @@ class App:
         """Write /etc/secrets-agent/NAME.toml."""
         self.machine.path(f"/etc/secrets-agent/{self.name}.toml").write_text(text)
 
+    @property
+    def clean_unit(self) -> str:
+        """The clean-up the agent unit starts once it has stopped (metrics, inventory)."""
+        return f"secrets-agent-clean@{self.name}.service"
+
     def stop(self) -> None:
-        """`systemctl stop` the app, then wait for its agent unit to have stopped too
-        (Machine.stop_app): only then are its runtime folder and metrics file gone."""
+        """`systemctl stop` the app, then wait for its agent unit to have stopped too and for the
+        clean-up that follows to have finished (Machine.stop_app): only then are its runtime
+        folder, metrics file and inventory lines gone."""
         self.machine.stop_app(self.name)
 
     def main_pid(self) -> int:
