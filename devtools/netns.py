@@ -1,43 +1,122 @@
-"""Network namespaces for the endpoint-mode system tests and bench (never installed): a machine's
-namespace wired by a veth pair to a namespace of fakes, and nothing else. Neither reaches the host's
-network, 169.254.169.254 or AWS.
+"""Network namespaces for the tests and bench that run a machine cut off from the world (never
+installed): the suite's one builder of them and its one address plan. Nothing in them reaches the
+host's network, 169.254.169.254 or AWS.
 
-    the machine's namespace (nspawn --network-namespace-path=)  <-veth->  the fakes' namespace
-    IPv6-only: fd00:ec2::2/64, no IPv4 at all       fd00:ec2::254 (IMDS), fd00:ec2::10 (SSM)
-    IPv4-only: 10.20.0.2/24, default via 10.20.0.1  10.20.0.1 (SSM), 169.254.169.254/32 (IMDS)
+Two shapes, both a namespace for the machine (systemd-nspawn --network-namespace-path=) joined by a
+veth link to where the test's fakes listen:
 
-The fakes run in this process: `inside(namespace, start)` calls `start` on a thread that entered the
-namespace, so the sockets it binds (and the server threads it starts) live there.
+    host_link(tag): the machine's namespace  <-veth->  this host (the fakes run on the host's end)
+        machine 10.213.N.2/30, host 10.213.N.1/30; N from 1 to 250, one per link
+    namespace_pair(tag): the machine's namespace  <-veth->  a namespace of fakes
+        IPv6-only: machine fd00:ec2::2/64, no IPv4 at all; fakes fd00:ec2::254 (IMDS), fd00:ec2::10 (SSM)
+        IPv4-only: machine 10.213.0.2/24, default via 10.213.0.1 (SSM); fakes 169.254.169.254/32 (IMDS)
+
+Every IPv4 address is in TEST_NETWORKS, which the suite's guard (tests/conftest.py) lets tests
+reach. In a pair the fakes run in this process: `inside(namespace, start)` calls `start` on a thread
+that entered the namespace, so the sockets it binds (and the server threads it starts) live there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import itertools
 import os
+import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from pathlib import Path
+from typing import Any, Callable, Optional, TypeVar
 
 _CLONE_NEWNET = 0x40000000
 _T = TypeVar("_T")
 
+# The address plan (see above).
+TEST_NETWORKS = "10.213.0.0/16"
+HOST_LINKS = range(1, 251)
 MACHINE_SIDE = "sa-veth-m"
 FAKES_SIDE = "sa-veth-f"
 IPV6_MACHINE = "fd00:ec2::2"
 IPV6_IMDS = "fd00:ec2::254"
 IPV6_SSM = "fd00:ec2::10"
-IPV4_MACHINE = "10.20.0.2"
-IPV4_GATEWAY = "10.20.0.1"
+IPV4_MACHINE = "10.213.0.2"
+IPV4_GATEWAY = "10.213.0.1"
 IPV4_SSM = IPV4_GATEWAY
 IPV4_IMDS = "169.254.169.254"
+APT_INSTALL = Path(__file__).resolve().parents[1] / "packaging" / "apt-install.sh"
 
 
 def ip(*args: str) -> str:
     """`ip ARGS` on the host; its output."""
     return subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=30).stdout
+
+
+def _ensure_ip() -> None:
+    if shutil.which("ip") is None:
+        subprocess.run(["bash", str(APT_INSTALL), "iproute2"], check=True, timeout=600)
+
+
+@contextmanager
+def _namespace(name: str) -> Iterator[str]:
+    """A fresh namespace NAME (one a killed session left is replaced) with its loopback up; deleted after."""
+    subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
+    ip("netns", "add", name)
+    try:
+        ip("-n", name, "link", "set", "lo", "up")
+        yield name
+    finally:
+        ip("netns", "delete", name)
+
+
+def _veth(one: tuple[str, Optional[str]], other: tuple[str, Optional[str]]) -> None:
+    """A veth link between two (device, namespace) ends, None for the host's; both ends up."""
+    ends = [(device, ["netns", namespace] if namespace else []) for device, namespace in (one, other)]
+    (first, first_ns), (second, second_ns) = ends
+    ip("link", "add", first, *first_ns, "type", "veth", "peer", "name", second, *second_ns)
+    for device, namespace in (one, other):
+        ip(*(["-n", namespace] if namespace else []), "link", "set", device, "up")
+
+
+@dataclass(frozen=True)
+class HostLink:
+    """A machine's namespace whose only link leads to this host."""
+
+    namespace: str
+    host_address: str
+    machine_address: str
+
+    @property
+    def path(self) -> Path:
+        """What systemd-nspawn --network-namespace-path= takes."""
+        return Path("/run/netns") / self.namespace
+
+
+# Each link of this process takes the next number (two sessions at once start apart, by PID).
+_LINK_NUMBERS = itertools.count(os.getpid())
+
+
+@contextmanager
+def host_link() -> Iterator[HostLink]:
+    """A namespace for a machine, linked to this host alone: no default route and no resolver that
+    answers, so nothing but what listens on the host's end (10.213.N.1) is reachable."""
+    _ensure_ip()
+    number = HOST_LINKS[next(_LINK_NUMBERS) % len(HOST_LINKS)]
+    link = HostLink(f"sa-link-{os.getpid()}-{number}", f"10.213.{number}.1", f"10.213.{number}.2")
+    host_side, machine_side = f"sa{number}h", f"sa{number}m"
+    with contextlib.suppress(subprocess.CalledProcessError):
+        ip("link", "del", host_side)  # left by a killed session with the same number
+    with _namespace(link.namespace):
+        try:
+            _veth((host_side, None), (machine_side, link.namespace))
+            ip("addr", "add", f"{link.host_address}/30", "dev", host_side)
+            ip("-n", link.namespace, "addr", "add", f"{link.machine_address}/30", "dev", machine_side)
+            yield link
+        finally:
+            with contextlib.suppress(subprocess.CalledProcessError):
+                ip("link", "del", host_side)
 
 
 @dataclass(frozen=True)
@@ -83,24 +162,12 @@ class Pair:
 
 @contextmanager
 def namespace_pair(tag: str) -> Iterator[Pair]:
-    """Two fresh namespaces joined by a veth pair, both ends up; removed after."""
+    """Two fresh namespaces joined by a veth pair, both ends up and unaddressed (`wire_*`); removed after."""
+    _ensure_ip()
     pair = Pair(machine=f"sa-m-{tag}", fakes=f"sa-f-{tag}")
-    for name in (pair.machine, pair.fakes):
-        subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
-    ip("netns", "add", pair.machine)
-    try:
-        ip("netns", "add", pair.fakes)
-        try:
-            ip("link", "add", MACHINE_SIDE, "netns", pair.machine, "type", "veth", "peer", FAKES_SIDE,
-               "netns", pair.fakes)  # fmt: skip
-            for run, device in ((pair.in_machine, MACHINE_SIDE), (pair.in_fakes, FAKES_SIDE)):
-                run("link", "set", "lo", "up")
-                run("link", "set", device, "up")
-            yield pair
-        finally:
-            ip("netns", "delete", pair.fakes)
-    finally:
-        ip("netns", "delete", pair.machine)
+    with _namespace(pair.machine), _namespace(pair.fakes):
+        _veth((MACHINE_SIDE, pair.machine), (FAKES_SIDE, pair.fakes))
+        yield pair
 
 
 def _setns(fd: int) -> None:
@@ -145,15 +212,11 @@ def inside(namespace: str, start: Callable[[], _T]) -> _T:
 def lone_namespace(name: str, *, loopback_addresses: tuple[str, ...] = ()) -> Iterator[str]:
     """One fresh namespace with only its loopback up (plus `loopback_addresses`/32 on it): an
     IPv4-only host whose IMDS address is local and which has no IPv6 route beyond ::1."""
-    subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
-    ip("netns", "add", name)
-    try:
-        ip("-n", name, "link", "set", "lo", "up")
+    _ensure_ip()
+    with _namespace(name):
         for address in loopback_addresses:
             ip("-n", name, "addr", "add", f"{address}/32", "dev", "lo")
         yield name
-    finally:
-        ip("netns", "delete", name)
 
 
 def serve_moto(address: str, port: int = 0) -> Any:

@@ -1,15 +1,17 @@
 """The integration tests' one way to run the command in-process: `run_cli`, and the `Stack` it runs
 against (a config dir, a tmpfs runtime dir, moto over HTTP and the fake IMDS, wired like a real
-host). tests/integration/conftest.py makes the `stack` fixture of it."""
+host), and the `stack` fixture (tests/integration/conftest.py offers it to the whole layer)."""
 
 from __future__ import annotations
 
 import io
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
+
+import pytest
 
 from agent.cli import main
 from devtools.fakeimds import FakeImds
@@ -77,3 +79,23 @@ class Stack:
     @property
     def output(self) -> Path:
         return self.runtime / "app" / "env"
+
+
+@pytest.fixture
+def stack(clean_moto_url: str, tmp_path: Path, tmpfs_path: Path) -> Iterator[Stack]:
+    """The in-process command's host: a config dir, a tmpfs runtime dir, moto (emptied) and the fake
+    IMDS; `stack.run(...)` runs the command against it (tests/integration/cli_harness.py)."""
+    imds = FakeImds(region="eu-west-1", role="app-role")
+    imds_url = imds.start()
+    config = tmp_path / "etc"
+    config.mkdir()
+    try:
+        yield Stack(
+            ssm_url=clean_moto_url,
+            imds=imds,
+            config=config,
+            runtime=tmpfs_path,
+            env={"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds_url, "AWS_ENDPOINT_URL_SSM": clean_moto_url},
+        )
+    finally:
+        imds.stop()

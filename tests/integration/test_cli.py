@@ -17,8 +17,12 @@ from dotenv import dotenv_values
 
 from agent import __version__
 from devtools.systemd_envfile import parse_env
+from tests.integration import cli_harness
 from tests.integration.cli_harness import Stack
 from tests.integration.moto_server import CannedResponse, RecordingProxy, admin_ssm_client, aws_json_error
+
+# The `stack` fixture lives with its harness (tests/integration/cli_harness.py); still importable from here.
+stack = cli_harness.stack
 
 HARD_VALUES = {
     "/prod/DATABASE_URL": "postgres://app:p@ss'w\"rd$HOME`id`\\x@db:5432/app?x=1#frag",

@@ -4,7 +4,6 @@ exit codes keep their meaning whatever publishing does, and names computed from 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pwd
@@ -14,18 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
-from tests.integration.test_cli import Stack, stack  # noqa: F401 - the fixture is used below
+from tests.integration.cli_harness import Stack
 from tests.integration.test_refresh import FakeSystemd
 
 SECRET_NAME_PART = "blue-primary-database"
 
 
-def _records(stack: Stack) -> Path:  # noqa: F811
+def _records(stack: Stack) -> Path:
     return stack.runtime.with_name(stack.runtime.name + "-state") / "app"
 
 
-def _render_for_owner(stack: Stack) -> None:  # noqa: F811
+def _render_for_owner(stack: Stack) -> None:
     stack.put("/app/db", "postgres://owner-test")
     stack.template('DB={{ param("/app/db") }}\n')
     (stack.config / "app.toml").write_text('format = "dotenv"\nowner = "nobody"\n')
@@ -34,7 +32,7 @@ def _render_for_owner(stack: Stack) -> None:  # noqa: F811
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="owner= needs root to hand the folder to another user")
-def test_with_owner_the_record_is_roots_in_a_folder_the_app_cannot_write(stack: Stack) -> None:  # noqa: F811
+def test_with_owner_the_record_is_roots_in_a_folder_the_app_cannot_write(stack: Stack) -> None:
     """With owner=, the rendered file and its folder are the app's, but the record of the render sits in
     RUNTIME_DIR-state/NAME, root's 0700 folder, as root's 0600 file: nothing of it in the app's folder."""
     _render_for_owner(stack)
@@ -50,7 +48,7 @@ def test_with_owner_the_record_is_roots_in_a_folder_the_app_cannot_write(stack: 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the forged record must belong to another user")
 @pytest.mark.parametrize("planted", ["fifo", "app-owned", "symlink"])
 def test_a_record_root_did_not_write_is_refused_without_hanging(
-    stack: Stack,  # noqa: F811
+    stack: Stack,
     planted: str,
 ) -> None:
     """A FIFO, a file another user owns or a symlink in the record's place is refused at once: refresh
@@ -81,16 +79,13 @@ def test_a_record_root_did_not_write_is_refused_without_hanging(
     )
     assert "999" not in status.stdout
     assert json.loads(status.stdout)["services"][0]["parameters"] == []
-    err = io.StringIO()
-    code = main(
-        [*args, "refresh", "app"], env=stack.env, stdout=io.StringIO(), stderr=err, systemd=FakeSystemd()
-    )
+    code, _out, err = stack.run("refresh", "app", systemd=FakeSystemd())
     assert code == 10
-    assert str(record) in err.getvalue()
+    assert str(record) in err
 
 
 def test_no_credentials_in_the_default_chain_is_exit_6(
-    stack: Stack,  # noqa: F811
+    stack: Stack,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -113,7 +108,7 @@ def test_no_credentials_in_the_default_chain_is_exit_6(
 
 
 def test_publishing_that_fails_never_changes_the_exit_code(
-    stack: Stack,  # noqa: F811
+    stack: Stack,
     tmp_path: Path,
 ) -> None:
     """A render whose metrics cannot be published (the check record is a folder) still exits with the
@@ -135,7 +130,7 @@ def test_publishing_that_fails_never_changes_the_exit_code(
 
 
 def test_a_bug_while_publishing_is_one_warning_and_keeps_the_code(
-    stack: Stack,  # noqa: F811
+    stack: Stack,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -157,7 +152,7 @@ def test_a_bug_while_publishing_is_one_warning_and_keeps_the_code(
 
 
 def test_a_name_computed_from_a_secret_is_hidden_in_the_record_status_and_metrics(
-    stack: Stack,  # noqa: F811
+    stack: Stack,
     tmp_path: Path,
 ) -> None:
     """A parameter name the template computed from a fetched value is redacted in state.json, status,
@@ -182,12 +177,10 @@ def test_a_name_computed_from_a_secret_is_hidden_in_the_record_status_and_metric
     assert "[REDACTED]" in status
 
     systemd = FakeSystemd()
-    args = ["--config-dir", str(stack.config), "--runtime-dir", str(stack.runtime), "refresh", "app"]
 
     def refresh() -> tuple[int, str]:
-        out = io.StringIO()
-        code = main(args, env=stack.env, stdout=io.StringIO(), stderr=out, systemd=systemd)
-        return code, out.getvalue()
+        code, _out, err = stack.run("refresh", "app", systemd=systemd)
+        return code, err
 
     code, err = refresh()
     assert (code, systemd.calls) == (0, []), err

@@ -39,7 +39,7 @@ from agent.aws.ssm_errors import (
     map_client_error,
 )
 from agent.errors import AccessDenied, AgentError, CredentialsError, ServiceUnavailable, TemplateError
-from tests.timing import HeldClock, assert_ended_by
+from tests.timing import HeldClock, assert_ended_by, wait_until
 
 REGION = "us-east-1"
 CREDENTIALS = ("AKIDTESTTESTTESTTEST", "test-secret-key", "test-session-token")
@@ -573,6 +573,8 @@ def test_botocore_makes_no_retries_of_its_own() -> None:
     with RecordingProxy(None, lambda _i, _a: THROTTLED) as proxy:
         with pytest.raises(ServiceUnavailable):
             make_client(proxy.url, deadline_seconds=0.0).fetch(["/t/a"])
+        # The client may give up before the proxy's thread has recorded the request it answered.
+        wait_until(lambda: proxy.count("GetParameters") >= 1, 30.0, "the proxy recording the request")
         assert proxy.count("GetParameters") == 1
 
 

@@ -8,12 +8,10 @@ import json
 import os
 import re
 import shutil
-import socket
 import stat
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,19 +20,11 @@ import pytest
 
 from tests.integration.cli_harness import Stack
 from tests.integration.test_refresh import FakeSystemd
-from tests.prerequisites import require_command
+from tests.node_exporter import serving
 
-REPO = Path(__file__).resolve().parents[2]
-NODE_EXPORTER = Path("/usr/bin/prometheus-node-exporter")
 MARK = "st4tus-v4lue-"
 RENDERS = 50
 SAMPLE_RE = re.compile(r'^(secrets_agent_[a-z_]+)\{service="app"(,[a-z_]+="[^"\\\n]*")*\} -?[0-9.e+]+$')
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -49,36 +39,10 @@ def metrics_dir(stack: Stack, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def node_exporter(metrics_dir: Path) -> Iterator[str]:
-    """Debian's prometheus-node-exporter on 127.0.0.1 (a free port), textfile collector only."""
-    require_command(NODE_EXPORTER.name, "prometheus-node-exporter")
-    port = _free_port()
-    process = subprocess.Popen(
-        [
-            str(NODE_EXPORTER),
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--collector.disable-defaults",
-            "--collector.textfile",
-            f"--collector.textfile.directory={metrics_dir}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/metrics"
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=1) as answer:
-                    answer.read()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-                time.sleep(0.05)
+    """Debian's prometheus-node-exporter (tests/node_exporter.py) on 127.0.0.1, textfile collector
+    only, reading metrics_dir; yields its metrics URL."""
+    with serving(metrics_dir) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def _scrape(url: str) -> dict[str, float]:

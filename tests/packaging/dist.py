@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,10 +50,19 @@ class Artefacts:
     built_during: Optional[tuple[float, float]] = None
 
 
-@functools.cache
+# A session may start the build on a thread early (tests/system/warmup.py): a caller meanwhile waits for it.
+_BUILDING = threading.Lock()
+
+
 def built_artefacts() -> Artefacts:
     """Build the wheel, sdist, .deb, tarball and rpm of this tree into a temporary dist/ (once
-    per process)."""
+    per process, whichever thread asks first; the others wait for that build)."""
+    with _BUILDING:
+        return _build_once()
+
+
+@functools.cache
+def _build_once() -> Artefacts:
     if os.environ.get(PREBUILT_ENV):
         return _artefacts_in(Path(os.environ[PREBUILT_ENV]), f"prebuilt in ${PREBUILT_ENV}")
     if os.geteuid() != 0:

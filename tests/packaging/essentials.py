@@ -11,11 +11,10 @@ import hashlib
 import re
 import secrets
 import time
-from pathlib import Path
 
 from tests.hard_values import hard_values, template_lines, tier_for
 from tests.packaging.closed_network import ClosedWorld
-from tests.packaging.machine import Machine, run
+from tests.packaging.machine import Machine, run, write
 
 MARK = f"s3cr3t{secrets.token_hex(6)}"
 HARD_VALUES = hard_values(MARK)
@@ -28,14 +27,6 @@ ExecStart=/bin/sh -c 'cd "$CREDENTIALS_DIRECTORY" && sha256sum -- * && echo read
 """
 CREDENTIALS_MIN_SYSTEMD = 251
 READY_TIMEOUT_SECONDS = 30.0
-
-
-def write(root: Path, path: str, content: str, mode: int = 0o644) -> None:
-    """Write a file into a machine's root from the host."""
-    target = root / path.lstrip("/")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(content, encoding="utf-8")
-    target.chmod(mode)
 
 
 def put_all(world: ClosedWorld, prefix: str, values: dict[str, str]) -> None:
@@ -73,31 +64,11 @@ def assert_app_gets_every_value_then_a_rotation_then_nothing_left(
     assert machine.show("hard.service", "MainPID") != before
     assert machine.exec_environ("hard.service")[b"DOLLARS"] == rotated.encode()
 
-    stop_app(machine, "hard")
+    machine.stop_app("hard")
     assert machine.show("secrets-agent@hard.service", "ActiveState") == "inactive"
     assert run(machine, "test", "-e", "/run/secrets-agent/hard", check=False).returncode == 1
     journal = machine.journal(unit="secrets-agent@hard.service")
     assert MARK not in journal
-
-
-# The agent unit stops after its app once `systemctl stop APP` has returned, then
-# secrets-agent-clean@APP runs `secrets-agent clean`: this long at most for both.
-AGENT_STOP_SECONDS = 10.0
-
-
-def stop_app(machine: Machine, name: str) -> None:
-    """`systemctl stop NAME.service`, then wait for secrets-agent@NAME to have stopped too and its
-    clean-up (queued in the same step) to have run."""
-    run(machine, "systemctl", "stop", f"{name}.service")
-    deadline = time.monotonic() + AGENT_STOP_SECONDS
-    clean = f"secrets-agent-clean@{name}.service"
-    while (
-        machine.show(f"secrets-agent@{name}.service", "ActiveState") not in ("inactive", "failed")
-        or run(machine, "systemctl", "list-jobs", "--no-legend", clean).stdout.strip()
-    ):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"secrets-agent@{name}.service did not stop within {AGENT_STOP_SECONDS} s")
-        time.sleep(0.05)
 
 
 def assert_credentials_reach_a_dynamic_user_app(machine: Machine, world: ClosedWorld) -> None:
@@ -127,7 +98,7 @@ def assert_credentials_reach_a_dynamic_user_app(machine: Machine, world: ClosedW
     read = {match[2]: match[1] for line in lines if (match := re.fullmatch(r"([0-9a-f]{64})  (\S+)", line))}
     expected = {f"secrets_{key}": hashlib.sha256(value.encode()).hexdigest() for key, value in values.items()}
     assert read == expected, lines
-    stop_app(machine, "creds")
+    machine.stop_app("creds")
     assert run(machine, "test", "-e", "/run/secrets-agent/creds", check=False).returncode == 1
     assert run(machine, "test", "-e", "/run/credentials/creds.service", check=False).returncode == 1
 

@@ -5,6 +5,7 @@ on Debian 11, whose python3 is 3.9 like Amazon Linux 2023's."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import secrets
@@ -22,24 +23,28 @@ import pytest
 
 from devtools.fakeimds import FakeImds
 from devtools.systemd_envfile import parse_env
-from tests import readme_quickstart
 from tests.hard_values import hard_values, template_lines, tier_for
 from tests.integration.moto_server import RecordingProxy
 from tests.packaging.conftest import REPO, Artefacts, skip_unless_root
-from tests.packaging.machine import Machine, booted, fresh_rootfs, run
+from tests.packaging.machine import (
+    APP_TEMPLATE,
+    APP_UNIT,
+    APT_TIMEOUT_SECONDS,
+    InstalledDeb,
+    Machine,
+    booted,
+    fresh_rootfs,
+    run,
+    write,
+)
 from tests.packaging.test_cloud_init_files import USER_DATA, USER_DATA_WHEEL, with_location
 from tests.system import nspawn
-from tests.system.nspawn import BULLSEYE, Release
+from tests.system.nspawn import BULLSEYE, MachinePool, Release
 
 pytestmark = pytest.mark.system
 
 REGION = "eu-west-1"
 CLOUD_INIT_TIMEOUT_SECONDS = 300
-APT_TIMEOUT_SECONDS = 300
-APP_UNIT = (REPO / "systemd" / "examples" / "app.service").read_text(encoding="utf-8")
-APP_TEMPLATE = (
-    'DATABASE_URL={{ param("/app/prod/DATABASE_URL") }}\nAPI_TOKEN={{ param("/app/prod/API_TOKEN") }}\n'
-)
 
 
 @pytest.fixture(autouse=True)
@@ -64,25 +69,34 @@ class Fakes:
         return [value.encode() for value in self.values.values()]
 
 
-@pytest.fixture
-def fakes(moto_url: str) -> Iterator[Fakes]:
-    """Fresh secret values in moto, the IMDS fake and a recording proxy in front of moto."""
+@contextlib.contextmanager
+def made_fakes(moto_url: str, region: str = REGION) -> Iterator[Fakes]:
+    """Fresh secret values in moto's `region`, the IMDS fake of that region and a recording proxy in
+    front of moto. moto keeps each region's parameters apart, so machines booting side by side
+    with fakes of different regions each read their own values."""
     values = {
         "/app/prod/DATABASE_URL": f"postgres://app:{secrets.token_hex(16)}@db:5432/app",
         "/app/prod/API_TOKEN": f"tok-{secrets.token_hex(20)}",
     }
     client = boto3.client(
-        "ssm", region_name=REGION, endpoint_url=moto_url, aws_access_key_id="t", aws_secret_access_key="t"
+        "ssm", region_name=region, endpoint_url=moto_url, aws_access_key_id="t", aws_secret_access_key="t"
     )
     for name, value in values.items():
         client.put_parameter(Name=name, Value=value, Type="SecureString", Overwrite=True)
-    imds = FakeImds(region=REGION, role="app-role")
+    imds = FakeImds(region=region, role="app-role")
     imds.start()
     try:
         with RecordingProxy(moto_url) as proxy:
             yield Fakes(imds=imds, ssm=proxy, values=values, client=client)
     finally:
         imds.stop()
+
+
+@pytest.fixture
+def fakes(moto_url: str) -> Iterator[Fakes]:
+    """Fresh secret values in moto, the IMDS fake and a recording proxy in front of moto."""
+    with made_fakes(moto_url) as made:
+        yield made
 
 
 class _RecordingFileHandler(http.server.SimpleHTTPRequestHandler):
@@ -96,8 +110,8 @@ class _RecordingFileHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def package_server(artefacts: Artefacts) -> Iterator[tuple[str, list[str]]]:
+@contextlib.contextmanager
+def serving_dist(artefacts: Artefacts) -> Iterator[tuple[str, list[str]]]:
     """An HTTP server on 127.0.0.1 serving dist/; yields its URL and the paths requested."""
     requested: list[str] = []
     handler = functools.partial(
@@ -113,27 +127,114 @@ def package_server(artefacts: Artefacts) -> Iterator[tuple[str, list[str]]]:
         server.server_close()
 
 
+@dataclass
+class FirstBoot:
+    """A fresh cloud-init root booted with a user-data in its NoCloud seed, its fakes (a region of
+    their own) and the paths its package server was asked for. Its first boot starts ahead of its
+    test (see `first_boots`); the test waits for it with first_boot_output()."""
+
+    machine: Machine
+    fakes: Fakes
+    requested: list[str]
+
+
+# The first boots the tests below check: a test's name -> the user-data it boots ("deb" or
+# "wheel") and its release (None: the test's `release`).
+FIRST_BOOT_OF_TEST: dict[str, tuple[str, Optional[Release]]] = {
+    "test_cloud_init_first_boot_installs_the_deb_and_starts_the_app": ("deb", None),
+    "test_cloud_init_first_boot_installs_the_wheel_in_a_venv_and_starts_the_app": ("wheel", None),
+    "test_wheel_user_data_boots_debian_11_with_python_39": ("wheel", BULLSEYE),
+}
+# One region each (moto keeps regions apart), none the other tests' REGION.
+FIRST_BOOT_REGIONS = {
+    (kind, suite): region
+    for (kind, suite), region in zip(
+        [(kind, suite) for kind in ("deb", "wheel") for suite in ("bookworm", "trixie", "bullseye")],
+        ("eu-west-2", "eu-west-3", "eu-central-1", "eu-north-1", "us-east-2", "us-west-2"),
+        strict=True,
+    )
+}
+
+
+@contextlib.contextmanager
+def first_boot(kind: str, release: Release, artefacts: Artefacts, moto_url: str) -> Iterator[FirstBoot]:
+    """Boot a fresh cloud-init root of `release` with the .deb's ("deb") or the wheel's ("wheel")
+    user-data, its package on a local server, and its own fakes; removed after."""
+    package = artefacts.deb if kind == "deb" else artefacts.wheel
+    region = FIRST_BOOT_REGIONS[(kind, release.suite)]
+    nspawn.WORK_ROOT.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="secrets-agent-packaging-", dir=nspawn.WORK_ROOT))
+    try:
+        with made_fakes(moto_url, region) as fakes, serving_dist(artefacts) as (url, requested):
+            root = fresh_rootfs(folder / "root", cloud_init=True, release=release)
+            user_data = USER_DATA if kind == "deb" else USER_DATA_WHEEL
+            seeded = with_location(user_data, f"{url}/{package.name}")
+            write(root, "/var/lib/cloud/seed/nocloud/user-data", seeded)
+            instance = "iid-secrets-agent-test" if kind == "deb" else "iid-secrets-agent-wheel"
+            write(root, "/var/lib/cloud/seed/nocloud/meta-data", f"instance-id: {instance}\n")
+            # The test's stand-in for EC2's IMDS and SSM; on EC2 no agent.toml is needed.
+            write(root, "/etc/secrets-agent/agent.toml", fakes.agent_toml())
+            if kind == "wheel":
+                # Test only: this machine reaches PyPI through its own CA, whose bundle the harness copied in.
+                write(root, "/etc/pip.conf", "[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n")
+            name = f"sa-pkg-{'cloud' if kind == 'deb' else 'wheel'}-{release.suite}"
+            # Booted means cloud-init's user-data ran: a first boot's bound, as first_boot_output's.
+            with booted(
+                root, name, timeout=nspawn.BOOT_TIMEOUT_SECONDS + CLOUD_INIT_TIMEOUT_SECONDS
+            ) as machine:
+                yield FirstBoot(machine, fakes, requested)
+    finally:
+        nspawn.remove_copies(folder)
+
+
+def _start_first_boot(
+    pool: MachinePool, kind: str, release: Release, artefacts: Artefacts, moto_url: str
+) -> tuple[str, str, str]:
+    key = ("first-boot", kind, release.suite)
+    pool.start(key, lambda: first_boot(kind, release, artefacts, moto_url))
+    return key
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _first_boots_ahead(
+    request: pytest.FixtureRequest, artefacts: Artefacts, moto_url: str, machine_pool: MachinePool
+) -> None:
+    """Start every first boot the session's tests here check, side by side, as the module begins:
+    each waits on apt, pip and cloud-init inside its machine, not on this host, while the tests
+    before it run."""
+    for item in request.session.items:
+        kind, fixed = FIRST_BOOT_OF_TEST.get(getattr(item, "originalname", ""), ("", None))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        release = fixed or params.get("release")
+        if kind and release is not None:
+            _start_first_boot(machine_pool, kind, release, artefacts, moto_url)
+
+
+@pytest.fixture
+def first_boots(
+    artefacts: Artefacts, moto_url: str, machine_pool: MachinePool
+) -> Iterator[Callable[[str, Release], FirstBoot]]:
+    """A getter of the first boot of a user-data ("deb" or "wheel") on a release, started ahead
+    (`_first_boots_ahead`) or now; each is powered off after its test."""
+    used: list[tuple[str, str, str]] = []
+
+    def get(kind: str, release: Release) -> FirstBoot:
+        used.append(_start_first_boot(machine_pool, kind, release, artefacts, moto_url))
+        boot: FirstBoot = machine_pool.get(used[-1])
+        return boot
+
+    yield get
+    for key in used:
+        machine_pool.close(key)
+
+
 @pytest.fixture
 def workdir() -> Iterator[Path]:
     """A folder for one container's root beside the harness's cache, removed afterwards."""
     nspawn.WORK_ROOT.mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix="secrets-agent-packaging-", dir=nspawn.WORK_ROOT))
     yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def write(root: Path, path: str, content: str, mode: int = 0o644) -> None:
-    """Write a file into the container's root."""
-    target = root / path.lstrip("/")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(content, encoding="utf-8")
-    target.chmod(mode)
-
-
-def app_environment(machine: Machine) -> dict[str, str]:
-    """The environment app.service's main process runs with, once it runs the app's program."""
-    environ = machine.exec_environ("app.service")
-    return {key.decode(): value.decode() for key, value in environ.items()}
+    nspawn.remove_copies(path)
 
 
 def files_holding(root: Path, needles: list[bytes]) -> list[str]:
@@ -147,95 +248,69 @@ def files_holding(root: Path, needles: list[bytes]) -> list[str]:
     return result.stdout.splitlines()
 
 
-def expected_app_values(fakes: Fakes) -> dict[str, str]:
-    return {
-        "DATABASE_URL": fakes.values["/app/prod/DATABASE_URL"],
-        "API_TOKEN": fakes.values["/app/prod/API_TOKEN"],
+def assert_app_has_its_values(machine: Machine, fakes: Fakes) -> None:
+    """app.service's main process, once it runs the app's program (Machine.exec_environ), holds
+    DATABASE_URL and API_TOKEN byte for byte as SSM has them."""
+    environment = machine.exec_environ("app.service")
+    keys = ("DATABASE_URL", "API_TOKEN")
+    assert {key: environment.get(key.encode()) for key in keys} == {
+        key: fakes.values[f"/app/prod/{key}"].encode() for key in keys
     }
 
 
-def apt_install_deb(machine: Machine, deb: Path) -> None:
-    """The README quick start's .deb install block as printed, from the machine's /root, where the
-    test copied the .deb; its dependencies come from Debian's archive."""
-    run(machine, "apt-get", "update", "-q", timeout=APT_TIMEOUT_SECONDS)
-    block = readme_quickstart.install_block("deb")
-    assert "apt-get install -y ./secrets-agent_${VERSION}_all.deb" in block
-    run(
-        machine, "sh", "-c", readme_quickstart.as_root_script(block), cwd="/root", timeout=APT_TIMEOUT_SECONDS
-    )
-
-
 def test_apt_installs_the_deb_with_debians_libraries_and_it_renders(
-    artefacts: Artefacts, fakes: Fakes, workdir: Path, release: Release
+    artefacts: Artefacts, fakes: Fakes, installed_deb: InstalledDeb
 ) -> None:
     """apt-get install ./deb pulls the release's own libraries (the one .deb's Depends: hold on
     each), starts nothing, and the agent then feeds the app."""
-    root = fresh_rootfs(workdir / "root", release=release)
-    shutil.copy(artefacts.deb, root / "root")
-    write(root, "/etc/secrets-agent/agent.toml", fakes.agent_toml())
-    write(root, "/etc/secrets-agent/app.env.j2", APP_TEMPLATE, 0o640)
-    write(root, "/etc/systemd/system/app.service", APP_UNIT)
-    with booted(root, f"sa-pkg-apt-{release.suite}") as machine:
-        apt_install_deb(machine, artefacts.deb)
-        installed = run(
-            machine,
-            "dpkg-query",
-            "-W",
-            "-f=${Package} ${Version}\n",
-            "secrets-agent",
-            *dict(release.libraries),
-        ).stdout
-        versions = dict(line.split() for line in installed.splitlines())
-        assert versions["secrets-agent"] == artefacts.version
-        for package, prefix in release.libraries:
-            assert versions[package].startswith(prefix), (package, versions[package])
-        assert run(machine, "secrets-agent", "--version").stdout.split() == [
-            "secrets-agent",
-            artefacts.version,
-        ]
-        # Installing fetched nothing and started nothing.
-        assert fakes.imds.count() == 0
-        assert fakes.ssm.actions == []
-        units = run(
-            machine,
-            "systemctl",
-            "list-units",
-            "--all",
-            "--no-legend",
-            "secrets-agent@*",
-            "secrets-agent-refresh@*",
-        ).stdout
-        assert units.strip() == ""
+    machine, release = installed_deb.machine, installed_deb.release
+    installed = run(
+        machine,
+        "dpkg-query",
+        "-W",
+        "-f=${Package} ${Version}\n",
+        "secrets-agent",
+        *dict(release.libraries),
+    ).stdout
+    versions = dict(line.split() for line in installed.splitlines())
+    assert versions["secrets-agent"] == artefacts.version
+    for package, prefix in release.libraries:
+        assert versions[package].startswith(prefix), (package, versions[package])
+    assert run(machine, "secrets-agent", "--version").stdout.split() == [
+        "secrets-agent",
+        artefacts.version,
+    ]
+    # Installing fetched nothing and started nothing.
+    assert installed_deb.imds_requests == 0
+    assert installed_deb.ssm_actions == []
+    assert installed_deb.agent_units.strip() == ""
 
-        run(machine, "secrets-agent", "enable", "app")
+    write(machine.root, "/etc/secrets-agent/agent.toml", fakes.agent_toml())
+    run(machine, "secrets-agent", "enable", "app")
+    try:
         run(machine, "systemctl", "start", "app.service")
-        environment = app_environment(machine)
-        assert {key: environment.get(key) for key in ("DATABASE_URL", "API_TOKEN")} == expected_app_values(
-            fakes
-        )
+        assert_app_has_its_values(machine, fakes)
         assert fakes.ssm.count("GetParameters") >= 1
+    finally:
+        # Back to the shared machine's state: installed, nothing enabled or running.
+        machine.stop_app("app")
+        run(machine, "secrets-agent", "disable", "app")
 
 
-def test_purge_removes_the_package_and_keeps_the_operators_files(
-    artefacts: Artefacts, workdir: Path, release: Release
-) -> None:
+def test_purge_removes_the_package_and_keeps_the_operators_files(installed_deb: InstalledDeb) -> None:
     """While a service is behind the agent, apt-get purge is refused, naming the service and its
     rotation timer, and the package stays installed; with SECRETS_AGENT_REMOVE_ANYWAY=1 it removes
     every file the .deb installed, warning with the same list, and leaves /etc/secrets-agent and
     the drop-ins."""
-    root = fresh_rootfs(workdir / "root", release=release)
-    shutil.copy(artefacts.deb, root / "root")
-    write(root, "/etc/secrets-agent/app.env.j2", APP_TEMPLATE, 0o640)
-    write(root, "/etc/systemd/system/app.service", APP_UNIT)
-    with booted(root, f"sa-pkg-purge-{release.suite}") as machine:
-        apt_install_deb(machine, artefacts.deb)
-        run(machine, "secrets-agent", "enable", "app", "--refresh")
-        shipped = [
-            path
-            for path in run(machine, "dpkg", "-L", "secrets-agent").stdout.splitlines()
-            if (root / path.lstrip("/")).is_file()
-        ]
-        assert "/usr/bin/secrets-agent" in shipped
+    machine, root = installed_deb.machine, installed_deb.machine.root
+    run(machine, "secrets-agent", "enable", "app", "--refresh")
+    shipped = [
+        path
+        for path in run(machine, "dpkg", "-L", "secrets-agent").stdout.splitlines()
+        if (root / path.lstrip("/")).is_file()
+    ]
+    assert "/usr/bin/secrets-agent" in shipped
+    try:
         refused = run(machine, "apt-get", "purge", "-y", "-q", "secrets-agent", check=False)
         said = refused.stdout + refused.stderr
         assert refused.returncode != 0, said
@@ -251,6 +326,7 @@ def test_purge_removes_the_package_and_keeps_the_operators_files(
         status = run(machine, "dpkg-query", "-W", "-f=${db:Status-Abbrev}", "secrets-agent").stdout
         assert status.strip() == "ii"
         assert run(machine, "systemctl", "cat", "secrets-agent@app.service", check=False).returncode == 0
+        # No package left to share afterwards: `finally` retires the machine.
         forced = run(
             machine, "env", "SECRETS_AGENT_REMOVE_ANYWAY=1", "apt-get", "purge", "-y", "-q", "secrets-agent"
         )
@@ -259,11 +335,13 @@ def test_purge_removes_the_package_and_keeps_the_operators_files(
         for line in listed:
             assert line in said.splitlines(), said
         assert run(machine, "systemctl", "cat", "secrets-agent@app.service", check=False).returncode != 0
-    left = [path for path in shipped if (root / path.lstrip("/")).exists()]
-    assert left == []
-    assert not (root / "usr/lib/python3/dist-packages/agent").exists()  # with py3compile's __pycache__
-    assert (root / "etc/secrets-agent/app.env.j2").read_text(encoding="utf-8") == APP_TEMPLATE
-    assert (root / "etc/systemd/system/app.service.d/secrets-agent.conf").is_file()
+        left = [path for path in shipped if (root / path.lstrip("/")).exists()]
+        assert left == []
+        assert not (root / "usr/lib/python3/dist-packages/agent").exists()  # with py3compile's __pycache__
+        assert (root / "etc/secrets-agent/app.env.j2").read_text(encoding="utf-8") == APP_TEMPLATE
+        assert (root / "etc/systemd/system/app.service.d/secrets-agent.conf").is_file()
+    finally:
+        installed_deb.retire()
 
 
 def first_boot_output(machine: Machine) -> str:
@@ -290,36 +368,22 @@ def assert_rotation_checks_run(machine: Machine) -> None:
 
 
 def test_cloud_init_first_boot_installs_the_deb_and_starts_the_app(
-    artefacts: Artefacts,
-    fakes: Fakes,
-    package_server: tuple[str, list[str]],
-    workdir: Path,
-    release: Release,
+    artefacts: Artefacts, first_boots: Callable[[str, Release], FirstBoot], release: Release
 ) -> None:
     """At first boot, cloud-init runs the user-data from a NoCloud seed: the app runs with its secrets."""
-    url, requested = package_server
-    root = fresh_rootfs(workdir / "root", cloud_init=True, release=release)
-    write(
-        root, "/var/lib/cloud/seed/nocloud/user-data", with_location(USER_DATA, f"{url}/{artefacts.deb.name}")
-    )
-    write(root, "/var/lib/cloud/seed/nocloud/meta-data", "instance-id: iid-secrets-agent-test\n")
-    # The test's stand-in for EC2's IMDS and SSM; on EC2 no agent.toml is needed.
-    write(root, "/etc/secrets-agent/agent.toml", fakes.agent_toml())
-    with booted(root, f"sa-pkg-cloud-{release.suite}") as machine:
-        output = first_boot_output(machine)
-        assert requested == [f"/{artefacts.deb.name}"]
-        version = run(machine, "dpkg-query", "-W", "-f=${Version}", "secrets-agent").stdout
-        assert version == artefacts.version
-        assert run(machine, "systemctl", "is-active", "app.service").stdout.strip() == "active"
-        environment = app_environment(machine)
-        assert {key: environment.get(key) for key in ("DATABASE_URL", "API_TOKEN")} == expected_app_values(
-            fakes
-        )
-        rendered = run(machine, "cat", "/run/secrets-agent/app/env").stdout
-        assert dict(parse_env(rendered))["API_TOKEN"] == fakes.values["/app/prod/API_TOKEN"]
-        assert_rotation_checks_run(machine)
-        for value in fakes.values.values():
-            assert value not in output
+    boot = first_boots("deb", release)
+    machine, fakes = boot.machine, boot.fakes
+    output = first_boot_output(machine)
+    assert boot.requested == [f"/{artefacts.deb.name}"]
+    version = run(machine, "dpkg-query", "-W", "-f=${Version}", "secrets-agent").stdout
+    assert version == artefacts.version
+    assert run(machine, "systemctl", "is-active", "app.service").stdout.strip() == "active"
+    assert_app_has_its_values(machine, fakes)
+    rendered = run(machine, "cat", "/run/secrets-agent/app/env").stdout
+    assert dict(parse_env(rendered))["API_TOKEN"] == fakes.values["/app/prod/API_TOKEN"]
+    assert_rotation_checks_run(machine)
+    for value in fakes.values.values():
+        assert value not in output
 
 
 HARD_MARK = f"s3cr3t{secrets.token_hex(6)}"
@@ -364,79 +428,53 @@ def assert_credentials_refused_before_systemd_251(machine: Machine) -> None:
         assert not (machine.root / path).exists(), path
 
 
-def boot_wheel_user_data(
+def check_wheel_first_boot(
     artefacts: Artefacts,
-    fakes: Fakes,
-    package_server: tuple[str, list[str]],
-    workdir: Path,
+    boot: FirstBoot,
     release: Release,
     *,
     then: Optional[Callable[[Machine], None]] = None,
 ) -> None:
-    """Boot a fresh cloud-init root of `release` with the wheel's user-data in its NoCloud seed and
-    check the first boot: the venv's agent, the app's secrets, every hard value; then `then`."""
-    url, requested = package_server
-    root = fresh_rootfs(workdir / "root", cloud_init=True, release=release)
-    write(
-        root,
-        "/var/lib/cloud/seed/nocloud/user-data",
-        with_location(USER_DATA_WHEEL, f"{url}/{artefacts.wheel.name}"),
-    )
-    write(root, "/var/lib/cloud/seed/nocloud/meta-data", "instance-id: iid-secrets-agent-wheel\n")
-    write(root, "/etc/secrets-agent/agent.toml", fakes.agent_toml())
-    # Test only: this machine reaches PyPI through its own CA, whose bundle the harness copied in.
-    write(root, "/etc/pip.conf", "[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n")
-    with booted(root, f"sa-pkg-wheel-{release.suite}") as machine:
-        output = first_boot_output(machine)
-        assert requested == [f"/{artefacts.wheel.name}"]
-        python = run(machine, "/opt/secrets-agent/bin/python", "-c", "import sys; print(sys.version)").stdout
-        assert python.startswith(f"{release.python}."), python
-        assert run(machine, "/opt/secrets-agent/bin/secrets-agent", "--version").stdout.split() == [
-            "secrets-agent",
-            artefacts.version,
-        ]
-        # No .deb: dpkg knows nothing of the agent.
-        assert run(machine, "dpkg-query", "-W", "secrets-agent", check=False).returncode != 0
-        assert run(machine, "systemctl", "is-active", "app.service").stdout.strip() == "active"
-        environment = app_environment(machine)
-        assert {key: environment.get(key) for key in ("DATABASE_URL", "API_TOKEN")} == expected_app_values(
-            fakes
-        )
-        assert_rotation_checks_run(machine)
-        for value in fakes.values.values():
-            assert value not in output
-        assert_renders_every_hard_value(machine, fakes)
-        if then is not None:
-            then(machine)
+    """Check the first boot of the wheel's user-data on `release`: the venv's agent, the app's
+    secrets, every hard value; then `then`."""
+    machine, fakes = boot.machine, boot.fakes
+    output = first_boot_output(machine)
+    assert boot.requested == [f"/{artefacts.wheel.name}"]
+    python = run(machine, "/opt/secrets-agent/bin/python", "-c", "import sys; print(sys.version)").stdout
+    assert python.startswith(f"{release.python}."), python
+    assert run(machine, "/opt/secrets-agent/bin/secrets-agent", "--version").stdout.split() == [
+        "secrets-agent",
+        artefacts.version,
+    ]
+    # No .deb: dpkg knows nothing of the agent.
+    assert run(machine, "dpkg-query", "-W", "secrets-agent", check=False).returncode != 0
+    assert run(machine, "systemctl", "is-active", "app.service").stdout.strip() == "active"
+    assert_app_has_its_values(machine, fakes)
+    assert_rotation_checks_run(machine)
+    for value in fakes.values.values():
+        assert value not in output
+    assert_renders_every_hard_value(machine, fakes)
+    if then is not None:
+        then(machine)
 
 
 def test_cloud_init_first_boot_installs_the_wheel_in_a_venv_and_starts_the_app(
-    artefacts: Artefacts,
-    fakes: Fakes,
-    package_server: tuple[str, list[str]],
-    workdir: Path,
-    release: Release,
+    artefacts: Artefacts, first_boots: Callable[[str, Release], FirstBoot], release: Release
 ) -> None:
     """The wheel's user-data at first boot: python3-venv from the release's archive, the wheel and
     its libraries from PyPI into /opt/secrets-agent, the unit from write_files; the app gets its
     secrets and every hard value arrives exact."""
-    boot_wheel_user_data(artefacts, fakes, package_server, workdir, release)
+    check_wheel_first_boot(artefacts, first_boots("wheel", release), release)
 
 
 def test_wheel_user_data_boots_debian_11_with_python_39(
-    artefacts: Artefacts, fakes: Fakes, package_server: tuple[str, list[str]], workdir: Path
+    artefacts: Artefacts, first_boots: Callable[[str, Release], FirstBoot]
 ) -> None:
     """The wheel's user-data on Debian 11 (python3 3.9, as Amazon Linux 2023's; systemd 247): the
     venv runs Python 3.9, the app gets its secrets and every hard value arrives exact, and
     `enable --credentials` is refused there with a clear message (systemd 247 < 251)."""
-    boot_wheel_user_data(
-        artefacts,
-        fakes,
-        package_server,
-        workdir,
-        BULLSEYE,
-        then=assert_credentials_refused_before_systemd_251,
-    )
+    boot = first_boots("wheel", BULLSEYE)
+    check_wheel_first_boot(artefacts, boot, BULLSEYE, then=assert_credentials_refused_before_systemd_251)
 
 
 def test_ami_bake_leaves_no_secret_and_the_image_boots_the_app(
@@ -479,10 +517,7 @@ def test_ami_bake_leaves_no_secret_and_the_image_boots_the_app(
     with booted(root, f"sa-pkg-instance-{release.suite}") as instance:
         # app.service is part of multi-user.target, which booting waited for.
         assert run(instance, "systemctl", "is-active", "app.service", check=False).stdout.strip() == "active"
-        environment = app_environment(instance)
-        assert {key: environment.get(key) for key in ("DATABASE_URL", "API_TOKEN")} == expected_app_values(
-            fakes
-        )
+        assert_app_has_its_values(instance, fakes)
     assert files_holding(root, fakes.secret_bytes()) == []
 
     def verify() -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +18,7 @@ import pytest
 
 from tests.packaging.closed_network import BUCKET, REGION, ClosedWorld, closed_ipv6_world, closed_world
 from tests.packaging.conftest import REPO, Artefacts, skip_unless_root
-from tests.packaging.essentials import write
-from tests.packaging.machine import booted, fresh_rootfs, run
+from tests.packaging.machine import booted, fresh_rootfs, run, write
 from tests.packaging.test_container_install import CLOUD_INIT_TIMEOUT_SECONDS, first_boot_output
 from tests.system import nspawn
 from tests.system.nspawn import BOOKWORM
@@ -70,7 +68,7 @@ def cloud_root() -> Iterator[Path]:
     nspawn.WORK_ROOT.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="secrets-agent-packaging-", dir=nspawn.WORK_ROOT))
     yield fresh_rootfs(folder / "root", cloud_init=True, release=BOOKWORM)
-    shutil.rmtree(folder, ignore_errors=True)
+    nspawn.remove_copies(folder)
 
 
 def user_data(world: ClosedWorld, key: str, sha256: str, *, imds: Optional[str] = None) -> str:

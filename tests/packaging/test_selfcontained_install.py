@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,17 +24,13 @@ from tests.packaging.essentials import (
     assert_app_gets_every_value_then_a_rotation_then_nothing_left,
     assert_credentials_reach_a_dynamic_user_app,
     assert_no_network_for_apt_or_pip,
-    stop_app,
-    write,
 )
-from tests.packaging.machine import BARE_PACKAGES, Machine, booted, run
+from tests.packaging.machine import PYTHON_ROOT_PACKAGES, Machine, booted, run, write
 from tests.system import nspawn
 from tests.system.nspawn import BOOKWORM, BULLSEYE, Release
 
 pytestmark = pytest.mark.system
 
-# A booting Debian with python3 and nothing of the agent's; rpm is Debian's, for the rpm's test.
-PYTHON_ROOT_PACKAGES = (*BARE_PACKAGES, "python3", "rpm")
 # What the agent imports, by module name: none of it may be on the root but what the build carries.
 AGENT_LIBRARIES = (
     "boto3", "botocore", "requests", "urllib3", "jinja2", "markupsafe", "structlog", "jmespath",
@@ -74,12 +69,12 @@ def python_root() -> Iterator[Callable[[Release], Path]]:
         nspawn.WORK_ROOT.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix="secrets-agent-packaging-", dir=nspawn.WORK_ROOT))
         folders.append(folder)
-        subprocess.run(["cp", "-a", "--reflink=auto", str(cached), str(folder / "root")], check=True)
+        nspawn.writable_copy(cached, folder / "root")
         return folder / "root"
 
     yield make
     for folder in folders:
-        shutil.rmtree(folder, ignore_errors=True)
+        nspawn.remove_copies(folder)
 
 
 def prepare(root: Path, world: ClosedWorld, *files: Path) -> None:
@@ -193,7 +188,7 @@ def test_rpm_installs_on_the_amazon_linux_2023_stand_in_and_removes_cleanly(
             encoding="utf-8"
         )
         write(root, "/etc/secrets-agent/app.env.j2", edited, 0o640)
-        stop_app(machine, "app")
+        machine.stop_app("app")
         refused = run(machine, "rpm", "-e", "secrets-agent", check=False)
         said = refused.stdout + refused.stderr
         assert refused.returncode != 0, said

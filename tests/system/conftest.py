@@ -5,6 +5,7 @@ server and the fake IMDSv2 on the host's 127.0.0.1. See README.md here for how t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -17,19 +18,23 @@ from nspawn import (
     HostNotSuitable,
     Installer,
     Machine,
+    MachinePool,
     Release,
     booted_machine,
     build_rootfs,
     ensure_host_tools,
     install_agent_from_source,
+    install_mode,
+    releases_using,
 )
-from system_helpers import LOOPBACK, MARK, REGION, ROLE, App, install_app, install_mode, skip_or_fail
+from system_helpers import LOOPBACK, MARK, REGION, ROLE, App, install_app, skip_or_fail
 
 from devtools.fakeimds import FakeImds
 from devtools.netns import Pair, namespace_pair
 from tests.integration.moto_server import admin_ssm_client
 from tests.packaging.dist import BuildUnavailable, built_artefacts
 from tests.packaging.machine import install_agent_from_deb, install_agent_from_tarball
+from tests.system import warmup
 
 
 @dataclass
@@ -50,10 +55,15 @@ def _installer() -> Installer:
         artefacts = built_artefacts()
     except BuildUnavailable as exc:
         skip_or_fail(str(exc))
-    TIMINGS.phases["dist"] = time.monotonic() - started
+    TIMINGS.phases.setdefault("dist", time.monotonic() - started)
     if install_mode() == "tarball":
         return install_agent_from_tarball(artefacts.tarball)
     return install_agent_from_deb(artefacts.deb)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the dist build and the root file systems the collected tests need (tests/system/warmup.py)."""
+    warmup.start(session)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -88,21 +98,31 @@ def _endpoints_dropin(imds_url: str, moto_url: str) -> str:
         "[Service]\n"
         f"Environment=AWS_EC2_METADATA_SERVICE_ENDPOINT={imds_url}\n"
         f"Environment=AWS_ENDPOINT_URL_SSM={moto_url}\n"
+        f"Environment=AWS_ENDPOINT_URL_SECRETS_MANAGER={moto_url}\n"
         f"Environment=AWS_REGION={REGION}\n"
     )
 
 
 @pytest.fixture(scope="session")
-def machine(release: Release, moto_url: str, imds: FakeImds) -> Iterator[Machine]:
-    """A booted machine of `release` with the agent installed, for the whole session: every test
-    that uses it runs once per release."""
+def machine_pool() -> Iterator[MachinePool]:
+    """The session's machines, prepared side by side (nspawn.MachinePool); all off at its end."""
+    with MachinePool() as pool:
+        yield pool
+
+
+def _ready_rootfs(release: Release) -> None:
     try:
         ensure_host_tools()
         started = time.monotonic()
-        rootfs = build_rootfs(log=lambda _line: None, release=release)
-        TIMINGS.phases[f"{release.suite} rootfs"] = time.monotonic() - started
+        build_rootfs(log=lambda _line: None, release=release)
+        TIMINGS.phases.setdefault(f"{release.suite} rootfs", time.monotonic() - started)
     except HostNotSuitable as exc:
         skip_or_fail(str(exc))
+
+
+@contextlib.contextmanager
+def _system_machine(release: Release, moto_url: str, imds: FakeImds) -> Iterator[Machine]:
+    """A machine of `release` with the agent installed and pointed at the session's fakes."""
 
     def point_at_fakes(root: Path) -> None:
         for unit in ("secrets-agent@.service", "secrets-agent-refresh@.service"):
@@ -111,25 +131,14 @@ def machine(release: Release, moto_url: str, imds: FakeImds) -> Iterator[Machine
             dropin.write_text(_endpoints_dropin(imds.url, moto_url))
         (root / "etc/secrets-agent").mkdir(mode=0o755, exist_ok=True)
 
-    assert rootfs.is_dir()
-    install = _installer()
-    with booted_machine(install=install, prepare=point_at_fakes, release=release) as booted:
+    with booted_machine(install=_installer(), prepare=point_at_fakes, release=release) as booted:
         TIMINGS.phases.update({f"{release.suite} {phase}": took for phase, took in booted.timings.items()})
         yield booted
-        poweroff_started = time.monotonic()
-    TIMINGS.phases[f"{release.suite} poweroff"] = time.monotonic() - poweroff_started
 
 
-@pytest.fixture(scope="module")
-def netns_machine(release: Release, moto_url: str) -> Iterator[tuple[Machine, Pair]]:
-    """A second machine of `release`, booted in a network namespace of its own wired only to a
-    namespace of fakes (devtools/netns.py): no route to the host, 169.254.169.254 or AWS, and no
-    endpoint setting at all; the test wires IPv6-only or IPv4-only and starts the fakes there."""
-    try:
-        ensure_host_tools()
-        build_rootfs(log=lambda _line: None, release=release)
-    except HostNotSuitable as exc:
-        skip_or_fail(str(exc))
+@contextlib.contextmanager
+def _netns_machine(release: Release) -> Iterator[tuple[Machine, Pair]]:
+    """A machine of `release` in a namespace pair (devtools/netns.py), with no endpoint setting."""
 
     def no_settings(root: Path) -> None:
         (root / "etc/secrets-agent").mkdir(mode=0o755, exist_ok=True)
@@ -148,13 +157,58 @@ def netns_machine(release: Release, moto_url: str) -> Iterator[tuple[Machine, Pa
         yield booted, pair
 
 
+def _start_every_machine(
+    request: pytest.FixtureRequest, pool: MachinePool, moto_url: str, imds: FakeImds
+) -> None:
+    """Start preparing every machine the session's tests will ask for, each release's, side by side."""
+    for wanted in releases_using(request.session.items, "machine"):
+        pool.start(("machine", wanted.suite), lambda r=wanted: _system_machine(r, moto_url, imds))
+    for wanted in releases_using(request.session.items, "netns_machine"):
+        pool.start(("netns", wanted.suite), lambda r=wanted: _netns_machine(r))
+
+
+@pytest.fixture(scope="session")
+def machine(
+    request: pytest.FixtureRequest, release: Release, machine_pool: MachinePool, moto_url: str, imds: FakeImds
+) -> Iterator[Machine]:
+    """A booted machine of `release` with the agent installed, for the whole session: every test
+    that uses it runs once per release. The first test that asks for one starts every release's
+    (and the netns machines) booting side by side; each is powered off after its release's tests."""
+    _ready_rootfs(release)
+    _installer()  # the build, or its skip/fail, in the test's own thread
+    _start_every_machine(request, machine_pool, moto_url, imds)
+    key = ("machine", release.suite)
+    machine_pool.start(key, lambda: _system_machine(release, moto_url, imds))
+    yield machine_pool.get(key)
+    poweroff_started = time.monotonic()
+    machine_pool.close(key)
+    TIMINGS.phases[f"{release.suite} poweroff"] = time.monotonic() - poweroff_started
+
+
+@pytest.fixture(scope="module")
+def netns_machine(
+    request: pytest.FixtureRequest, release: Release, machine_pool: MachinePool, moto_url: str, imds: FakeImds
+) -> Iterator[tuple[Machine, Pair]]:
+    """A second machine of `release`, booted in a network namespace of its own wired only to a
+    namespace of fakes (devtools/netns.py): no route to the host, 169.254.169.254 or AWS, and no
+    endpoint setting at all; the test wires IPv6-only or IPv4-only and starts the fakes there.
+    Booted side by side with the session's other machines (see `machine`)."""
+    _ready_rootfs(release)
+    _installer()
+    _start_every_machine(request, machine_pool, moto_url, imds)
+    key = ("netns", release.suite)
+    machine_pool.start(key, lambda: _netns_machine(release))
+    yield machine_pool.get(key)
+    machine_pool.close(key)
+
+
 @pytest.fixture
 def new_app(machine: Machine) -> Iterator[Any]:
     """A factory of app units for one test; they are stopped and their failures reset afterwards."""
     apps: list[App] = []
 
-    def make(name: str, *, behind_agent: bool = True) -> App:
-        app = install_app(machine, name, behind_agent=behind_agent)
+    def make(name: str, *, behind_agent: bool = True, reloadable: bool = False) -> App:
+        app = install_app(machine, name, behind_agent=behind_agent, reloadable=reloadable)
         apps.append(app)
         return app
 

@@ -8,6 +8,7 @@ filesystems alone (default: every release the tests run on).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import fcntl
 import hashlib
@@ -17,13 +18,19 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
+
+from devtools import netns
 
 REPO = Path(__file__).resolve().parents[2]
+# The addresses of the suite's network namespaces (devtools/netns.py, its one address plan): the
+# host's end of a link serves the AWS stand-ins, which the suite's guard lets tests reach.
+TEST_NETWORKS = netns.TEST_NETWORKS
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,17 @@ def releases_under_test(env: Optional[dict[str, str]] = None) -> list[Release]:
     return chosen
 
 
+def releases_using(items: Iterable[Any], fixture: str) -> list[Release]:
+    """The releases (of the session's, in its order) that the collected test items (pytest's)
+    using `fixture` run on: the machines worth booting ahead of their tests."""
+    suites = set()
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "release" in params and fixture in getattr(item, "fixturenames", ()):
+            suites.add(params["release"].suite)
+    return [release for release in releases_under_test() if release.suite in suites]
+
+
 def release_of(root: Path) -> Release:
     """The release a root file system holds, from its /etc/os-release."""
     fields = dict(
@@ -107,9 +125,6 @@ ROOTFS_PACKAGES: tuple[str, ...] = (
     "python3-structlog",
     "ca-certificates",
 )
-# The addresses of the network namespaces tests/packaging/closed_network.py creates: the host's
-# end of each link serves the AWS stand-ins, which the suite's guard lets tests reach.
-TEST_NETWORKS = "10.213.0.0/16"
 HOST_PACKAGES = {"debootstrap": "debootstrap", "systemd-nspawn": "systemd-container", "nsenter": "util-linux"}
 
 # Outside the repository and kept between runs: the build takes about a minute, a copy seconds.
@@ -125,11 +140,32 @@ BOOT_TIMEOUT_SECONDS = 90
 POWEROFF_TIMEOUT_SECONDS = 30
 COMMAND_TIMEOUT_SECONDS = 120
 EXEC_TIMEOUT_SECONDS = 30
+# The agent unit stops after its app (the reverse of Before=), once `systemctl stop APP` has returned,
+# then secrets-agent-clean@APP runs `secrets-agent clean` for the metrics and inventory files: this
+# long at most for both.
+AGENT_STOP_SECONDS = 10.0
 # What a unit's main process runs between systemd's fork and the exec of the unit's program.
 SYSTEMD_OWN_PROGRAMS = ("systemd", "systemd-executor")
 
 # debootstrap's words for a mirror it could not reach, as opposed to a broken package set.
 _DOWNLOAD_FAILURES = ("Failed getting release file", "Couldn't download", "Temporary failure resolving")
+
+
+# How the agent gets into the machine: "deb" (the default, and what CI runs) builds the .deb with
+# packaging/build-dist.sh and apt-get installs it, so the system tests prove the package Debian
+# users get; "tarball" extracts the self-contained tarball instead (its launcher ignores the
+# machine's python3-boto3 and the rest); "source" copies this tree's agent/ in, which saves the
+# build while iterating.
+INSTALL_ENV = "SECRETS_AGENT_SYSTEM_INSTALL"
+INSTALL_MODES = ("deb", "tarball", "source")
+
+
+def install_mode() -> str:
+    """The install mode, "deb", "tarball" or "source", from SECRETS_AGENT_SYSTEM_INSTALL."""
+    mode = os.environ.get(INSTALL_ENV, "deb")
+    if mode not in INSTALL_MODES:
+        raise ValueError(f"{INSTALL_ENV} must be one of {', '.join(INSTALL_MODES)}, not {mode!r}")
+    return mode
 
 
 class HostNotSuitable(Exception):
@@ -178,15 +214,20 @@ def _has_systemd(root: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _cache_lock() -> Iterator[None]:
+def cache_lock(name: str) -> Iterator[None]:
+    """Hold the build lock of the cache entry NAME: one build of an entry at a time across
+    sessions (packaging and system tests at once) and threads, while other entries build side by
+    side. Each holder also shares the folder's `.lock`, which sessions of older harnesses took
+    alone for any build."""
     CACHE_ROOT.mkdir(parents=True, exist_ok=True)
-    with open(CACHE_ROOT / ".lock", "w") as lock:
-        # Two sessions at once (packaging and system tests) must not build the same cache twice.
+    with open(CACHE_ROOT / ".lock", "w") as folder_lock, open(CACHE_ROOT / f".lock-{name}", "w") as lock:
+        fcntl.flock(folder_lock, fcntl.LOCK_SH)
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(folder_lock, fcntl.LOCK_UN)
 
 
 def build_rootfs(
@@ -203,11 +244,11 @@ def build_rootfs(
     if _has_systemd(final):
         return final
     ensure_host_tools()
-    with _cache_lock():
+    with cache_lock(final.name):
         if _has_systemd(final):
             return final
-        # Only our own kind: other caches in this folder (tests/packaging) build under their own lock.
-        for stale in CACHE_ROOT.glob(".build-rootfs-*"):
+        # Only this entry's: other entries build under their own locks, maybe right now.
+        for stale in CACHE_ROOT.glob(f".build-{final.name}-*"):
             shutil.rmtree(stale, ignore_errors=True)
         building = Path(tempfile.mkdtemp(prefix=f".build-{final.name}-", dir=CACHE_ROOT))
         try:
@@ -251,7 +292,88 @@ def _prepare_rootfs(root: Path) -> None:
         getty.symlink_to("/dev/null")
 
 
+# -- a machine's copy of a cached root ----------------------------------------------------------
+
+# Copy a root with "overlay" (the default where the kernel has overlayfs) or "cp" (cp -a).
+COPY_ENV = "SECRETS_AGENT_TEST_COPY"
+
+
+def _overlay_available() -> bool:
+    if os.environ.get(COPY_ENV, "overlay") == "cp":
+        return False
+    with contextlib.suppress(OSError):
+        if "\toverlay\n" in Path("/proc/filesystems").read_text():
+            return True
+    return subprocess.run(["modprobe", "overlay"], capture_output=True, check=False).returncode == 0
+
+
+def writable_copy(cached: Path, root: Path) -> None:
+    """Make `root` a copy of the cached root file system that a machine may change at will.
+
+    An overlay mount where the kernel has overlayfs: nothing is copied, the cache is its read-only
+    lower layer (never written: the cache stays as built) and every change lands in a folder beside
+    `root`, so that making and removing a copy take a moment instead of a copy of the whole tree.
+    Elsewhere `cp -a` (SECRETS_AGENT_TEST_COPY=cp forces it). remove_copies() undoes either."""
+    if not _overlay_available():
+        subprocess.run(
+            ["cp", "-a", "--reflink=auto", str(cached), str(root)], check=True, timeout=APT_TIMEOUT_SECONDS
+        )
+        return
+    upper, work = root.with_name(f"{root.name}.upper"), root.with_name(f"{root.name}.work")
+    for folder in (root, upper, work):
+        folder.mkdir(parents=True)
+    options = f"lowerdir={cached},upperdir={upper},workdir={work}"
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(root)], check=True, timeout=60)
+    # The copy's top folder as cp -a makes it (the overlay's own is the upper folder's).
+    shutil.copystat(cached, root)
+
+
+def _mounts_under(folder: Path) -> list[str]:
+    """Mount points at or under `folder`, deepest first (from /proc/self/mountinfo)."""
+    prefix = str(folder.resolve())
+    points = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            point = line.split()[4].replace("\\040", " ")
+            if point == prefix or point.startswith(prefix + "/"):
+                points.append(point)
+    return sorted(points, key=len, reverse=True)
+
+
+def remove_copies(folder: Path) -> None:
+    """Unmount the copies (writable_copy) under `folder` and remove it with everything in it: on a
+    thread of its own, which the process waits for before it exits, so that no test waits for
+    the disk (a killed session's leftovers go with remove_stale_workdirs)."""
+    for point in _mounts_under(folder):
+        if subprocess.run(["umount", point], capture_output=True, check=False).returncode != 0:
+            subprocess.run(["umount", "--lazy", point], capture_output=True, check=False)
+    remover = threading.Thread(
+        target=shutil.rmtree, args=(folder,), kwargs={"ignore_errors": True}, name=f"remove-{folder.name}"
+    )
+    remover.start()
+
+
 # -- one machine ------------------------------------------------------------------------------
+
+# systemd refuses a unit's 6th start within 10 s by default (DefaultStartLimitBurst=5,
+# DefaultStartLimitIntervalSec=10s), and starting an app starts its agent unit too. The system tests
+# restart the same units many times in a row; in their machines the limit is far above what any
+# test reaches, so that no test waits for it (tests/system/README.md).
+START_LIMIT_CONF = "etc/systemd/system.conf.d/90-secrets-agent-tests-start-limit.conf"
+START_LIMIT_BURST = 10000
+START_LIMIT_TEXT = (
+    f"[Manager]\nDefaultStartLimitIntervalSec=10s\nDefaultStartLimitBurst={START_LIMIT_BURST}\n"
+)
+
+
+def raise_start_limit(root: Path) -> None:
+    """Let every unit of the machine at `root` start START_LIMIT_BURST times in 10 s (systemd's
+    default is 5): read by PID 1 at boot."""
+    conf = root / START_LIMIT_CONF
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(START_LIMIT_TEXT)
+    conf.chmod(0o644)
+
 
 # Puts the agent into a root file system before it boots; the default copies this source tree,
 # the packaging tests swap in one that installs the .deb.
@@ -356,6 +478,26 @@ class Machine:
             argv += ["-u", unit]
         return self.text(*argv)
 
+    def stop_app(self, name: str) -> None:
+        """`systemctl stop NAME.service`, then wait for its agent unit secrets-agent@NAME.service to
+        have stopped too and for the clean-up that follows (secrets-agent-clean@NAME) to have run
+        (see AGENT_STOP_SECONDS): only then are the app's runtime folder, its metrics file, its
+        inventory lines and its credentials gone."""
+        self.systemctl("stop", f"{name}.service")
+        agent_unit, clean_unit = f"secrets-agent@{name}.service", f"secrets-agent-clean@{name}.service"
+        deadline = time.monotonic() + AGENT_STOP_SECONDS
+        # PID 1 queues the clean-up's job in the same step that makes the agent unit inactive, so
+        # once that is seen, an empty job list for the clean-up means it has run (or was skipped).
+        while (
+            self.show(agent_unit, "ActiveState") not in ("inactive", "failed")
+            or self.text("systemctl", "list-jobs", "--no-legend", clean_unit).strip()
+        ):
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{agent_unit} and its clean-up did not finish within {AGENT_STOP_SECONDS} s"
+                )
+            time.sleep(0.05)
+
     def path(self, inside: str) -> Path:
         """The host path of a file on the machine's disk (not its tmpfs mounts)."""
         return self.root / inside.lstrip("/")
@@ -389,9 +531,10 @@ class Machine:
                     return dict(entry.partition(b"=")[::2] for entry in entries)
             if time.monotonic() > deadline:
                 state = self.show(unit, "ActiveState")
+                journal = self.text("journalctl", "-q", "--no-pager", "-n", "40", check=False)
                 raise AssertionError(
                     f"{unit}'s main process (PID {pid}, {state}) did not exec its program "
-                    f"within {timeout} s; last seen running {exe or 'nothing'}"
+                    f"within {timeout} s; last seen running {exe or 'nothing'}; the journal's end:\n{journal}"
                 )
             time.sleep(0.02)
 
@@ -415,11 +558,18 @@ def _find_init(nspawn_pid: int, deadline: float) -> int:
     raise TimeoutError("systemd-nspawn started no systemd")
 
 
-def boot(root: Path, name: str, console_log: Path, network_namespace_path: Optional[str] = None) -> Machine:
-    """Boot `root` with systemd-nspawn and wait until systemd reports the system running; in the
-    host's network, or in the namespace at `network_namespace_path` (tests/system/netns.py)."""
+def boot(
+    root: Path,
+    name: str,
+    console_log: Path,
+    network_namespace_path: Optional[str] = None,
+    timeout: float = BOOT_TIMEOUT_SECONDS,
+) -> Machine:
+    """Boot `root` with systemd-nspawn and wait (up to `timeout` seconds) until systemd reports the
+    system running; in the host's network, or in the namespace at `network_namespace_path`
+    (devtools/netns.py)."""
     started = time.monotonic()
-    deadline = started + BOOT_TIMEOUT_SECONDS
+    deadline = started + timeout
     with open(console_log, "wb") as log:
         process = subprocess.Popen(
             [
@@ -445,7 +595,7 @@ def boot(root: Path, name: str, console_log: Path, network_namespace_path: Optio
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"{name} did not finish booting in {BOOT_TIMEOUT_SECONDS} s")
+                raise TimeoutError(f"{name} did not finish booting in {timeout} s")
             # is-system-running --wait fails at once while the bus is not up yet: retry.
             state = machine.run(
                 "systemctl", "is-system-running", "--wait", check=False, timeout=remaining
@@ -503,14 +653,11 @@ def booted_machine(
     lock = open(workdir / ".lock", "w")  # noqa: SIM115
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
-        subprocess.run(
-            ["cp", "-a", "--reflink=auto", str(cached), str(root)],
-            check=True,
-            timeout=APT_TIMEOUT_SECONDS,
-        )
+        writable_copy(cached, root)
         copied = time.monotonic() - started
         trust_host_certificates(root)
         install(root)
+        raise_start_limit(root)
         if prepare is not None:
             prepare(root)
         machine = boot(
@@ -522,8 +669,53 @@ def booted_machine(
         finally:
             poweroff(machine)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        remove_copies(workdir)
         lock.close()
+
+
+class MachinePool:
+    """Machines (or anything else a context manager makes: a network namespace and the machine in it)
+    prepared on threads of their own, side by side: copying a root, installing the agent and
+    booting wait on the disk and on systemd, so a session starts the next machines while its tests
+    use the first. `start(key, make)` enters `make()` on a thread (once per key), `get(key)` waits
+    for what it yielded, `close(key)` leaves it (powers the machine off); leaving the pool closes
+    the rest, whether anyone asked for them or not."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._started: dict[object, tuple[contextlib.ExitStack, concurrent.futures.Future[Any]]] = {}
+        self._threads = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="machine-pool")
+
+    def __enter__(self) -> MachinePool:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for key in list(self._started):
+            self.close(key)
+        self._threads.shutdown(wait=True)
+
+    def start(self, key: object, make: Callable[[], contextlib.AbstractContextManager[Any]]) -> None:
+        """Begin entering `make()` on a thread, unless `key` was started already."""
+        with self._lock:
+            if key in self._started:
+                return
+            stack = contextlib.ExitStack()
+            self._started[key] = (stack, self._threads.submit(lambda: stack.enter_context(make())))
+
+    def get(self, key: object) -> Any:
+        """What `make()` of `key` yielded, once it has (its exception if it failed)."""
+        return self._started[key][1].result()
+
+    def close(self, key: object) -> None:
+        """Leave `key`'s context (after waiting for it to be entered, or to fail)."""
+        with self._lock:
+            started = self._started.pop(key, None)
+        if started is None:
+            return
+        stack, future = started
+        with contextlib.suppress(BaseException):
+            future.result()
+        stack.close()
 
 
 def _is_some_process_root(root: Path) -> bool:
@@ -542,7 +734,7 @@ def remove_stale_workdirs() -> None:
             # Killed between mkdtemp and taking the lock, or a session starting right now.
             with contextlib.suppress(OSError):
                 if time.time() - workdir.stat().st_mtime > STALE_UNLOCKED_WORKDIR_SECONDS:
-                    shutil.rmtree(workdir, ignore_errors=True)
+                    remove_copies(workdir)
             continue
         try:
             lock = open(workdir / ".lock")  # noqa: SIM115
@@ -554,7 +746,7 @@ def remove_stale_workdirs() -> None:
             except BlockingIOError:
                 continue  # a live session's
             if not _is_some_process_root(workdir / "root"):
-                shutil.rmtree(workdir, ignore_errors=True)
+                remove_copies(workdir)
 
 
 if __name__ == "__main__":

@@ -4,13 +4,10 @@ test apps installed into the machine.
 
 from __future__ import annotations
 
-import os
 import secrets
-import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import pytest
 from nspawn import Machine
 
 from agent.host.units import render_dropin
@@ -22,10 +19,6 @@ REGION = "eu-west-1"
 ROLE = "app-role"
 # The machine shares the host's network, so the host's loopback is the machine's too.
 LOOPBACK = "127.0.0.1"
-# The agent unit stops after its app (the reverse of Before=), once `systemctl stop APP` has returned,
-# then secrets-agent-clean@APP runs `secrets-agent clean` for the metrics and inventory files: this
-# long at most for both.
-AGENT_STOP_SECONDS = 10.0
 # Every secret of the session (SSM values, IMDS credentials) carries this mark, so that one
 # search of the machine's disk and journal finds a leak of any of them.
 MARK = f"s3cr3t{secrets.token_hex(6)}"
@@ -36,23 +29,15 @@ Description=Test app {name} that only holds its environment
 [Service]
 ExecStart=/bin/sleep infinity
 """
+# The same app, which also records each reload in /run/NAME-reloads (App.reloads).
+RELOADABLE_APP_UNIT_TEMPLATE = """\
+[Unit]
+Description=Test app {name} that records each reload
 
-
-# How the agent gets into the machine: "deb" (the default, and what CI runs) builds the .deb with
-# packaging/build-dist.sh and apt-get installs it, so the system tests prove the package Debian
-# users get; "tarball" extracts the self-contained tarball instead (its launcher ignores the
-# machine's python3-boto3 and the rest); "source" copies this tree's agent/ in, which saves the
-# build while iterating.
-INSTALL_ENV = "SECRETS_AGENT_SYSTEM_INSTALL"
-INSTALL_MODES = ("deb", "tarball", "source")
-
-
-def install_mode() -> str:
-    """The install mode, "deb", "tarball" or "source", from SECRETS_AGENT_SYSTEM_INSTALL."""
-    mode = os.environ.get(INSTALL_ENV, "deb")
-    if mode not in INSTALL_MODES:
-        raise pytest.UsageError(f"{INSTALL_ENV} must be one of {', '.join(INSTALL_MODES)}, not {mode!r}")
-    return mode
+[Service]
+ExecStart=/bin/sleep infinity
+ExecReload=/bin/sh -c 'echo reloaded >> /run/{name}-reloads'
+"""
 
 
 @dataclass
@@ -72,6 +57,16 @@ class App:
     def agent_unit(self) -> str:
         """The agent instance the app's drop-in pulls in."""
         return f"secrets-agent@{self.name}.service"
+
+    @property
+    def refresh_unit(self) -> str:
+        """The rotation check of the app (`enable --refresh`'s timer starts it)."""
+        return f"secrets-agent-refresh@{self.name}.service"
+
+    @property
+    def reloads(self) -> str:
+        """Where a reloadable app (install_app(..., reloadable=True)) records each reload, one line each."""
+        return f"/run/{self.name}-reloads"
 
     @property
     def folder(self) -> str:
@@ -95,21 +90,9 @@ class App:
 
     def stop(self) -> None:
         """`systemctl stop` the app, then wait for its agent unit to have stopped too and for the
-        clean-up that follows to have finished (see AGENT_STOP_SECONDS): only then are its runtime
+        clean-up that follows to have finished (Machine.stop_app): only then are its runtime
         folder, metrics file and inventory lines gone."""
-        self.machine.systemctl("stop", self.unit)
-        deadline = time.monotonic() + AGENT_STOP_SECONDS
-        # PID 1 queues the clean-up's job in the same step that makes the agent unit inactive, so
-        # once that is seen, an empty job list for the clean-up means it has run (or was skipped).
-        while (
-            self.machine.show(self.agent_unit, "ActiveState") not in ("inactive", "failed")
-            or self.machine.text("systemctl", "list-jobs", "--no-legend", self.clean_unit).strip()
-        ):
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{self.agent_unit} and its clean-up did not finish within {AGENT_STOP_SECONDS} s"
-                )
-            time.sleep(0.05)
+        self.machine.stop_app(self.name)
 
     def main_pid(self) -> int:
         """The app's main PID in the machine's PID namespace (0 when it does not run)."""
@@ -125,10 +108,12 @@ class App:
         return self.machine.run("test", "-e", path, check=False).returncode == 0
 
 
-def install_app(machine: Machine, name: str, *, behind_agent: bool = True) -> App:
-    """Install a `sleep infinity` unit NAME.service, with the agent's drop-in unless told not to."""
+def install_app(machine: Machine, name: str, *, behind_agent: bool = True, reloadable: bool = False) -> App:
+    """Install a `sleep infinity` unit NAME.service, with the agent's drop-in unless told not to;
+    a reloadable one records each `systemctl reload` in App.reloads."""
     units = machine.path("/etc/systemd/system")
-    (units / f"{name}.service").write_text(APP_UNIT_TEMPLATE.format(name=name))
+    template = RELOADABLE_APP_UNIT_TEMPLATE if reloadable else APP_UNIT_TEMPLATE
+    (units / f"{name}.service").write_text(template.format(name=name))
     if behind_agent:
         dropin = units / f"{name}.service.d" / "secrets-agent.conf"
         dropin.parent.mkdir(exist_ok=True)

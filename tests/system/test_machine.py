@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
+from typing import Callable
+
 import pytest
-from nspawn import Machine, Release
-from system_helpers import install_mode
+from nspawn import START_LIMIT_BURST, Machine, Release, build_rootfs, install_mode
+from system_helpers import App
 
 from agent import __version__
 
@@ -58,3 +61,29 @@ def test_machine_runs_the_agent_as_installed(machine: Machine) -> None:
     assert [line.split(":")[0] for line in owners.stdout.decode().splitlines()] == ["secrets-agent"] * 2
     status = machine.text("dpkg-query", "-W", "-f", "${Status} ${Version}", "secrets-agent")
     assert status == f"install ok installed {__version__}"
+
+
+def test_machine_lets_a_unit_start_more_than_five_times_in_ten_seconds(
+    machine: Machine, new_app: Callable[..., App]
+) -> None:
+    """The machine's systemd start limit is raised (nspawn.raise_start_limit): an app restarts
+    eight times in a row with no pause, where systemd's default refuses the 6th."""
+    app = new_app("startlimit", behind_agent=False)
+    assert machine.show(app.unit, "StartLimitBurst") == str(START_LIMIT_BURST)
+    for _ in range(8):
+        machine.systemctl("restart", app.unit)
+    assert machine.show(app.unit, "ActiveState") == "active"
+
+
+def test_machine_changes_never_reach_the_cached_root(machine: Machine, release: Release) -> None:
+    """A file the machine writes lands in its own copy of the root (an overlay, nspawn.writable_copy),
+    never in the cached root file system that every session's machines start from."""
+    cached = build_rootfs(log=lambda _line: None, release=release)
+    marker = f"/etc/secrets-agent-copy-{secrets.token_hex(4)}"
+    machine.run("touch", marker)
+    try:
+        assert machine.path(marker).exists()
+        assert (cached / "etc/os-release").exists()  # the right folder: a file it does hold shows
+        assert not (cached / marker.lstrip("/")).exists()
+    finally:
+        machine.run("rm", "-f", marker)

@@ -6,7 +6,6 @@ next check acts."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,31 +23,22 @@ pytestmark = pytest.mark.system
 NewApp = Callable[..., App]
 # (name, what breaks the set, exit code, what the error names, its repair, the variable it sets)
 BadChange = tuple[str, Callable[[], Any], int, tuple[str, ...], Callable[[], Any], str]
-# systemd refuses a unit's 6th start within 10 s: checks (and the restarts they cause) 2.5 s
-# apart keep the refresh unit, the app and its agent unit under that limit.
-START_GAP_SECONDS = 2.5
-
-
-def _refresh_unit(app: App) -> str:
-    return f"secrets-agent-refresh@{app.name}.service"
 
 
 @dataclass
 class Guarded:
-    """An app behind the agent, and its rotation check started by hand, paced."""
+    """An app behind the agent, and its rotation check started by hand (back to back: the
+    machine's start limit is raised, nspawn.raise_start_limit)."""
 
     machine: Machine
     app: App
-    last_start: float = 0.0
 
     def check(self) -> tuple[int, str]:
         """Start the refresh unit once (as its timer does); its exit status and journal."""
-        time.sleep(max(0.0, self.last_start + START_GAP_SECONDS - time.monotonic()))
-        self.last_start = time.monotonic()
         cursor = self.machine.journal_cursor()
-        self.machine.systemctl("start", _refresh_unit(self.app), check=False)
-        status = int(self.machine.show(_refresh_unit(self.app), "ExecMainStatus"))
-        return status, self.machine.journal(after=cursor, unit=_refresh_unit(self.app))
+        self.machine.systemctl("start", self.app.refresh_unit, check=False)
+        status = int(self.machine.show(self.app.refresh_unit, "ExecMainStatus"))
+        return status, self.machine.journal(after=cursor, unit=self.app.refresh_unit)
 
     def files(self) -> dict[str, bytes]:
         """Every file in the app's runtime folder and in its record's folder (root's, beside it),
@@ -62,7 +52,7 @@ class Guarded:
     def assert_held(self, status: int, journal: str, exit_code: int, names: tuple[str, ...]) -> None:
         """The check failed with `exit_code` and one error line naming `names`."""
         assert status == exit_code, journal
-        assert self.machine.show(_refresh_unit(self.app), "Result") == "exit-code"
+        assert self.machine.show(self.app.refresh_unit, "Result") == "exit-code"
         (line,) = [json.loads(x) for x in journal.splitlines() if '"level": "error"' in x]
         assert line["event"] == "refresh_failed"
         for name in names:
@@ -162,7 +152,7 @@ def test_bad_changes_leave_the_running_app_and_each_repair_restarts_it(
         "BLOB": f"blob-2 {MARK}",
     }
     with iam.imds("guard-role", keys) as imds, ssm_proxy(iam.url, iam) as proxy:
-        units = (app.agent_unit, _refresh_unit(app))
+        units = (app.agent_unit, app.refresh_unit)
         with _pointed(machine, units, imds.url, proxy.url):
             _bad_changes_then_repairs(machine, app, bad_changes, repaired)
 
@@ -174,7 +164,7 @@ def _bad_changes_then_repairs(
     repaired: dict[str, str],
 ) -> None:
     """Each bad change, its failed check and its repair's check, on the running app."""
-    guarded = Guarded(machine, app, last_start=time.monotonic())
+    guarded = Guarded(machine, app)
     machine.systemctl("start", app.unit)
     environ = app.environ()
     assert environ[b"TOKEN"] == f"token-1 {MARK}".encode()
@@ -196,25 +186,13 @@ def _bad_changes_then_repairs(
     machine.systemctl("stop", app.unit)
 
 
-RELOADABLE_APP = """\
-[Unit]
-Description=Test app {name} that records each reload
-
-[Service]
-ExecStart=/bin/sleep infinity
-ExecReload=/bin/sh -c 'echo reloaded >> /run/{name}-reloads'
-"""
-
-
 def test_under_render_and_reload_a_failed_check_leaves_the_file_byte_for_byte(
     machine: Machine, new_app: NewApp, ssm: Any
 ) -> None:
     """on_change = "render" then "reload": a deleted parameter, then a JSON secret without its
     field, fail the check and leave the folder's files byte for byte (no temp file, no swap), the
     app neither reloaded nor restarted; once repaired, the next check writes and reloads."""
-    app = new_app("guardfile")
-    machine.path(f"/etc/systemd/system/{app.unit}").write_text(RELOADABLE_APP.format(name=app.name))
-    machine.daemon_reload()
+    app = new_app("guardfile", reloadable=True)
     p = app.prefix
     put(ssm, f"{p}/TOKEN", f"token-1 {MARK}")
     put(ssm, f"{p}/DB", json.dumps({"user": f"user-1 {MARK}"}))
@@ -225,7 +203,7 @@ def test_under_render_and_reload_a_failed_check_leaves_the_file_byte_for_byte(
     guarded = Guarded(machine, app)
     machine.systemctl("start", app.unit)
     environ, pid, files = app.environ(), app.main_pid(), guarded.files()
-    reloads = f"/run/{app.name}-reloads"
+    reloads = app.reloads
 
     ssm.delete_parameter(Name=f"{p}/TOKEN")
     guarded.assert_held(*guarded.check(), 4, (f"{p}/TOKEN",))

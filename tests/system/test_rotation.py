@@ -31,10 +31,6 @@ UNIT_STARTED_MESSAGE_ID = "39f53479d3a045ac8e11786248231fbf"
 READER_TIMEOUT_SECONDS = 60.0
 
 
-def _refresh_unit(app: App) -> str:
-    return f"secrets-agent-refresh@{app.name}.service"
-
-
 def _template(app: App, keys: Any) -> str:
     return "".join(f'{key}={{{{ param("{app.prefix}/{key}") }}}}\n' for key in keys)
 
@@ -79,7 +75,7 @@ def rotating(machine: Machine, proxy: RecordingProxy) -> Iterator[Callable[[App]
     apps: list[App] = []
 
     def point(app: App) -> None:
-        dropin = machine.path(f"/etc/systemd/system/{_refresh_unit(app)}.d/zz-proxy.conf")
+        dropin = machine.path(f"/etc/systemd/system/{app.refresh_unit}.d/zz-proxy.conf")
         dropin.parent.mkdir(parents=True, exist_ok=True)
         dropin.write_text(f"[Service]\nEnvironment=AWS_ENDPOINT_URL_SSM={proxy.url}\n")
         machine.daemon_reload()
@@ -88,9 +84,9 @@ def rotating(machine: Machine, proxy: RecordingProxy) -> Iterator[Callable[[App]
     yield point
     for app in apps:
         machine.run("secrets-agent", "disable", app.name, "--refresh", check=False)
-        machine.systemctl("stop", _refresh_unit(app), check=False)
-        machine.systemctl("reset-failed", _refresh_unit(app), check=False)
-        dropin = machine.path(f"/etc/systemd/system/{_refresh_unit(app)}.d/zz-proxy.conf")
+        machine.systemctl("stop", app.refresh_unit, check=False)
+        machine.systemctl("reset-failed", app.refresh_unit, check=False)
+        dropin = machine.path(f"/etc/systemd/system/{app.refresh_unit}.d/zz-proxy.conf")
         dropin.unlink()
         dropin.parent.rmdir()
     machine.daemon_reload()
@@ -98,7 +94,7 @@ def rotating(machine: Machine, proxy: RecordingProxy) -> Iterator[Callable[[App]
 
 def _check(machine: Machine, app: App) -> subprocess.CompletedProcess[bytes]:
     """One rotation check, started by hand (the timer starts the very same unit)."""
-    return machine.systemctl("start", _refresh_unit(app), check=False)
+    return machine.systemctl("start", app.refresh_unit, check=False)
 
 
 def _started_app(app: App, ssm: Any, settings: str = "", keys: tuple[str, ...] = ("TOKEN",)) -> int:
@@ -135,7 +131,7 @@ def test_the_timer_brings_a_rotated_parameter_to_the_running_app(
         if app.main_pid() not in (0, first_pid) and _token(app) == f"new TOKEN {MARK}".encode():
             break
         time.sleep(POLL_SECONDS)
-    journal = machine.journal(after=cursor, unit=_refresh_unit(app))
+    journal = machine.journal(after=cursor, unit=app.refresh_unit)
     assert _token(app) == f"new TOKEN {MARK}".encode(), journal
     assert "refresh_changed" in journal
     assert MARK not in journal
@@ -161,7 +157,7 @@ def test_five_unchanged_checks_keep_the_app_and_cost_ceil_n_over_10_calls(
         start = len(proxy.actions)
         result = _check(machine, app)
         assert result.returncode == 0, result.stderr
-        assert machine.show(_refresh_unit(app), "Result") == "success"
+        assert machine.show(app.refresh_unit, "Result") == "success"
         assert proxy.actions[start:] == ["GetParameters"] * math.ceil(len(keys) / 10)
         bodies = proxy.requests("GetParameters")[-math.ceil(len(keys) / 10) :]
         assert all(body["WithDecryption"] is False for body in bodies)
@@ -242,31 +238,19 @@ def test_on_change_render_replaces_the_file_atomically_and_leaves_the_app(
     assert app.environ()[b"TOKEN"] == f"old TOKEN {MARK}".encode()
 
 
-RELOADABLE_APP = """\
-[Unit]
-Description=Test app {name} that records each reload
-
-[Service]
-ExecStart=/bin/sleep infinity
-ExecReload=/bin/sh -c 'echo reloaded >> /run/{name}-reloads'
-"""
-
-
 def test_on_change_reload_reloads_the_app_after_rendering(
     machine: Machine, new_app: NewApp, ssm: Any, rotating: Callable[[App], None]
 ) -> None:
     """on_change = "reload": the file holds the new value and systemd ran the app's ExecReload=,
     without a restart."""
-    app = new_app("rotreload")
-    machine.path(f"/etc/systemd/system/{app.unit}").write_text(RELOADABLE_APP.format(name=app.name))
-    machine.daemon_reload()
+    app = new_app("rotreload", reloadable=True)
     rotating(app)
     pid = _started_app(app, ssm, settings='format = "dotenv"\non_change = "reload"\n')
 
     put(ssm, f"{app.prefix}/TOKEN", f"new TOKEN {MARK}")
     assert _check(machine, app).returncode == 0
 
-    assert machine.text("cat", f"/run/{app.name}-reloads").split() == ["reloaded"]
+    assert machine.text("cat", app.reloads).split() == ["reloaded"]
     assert f"new TOKEN {MARK}".encode() in machine.run("cat", f"{app.folder}/env").stdout
     assert app.main_pid() == pid
 
@@ -284,7 +268,7 @@ def test_on_change_none_only_logs(
     put(ssm, f"{app.prefix}/TOKEN", f"new TOKEN {MARK}")
     assert _check(machine, app).returncode == 0
 
-    journal = machine.journal(after=cursor, unit=_refresh_unit(app))
+    journal = machine.journal(after=cursor, unit=app.refresh_unit)
     assert "refresh_changed" in journal
     assert f"{app.prefix}/TOKEN" in journal
     assert machine.run("cat", f"{app.folder}/env").stdout == before
@@ -306,9 +290,9 @@ def test_ssm_down_fails_the_check_keeps_the_app_and_the_next_check_acts(
 
     assert _check(machine, app).returncode != 0
 
-    assert machine.show(_refresh_unit(app), "Result") == "exit-code"
-    assert machine.show(_refresh_unit(app), "ExecMainStatus") == "7"
-    journal = machine.journal(after=cursor, unit=_refresh_unit(app))
+    assert machine.show(app.refresh_unit, "Result") == "exit-code"
+    assert machine.show(app.refresh_unit, "ExecMainStatus") == "7"
+    journal = machine.journal(after=cursor, unit=app.refresh_unit)
     assert "refresh_failed" in journal
     assert "ssm:GetParameters within the 2 s deadline" in journal
     assert app.main_pid() == pid

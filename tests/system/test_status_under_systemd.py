@@ -7,13 +7,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import stat
-import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -21,20 +17,12 @@ from nspawn import Machine
 from system_helpers import MARK, App, put
 
 from agent.observe.inventory import INVENTORY_FILE_NAME, TYPE_NAME, validate_inventory
-from tests.prerequisites import require_command
+from tests.node_exporter import serving
 
 pytestmark = pytest.mark.system
 
-REPO = Path(__file__).resolve().parents[2]
-NODE_EXPORTER = Path("/usr/bin/prometheus-node-exporter")
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 INVENTORY_DIR = "/var/lib/amazon/ssm/i-0123456789abcdef0/inventory/custom"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -50,47 +38,17 @@ def observed_machine(machine: Machine) -> Iterator[Machine]:
     machine.run("rm", "-rf", "/var/lib/prometheus", "/var/lib/amazon")
 
 
-@pytest.fixture(scope="session")
-def node_exporter_binary() -> Path:
-    """Debian's prometheus-node-exporter on the host, installed through packaging/apt-install.sh."""
-    return Path(require_command(NODE_EXPORTER.name, "prometheus-node-exporter"))
-
-
 @pytest.fixture
-def node_exporter(observed_machine: Machine, node_exporter_binary: Path) -> Iterator[Callable[[], str]]:
-    """node_exporter on 127.0.0.1 (a free port), only its textfile collector, reading the machine's
-    textfile folder; yields a function that scrapes it."""
-    port = _free_port()
-    process = subprocess.Popen(
-        [
-            str(node_exporter_binary),
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--collector.disable-defaults",
-            "--collector.textfile",
-            f"--collector.textfile.directory={observed_machine.path(TEXTFILE_DIR)}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def node_exporter(observed_machine: Machine) -> Iterator[Callable[[], str]]:
+    """Debian's node_exporter (tests/node_exporter.py) on the host, reading the machine's textfile
+    folder; yields a function that scrapes it."""
+    with serving(observed_machine.path(TEXTFILE_DIR)) as url:
 
-    def scrape() -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-            return str(answer.read().decode())
+        def scrape() -> str:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                return str(answer.read().decode())
 
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                scrape()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-                time.sleep(0.05)
         yield scrape
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def _sample(text: str, name: str, **labels: str) -> float:
@@ -162,7 +120,7 @@ def test_status_metrics_and_inventory_follow_the_app(
 
     # A rotation, picked up by the check unit: the app restarts with version 2 (on_change = restart).
     put(ssm, f"{app.prefix}/DB", f"rotated {MARK}")
-    machine.systemctl("start", f"secrets-agent-refresh@{app.name}.service")
+    machine.systemctl("start", app.refresh_unit)
     served = node_exporter()
     assert _sample(served, "secrets_agent_parameter_version", **db_version) == 2
     assert _sample(served, "secrets_agent_refresh_changes_total", service=app.name) == 1
