@@ -16,12 +16,16 @@ prerequisites=(
     "systemd-nspawn systemd-container"                # ... booted as containers
     "chroot coreutils"                                # tests/unit/test_compat.py: Debian 11's Python 3.9
     "setpriv util-linux"                              # running the agent as nobody
+    "zsh zsh"                                         # tests/integration/test_completion.py
+    "unshare util-linux"                              # secrets-agent validate in a namespace, offline
 )
 missing=()
 for entry in "${prerequisites[@]}"; do
     read -r command package <<<"$entry"
     command -v "$command" >/dev/null 2>&1 || missing+=("$package")
 done
+# bash's own completion (no command of its own): tests/integration/test_completion.py runs it.
+[ -e /usr/share/bash-completion/bash_completion ] || missing+=(bash-completion)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     echo "test prerequisites missing: ${missing[*]} (as root on Debian, 'make test' installs them);" \

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from devtools import docs
+from tests.prerequisites import require_command, skip_or_fail
 
 REPO = Path(__file__).resolve().parents[2]
 BASH_COMPLETION = Path("/usr/share/bash-completion/bash_completion")
@@ -35,10 +36,10 @@ printf '%s\n' "${COMPREPLY[@]}"
 @pytest.fixture(scope="module")
 def completions_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A completions folder laid out as the packages install it, and Debian's bash-completion."""
+    if not BASH_COMPLETION.exists() and os.geteuid() == 0:
+        subprocess.run(["bash", str(REPO / "packaging/apt-install.sh"), "bash-completion"], check=False)
     if not BASH_COMPLETION.exists():
-        if os.geteuid() != 0:
-            pytest.skip("needs Debian's bash-completion: sudo apt-get install bash-completion")
-        subprocess.run(["bash", str(REPO / "packaging/apt-install.sh"), "bash-completion"], check=True)
+        skip_or_fail(f"{BASH_COMPLETION} (Debian package bash-completion; `make test` installs it as root)")
     user_dir = tmp_path_factory.mktemp("bash-completion")
     (user_dir / "completions").mkdir()
     shutil.copyfile(docs.BASH_COMPLETION, user_dir / "completions" / "secrets-agent")
@@ -95,10 +96,7 @@ def test_options_complete_per_command(completions_dir: Path) -> None:
 
 
 def test_zsh_reads_its_completion_script() -> None:
-    """zsh parses _secrets-agent without a syntax error (where zsh is installed)."""
-    if shutil.which("zsh") is None:
-        pytest.skip("zsh is not installed")
-    done = subprocess.run(
-        ["zsh", "-n", str(docs.ZSH_COMPLETION)], capture_output=True, text=True, check=False
-    )
+    """zsh parses _secrets-agent without a syntax error."""
+    zsh = require_command("zsh", "zsh")
+    done = subprocess.run([zsh, "-n", str(docs.ZSH_COMPLETION)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr

@@ -5,12 +5,13 @@ and catches a bad template, an untrusted file and an impossible settings pair wi
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.prerequisites import require_command, require_root
 
 REPO = Path(__file__).resolve().parents[2]
 # Nothing listens here: any AWS call the command tried would fail, and the exit code would say so.
@@ -19,8 +20,8 @@ CLOSED_PORT_URL = "http://127.0.0.1:9"
 
 def offline(*args: str, config: Path, runtime: Path) -> subprocess.CompletedProcess[str]:
     """`python -m agent ARGS` in a fresh network namespace with only loopback up, no credentials."""
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("a network namespace needs root and unshare")
+    require_root("a network namespace")
+    require_command("unshare", "util-linux")
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(config.parent / "home"),  # no ~/.aws
