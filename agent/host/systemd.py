@@ -111,6 +111,26 @@ def systemctl(*args: str, check: bool = True, fix: str = "") -> subprocess.Compl
     return completed
 
 
+def systemd_creds(*args: str, data: bytes) -> subprocess.CompletedProcess[bytes]:
+    """Run `systemd-creds ARGS` with `data` on its stdin and its stdout captured, both through pipes
+    (what it encrypts or decrypts never touches a file); a systemd-creds that cannot run or hangs is
+    a SystemdError. The caller reads the exit status: a copy that does not decrypt is an answer."""
+    command = " ".join(["systemd-creds", *args])
+    try:
+        return subprocess.run(
+            ["systemd-creds", *args],
+            input=data,
+            capture_output=True,
+            timeout=SYSTEMCTL_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SystemdError(
+            f"`{command}` failed ({type(exc).__name__}): systemd-creds (systemd >= 250) must be "
+            'installed for on_outage = "sealed"'
+        ) from None
+
+
 def show(unit: str, properties: Sequence[str]) -> dict[str, list[str]]:
     """`systemctl show UNIT --property=...`: each property's non-empty values, in order."""
     done = systemctl("show", unit, *(f"--property={p}" for p in properties), fix=_DEFAULT_FIX)
