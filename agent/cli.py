@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, TextIO
 
@@ -173,7 +174,15 @@ def cmd_refresh(
         return SsmVersions(render.ssm_client(settings, deadline, access[0]))
 
     def prepare() -> render.CheckedRender:
-        return render.checked(settings, service, access[0] if access else None)
+        checked = render.checked(settings, service, access[0] if access else None)
+
+        def write_fresh() -> Path:
+            path = checked.write()
+            if checked.rendered is not None:
+                outage.record_fresh(settings, service, checked.rendered)
+            return path
+
+        return replace(checked, write=write_fresh)
 
     def found(changes: Sequence[Change]) -> None:
         seen.changes = list(changes)

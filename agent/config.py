@@ -163,6 +163,8 @@ class AgentSettings:
     outage: OutagePolicy = OutagePolicy()
     # Sealed copies (on_outage = "sealed"): /var/lib/secrets-agent; SECRETS_AGENT_SEALED_DIR for tests.
     sealed_dir: Path = DEFAULT_SEALED_DIR
+    # True when a systemd unit runs this process (INVOCATION_ID): only then does it start or stop units.
+    run_by_systemd: bool = False
 
 
 @dataclass(frozen=True)
@@ -417,6 +419,7 @@ def load_agent_settings(
         metrics_dir=_metrics_dir(path, table),
         outage=_outage(path, table, OutagePolicy()),
         sealed_dir=Path(env.get("SECRETS_AGENT_SEALED_DIR") or DEFAULT_SEALED_DIR),
+        run_by_systemd=bool(env.get("INVOCATION_ID")),
     )
 
 

@@ -324,6 +324,8 @@ class CheckedRender:
     variables: int
     parameters: int
     write: Callable[[], Path] = field(repr=False)
+    # What was checked, for what follows a write (the set kept for an outage, agent/commands/outage.py).
+    rendered: Optional[Rendered] = field(default=None, repr=False)
 
 
 def checked(
@@ -337,6 +339,7 @@ def checked(
         variables=len(rendered.assignments),
         parameters=len(rendered.parameters),
         write=lambda: write(rendered, ownership),
+        rendered=rendered,
     )
 
 

@@ -34,6 +34,7 @@ from agent.host import kept as kept_sets
 from agent.host import seal
 from agent.host.kept import KeptSet, StaleMark, template_digest
 from agent.host.output import resolve_ownership
+from agent.host.systemd import stale_timer, systemctl
 from agent.host.trust import read_trusted
 
 log = structlog.get_logger("secrets-agent")
@@ -162,6 +163,9 @@ def start(
                 exit_code=exc.exit_code,
             ),
         )
+        if settings.run_by_systemd:
+            # Until SSM answers again, the rotation check runs every minute (with jitter) to heal it.
+            systemctl("start", "--no-block", stale_timer(service.name), check=False)
         log.warning(
             "render_stale",
             cause=failure.kind.value,
@@ -171,14 +175,17 @@ def start(
             stale_since=round(mark.since, 3),
         )
         return Started(rendered=None, stale=mark)
-    record_fresh(service, rendered)
+    record_fresh(settings, service, rendered)
     return Started(rendered=rendered)
 
 
-def record_fresh(service: ServiceSettings, rendered: render.Rendered) -> None:
-    """A render succeeded: keep it for this boot (seal it with "sealed") and drop any stale mark."""
+def record_fresh(settings: AgentSettings, service: ServiceSettings, rendered: render.Rendered) -> None:
+    """A render succeeded: keep it for this boot (seal it with "sealed") and drop any stale mark, and
+    with it the every-minute retries of the stale timer."""
     if kept_sets.clear_stale(service):
         log.info("render_fresh", reason="SSM answered again")
+        if settings.run_by_systemd:
+            systemctl("stop", "--no-block", stale_timer(service.name), check=False)
     policy = service.outage
     if not policy.keeps:
         return

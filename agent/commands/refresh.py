@@ -16,6 +16,7 @@ from agent.aws.ssm import SsmClient
 from agent.commands.guard import held
 from agent.config import ServiceSettings
 from agent.errors import AgentError
+from agent.host.kept import read_stale
 from agent.host.state import Change, RenderRecord, Version, read_record
 from agent.host.systemd import agent_unit
 from agent.log import REDACTOR
@@ -163,6 +164,17 @@ def refresh(
     record = read_record(service)
     changes = compare(record, versions())
     found(changes)  # what the check found, for its record and the metrics, before any action
+    if not changes and read_stale(service) is not None:
+        # The set in place was served during an outage and SSM answers again with the same versions:
+        # write the same set fresh (no restart, the values are those the app has), which ends the
+        # stale mark and its every-minute retries.
+        try:
+            checked = prepare()
+        except AgentError as exc:
+            raise held(exc, apps) from None
+        checked.write()
+        log.info("refresh_fresh", service=service.name, reason="SSM answers; the versions are unchanged")
+        return 0
     if not changes:
         log.info(
             "refresh_unchanged",

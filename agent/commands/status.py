@@ -14,9 +14,10 @@ from collections.abc import Mapping, Sequence
 from typing import Callable, Optional, TextIO
 
 from agent.commands import status_view
-from agent.commands.status_view import LastRender, Parameter, Refresh, ServiceStatus, UnitState
+from agent.commands.status_view import LastRender, Parameter, Refresh, ServiceStatus, Stale, UnitState
 from agent.config import AgentSettings, load_service_settings, validate_name
-from agent.errors import ConfigError, SystemdError
+from agent.errors import ConfigError, ServiceUnavailable, SystemdError
+from agent.host.kept import read_stale
 from agent.host.systemd import agent_unit, default_app_unit, refresh_service, refresh_timer, show_units
 from agent.observe.observed import read_check_record, read_render_record, record_versions
 from agent.template.formats import format_of
@@ -37,6 +38,8 @@ UNIT_PROPERTIES = (
 )
 # `status` exits with this when something is failed or stale, so that it serves as a health check.
 EXIT_UNHEALTHY = 1
+# A stale set's failure is an outage: ServiceUnavailable's code.
+EXIT_UNAVAILABLE = ServiceUnavailable.exit_code
 # A refresh timer is stale when no check ran for this many intervals (plus its random delay).
 STALE_INTERVALS = 2
 # What an agent exit code means (agent/errors.py), for a failed unit whose message is not known.
@@ -148,6 +151,17 @@ def gather(settings: AgentSettings, name: str, show: Optional[ShowUnits], now: f
         )
     elif last_render is None:
         pass  # without systemd, a service never rendered is simply not running
+    mark = read_stale(service)
+    stale = None
+    if mark is not None:
+        stale = Stale(
+            cause=mark.cause,
+            kind=mark.kind,
+            since=mark.since,
+            rendered_at=mark.rendered_at,
+            source=mark.source,
+            exit_code=mark.exit_code,
+        )
     return ServiceStatus(
         service=name,
         format=service.format,
@@ -157,6 +171,7 @@ def gather(settings: AgentSettings, name: str, show: Optional[ShowUnits], now: f
         parameters=parameters,
         refresh=refresh,
         problems=tuple(problems),
+        stale=stale,
     )
 
 
@@ -254,4 +269,8 @@ def command(settings: AgentSettings, name: Optional[str], *, as_json: bool, out:
     out.write(
         status_view.render_json(statuses) if as_json else status_view.render_table(statuses, time.time())
     )
+    stale = [s.stale.exit_code for s in statuses if s.stale is not None]
+    if stale:
+        # A stale set says what failed: the render's own code (7 for an outage), never 1.
+        return stale[0] if stale[0] != 1 else EXIT_UNAVAILABLE
     return 0 if all(s.healthy for s in statuses) else EXIT_UNHEALTHY

@@ -26,6 +26,8 @@ AGENT_TEMPLATE_PREFIX = "secrets-agent@"
 AGENT_UNIT = "secrets-agent@{name}.service"
 REFRESH_TIMER = "secrets-agent-refresh@{name}.timer"
 REFRESH_SERVICE = "secrets-agent-refresh@{name}.service"
+# Started while NAME's set is stale (on_outage): the rotation check every minute until SSM answers.
+STALE_TIMER = "secrets-agent-stale@{name}.timer"
 APP_UNIT = "{name}.service"
 # Below the root (/ or an image): where units and their drop-in folders live.
 UNIT_DIR = Path("etc/systemd/system")
@@ -48,6 +50,11 @@ def refresh_timer(name: str) -> str:
 def refresh_service(name: str) -> str:
     """The service NAME's rotation timer starts: secrets-agent-refresh@NAME.service."""
     return REFRESH_SERVICE.format(name=name)
+
+
+def stale_timer(name: str) -> str:
+    """NAME's retries while its set is stale: secrets-agent-stale@NAME.timer."""
+    return STALE_TIMER.format(name=name)
 
 
 def default_app_unit(name: str) -> str:
