@@ -100,7 +100,7 @@ def tmpfs_path() -> Iterator[Any]:
     shutil.rmtree(path, ignore_errors=True)
     # Where a rotation check records what it found when `path` is the runtime folder.
     shutil.rmtree(path.with_name(path.name + "-refresh"), ignore_errors=True)
-    # Where this boot's last good set and the stale mark are kept (on_outage) when `path` is the runtime folder.
+    # Where the last good set and the stale mark are kept (on_outage) when `path` is the runtime folder.
     shutil.rmtree(path.with_name(path.name + "-kept"), ignore_errors=True)
 
 

@@ -41,6 +41,21 @@ def template_digest(source: bytes, output: str) -> str:
     return hashlib.sha256(output.encode("utf-8") + b"\0" + source).hexdigest()
 
 
+def _encode(data: bytes) -> dict[str, str]:
+    """Bytes as JSON: UTF-8 text as it is (so that a search of a disk for a value would find a copy
+    that escaped, as it finds the rendered file's), anything else as base64."""
+    try:
+        return {"text": data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(data).decode("ascii")}
+
+
+def _decode(item: Mapping[str, str]) -> bytes:
+    if "text" in item:
+        return str(item["text"]).encode("utf-8")
+    return base64.b64decode(item["base64"], validate=True)
+
+
 @dataclass(frozen=True)
 class KeptSet:
     """A complete render: its format, its bytes (env file, or one file per credential), the record
@@ -53,13 +68,11 @@ class KeptSet:
     template_sha256: str
 
     def to_bytes(self) -> bytes:
-        """The set as one JSON document (values base64): what is kept on tmpfs and what is sealed."""
+        """The set as one JSON document: what is kept on tmpfs and what is sealed."""
         if isinstance(self.payload, bytes):
-            body: dict[str, Any] = {"env": base64.b64encode(self.payload).decode("ascii")}
+            body: dict[str, Any] = {"env": _encode(self.payload)}
         else:
-            body = {
-                "files": {k: base64.b64encode(v).decode("ascii") for k, v in sorted(self.payload.items())}
-            }
+            body = {"files": {k: _encode(v) for k, v in sorted(self.payload.items())}}
         document = {
             "format": KEPT_FORMAT,
             "service": self.record.service,
@@ -80,9 +93,9 @@ class KeptSet:
                 raise ValueError(f"format {document.get('format')!r}, expected {KEPT_FORMAT}")
             payload: Payload
             if "env" in document:
-                payload = base64.b64decode(document["env"], validate=True)
+                payload = _decode(document["env"])
             else:
-                payload = {str(k): base64.b64decode(v, validate=True) for k, v in document["files"].items()}
+                payload = {str(k): _decode(v) for k, v in document["files"].items()}
             record = RenderRecord.from_json(json.dumps(document["record"]).encode("utf-8"), source)
             return cls(
                 format=str(document["output"]),
