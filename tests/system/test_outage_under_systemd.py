@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import pytest
 from nspawn import Machine
-from system_helpers import MARK, App, put
+from system_helpers import MARK, App, disk_files_with_mark, put
 
 from tests.hard_values import template_lines
 from tests.integration.faults import FaultPlan, FaultProxy
@@ -138,19 +138,6 @@ def test_a_stop_still_removes_the_set_and_the_kept_copy_at_once(
     assert machine.show(app.agent_unit, "ExecMainStatus") == "7"
 
 
-def _scan_disk(machine: Machine) -> str:
-    """Every file of the machine's disk, as the host sees it, that holds the mark ("" when none)."""
-    found = subprocess.run(
-        ["grep", "-rlaF", "-D", "skip", "-e", MARK, str(machine.root)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert found.returncode in (0, 1), found.stderr
-    return found.stdout
-
-
 def test_sealed_serves_a_start_after_a_stop_and_a_refusal_deletes_the_copy(
     machine: Machine, new_app: NewApp, ssm: Any, ssm_proxy: FaultProxy
 ) -> None:
@@ -183,7 +170,7 @@ def test_sealed_serves_a_start_after_a_stop_and_a_refusal_deletes_the_copy(
     assert status.returncode == 7, status.stdout.decode() + status.stderr.decode()
     assert b"sealed" in status.stdout
     # The app runs on the sealed set: no value on the persistent disk (the tmpfs mounts are not in it).
-    assert _scan_disk(machine) == ""
+    assert disk_files_with_mark(machine) == ""
 
     # Another machine: another host key. The copy does not decrypt, and is treated as absent.
     app.stop()
