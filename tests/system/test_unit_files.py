@@ -148,8 +148,13 @@ def test_agent_unit_has_the_promised_settings() -> None:
     for setting in (
         "Type=oneshot",
         "RemainAfterExit=yes",
-        "RuntimeDirectory=secrets-agent/%i",
+        # The rendered set's folder and root's own one for the kept set (on_outage), both kept across
+        # the unit's restart only, and the sealed copies' folder.
+        "RuntimeDirectory=secrets-agent/%i secrets-agent-kept/%i",
         "RuntimeDirectoryMode=0700",
+        "RuntimeDirectoryPreserve=restart",
+        "StateDirectory=secrets-agent",
+        "StateDirectoryMode=0700",
         "PartOf=%i.service",
         "Wants=network-online.target",
         "After=network-online.target",
@@ -180,7 +185,14 @@ def test_units_may_write_the_metrics_and_inventory_folders_and_clean_on_stop() -
     ):
         assert setting in check, setting
     writable = [line for line in agent | check if line.startswith("ReadWritePaths=")]
-    assert sorted(writable) == sorted([published, "ReadWritePaths=-/run/secrets-agent/%i"])
+    assert sorted(writable) == sorted(
+        [
+            published,
+            "ReadWritePaths=-/run/secrets-agent/%i",
+            # A check that heals a stale set writes the kept set, the stale mark and the sealed copy.
+            "ReadWritePaths=-/run/secrets-agent-kept/%i -/var/lib/secrets-agent",
+        ]
+    )
 
 
 def test_refresh_units_have_the_promised_settings() -> None:
@@ -204,3 +216,20 @@ def test_refresh_units_have_the_promised_settings() -> None:
         "WantedBy=timers.target",
     ):
         assert setting in timer, setting
+
+
+def test_the_stale_timer_runs_the_check_every_minute_with_jitter_and_goes_with_the_agent() -> None:
+    """secrets-agent-stale@.timer starts the rotation check every minute with a fresh random delay
+    each time, stops with the agent unit, and is never enabled on its own (no [Install])."""
+    text = (UNITS / "secrets-agent-stale@.timer").read_text()
+    lines = set(text.splitlines())
+    for setting in (
+        "Unit=secrets-agent-refresh@%i.service",
+        "OnActiveSec=1min",
+        "OnUnitActiveSec=1min",
+        "RandomizedDelaySec=20s",
+        "PartOf=secrets-agent@%i.service",
+    ):
+        assert setting in lines, setting
+    assert "FixedRandomDelay=yes" not in lines
+    assert "[Install]" not in lines
