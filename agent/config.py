@@ -161,7 +161,7 @@ class AgentSettings:
     metrics_dir: Optional[Path] = None
     # on_outage and its companions in agent.toml: every service's unless its NAME.toml says otherwise.
     outage: OutagePolicy = OutagePolicy()
-    # Sealed copies (on_outage = "sealed"): /var/lib/secrets-agent; SECRETS_AGENT_SEALED_DIR for tests.
+    # Sealed copies (on_outage = "sealed"): /var/lib/secrets-agent (another only where built in code).
     sealed_dir: Path = DEFAULT_SEALED_DIR
     # True when a systemd unit runs this process (INVOCATION_ID): only then does it start or stop units.
     run_by_systemd: bool = False
@@ -418,7 +418,6 @@ def load_agent_settings(
         ),
         metrics_dir=_metrics_dir(path, table),
         outage=_outage(path, table, OutagePolicy()),
-        sealed_dir=Path(env.get("SECRETS_AGENT_SEALED_DIR") or DEFAULT_SEALED_DIR),
         run_by_systemd=bool(env.get("INVOCATION_ID")),
     )
 
