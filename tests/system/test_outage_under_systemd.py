@@ -78,7 +78,8 @@ def test_a_restart_during_an_ssm_outage_keeps_the_app_with_its_values_until_refr
     """With SSM answering 503 to every call, `systemctl restart APP` brings the app back with the
     same values; `status` says stale and exits 7; the stale timer runs; once SSM answers, the
     rotation check makes it fresh and `status` exits 0. AccessDenied then refuses the restart."""
-    app = _app(machine, new_app, ssm, ssm_proxy, name="outage-keep", settings=SETTINGS)
+    # The defaults: deadline_seconds 60, outage_grace_seconds 15 (the restart is back within that).
+    app = _app(machine, new_app, ssm, ssm_proxy, name="outage-keep", settings="")
     machine.systemctl("start", app.unit)
     before = app.environ()
     assert before[b"TOKEN"] == f"token {MARK}".encode()
