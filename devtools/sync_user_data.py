@@ -9,7 +9,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 USER_DATA = REPO / "cloud-init" / "user-data-wheel.yaml"
 VENV_COMMAND = "/opt/secrets-agent/bin/secrets-agent"
-UNITS = ("secrets-agent@.service", "secrets-agent-refresh@.service", "secrets-agent-refresh@.timer")
+UNITS = (
+    "secrets-agent@.service",
+    "secrets-agent-refresh@.service",
+    "secrets-agent-refresh@.timer",
+    "secrets-agent-stale@.timer",
+)
 INDENT = " " * 6
 
 

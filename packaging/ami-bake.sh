@@ -18,9 +18,16 @@
 # a rendered secret file or a cached AWS credential, or when a template or settings file in
 # /etc/secrets-agent (or a folder above it) could be changed by someone other than root, so
 # that the agent would refuse it at boot (a Packer upload owned by the SSH user, say).
+# Before that, a bake removes what binds an image to the builder (on_outage = "sealed"): sealed
+# copies in /var/lib/secrets-agent and systemd-creds' host key, /var/lib/systemd/credential.secret
+# (every instance must make its own); --verify-only refuses an image holding either.
 set -euo pipefail
 
 RUNTIME_DIR=run/secrets-agent
+# Sealed copies of rendered sets (ciphertext, bound to the machine that sealed them) and the host
+# key they were sealed with: an image holding the key lets every clone open every copy.
+SEALED_DIR=var/lib/secrets-agent
+HOST_KEY=var/lib/systemd/credential.secret
 CONFIG_DIR=etc/secrets-agent
 # Where credentials or rendered files could persist in an image; /usr is the packages'.
 PERSISTENT_DIRS=(etc root home var/lib var/cache var/log var/tmp tmp opt srv usr/local)
@@ -119,6 +126,27 @@ enable_service() {
         systemctl enable "$name.service"
     else
         log "$name.service is not installed yet: install it and run 'systemctl enable $name.service'"
+    fi
+}
+
+# Removes the sealed copies and the host key from the system being baked (see the header).
+remove_machine_bound() {
+    local root=$1
+    if [ -d "$root/$SEALED_DIR" ]; then
+        find "$root/$SEALED_DIR" -mindepth 1 -delete
+    fi
+    rm -f -- "$root/$HOST_KEY"
+    log "removed sealed copies ($root/$SEALED_DIR) and the host key ($root/$HOST_KEY): each instance makes its own"
+}
+
+# Prints the sealed copies and the host key the image holds.
+find_machine_bound() {
+    local root=$1
+    if [ -d "$root/$SEALED_DIR" ]; then
+        find "$root/$SEALED_DIR" -mindepth 1 ! -type d
+    fi
+    if [ -e "$root/$HOST_KEY" ]; then
+        printf '%s\n' "$root/$HOST_KEY"
     fi
 }
 
@@ -268,7 +296,15 @@ find_empty_templates() {
 }
 
 verify_image() {
-    local root=$1 leftovers untrusted empty failed=0
+    local root=$1 leftovers untrusted empty bound failed=0
+    bound=$(find_machine_bound "$root")
+    if [ -n "$bound" ]; then
+        log "error: the image holds a sealed copy of secrets or systemd-creds' host key, which bind it" \
+            "to the builder (a clone holding the key opens every copy); remove them (ami-bake.sh" \
+            "does, when it bakes):"
+        printf '%s\n' "$bound" | sed 's/^/  /' >&2
+        failed=1
+    fi
     leftovers=$(find_leftovers "$root" | sort -u)
     if [ -n "$leftovers" ]; then
         log "error: the image holds a rendered secret or a cached AWS credential; remove these files" \
@@ -291,8 +327,8 @@ verify_image() {
         failed=1
     fi
     [ "$failed" -eq 0 ] || exit 1
-    log "verified: no rendered secret, no cached AWS credential, every template asks for parameters," \
-        "and $root/$CONFIG_DIR can be changed by root only"
+    log "verified: no rendered secret, no cached AWS credential, no sealed copy or host key, every" \
+        "template asks for parameters, and $root/$CONFIG_DIR can be changed by root only"
 }
 
 main() {
@@ -317,6 +353,7 @@ main() {
     for name in "$@"; do
         enable_service "$name"
     done
+    remove_machine_bound ""
     verify_image ""
 }
 

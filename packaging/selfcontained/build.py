@@ -44,7 +44,12 @@ PLATFORM_TAG = "manylinux2014_x86_64"
 # every client (endpoints, partitions, default configuration, retry rules). The rest is ~20 MB.
 BOTOCORE_SERVICES = ("ssm", "sts", "secretsmanager")
 COMPILED_SUFFIXES = (".so", ".c", ".pyx")
-UNITS = ("secrets-agent@.service", "secrets-agent-refresh@.service", "secrets-agent-refresh@.timer")
+UNITS = (
+    "secrets-agent@.service",
+    "secrets-agent-refresh@.service",
+    "secrets-agent-refresh@.timer",
+    "secrets-agent-stale@.timer",
+)
 # Folders the package owns (listed in the archive, mode 0755); every other parent is the system's.
 OWNED_FOLDERS = (PREFIX, "usr/share/doc/secrets-agent")
 # The list of every file the tarball installs, for removing it: rm $(cat this file).

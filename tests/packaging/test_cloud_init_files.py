@@ -163,7 +163,9 @@ def test_wheel_user_data_carries_the_current_unit() -> None:
     )
 
 
-@pytest.mark.parametrize("unit", ["secrets-agent-refresh@.service", "secrets-agent-refresh@.timer"])
+@pytest.mark.parametrize(
+    "unit", ["secrets-agent-refresh@.service", "secrets-agent-refresh@.timer", "secrets-agent-stale@.timer"]
+)
 def test_wheel_user_data_carries_the_current_rotation_units(unit: str) -> None:
     """The wheel user-data's rotation check and timer are systemd/'s, the check running the venv's command."""
     config = yaml.safe_load(USER_DATA_WHEEL.read_text(encoding="utf-8"))

@@ -149,8 +149,14 @@ def test_agent_unit_has_the_promised_settings() -> None:
     for setting in (
         "Type=oneshot",
         "RemainAfterExit=yes",
+        # The rendered set's folder and root's own one for every record root reads (the render
+        # record, the kept set and the stale mark: on_outage), both kept across the unit's restart
+        # only, and the sealed copies' folder.
         "RuntimeDirectory=secrets-agent/%i secrets-agent-state/%i",
         "RuntimeDirectoryMode=0700",
+        "RuntimeDirectoryPreserve=restart",
+        "StateDirectory=secrets-agent",
+        "StateDirectoryMode=0700",
         "PartOf=%i.service",
         "Wants=network-online.target",
         "After=network-online.target",
@@ -181,7 +187,9 @@ def test_units_may_write_the_metrics_and_inventory_folders_and_clean_on_stop() -
     ):
         assert setting in check, setting
     writable = [line for line in agent | check if line.startswith("ReadWritePaths=")]
-    own = "ReadWritePaths=-/run/secrets-agent/%i -/run/secrets-agent-state/%i"
+    # A check that renders writes the set and its record, and one that heals a stale set the kept
+    # set, the stale mark (beside the record) and the sealed copy.
+    own = "ReadWritePaths=-/run/secrets-agent/%i -/run/secrets-agent-state/%i -/var/lib/secrets-agent"
     assert sorted(writable) == sorted([published, own])
 
 
@@ -206,3 +214,20 @@ def test_refresh_units_have_the_promised_settings() -> None:
         "WantedBy=timers.target",
     ):
         assert setting in timer, setting
+
+
+def test_the_stale_timer_runs_the_check_every_minute_with_jitter_and_goes_with_the_agent() -> None:
+    """secrets-agent-stale@.timer starts the rotation check every minute with a fresh random delay
+    each time, stops with the agent unit, and is never enabled on its own (no [Install])."""
+    text = (UNITS / "secrets-agent-stale@.timer").read_text()
+    lines = set(text.splitlines())
+    for setting in (
+        "Unit=secrets-agent-refresh@%i.service",
+        "OnActiveSec=1min",
+        "OnUnitActiveSec=1min",
+        "RandomizedDelaySec=20s",
+        "PartOf=secrets-agent@%i.service",
+    ):
+        assert setting in lines, setting
+    assert "FixedRandomDelay=yes" not in lines
+    assert "[Install]" not in lines
