@@ -35,8 +35,10 @@ from tests.integration.faults import (
     BAD_ANSWER_FAULTS,
     HTML_MARKER,
     IMDS_FAULTS,
+    PASS,
     REFUSAL_FAULTS,
     SSM_FAULTS,
+    Exchange,
     FaultPair,
     FaultPlan,
     FaultProxy,
@@ -667,6 +669,54 @@ def test_a_refusal_never_serves_the_kept_set_and_deletes_it(agent: Agent, kind: 
     after = agent.render(DEADLINE_SECONDS, on_outage="keep")
     assert after.code == 7, after.stderr
     assert not agent.output.exists()
+
+
+# A name the template computes from a fetched value is asked for while the template renders (not in
+# the prefetch): an outage there reaches on_outage through jinja's AgentError pass-through (issue 27).
+COMPUTED_TEMPLATE = 'PICKED={{ param("/fi/app/" ~ param("/fi/app/which")) }}\n'
+
+
+def _computed_name_only(exchange: Exchange) -> bool:
+    """Only SSM's calls for the computed name (/fi/app/db), not the prefetch of /fi/app/which."""
+    return b'"/fi/app/db"' in exchange.body
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"), [("http_503", 0), ("throttling", 0), ("access_denied", 5), ("kms_denied", 5)]
+)
+def test_a_computed_name_keeps_its_cause_for_on_outage(
+    agent: Agent, moto_url: str, kind: str, expected: int
+) -> None:
+    """A lookup the template computes at render time keeps its own error: an outage there serves the
+    kept set (stale, exit 0) and exits 7 under "fail", not 3; a refusal there exits 5 and deletes the
+    kept set, as a refusal of a literal name does."""
+    admin_ssm_client(moto_url).put_parameter(Name="/fi/app/which", Value="db", Type="String", Overwrite=True)
+    (agent.config / "app.env.j2").write_text(COMPUTED_TEMPLATE, encoding="utf-8")
+    run = agent.render(GENEROUS_DEADLINE_SECONDS, on_outage="keep")
+    assert run.code == 0, run.stderr
+    assert agent.rendered() == {"PICKED": EXISTING["/fi/app/db"]}
+    assert (_kept_folder(agent) / "set.json").is_file()
+    _restart_folder(agent)
+
+    agent.faults.set(ssm=FaultPlan(kinds=(kind,), rate=1.0, seed=27, applies=_computed_name_only))
+    run = agent.render(DEADLINE_SECONDS, on_outage="keep")
+    context = f"{kind}: exit {run.code}\n{agent.faults.describe()}\n{run.stderr[-3000:]}"
+    # The fault hit the computed lookup only: the prefetch of /fi/app/which passed, the lookup did not.
+    decided = [i.fault for i in agent.faults.ssm.injections if i.target.startswith("GetParameter")]
+    assert PASS in decided, context
+    assert kind in decided, context
+    assert run.code == expected, context
+    if expected == 0:
+        assert agent.rendered() == {"PICKED": EXISTING["/fi/app/db"]}, context
+        assert len(_stale_events(run)) == 1, context
+        _restart_folder(agent)
+        control = agent.render(DEADLINE_SECONDS, on_outage="fail")
+        assert control.code == 7, control.stderr
+        assert not agent.output.exists()
+    else:
+        assert not agent.output.exists(), context
+        assert not _stale_events(run), context
+        assert not (_kept_folder(agent) / "set.json").exists(), context
 
 
 def test_a_missing_parameter_or_a_broken_template_never_serves_the_kept_set(agent: Agent) -> None:
