@@ -37,6 +37,8 @@ CREDENTIALS_FOLDER_NAME = "credentials"
 ENV_FILE_NAME = "env"
 # The record of the last render, in RUNTIME_DIR-state/NAME/ (see records_dir).
 STATE_FILE_NAME = "state.json"
+# What the last rotation check found, beside it.
+CHECK_FILE_NAME = "last-check.json"
 # What `secrets-agent refresh` does when a parameter changed (see agent/commands/refresh.py).
 ON_CHANGE_ACTIONS = ("restart", "reload", "render", "none")
 # The actions that rewrite the file for a running app: only an app that reads the file itself sees it.
@@ -193,8 +195,9 @@ class ServiceSettings:
 
     @property
     def records_dir(self) -> Path:
-        """Root's own folder of NAME's records on tmpfs, RUNTIME_DIR-state/NAME: the render record, and
-        this boot's last good set and the stale mark (agent/host/kept.py). systemd keeps it across the
+        """Root's own folder of NAME's records on tmpfs, RUNTIME_DIR-state/NAME: the render record, what
+        the last rotation check found, and this boot's last good set and the stale mark
+        (agent/host/kept.py). systemd keeps it across the
         agent unit's restart (RuntimeDirectoryPreserve=restart) and removes it when the unit stops; the
         app cannot write it, even when owner= hands it the service's own folder."""
         return records_dir(self.output_dir.parent) / self.name
@@ -212,10 +215,9 @@ class ServiceSettings:
 
     @property
     def check_path(self) -> Path:
-        """What the last rotation check found (never a value): in the check unit's own runtime folder,
-        RUNTIME_DIR-refresh/NAME, which outlives the app's restart that a change causes."""
-        runtime_dir = self.output_dir.parent
-        return runtime_dir.with_name(runtime_dir.name + "-refresh") / self.name / "last-check.json"
+        """What the last rotation check found (never a value): beside the render record in root's
+        RUNTIME_DIR-state/NAME, which outlives the app's restart that a change causes."""
+        return self.records_dir / CHECK_FILE_NAME
 
     @property
     def credentials_dir(self) -> Path:

@@ -173,19 +173,17 @@ def test_agent_unit_has_the_promised_settings() -> None:
 def test_units_may_write_the_metrics_and_inventory_folders_and_clean_on_stop() -> None:
     """Both units may write node_exporter's Debian textfile folder and the SSM agent's folder (and
     nothing more of /var); the agent unit runs `clean` on stop (failures ignored) to remove its metrics
-    file; the check keeps its record in a runtime folder of its own that outlives the app's restart."""
+    file; the check keeps its record beside the render record, in the agent unit's root-owned folder
+    that outlives the app's restart (RuntimeDirectoryPreserve=restart), with no runtime folder of its
+    own."""
     agent = set((UNITS / "secrets-agent@.service").read_text().splitlines())
     check = set((UNITS / "secrets-agent-refresh@.service").read_text().splitlines())
     published = "ReadWritePaths=-/var/lib/prometheus/node-exporter -/var/lib/amazon/ssm"
     assert published in agent
     assert published in check
     assert "ExecStop=-/usr/bin/secrets-agent clean %i" in agent
-    for setting in (
-        "RuntimeDirectory=secrets-agent-refresh/%i",
-        "RuntimeDirectoryMode=0700",
-        "RuntimeDirectoryPreserve=yes",
-    ):
-        assert setting in check, setting
+    assert "RuntimeDirectoryPreserve=restart" in agent
+    assert not [line for line in check if line.startswith("RuntimeDirectory")]
     writable = [line for line in agent | check if line.startswith("ReadWritePaths=")]
     # A check that renders writes the set and its record, and one that heals a stale set the kept
     # set, the stale mark (beside the record) and the sealed copy.
