@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import pytest
 
@@ -338,13 +338,18 @@ def test_without_a_record_refresh_fails_and_says_how_to_get_one(rotation: Rotati
     assert len(rotation.proxy.actions) == before
 
 
-def test_clean_removes_the_record_with_the_file(rotation: Rotation) -> None:
-    """clean removes state.json along with env, and both folders with them."""
+@pytest.mark.parametrize(("on_outage", "left"), [("fail", None), ("keep", ["set.json"])])
+def test_clean_removes_the_record_with_the_file(rotation: Rotation, on_outage: str, left: Any) -> None:
+    """clean removes state.json along with env, and both folders with them; only the kept set of
+    on_outage = "keep" stays in the records folder, for a restart during an outage (systemd removes
+    the folder at a stop)."""
+    rotation.settings(f'on_outage = "{on_outage}"\n')
     rotation.render_db()
     assert record_path(rotation.stack).exists()
     assert rotation.stack.run("clean", "app")[0] == 0
     assert not Path(rotation.stack.output.parent).exists()
-    assert not record_path(rotation.stack).parent.exists()
+    folder = record_path(rotation.stack).parent
+    assert (sorted(p.name for p in folder.iterdir()) if folder.exists() else None) == left
 
 
 def test_a_rotated_secrets_manager_secret_is_detected_by_its_awscurrent_version(rotation: Rotation) -> None:
