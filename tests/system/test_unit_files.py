@@ -198,7 +198,7 @@ def test_refresh_units_have_the_promised_settings() -> None:
     for setting in (
         "Type=oneshot",
         "ExecStart=/usr/bin/secrets-agent refresh %i",
-        "ReadWritePaths=-/run/secrets-agent/%i -/run/secrets-agent-state/%i",
+        "ReadWritePaths=-/run/secrets-agent/%i -/run/secrets-agent-state/%i -/var/lib/secrets-agent",
         "ProtectSystem=strict",
         "CapabilityBoundingSet=",
     ):
