@@ -278,8 +278,8 @@ def probe_systemd(show: ShowUnits) -> Optional[ShowUnits]:
 
 
 def command(settings: AgentSettings, name: Optional[str], *, as_json: bool, out: TextIO) -> int:
-    """`secrets-agent status [NAME] [--json]`: print, and return 0 if healthy, else the code of the first
-    unhealthy service's first problem (what failed: its render, its check; never 1)."""
+    """`secrets-agent status [NAME] [--json]`: print, and return 0 if healthy, else the first unhealthy
+    service's code (what failed: the render behind a stale set, its render, its check; never 1)."""
     names = service_names(settings)
     if name:
         if validate_name(name) not in names:
