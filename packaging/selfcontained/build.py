@@ -49,6 +49,7 @@ UNITS = (
     "secrets-agent-refresh@.service",
     "secrets-agent-refresh@.timer",
     "secrets-agent-clean@.service",
+    "secrets-agent-stale@.timer",
 )
 # Folders the package owns (listed in the archive, mode 0755); every other parent is the system's.
 OWNED_FOLDERS = (PREFIX, "usr/share/doc/secrets-agent")

@@ -32,6 +32,7 @@ EXPECTED_DEB_ENTRIES = {
     ("-rw-r--r--", "./lib/systemd/system/secrets-agent-refresh@.service"),
     ("-rw-r--r--", "./lib/systemd/system/secrets-agent-refresh@.timer"),
     ("-rw-r--r--", "./lib/systemd/system/secrets-agent-clean@.service"),
+    ("-rw-r--r--", "./lib/systemd/system/secrets-agent-stale@.timer"),
     ("drwxr-xr-x", "./usr/"),
     ("drwxr-xr-x", "./usr/bin/"),
     ("-rwxr-xr-x", "./usr/bin/secrets-agent"),

@@ -22,6 +22,7 @@ UNITS = {
     "usr/lib/systemd/system/secrets-agent-refresh@.service",
     "usr/lib/systemd/system/secrets-agent-refresh@.timer",
     "usr/lib/systemd/system/secrets-agent-clean@.service",
+    "usr/lib/systemd/system/secrets-agent-stale@.timer",
 }
 BOTOCORE_SERVICES = {"ssm", "sts", "secretsmanager"}
 # What the launcher may import from outside the tarball: the standard library only.
