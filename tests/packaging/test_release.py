@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import boto3
 import pytest
@@ -25,7 +25,7 @@ from devtools.fakeimds import FakeImds
 from tests.integration.moto_server import CannedResponse, RecordingProxy
 from tests.packaging.conftest import skip_or_fail, skip_unless_root
 from tests.packaging.dist import BuildUnavailable
-from tests.packaging.machine import Machine, install_agent_from_deb, run
+from tests.packaging.machine import Machine, booted, install_agent_from_deb, run
 from tests.packaging.release import (
     FIRST_RELEASE_VERSION,
     UNPRIVILEGED,
@@ -34,7 +34,9 @@ from tests.packaging.release import (
     first_release,
     served,
 )
+from tests.packaging.test_selfcontained_install import PYTHON_ROOT_PACKAGES
 from tests.system import nspawn
+from tests.system.nspawn import BOOKWORM
 from tests.system.nspawn import Release as DebianRelease
 
 REGION = "eu-west-1"
@@ -240,6 +242,19 @@ def fakes(moto_url: str) -> Iterator[Fakes]:
 APP_UNIT = "[Unit]\nDescription=Test app {name}\n\n[Service]\nExecStart=/bin/sleep infinity\n"
 
 
+def _prepare_apps(root: Path, fakes: Fakes) -> None:
+    """agent.toml pointing at the fakes, and two apps (web, worker) with their templates."""
+    settings = root / "etc/secrets-agent"
+    settings.mkdir(mode=0o755, exist_ok=True)
+    (settings / "agent.toml").write_text(fakes.agent_toml())
+    for name in ("web", "worker"):
+        (root / f"etc/systemd/system/{name}.service").write_text(APP_UNIT.format(name=name))
+        template = settings / f"{name}.env.j2"
+        template.write_text(f'TOKEN={{{{ param("/upgrade/{name}/TOKEN") }}}}\n')
+        template.chmod(0o640)
+    (root / "etc/apt/apt.conf.d/80-secrets-agent-tests-retries").write_text('Acquire::Retries "5";\n')
+
+
 @pytest.fixture(scope="module")
 def first_machine(release: DebianRelease, fakes: Fakes) -> Iterator[Machine]:
     """A machine of `release` with 0.1.0 installed from its own .deb, pointed at the fakes: the
@@ -252,18 +267,9 @@ def first_machine(release: DebianRelease, fakes: Fakes) -> Iterator[Machine]:
         skip_or_fail(str(exc))
     install = install_agent_from_deb(old / f"secrets-agent_{FIRST_RELEASE_VERSION}_all.deb")
 
-    def prepare(root: Path) -> None:
-        settings = root / "etc/secrets-agent"
-        settings.mkdir(mode=0o755, exist_ok=True)
-        (settings / "agent.toml").write_text(fakes.agent_toml())
-        for name in ("web", "worker"):
-            (root / f"etc/systemd/system/{name}.service").write_text(APP_UNIT.format(name=name))
-            template = settings / f"{name}.env.j2"
-            template.write_text(f'TOKEN={{{{ param("/upgrade/{name}/TOKEN") }}}}\n')
-            template.chmod(0o640)
-        (root / "etc/apt/apt.conf.d/80-secrets-agent-tests-retries").write_text('Acquire::Retries "5";\n')
-
-    with nspawn.booted_machine(install=install, prepare=prepare, release=release) as machine:
+    with nspawn.booted_machine(
+        install=install, prepare=lambda root: _prepare_apps(root, fakes), release=release
+    ) as machine:
         yield machine
 
 
@@ -375,18 +381,21 @@ def _rendered(machine: Machine, name: str) -> str:
     return environ[b"TOKEN"].decode()
 
 
-def test_apt_upgrade_from_0_1_0_keeps_apps_running_and_their_configuration(
-    first_machine: Machine, signed_release: Release, fakes: Fakes
+def assert_upgrade_keeps_apps_running(
+    machine: Machine, fakes: Fakes, version: str, upgrade: Callable[[], None]
 ) -> None:
-    """With 0.1.0 feeding two running apps (one refreshed by its timer, one by credentials),
-    apt-get install of the release from its repository upgrades the package without restarting
-    either app or changing a configuration file; a restart then renders through the new agent and
-    the refresh timer fires and succeeds."""
-    machine = first_machine
+    """With 0.1.0 installed on `machine` and feeding two running apps (web refreshed by its timer,
+    worker with credentials), `upgrade` installs `version`: no app or agent unit restarts, every
+    configuration file stays byte for byte, a restart of each renders through the new agent (its
+    User-Agent reaches SSM), the refresh timer fires and succeeds, and status is healthy."""
     values = {name: _put(fakes, name) for name in ("web", "worker")}
     run(machine, "secrets-agent", "enable", "web", "--refresh", f"{REFRESH_INTERVAL_SECONDS}s")
     run(machine, "secrets-agent", "enable", "worker", "--credentials")
     run(machine, "systemctl", "start", "web.service", "worker.service")
+    assert run(machine, "secrets-agent", "--version").stdout.split() == [
+        "secrets-agent",
+        FIRST_RELEASE_VERSION,
+    ]
     assert _rendered(machine, "web") == values["web"]
     assert _rendered(machine, "worker") == values["worker"]
     pids = {name: machine.show(f"{name}.service", "MainPID") for name in ("web", "worker")}
@@ -395,19 +404,13 @@ def test_apt_upgrade_from_0_1_0_keeps_apps_running_and_their_configuration(
     }
     configuration = _file_digests(machine, "/etc/secrets-agent", "/etc/systemd/system")
     assert any(path.endswith("web.service.d/secrets-agent.conf") for path in configuration)
+    assert any(path.endswith("secrets-agent-refresh@web.timer") for path in configuration)
 
-    with served(signed_release.folder) as url:
-        _point_apt_at(machine, signed_release, url)
-        update = _apt_update(machine)
-        assert update.returncode == 0, update.stdout + update.stderr
-        policy = run(machine, "apt-cache", "policy", "secrets-agent").stdout
-        assert f"Candidate: {signed_release.version}" in policy, policy
-        run(machine, "apt-get", "install", "-y", "-q", "secrets-agent", timeout=APT_TIMEOUT_SECONDS)
-    assert _installed_version(machine) == signed_release.version
-    assert run(machine, "secrets-agent", "--version").stdout.split() == [
-        "secrets-agent",
-        signed_release.version,
-    ]
+    upgrade()
+    assert run(machine, "secrets-agent", "--version").stdout.split() == ["secrets-agent", version]
+    # The agent lives in its private folder now; 0.1.0's copy in dist-packages is gone.
+    assert machine.path("/usr/lib/secrets-agent/agent/__init__.py").is_file()
+    assert not machine.path("/usr/lib/python3/dist-packages/agent").exists()
 
     # Nothing restarted, nothing of the operator's changed.
     assert {name: machine.show(f"{name}.service", "MainPID") for name in pids} == pids
@@ -416,20 +419,21 @@ def test_apt_upgrade_from_0_1_0_keeps_apps_running_and_their_configuration(
     } == agent_started
     assert _file_digests(machine, "/etc/secrets-agent", "/etc/systemd/system") == configuration
 
-    # A restart renders new values through 0.2.0 (its User-Agent reaches SSM).
+    # A restart of each renders new values through the new version (its User-Agent reaches SSM).
     fakes.user_agents.clear()
-    for name in ("worker",):
+    for name in ("web", "worker"):
         values[name] = _put(fakes, name)
         run(machine, "systemctl", "restart", f"{name}.service")
         assert _rendered(machine, name) == values[name]
     assert fakes.user_agents
-    assert all(f"secrets-agent/{signed_release.version}" in agent for agent in fakes.user_agents)
+    assert all(f"secrets-agent/{version}" in agent for agent in fakes.user_agents), fakes.user_agents
 
     # The refresh timer fires on its own, finds the change and restarts web through the new agent.
+    restarted = machine.show("web.service", "MainPID")
     values["web"] = _put(fakes, "web")
     cursor = machine.journal_cursor()
     deadline = time.monotonic() + TIMER_WAIT_SECONDS
-    while machine.show("web.service", "MainPID") == pids["web"]:
+    while machine.show("web.service", "MainPID") == restarted:
         assert time.monotonic() < deadline, machine.journal(after=cursor)
         time.sleep(0.5)
     assert _rendered(machine, "web") == values["web"]
@@ -437,3 +441,71 @@ def test_apt_upgrade_from_0_1_0_keeps_apps_running_and_their_configuration(
     assert machine.show("secrets-agent-refresh@web.timer", "ActiveState") == "active"
     status = run(machine, "secrets-agent", "status", check=False)
     assert status.returncode == 0, status.stdout + status.stderr
+
+
+def test_apt_upgrade_from_0_1_0_keeps_apps_running_and_their_configuration(
+    first_machine: Machine, signed_release: Release, fakes: Fakes
+) -> None:
+    """With 0.1.0 (from its own .deb) feeding two running apps, apt-get install of the release from
+    its repository upgrades it without restarting either app or changing a configuration file; a
+    restart then renders through the new agent and the refresh timer fires and succeeds."""
+
+    def upgrade() -> None:
+        with served(signed_release.folder) as url:
+            _point_apt_at(first_machine, signed_release, url)
+            update = _apt_update(first_machine)
+            assert update.returncode == 0, update.stdout + update.stderr
+            policy = run(first_machine, "apt-cache", "policy", "secrets-agent").stdout
+            assert f"Candidate: {signed_release.version}" in policy, policy
+            run(first_machine, "apt-get", "install", "-y", "-q", "secrets-agent", timeout=APT_TIMEOUT_SECONDS)
+        assert _installed_version(first_machine) == signed_release.version
+
+    assert_upgrade_keeps_apps_running(first_machine, fakes, signed_release.version, upgrade)
+
+
+@pytest.fixture
+def rpm_machine(fakes: Fakes) -> Iterator[Machine]:
+    """The rpm stand-in for Amazon Linux 2023 (a bare Debian 12 with python3 and Debian's rpm, as
+    test_selfcontained_install boots it) with 0.1.0 installed from its own rpm, pointed at the fakes."""
+    skip_unless_root("booting containers with systemd-nspawn")
+    try:
+        nspawn.ensure_host_tools()
+        old = first_release()
+        cached = nspawn.build_rootfs(PYTHON_ROOT_PACKAGES, log=lambda _line: None, release=BOOKWORM)
+    except nspawn.HostNotSuitable as exc:
+        skip_or_fail(str(exc))
+    nspawn.WORK_ROOT.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="secrets-agent-packaging-", dir=nspawn.WORK_ROOT))
+    try:
+        root = folder / "root"
+        subprocess.run(["cp", "-a", "--reflink=auto", str(cached), str(root)], check=True)
+        _prepare_apps(root, fakes)
+        shutil.copy(old / f"secrets-agent-{FIRST_RELEASE_VERSION}-1.noarch.rpm", root / "root")
+        with booted(root, f"sa-rpm-upgrade-{os.getpid()}") as machine:
+            # --nodeps: Debian's rpm database does not see python3 and systemd, which dpkg holds.
+            run(machine, "rpm", "-i", "--nodeps", f"/root/secrets-agent-{FIRST_RELEASE_VERSION}-1.noarch.rpm")
+            yield machine
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_rpm_upgrade_from_0_1_0_keeps_apps_running_and_their_configuration(
+    rpm_machine: Machine, signed_release: Release, fakes: Fakes
+) -> None:
+    """On the Amazon Linux 2023 stand-in, with 0.1.0's rpm feeding two running apps, rpm -U of the
+    release's signed rpm (checked with rpm -K after rpm --import) upgrades it without restarting
+    either app or changing a configuration file; a restart then renders through the new agent and
+    the refresh timer fires and succeeds."""
+    shutil.copy(signed_release.rpm, rpm_machine.path("/root"))
+    shutil.copy(signed_release.folder / "secrets-agent.asc", rpm_machine.path("/root"))
+
+    def upgrade() -> None:
+        rpm = f"/root/{signed_release.rpm.name}"
+        run(rpm_machine, "rpm", "--import", "/root/secrets-agent.asc")
+        checked = run(rpm_machine, "rpm", "-K", rpm).stdout
+        assert checked.strip().endswith("digests signatures OK"), checked
+        run(rpm_machine, "rpm", "-U", "--nodeps", rpm)
+        installed = run(rpm_machine, "rpm", "-q", "--qf", "%{VERSION}", "secrets-agent").stdout
+        assert installed == signed_release.version
+
+    assert_upgrade_keeps_apps_running(rpm_machine, fakes, signed_release.version, upgrade)
