@@ -352,6 +352,32 @@ def test_apt_refuses_a_deb_changed_after_signing(
     assert _installed_version(first_machine) == FIRST_RELEASE_VERSION
 
 
+def test_apt_refuses_the_repository_under_another_key(
+    first_machine: Machine, signed_release: Release, tmp_path: Path
+) -> None:
+    """With Signed-By= naming a keyring of another key, apt-get update refuses the release's
+    repository, untouched as it is: only the release's own key is trusted for it."""
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    gpg = ["gpg", "--homedir", str(home), "--batch", "--quiet"]
+    subprocess.run(
+        [*gpg, "--passphrase", "", "--quick-gen-key", "other <other@example.invalid>", "ed25519", "sign"],
+        check=True,
+    )
+    other = subprocess.run([*gpg, "--export"], capture_output=True, check=True).stdout
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
+    with served(signed_release.folder) as url:
+        _point_apt_at(first_machine, signed_release, url)
+        first_machine.path(KEYRING).write_bytes(other)
+        update = _apt_update(first_machine)
+    assert re.search(r"NO_PUBKEY|not signed|is not signed", update.stdout + update.stderr), (
+        update.stdout + update.stderr
+    )
+    # Nothing from the repository is offered (the upgrade test shows the release's key does offer it).
+    policy = run(first_machine, "apt-cache", "policy", "secrets-agent").stdout
+    assert f"Candidate: {signed_release.version}" not in policy, policy
+
+
 def _file_digests(machine: Machine, *folders: str) -> dict[str, str]:
     """sha256 of every file (and the target of every link) under `folders` on the machine's disk."""
     digests = {}
