@@ -51,8 +51,9 @@ if [ -z "${PYTHON:-}" ]; then
     if "$repo/.venv/bin/python" -c 'import build' 2>/dev/null; then PYTHON=$repo/.venv/bin/python; else PYTHON=/usr/bin/python3; fi
 fi
 export PYTHON
-bash "$repo/packaging/apt-install.sh" gpg apt-utils createrepo-c rpm python3-build python3-pip python3-venv \
-    || die "install the Debian packages above to build a release"
+tools=(gpg apt-utils createrepo-c rpm)
+[ "$PYTHON" != /usr/bin/python3 ] || tools+=(python3-build python3-pip python3-venv)
+bash "$repo/packaging/apt-install.sh" "${tools[@]}" || die "install the Debian packages above to build a release"
 
 mkdir -p "$outdir"
 outdir=$(cd "$outdir" && pwd)
