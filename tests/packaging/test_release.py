@@ -535,3 +535,27 @@ def test_rpm_upgrade_from_0_1_0_keeps_apps_running_and_their_configuration(
         assert installed == signed_release.version
 
     assert_upgrade_keeps_apps_running(rpm_machine, fakes, signed_release.version, upgrade)
+
+
+def test_apt_downgrade_to_0_1_0_keeps_apps_running(first_machine: Machine, fakes: Fakes) -> None:
+    """After the upgrade, the README's rollback (apt-get install --allow-downgrades of 0.1.0's .deb)
+    puts 0.1.0 back without restarting an app; a restart then renders through 0.1.0 and nothing
+    of 0.2.0's private folder is left."""
+    machine = first_machine
+    deb = first_release() / f"secrets-agent_{FIRST_RELEASE_VERSION}_all.deb"
+    shutil.copy(deb, machine.path("/root"))
+    pids = {name: machine.show(f"{name}.service", "MainPID") for name in ("web", "worker")}
+    assert _installed_version(machine) != FIRST_RELEASE_VERSION
+    run(
+        machine, "apt-get", "install", "-y", "-q", "--allow-downgrades", f"/root/{deb.name}",
+        timeout=APT_TIMEOUT_SECONDS,
+    )  # fmt: skip
+    assert _installed_version(machine) == FIRST_RELEASE_VERSION
+    assert {name: machine.show(f"{name}.service", "MainPID") for name in pids} == pids
+    assert not machine.path("/usr/lib/secrets-agent").exists()
+    fakes.user_agents.clear()
+    value = _put(fakes, "worker")
+    run(machine, "systemctl", "restart", "worker.service")
+    assert _rendered(machine, "worker") == value
+    assert fakes.user_agents
+    assert all(f"secrets-agent/{FIRST_RELEASE_VERSION}" in agent for agent in fakes.user_agents)
