@@ -23,7 +23,7 @@ import pytest
 
 from devtools.fakeimds import FakeImds
 from tests.integration.moto_server import CannedResponse, RecordingProxy
-from tests.packaging.conftest import skip_or_fail, skip_unless_root
+from tests.packaging.conftest import REPO, skip_or_fail, skip_unless_root
 from tests.packaging.dist import BuildUnavailable
 from tests.packaging.machine import Machine, booted, install_agent_from_deb, run
 from tests.packaging.release import (
@@ -199,6 +199,50 @@ def test_release_holds_every_artefact_and_both_repositories(signed_release: Rele
     repo = (folder / "secrets-agent.repo").read_text()
     assert "gpgcheck=1" in repo.splitlines()
     assert "repo_gpgcheck=1" in repo.splitlines()
+
+
+def _dnf_query(release: Release, folder: Path, root: Path) -> subprocess.CompletedProcess[str]:
+    """dnf (Debian's, in an install root of its own) with the release's .repo file pointed at
+    `folder` served over HTTP and the key where the .repo file says: what it lists of the package."""
+    (root / "etc/yum.repos.d").mkdir(parents=True)
+    (root / "etc/pki/rpm-gpg").mkdir(parents=True)
+    key = root / "etc/pki/rpm-gpg/RPM-GPG-KEY-secrets-agent"
+    shutil.copyfile(release.folder / "secrets-agent.asc", key)
+    with served(folder) as url:
+        repo = (release.folder / "secrets-agent.repo").read_text()
+        repo = re.sub(r"(?m)^baseurl=.*$", f"baseurl={url}/yum", repo)
+        repo = repo.replace(
+            "gpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-secrets-agent", f"gpgkey=file://{key}"
+        )
+        (root / "etc/yum.repos.d/secrets-agent.repo").write_text(repo)
+        return subprocess.run(
+            ["dnf", "-y", f"--installroot={root}", f"--setopt=reposdir={root}/etc/yum.repos.d",
+             "--releasever=9", "--disablerepo=*", "--enablerepo=secrets-agent",
+             "repoquery", "--qf", "%{name} %{version}", "secrets-agent"],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+
+
+def test_dnf_reads_the_yum_repository_only_while_repomd_is_signed(
+    signed_release: Release, tmp_path: Path
+) -> None:
+    """dnf with the release's .repo file (repo_gpgcheck=1) checks repomd.xml.asc against the key and
+    lists the package; a repomd.xml changed after signing is refused."""
+    skip_unless_root("dnf's install root")
+    subprocess.run(
+        ["bash", str(REPO / "packaging/apt-install.sh"), "dnf"], capture_output=True, check=True, timeout=600
+    )
+    listed = _dnf_query(signed_release, signed_release.folder, tmp_path / "good")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert f"secrets-agent {signed_release.version}" in listed.stdout.splitlines()
+
+    copy = tmp_path / "tampered"
+    shutil.copytree(signed_release.folder / "yum", copy / "yum")
+    repomd = copy / "yum/repodata/repomd.xml"
+    repomd.write_text(repomd.read_text().replace("<revision>", "<revision>1"))
+    refused = _dnf_query(signed_release, copy, tmp_path / "bad")
+    assert f"secrets-agent {signed_release.version}" not in refused.stdout.splitlines()
+    assert re.search(r"(?i)signature|gpg", refused.stderr), refused.stderr
 
 
 # -- under systemd: the apt repository, tampering, and the upgrade from 0.1.0 ------------------
