@@ -75,13 +75,13 @@ def signed_release() -> Release:
 
 
 def _gpg_verify(folder: Path, signature: str, signed: str) -> subprocess.CompletedProcess[str]:
-    """The README's `gpg --verify` against the release's own keyring, in a throwaway GnuPG home."""
+    """The README's `gpg --import secrets-agent.asc` then `gpg --verify`, in a throwaway GnuPG home."""
     with tempfile.TemporaryDirectory(prefix="sa-gpg-") as home:
+        gpg = ["gpg", "--homedir", home, "--batch"]
+        subprocess.run([*gpg, "--import", "secrets-agent.asc"], cwd=folder, capture_output=True, check=True)
         return subprocess.run(
-            ["gpg", "--homedir", home, "--no-default-keyring", "--keyring",
-             str(folder / "secrets-agent-archive-keyring.gpg"), "--verify", signature, signed],
-            cwd=folder, capture_output=True, text=True, check=False,
-        )  # fmt: skip
+            [*gpg, "--verify", signature, signed], cwd=folder, capture_output=True, text=True, check=False
+        )
 
 
 def test_release_verifies_with_its_own_key(signed_release: Release, tmp_path: Path) -> None:
@@ -184,9 +184,9 @@ def test_release_holds_every_artefact_and_both_repositories(signed_release: Rele
     assert re.search(r"(?m)^Suite: stable$", release_fields)
     assert re.search(r"(?m)^Components: main$", release_fields)
     assert _gpg_verify(folder, str(dists / "Release.gpg"), str(dists / "Release")).returncode == 0
+    # apt's own check of InRelease: gpgv against the binary keyring the .sources file names.
     inrelease = subprocess.run(
-        ["gpg", "--homedir", tempfile.mkdtemp(), "--no-default-keyring", "--keyring",
-         str(folder / "secrets-agent-archive-keyring.gpg"), "--verify", str(dists / "InRelease")],
+        ["gpgv", "--keyring", str(folder / "secrets-agent-archive-keyring.gpg"), str(dists / "InRelease")],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert inrelease.returncode == 0, inrelease.stderr
