@@ -28,7 +28,7 @@ from agent.host.timer import (
 )
 from agent.host.trust import check_trusted, owner_and_mode
 from agent.host.units import disable_service, enable_service, unit_for
-from agent.log import configure_logging
+from agent.log import REDACTOR, configure_logging
 from agent.observe.observed import Observations, publish
 from agent.observe.outcomes import RenderOutcome
 
@@ -178,16 +178,21 @@ def cmd_refresh(
         )
     except AgentError as exc:
         seen.check_error = exc.message
+        seen.check_exit_code = exc.exit_code
         raise
 
 
 def cmd_check(settings: AgentSettings, service: ServiceSettings, out: TextIO) -> int:
     rendered = render.prepare(settings, service)
+    # A name the template computed from a value is hidden here too, as in the record and the logs.
+    labels = {
+        selector: REDACTOR.redact(selector if selector == p.name else f"{selector} -> {p.name}")
+        for selector, p in rendered.parameters.items()
+    }
     parameters = rendered.parameters
-    width = max((len(name) for name in parameters), default=0)
+    width = max((len(label) for label in labels.values()), default=0)
     for selector, p in sorted(parameters.items()):
-        label = selector if selector == p.name else f"{selector} -> {p.name}"
-        out.write(f"{label:<{width}}  version {p.version:<4} {p.type}\n")
+        out.write(f"{labels[selector]:<{width}}  version {p.version:<4} {p.type}\n")
     described = rendered.format.describe(service, rendered.assignments)
     out.write(f"{service.name}: {len(parameters)} parameters resolved, {described}\n")
     return 0
@@ -383,4 +388,18 @@ def main(
         return 1
     finally:
         if publishing is not None:
-            publish(*publishing, observed)
+            _publish_quietly(publishing, observed)
+
+
+def _publish_quietly(publishing: tuple[AgentSettings, ServiceSettings], observed: Observations) -> None:
+    """Publish the metrics and inventory; whatever goes wrong there (even a bug) is one warning line in
+    the journal and never changes the command's exit code nor prints a raw traceback."""
+    try:
+        publish(*publishing, observed)
+    except Exception as exc:
+        log.debug("publish_failed_traceback", exc_info=True)
+        log.warning(
+            "publish_failed",
+            error=f"{type(exc).__name__} while writing the metrics or inventory (the command's outcome "
+            "stands): please report it (run with --verbose for the traceback)",
+        )

@@ -35,8 +35,12 @@ DEFAULT_THROTTLE_DEADLINE_SECONDS = 600.0
 CREDENTIALS_FOLDER_NAME = "credentials"
 # Every other format: this one file below the service's runtime folder.
 ENV_FILE_NAME = "env"
+# The record of the last render, in RUNTIME_DIR-state/NAME/ (see records_dir).
+STATE_FILE_NAME = "state.json"
 # What `secrets-agent refresh` does when a parameter changed (see agent/commands/refresh.py).
 ON_CHANGE_ACTIONS = ("restart", "reload", "render", "none")
+# The actions that rewrite the file for a running app: only an app that reads the file itself sees it.
+ON_CHANGE_REWRITES = ("reload", "render")
 DEFAULT_ON_CHANGE = "restart"
 
 # Instance names end up in paths and unit names: keep them boring.
@@ -79,7 +83,7 @@ class Setting:
     source: str = DEFAULT_SOURCE
 
     def describe(self, key: str) -> str:
-        """`use_fips_endpoint = auto (default)`, `AWS_USE_FIPS_ENDPOINT=true`, ..."""
+        """`use_dualstack_endpoint = auto (default)`, `AWS_USE_FIPS_ENDPOINT=true`, ..."""
         if self.source == DEFAULT_SOURCE:
             return f"{key} = {self.value} (default)"
         if self.source.startswith("AWS_"):
@@ -112,7 +116,8 @@ class AgentSettings:
     imds_endpoint_mode: Setting = Setting("auto")
     # Where ssm_endpoint came from (a variable's name or "ssm_endpoint in PATH"); None: AWS's.
     ssm_endpoint_source: Optional[str] = None
-    # Outside load_agent_settings (tests, the bench) the classic endpoints; agent.toml's default is auto.
+    # Outside load_agent_settings (tests, the bench) the classic endpoints; agent.toml's defaults are
+    # auto for dual-stack and false for FIPS (auto is an opt-in there).
     use_dualstack_endpoint: Setting = Setting("false")
     use_fips_endpoint: Setting = Setting("false")
     # node_exporter's textfile folder for <metrics_dir>/secrets-agent-<name>.prom; None: no metrics.
@@ -138,8 +143,9 @@ class ServiceSettings:
 
     @property
     def state_path(self) -> Path:
-        """What the last render used (names, versions; never a value), next to the rendered file."""
-        return self.output_dir / "state.json"
+        """What the last render used (names, versions; never a value): RUNTIME_DIR-state/NAME/state.json,
+        in a root-owned folder on tmpfs, never in the service's folder, which owner= hands to the app."""
+        return records_dir(self.output_dir.parent) / self.name / STATE_FILE_NAME
 
     @property
     def check_path(self) -> Path:
@@ -152,6 +158,13 @@ class ServiceSettings:
     def credentials_dir(self) -> Path:
         """Where format = "credentials" writes its files: RUNTIME_DIR/NAME/credentials."""
         return self.output_dir / CREDENTIALS_FOLDER_NAME
+
+
+def records_dir(runtime_dir: Path) -> Path:
+    """Where the records of renders live, one folder per service: RUNTIME_DIR-state
+    (/run/secrets-agent-state), beside the runtime folder, root's alone: root reads only what the
+    app cannot write."""
+    return runtime_dir.with_name(runtime_dir.name + "-state")
 
 
 def validate_name(name: str) -> str:
@@ -247,15 +260,17 @@ def _choice(
     where: tuple[Path, Mapping[str, Any]],
     key: str,
     allowed: tuple[str, ...],
+    *,
+    default: str = "auto",
 ) -> Setting:
-    """One of `allowed` (any case): the environment's `var`, else `key` in agent.toml, else auto."""
+    """One of `allowed` (any case): the environment's `var`, else `key` in agent.toml, else `default`."""
     path, table = where
     source = var
     raw: Any = env.get(var, "").strip()
     if not raw:
         raw, source = table.get(key), f"{key} in {path}"
     if raw is None or raw == "":
-        return Setting("auto")
+        return Setting(default)
     if isinstance(raw, bool) and "true" in allowed:
         raw = "true" if raw else "false"
     if not isinstance(raw, str) or raw.strip().lower() not in allowed:
@@ -328,8 +343,10 @@ def load_agent_settings(
         use_dualstack_endpoint=_choice(
             env, "AWS_USE_DUALSTACK_ENDPOINT", where, "use_dualstack_endpoint", ENDPOINT_SWITCHES
         ),
+        # FIPS only when asked, as every AWS SDK: a default that turned it on with the kernel's FIPS
+        # mode stopped renders in regions without FIPS endpoints and bypassed standard VPC endpoints.
         use_fips_endpoint=_choice(
-            env, "AWS_USE_FIPS_ENDPOINT", where, "use_fips_endpoint", ENDPOINT_SWITCHES
+            env, "AWS_USE_FIPS_ENDPOINT", where, "use_fips_endpoint", ENDPOINT_SWITCHES, default="false"
         ),
         metrics_dir=_metrics_dir(path, table),
     )
@@ -362,6 +379,13 @@ def load_service_settings(agent: AgentSettings, name: str) -> ServiceSettings:
     if on_change not in ON_CHANGE_ACTIONS:
         raise ConfigError(
             f"{path}: on_change must be one of {', '.join(ON_CHANGE_ACTIONS)}, not {on_change!r}"
+        )
+    if on_change in ON_CHANGE_REWRITES and FORMATS[fmt].read_at_start_only:
+        raise ConfigError(
+            f'{path}: on_change = "{on_change}" cannot deliver with format = "{fmt}": systemd reads '
+            "that file only when the app starts, so the app would keep its old values while status, "
+            'metrics and inventory report the new ones; use on_change = "restart" (or "none"), or a '
+            'format the app reads itself (format = "dotenv" or "json")'
         )
 
     output_dir = agent.runtime_dir / name

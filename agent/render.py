@@ -24,11 +24,11 @@ from agent.aws.answers import Parameter
 from agent.aws.retry import Deadline
 from agent.aws.ssm import SsmClient
 from agent.config import AgentSettings, ServiceSettings
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError, ConfigError, TemplateError
 from agent.host.notify import StatusNotifier
 from agent.host.output import Ownership, remove_secret_file, resolve_ownership
 from agent.host.secret_folder import remove_secret_folder, write_payload
-from agent.host.state import RenderRecord, RenderStats, make_record, write_record
+from agent.host.state import RenderRecord, RenderStats, make_record, redacted, write_record
 from agent.host.trust import read_trusted
 from agent.log import REDACTOR
 from agent.template.formats import Format, Payload, format_of
@@ -69,7 +69,16 @@ def read_template(service: ServiceSettings) -> CompiledTemplate:
         source = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start})") from None
-    return compile_template(source, str(path))
+    template = compile_template(source, str(path))
+    if not template.asks_for_parameters:
+        # An empty file would start the app without a single secret: the starter `enable` writes
+        # (a comment) left in an AMI would boot a whole fleet that way.
+        raise TemplateError(
+            f"{path} asks for no parameter (param() or params()), so {service.name}'s app would start "
+            f"without its secrets: write one line per variable it needs, the first such as "
+            f'DATABASE_URL={{{{ param("/{service.name}/DATABASE_URL") }}}}'
+        )
+    return template
 
 
 @dataclass(frozen=True)
@@ -252,12 +261,16 @@ def prepare(
         assignments=assignments,
         payload=payload,
         parameters=resolver.parameters,
-        record=make_record(
-            service.name,
-            resolver.by_selector,
-            resolver.missing,
-            resolver.listings,
-            {key: p.modified for key, p in resolver.parameters.items() if p.modified},
+        # A name computed from a fetched value is as secret as the value: hidden in the record too.
+        record=redacted(
+            make_record(
+                service.name,
+                resolver.by_selector,
+                resolver.missing,
+                resolver.listings,
+                {key: p.modified for key, p in resolver.parameters.items() if p.modified},
+            ),
+            REDACTOR.redact,
         ),
         ssm_calls=client.calls_done,
         started=started,
@@ -277,7 +290,7 @@ def write(rendered: Rendered, ownership: Ownership, *, stages: Stages = no_stage
             allow_persistent=service.allow_persistent,
         )
     try:
-        write_record(service, replace(rendered.record, stats=rendered.stats()), ownership)
+        write_record(service, replace(rendered.record, stats=rendered.stats()))
     except AgentError as exc:
         # The file is complete and the app can start; only refresh loses its point of comparison.
         log.warning("state_not_recorded", error=exc.message)
@@ -314,6 +327,8 @@ class CheckedRender:
     variables: int
     parameters: int
     write: Callable[[], Path] = field(repr=False)
+    # What it used (names computed from a value hidden): refresh compares the hidden ones with it.
+    record: Optional[RenderRecord] = None
 
 
 def checked(
@@ -327,6 +342,7 @@ def checked(
         variables=len(rendered.assignments),
         parameters=len(rendered.parameters),
         write=lambda: write(rendered, ownership),
+        record=rendered.record,
     )
 
 

@@ -240,8 +240,35 @@ find_untrusted() {
     done
 }
 
+# Prints one line per template that asks for no parameter (no param() or params() outside a Jinja
+# {# comment #}): the agent refuses it at render (exit 3), since the app would start without its
+# secrets. The starter `secrets-agent enable` writes is such a file until the real lines are written.
+find_empty_templates() {
+    local root=$1 template name
+    shopt -s nullglob
+    local file target
+    for template in "$root/$CONFIG_DIR"/*.env.j2; do
+        file=$template
+        if [ -L "$file" ]; then
+            # Followed inside the image, as the agent will at boot (one link deep is enough here:
+            # refused_step judges every link on the way).
+            target=$(readlink -- "$file")
+            [[ $target == /* ]] && file="$root$target" || file="$(dirname -- "$file")/$target"
+        fi
+        [ -f "$file" ] || continue
+        if ! tr '\n' '\r' <"$file" | sed -E 's/\{#([^#]|#[^}])*#\}//g' \
+            | grep -q -E '(^|[^A-Za-z0-9_])params?[[:space:]]*\('; then
+            name=$(basename -- "$template" .env.j2)
+            printf '%s asks for no parameter; write the lines %s needs, the first such as: ' \
+                "$template" "$name"
+            printf 'DATABASE_URL={{ param("/%s/DATABASE_URL") }}\n' "$name"
+        fi
+    done
+    shopt -u nullglob
+}
+
 verify_image() {
-    local root=$1 leftovers untrusted failed=0
+    local root=$1 leftovers untrusted empty failed=0
     leftovers=$(find_leftovers "$root" | sort -u)
     if [ -n "$leftovers" ]; then
         log "error: the image holds a rendered secret or a cached AWS credential; remove these files" \
@@ -256,9 +283,16 @@ verify_image() {
         printf '%s\n' "$untrusted" | sed 's/^/  /' >&2
         failed=1
     fi
+    empty=$(find_empty_templates "$root")
+    if [ -n "$empty" ]; then
+        log "error: secrets-agent would refuse these templates at boot (exit 3) and their apps would" \
+            "not start: each asks for no parameter, so the app would run without its secrets:"
+        printf '%s\n' "$empty" | sed 's/^/  /' >&2
+        failed=1
+    fi
     [ "$failed" -eq 0 ] || exit 1
-    log "verified: no rendered secret, no cached AWS credential, and $root/$CONFIG_DIR can be changed" \
-        "by root only"
+    log "verified: no rendered secret, no cached AWS credential, every template asks for parameters," \
+        "and $root/$CONFIG_DIR can be changed by root only"
 }
 
 main() {

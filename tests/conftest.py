@@ -98,8 +98,10 @@ def tmpfs_path() -> Iterator[Any]:
     path = Path(tempfile.mkdtemp(prefix="secrets-agent-test-", dir=_memory_backed_root()))
     yield path
     shutil.rmtree(path, ignore_errors=True)
-    # Where a rotation check records what it found when `path` is the runtime folder.
+    # Where a rotation check records what it found, and renders their records, when `path` is the
+    # runtime folder.
     shutil.rmtree(path.with_name(path.name + "-refresh"), ignore_errors=True)
+    shutil.rmtree(path.with_name(path.name + "-state"), ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from typing import Any, Optional
 from agent import __version__
 from agent.aws import endpoints as aws_endpoints
 from agent.aws.endpoints import NO_FLAGS, EndpointFlags
-from agent.errors import ConfigError
+from agent.errors import ConfigError, CredentialsError
 
 MIN_TIMEOUT_SECONDS = 0.1
 
@@ -27,10 +27,26 @@ def create_client(
     config: Any,
     flags: EndpointFlags = NO_FLAGS,
 ) -> Any:
-    """A botocore client for `service`; `credentials` None leaves them to botocore's default chain.
+    """A botocore client for `service`; `credentials` None leaves them to botocore's default chain."""
+    return build_client(
+        service, region=region, endpoint_url=endpoint_url, credentials=credentials, config=config, flags=flags
+    )[0]
 
-    `flags` (dual-stack, FIPS) go to botocore's own endpoint rules; a region without such an
-    endpoint is a ConfigError here, before any call (agent/aws/endpoints.py)."""
+
+def build_client(
+    service: str,
+    *,
+    region: str,
+    endpoint_url: Optional[str],
+    credentials: Optional[tuple[str, str, str]],
+    config: Any,
+    flags: EndpointFlags = NO_FLAGS,
+) -> tuple[Any, EndpointFlags]:
+    """A botocore client for `service`, and the endpoint flags it was built with.
+
+    `flags` (dual-stack, FIPS) go to botocore's own endpoint rules; under use_fips_endpoint = auto a
+    region without a FIPS endpoint gets the standard one (one warning); otherwise a region without
+    such an endpoint is a ConfigError here, before any call (agent/aws/endpoints.py)."""
     import botocore.session  # noqa: PLC0415
 
     access_key, secret_key, token = credentials if credentials else (None, None, None)
@@ -38,6 +54,7 @@ def create_client(
     session.register_component("data_loader", _one_service_loader(service))
     aws_endpoints.prepare_session(session, service)
     explicit = endpoint_url is not None
+    flags = aws_endpoints.settle_fips(session, service, region, flags, explicit_endpoint=explicit)
     client = session.create_client(
         service,
         region_name=region,
@@ -48,7 +65,7 @@ def create_client(
         config=aws_endpoints.client_config(config, flags, explicit_endpoint=explicit),
     )
     aws_endpoints.check_endpoint(session, client, service, region, flags, explicit_endpoint=explicit)
-    return client
+    return client, flags
 
 
 def create_ssm_client(
@@ -60,8 +77,9 @@ def create_ssm_client(
     connect_timeout_seconds: float,
     read_timeout_seconds: float,
     flags: EndpointFlags = NO_FLAGS,
-) -> Any:
-    """A botocore SSM client that makes one attempt per call (the agent's own loop retries until its
+) -> tuple[Any, EndpointFlags]:
+    """A botocore SSM client (and the endpoint flags it was built with) that makes one attempt per call
+    (the agent's own loop retries until its
     deadline) and never waits for one answer longer than the outage deadline."""
     from botocore.config import Config  # noqa: PLC0415
     from botocore.exceptions import BotoCoreError  # noqa: PLC0415
@@ -75,7 +93,7 @@ def create_ssm_client(
         user_agent_extra=f"secrets-agent/{__version__}",
     )
     try:
-        return create_client(
+        return build_client(
             "ssm",
             region=region,
             endpoint_url=endpoint_url,
@@ -84,11 +102,41 @@ def create_ssm_client(
             flags=flags,
         )
     except (BotoCoreError, ValueError) as exc:
+        failure = credential_failure(exc, "an SSM client")
+        if failure is not None:
+            raise failure from None
         # botocore's messages here name only the region or the URL, never a secret.
         raise ConfigError(
             f"cannot build an SSM client for region {region!r} and endpoint {endpoint_url!r}: "
             f"{type(exc).__name__}; fix region / ssm_endpoint in agent.toml or AWS_ENDPOINT_URL_SSM"
         ) from None
+
+
+def credential_failure(error: BaseException, needed_for: str) -> Optional[CredentialsError]:
+    """The CredentialsError (exit 6) for botocore's default chain failing to give credentials (none
+    found, a credential_process or SSO token that fails, a profile that does not exist); None for
+    any other error. botocore's own words may quote a process's output: only the type is shown."""
+    import botocore.exceptions as botocore_errors  # noqa: PLC0415
+
+    names = (
+        "NoCredentialsError",
+        "PartialCredentialsError",
+        "CredentialRetrievalError",
+        "ProfileNotFound",
+        "TokenRetrievalError",
+        "SSOError",
+        "UnknownCredentialError",
+        "MetadataRetrievalError",
+    )
+    kinds = tuple(getattr(botocore_errors, name) for name in names if hasattr(botocore_errors, name))
+    if not isinstance(error, kinds):
+        return None
+    return CredentialsError(
+        f"no usable AWS credentials for {needed_for} ({type(error).__name__} from botocore's default "
+        "credential chain): on EC2 attach an instance profile (IMDS gives its credentials); off EC2 fix "
+        "the chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE and its credential_process "
+        "or SSO login)"
+    )
 
 
 def _one_service_loader(service: str) -> Any:

@@ -10,12 +10,16 @@ always wins: the flags are then off, as botocore refuses them beside a custom en
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import structlog
+
 from agent.config import AgentSettings
 from agent.errors import ConfigError
+
+log = structlog.get_logger("secrets-agent")
 
 # The kernel's routing table for IPv4 (the reading process's network namespace) and its FIPS switch.
 IPV4_ROUTES_PATH = Path("/proc/net/route")
@@ -39,6 +43,8 @@ class EndpointFlags:
     fips: bool
     dualstack_reason: str
     fips_reason: str
+    # use_fips_endpoint = auto: a region without a FIPS endpoint falls back to the standard one.
+    fips_is_auto: bool = False
 
     def describe(self) -> str:
         """`dual-stack (use_dualstack_endpoint = true in ...), not FIPS (...)`."""
@@ -103,7 +109,8 @@ def endpoint_flags(
             f"{fips_path} is unreadable, so no FIPS mode is assumed",
         ),
     )
-    return EndpointFlags(dualstack, fips, dualstack_reason, fips_reason)
+    is_auto = settings.use_fips_endpoint.value == "auto"
+    return EndpointFlags(dualstack, fips, dualstack_reason, fips_reason, fips_is_auto=is_auto)
 
 
 def _negate(value: Optional[bool]) -> Optional[bool]:
@@ -120,6 +127,29 @@ def _decide(
     if found is None:
         return False, f"{described}: {words[2]}"
     return found, f"{described}: {words[0] if found else words[1]}"
+
+
+def settle_fips(
+    session: Any, service: str, region: str, flags: EndpointFlags, *, explicit_endpoint: bool
+) -> EndpointFlags:
+    """`flags`, except that under use_fips_endpoint = auto a region without a FIPS endpoint for
+    `service` gets the standard endpoint, with one warning saying so (instead of exit 2)."""
+    if explicit_endpoint or not (flags.fips and flags.fips_is_auto):
+        return flags
+    if region in fips_regions(session, service):
+        return flags
+    name = SERVICE_NAMES.get(service, service)
+    reason = (
+        f"{flags.fips_reason}, but AWS has no FIPS endpoint for {name} in region {region}, so the "
+        "standard one"
+    )
+    log.warning(
+        "fips_endpoint_unavailable",
+        service=name,
+        region=region,
+        detail=f"{reason}; set use_fips_endpoint = false in agent.toml to silence this, or name the endpoint",
+    )
+    return replace(flags, fips=False, fips_reason=reason)
 
 
 def client_config(config: Any, flags: EndpointFlags, *, explicit_endpoint: bool) -> Any:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import http.client
+import io
 import os
 import selectors
 import socket
@@ -48,6 +49,9 @@ ENDPOINTS_BY_MODE = {
 }
 # A token is at most this long, in the characters IMDS uses (the client checks it again).
 _MAX_TOKEN_CHARS = 4096
+# A token answer is a few hundred bytes; a peer sending more is not IMDS.
+_MAX_ANSWER_BYTES = 16384
+_RECV_BYTES = 4096
 
 _RACE_FIX = (
     "enable the instance metadata service and the address this subnet can reach (`aws ec2 "
@@ -172,6 +176,7 @@ class _Attempt:
     sock: socket.socket
     request: bytes
     is_sent: bool = False
+    received: bytearray = field(default_factory=bytearray)
 
 
 def _race_once(
@@ -206,8 +211,14 @@ def _race_once(
                             selector.unregister(attempt.sock)
                             attempt.sock.close()
                         continue
+                    # Read what arrived, never waiting: one deadline for the whole race, which a
+                    # peer that accepts and trickles bytes (a metadata proxy) cannot stretch.
+                    is_done = _receive(attempt, last_errors)
+                    if not is_done:
+                        continue
                     selector.unregister(attempt.sock)
-                    status, token = _read_answer(attempt, max(ends_at - time.monotonic(), 0.01), last_errors)
+                    attempt.sock.close()
+                    status, token = _parse_answer(attempt, last_errors)
                     if status == 200 and token:
                         return attempt.endpoint, token
                     if status is not None:
@@ -254,10 +265,52 @@ def _send(attempt: _Attempt, last_errors: dict[str, str]) -> bool:
     return True
 
 
-def _read_answer(attempt: _Attempt, timeout: float, last_errors: dict[str, str]) -> tuple[Optional[int], str]:
+def _receive(attempt: _Attempt, last_errors: dict[str, str]) -> bool:
+    """Take what the socket holds now (it is readable); True once the answer is whole, the peer
+    closed, it sent too much, or the read failed (then `last_errors` says why)."""
+    try:
+        chunk = attempt.sock.recv(_RECV_BYTES)
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        last_errors[attempt.endpoint] = _short_error(exc)
+        attempt.received.clear()
+        return True
+    attempt.received += chunk
+    return not chunk or len(attempt.received) > _MAX_ANSWER_BYTES or _is_whole(bytes(attempt.received))
+
+
+def _is_whole(data: bytes) -> bool:
+    """True when `data` holds the headers and as many body bytes as Content-Length says."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            try:
+                return len(body) >= int(value.strip())
+            except ValueError:
+                return True  # not HTTP as IMDS speaks it: parse what came and refuse it
+    return False  # no length: the answer ends when the peer closes (Connection: close)
+
+
+class _Received:
+    """What http.client needs of a socket to parse an answer already read."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def makefile(self, _mode: str) -> io.BytesIO:
+        return io.BytesIO(self._data)
+
+
+def _parse_answer(attempt: _Attempt, last_errors: dict[str, str]) -> tuple[Optional[int], str]:
     """The status and (on a 200 that looks like one) the token; (None, "") when no answer came."""
-    attempt.sock.settimeout(timeout)
-    response = http.client.HTTPResponse(attempt.sock)
+    if not attempt.received:
+        last_errors.setdefault(attempt.endpoint, "the connection closed without an answer")
+        return None, ""
+    response = http.client.HTTPResponse(_Received(bytes(attempt.received)))  # type: ignore[arg-type]
     try:
         response.begin()
         body = response.read(_MAX_TOKEN_CHARS + 1)
@@ -266,7 +319,6 @@ def _read_answer(attempt: _Attempt, timeout: float, last_errors: dict[str, str])
         return None, ""
     finally:
         response.close()
-        attempt.sock.close()
     last_errors[attempt.endpoint] = f"HTTP {response.status}"
     logger.debug("imds_race_answer", endpoint=attempt.endpoint, status=response.status)
     token = body.decode("ascii", errors="replace").strip()

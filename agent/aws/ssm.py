@@ -62,7 +62,7 @@ class SsmClient:
         self._role = role
         # Set when SSM denies ssm:GetParameters: from then on, one GetParameter per name.
         self.fetches_one_by_one = False
-        client = create_ssm_client(
+        client, self.endpoint_flags = create_ssm_client(
             region=region,
             endpoint_url=endpoint_url,
             credentials=credentials,

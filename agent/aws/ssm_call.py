@@ -17,12 +17,11 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     HTTPClientError,
-    NoCredentialsError,
-    PartialCredentialsError,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from agent.aws.answers import describe_http
+from agent.aws.clients import credential_failure
 from agent.aws.retry import Backoff, Deadline, Failure, Kind, NotServiceAnswer, RetryLoop, ThrottleMemory
 from agent.aws.ssm_errors import (
     THROTTLING_ERROR_CODES,
@@ -32,7 +31,7 @@ from agent.aws.ssm_errors import (
     is_retryable_error,
     map_client_error,
 )
-from agent.errors import AgentError, CredentialsError, ServiceUnavailable
+from agent.errors import AgentError, ServiceUnavailable
 
 _log = structlog.get_logger()
 
@@ -140,11 +139,9 @@ class SsmCaller:
             # EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError,
             # a body cut short: refused or slow connects, answers that never come or never end.
             return Failure(Kind.OUTAGE, type(error).__name__)
-        if isinstance(error, (NoCredentialsError, PartialCredentialsError)):
-            raise CredentialsError(
-                f"no AWS credentials for ssm:{action}: attach an instance profile (IMDS gives its "
-                "credentials) or, off EC2, configure the AWS default credential chain"
-            ) from None
+        failure = credential_failure(error, f"ssm:{action}")
+        if failure is not None:
+            raise failure from None
         if isinstance(error, BotoCoreError):
             raise AgentError(f"ssm:{action} failed before reaching SSM: {type(error).__name__}") from None
         if isinstance(error, _PARSE_ERRORS) and _raised_in(_BOTOCORE_PARSER_MODULE, error.__traceback__):

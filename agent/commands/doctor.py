@@ -19,14 +19,24 @@ from urllib.parse import urlsplit
 
 import requests
 
-from agent.aws import endpoints as aws_endpoints
 from agent.aws import imds_endpoints
 from agent.aws.imds import RoleCredentials
 from agent.aws.retry import Deadline
 from agent.aws.ssm import CONNECT_TIMEOUT_SECONDS, SsmClient
 from agent.commands import doctor_network
 from agent.config import DEFAULT_RUNTIME_DIR, AgentSettings, ServiceSettings
-from agent.errors import AgentError, ServiceUnavailable, SystemdError, UntrustedFile
+from agent.errors import (
+    AccessDenied,
+    AgentError,
+    ConfigError,
+    CredentialsError,
+    OutputError,
+    ParameterNotFound,
+    ServiceUnavailable,
+    SystemdError,
+    TemplateError,
+    UntrustedFile,
+)
 from agent.host.output import is_memory_backed
 from agent.host.systemd import (
     DROPIN_NAME,
@@ -44,6 +54,32 @@ from agent.template.formats import format_of
 from agent.template.jinja import CompiledTemplate
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+# A failed check that carries no error of its own exits with its kind's code (agent/errors.py), as the
+# command it foresees would: never 1, which is the agent's own bug.
+FAILED_CHECK_CODES = {
+    "ownership": UntrustedFile.exit_code,
+    "settings": ConfigError.exit_code,
+    "template": TemplateError.exit_code,
+    "region": ConfigError.exit_code,
+    "ssm endpoint": ConfigError.exit_code,
+    "runtime folder": OutputError.exit_code,
+    "imds": ServiceUnavailable.exit_code,
+    "imds address": ServiceUnavailable.exit_code,
+    "imds token": ServiceUnavailable.exit_code,
+    "imds region": ServiceUnavailable.exit_code,
+    "role": CredentialsError.exit_code,
+    "ssm dns": ServiceUnavailable.exit_code,
+    "ssm connection": ServiceUnavailable.exit_code,
+    "ssm answer": ServiceUnavailable.exit_code,
+    # SSM refuses signatures from a clock more than 5 minutes off: the credentials are then unusable.
+    "clock": CredentialsError.exit_code,
+    "parameter": ParameterNotFound.exit_code,
+    "path": AccessDenied.exit_code,
+    "systemd": SystemdError.exit_code,
+    "agent unit": SystemdError.exit_code,
+    "drop-in": SystemdError.exit_code,
+    "drop-in file": SystemdError.exit_code,
+}
 # SigV4 signatures are refused when the signer's clock is more than 5 minutes off AWS's.
 MAX_CLOCK_SKEW_SECONDS = 300
 IMDS_DEADLINE_SECONDS = 4.0
@@ -66,6 +102,16 @@ class Check:
     status: str
     name: str
     detail: str
+    # A failed check's exit code (agent/errors.py); 0: by its name, from FAILED_CHECK_CODES.
+    exit_code: int = 0
+
+    @property
+    def failure_code(self) -> int:
+        """The exit code this check stands for when it failed: its own, else its kind's (never 1)."""
+        if self.exit_code > 1:
+            return self.exit_code
+        kind = self.name.split(" ", 1)[0] if self.name.startswith(("parameter ", "path ")) else self.name
+        return FAILED_CHECK_CODES.get(kind, ConfigError.exit_code)
 
     def line(self) -> str:
         """`passed  name: detail`, aligned on the status."""
@@ -88,10 +134,10 @@ def run_checks(name: str, inputs: Inputs) -> Iterator[Check]:
     try:
         settings, service = inputs.load_settings()
     except UntrustedFile as exc:
-        yield Check(FAILED, "ownership", exc.message)
+        yield Check(FAILED, "ownership", exc.message, exc.exit_code)
         return
     except AgentError as exc:
-        yield Check(FAILED, "settings", exc.message)
+        yield Check(FAILED, "settings", exc.message, exc.exit_code)
         return
     yield Check(PASSED, "settings", f"{settings.config_dir}/agent.toml and {name}.toml")
     config = settings.config_dir
@@ -113,7 +159,7 @@ def run_checks(name: str, inputs: Inputs) -> Iterator[Check]:
                 f"{_count(len(needs.paths), 'path')}",
             )
         except AgentError as exc:
-            yield Check(FAILED, "template", exc.message)
+            yield Check(FAILED, "template", exc.message, exc.exit_code)
     yield runtime_folder_check(service)
 
     deadline = Deadline(IMDS_DEADLINE_SECONDS)
@@ -148,13 +194,13 @@ def run_checks(name: str, inputs: Inputs) -> Iterator[Check]:
             deadline = Deadline(min(service.deadline_seconds, SSM_DEADLINE_SECONDS))
             client = ssm_client(settings, deadline, access)
         except AgentError as exc:
-            yield Check(FAILED, "ssm endpoint", exc.message)
+            yield Check(FAILED, "ssm endpoint", exc.message, exc.exit_code)
     reachable = False
     if client is None:
         yield Check(SKIPPED, "ssm endpoint", "no region, so no endpoint to try")
         yield Check(SKIPPED, "clock", "needs SSM's answer")
     else:
-        why = doctor_network.ssm_endpoint_why(settings, aws_endpoints.endpoint_flags(settings))
+        why = doctor_network.ssm_endpoint_why(settings, client.endpoint_flags)
         yield Check(PASSED, "ssm endpoint", f"{client.endpoint} ({why})")
         endpoint_checks = list(_endpoint_checks(client.endpoint, inputs.now))
         reachable = all(check.status == PASSED for check in endpoint_checks if check.name.startswith("ssm "))
@@ -201,7 +247,7 @@ def _imds_checks(settings: AgentSettings, deadline: Deadline) -> Iterator[tuple[
     try:
         choice = imds_endpoints.choose_endpoint(settings, deadline, timeout_seconds=IMDS_TIMEOUT_SECONDS)
     except AgentError as exc:
-        yield Check(FAILED, "imds address", exc.message), None
+        yield Check(FAILED, "imds address", exc.message, exc.exit_code), None
         for name in ("imds", "imds token", "role"):
             yield Check(SKIPPED, name, "no IMDS address answered"), None
         return
@@ -244,7 +290,7 @@ def _imds_checks(settings: AgentSettings, deadline: Deadline) -> Iterator[tuple[
         try:
             credentials = imds.role_credentials()
         except AgentError as exc:
-            yield Check(FAILED, "role", exc.message), None
+            yield Check(FAILED, "role", exc.message, exc.exit_code), None
         else:
             yield (
                 Check(PASSED, "role", f"{credentials.role} (credentials expire {credentials.expiration})"),
@@ -313,7 +359,7 @@ def _parameter_checks(client: SsmClient, template: CompiledTemplate) -> Iterator
         try:
             found, _missing = client.fetch([selector])
         except AgentError as exc:
-            yield Check(FAILED, f"parameter {selector}", exc.message)
+            yield Check(FAILED, f"parameter {selector}", exc.message, exc.exit_code)
             continue
         if selector in found:
             parameter = found[selector]
@@ -342,7 +388,7 @@ def _parameter_checks(client: SsmClient, template: CompiledTemplate) -> Iterator
         try:
             listed = client.fetch_path(path, recursive=recursive)
         except AgentError as exc:
-            yield Check(FAILED, f"path {path}", exc.message)
+            yield Check(FAILED, f"path {path}", exc.message, exc.exit_code)
         else:
             yield Check(PASSED, f"path {path}", f"listable ({_count(len(listed), 'parameter')})")
 
@@ -358,7 +404,7 @@ def _systemd_checks(name: str, service: ServiceSettings, inputs: Inputs) -> Iter
     try:
         yield from _unit_checks(name, service, inputs)
     except SystemdError as exc:
-        yield Check(FAILED, "systemd", exc.message)
+        yield Check(FAILED, "systemd", exc.message, exc.exit_code)
 
 
 def _unit_checks(name: str, service: ServiceSettings, inputs: Inputs) -> Iterator[Check]:
@@ -409,10 +455,11 @@ def _unit_checks(name: str, service: ServiceSettings, inputs: Inputs) -> Iterato
 
 
 def report(checks: Iterator[Check], out: Callable[[str], object]) -> int:
-    """Write each check as it completes; 1 when any failed, else 0."""
-    failed = 0
+    """Write each check as it completes; 0 when none failed, else the first failure's exit code."""
+    failed: list[Check] = []
     for check in checks:
         out(check.line() + "\n")
-        failed += check.status == FAILED
-    out(f"{'all checks passed' if not failed else f'{failed} failed'}\n")
-    return 1 if failed else 0
+        if check.status == FAILED:
+            failed.append(check)
+    out(f"{'all checks passed' if not failed else f'{len(failed)} failed'}\n")
+    return failed[0].failure_code if failed else 0

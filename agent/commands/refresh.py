@@ -6,7 +6,7 @@ set renders (agent/commands/guard.py).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Callable, Protocol
+from typing import Callable, Optional, Protocol
 
 import structlog
 
@@ -16,7 +16,7 @@ from agent.aws.ssm import SsmClient
 from agent.commands.guard import held
 from agent.config import ServiceSettings
 from agent.errors import AgentError
-from agent.host.state import Change, RenderRecord, Version, read_record
+from agent.host.state import Change, RenderRecord, Version, hidden_entries, is_hidden, read_record
 from agent.host.systemd import agent_unit
 from agent.log import REDACTOR
 from agent.render import CheckedRender
@@ -93,9 +93,33 @@ def is_fixed_version(selector: str) -> bool:
 
 
 def selectors_to_check(record: RenderRecord) -> list[str]:
-    """The selectors a check asks SSM about: all but found fixed versions, plus the absent ones."""
-    found = [s for s in sorted(record.selectors) if not is_fixed_version(s)]
-    return found + [s for s in record.missing if s not in record.selectors]
+    """The selectors a check asks SSM about: all but found fixed versions, plus the absent ones;
+    never a hidden one (computed from a value: only a render can resolve it, see compare_hidden)."""
+    found = [
+        s
+        for s, (name, _version) in sorted(record.selectors.items())
+        if not is_fixed_version(s) and not is_hidden(s) and not is_hidden(name)
+    ]
+    return found + [s for s in record.missing if s not in record.selectors and not is_hidden(s)]
+
+
+def compare_hidden(record: RenderRecord, rendered: RenderRecord) -> list[Change]:
+    """Changes among the hidden entries (names computed from a value), from a render just done: they
+    are compared as a whole, by their redacted names and versions, never by a name that holds a value."""
+    old, new = hidden_entries(record), hidden_entries(rendered)
+    if old == new:
+        return []
+    changes = [
+        Change(name=name, old=version, new=None, path=where)
+        for where, name, version in old
+        if (where, name, version) not in new
+    ]
+    changes += [
+        Change(name=name, old=None, new=version, path=where)
+        for where, name, version in new
+        if (where, name, version) not in old
+    ]
+    return changes
 
 
 def compare(record: RenderRecord, source: VersionSource) -> list[Change]:
@@ -110,9 +134,13 @@ def compare(record: RenderRecord, source: VersionSource) -> list[Change]:
             if old != new or _recreated(record, source, selector):
                 changes.append(Change(name=selector, old=old, new=new, recreated=old == new))
     for listing in record.paths:
+        if is_hidden(listing.path):
+            continue  # computed from a value: compare_hidden
         now = source.current_listing(listing.path, listing.recursive)
         for name in sorted(set(listing.versions) | set(now)):
             old, new = listing.versions.get(name), now.get(name)
+            if is_hidden(name):
+                continue
             if old != new or _recreated(record, source, name):
                 changes.append(Change(name=name, old=old, new=new, path=listing.path, recreated=old == new))
     return changes
@@ -162,6 +190,15 @@ def refresh(
         return 0
     record = read_record(service)
     changes = compare(record, versions())
+    checked: Optional[CheckedRender] = None
+    if not changes and hidden_entries(record):
+        # Names the template computed from a value are hidden in the record: only a render (which
+        # decrypts) can resolve them, so a check of such a template renders every time.
+        try:
+            checked = prepare()
+        except AgentError as exc:
+            raise held(exc, apps) from None
+        changes = compare_hidden(record, checked.record or record)
     found(changes)  # what the check found, for its record and the metrics, before any action
     if not changes:
         log.info(
@@ -178,10 +215,11 @@ def refresh(
         units=apps,
         changes=[change.as_log() for change in changes],
     )
-    try:
-        checked = prepare()
-    except AgentError as exc:
-        raise held(exc, apps) from None
+    if checked is None:
+        try:
+            checked = prepare()
+        except AgentError as exc:
+            raise held(exc, apps) from None
     log.info(
         "refresh_ready",
         service=service.name,

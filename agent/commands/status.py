@@ -16,7 +16,7 @@ from typing import Callable, Optional, TextIO
 from agent.commands import status_view
 from agent.commands.status_view import LastRender, Parameter, Refresh, ServiceStatus, UnitState
 from agent.config import AgentSettings, load_service_settings, validate_name
-from agent.errors import ConfigError, SystemdError
+from agent.errors import ConfigError, ServiceUnavailable, SystemdError
 from agent.host.systemd import agent_unit, default_app_unit, refresh_service, refresh_timer, show_units
 from agent.observe.observed import read_check_record, read_render_record, record_versions
 from agent.template.formats import format_of
@@ -35,8 +35,11 @@ UNIT_PROPERTIES = (
     "RandomizedDelayUSec",
     "ActiveEnterTimestamp",
 )
-# `status` exits with this when something is failed or stale, so that it serves as a health check.
-EXIT_UNHEALTHY = 1
+# `status` exits with the code of what failed (the failed render's or check's), so that it serves as a
+# health check; never 1, which is the agent's own bug. A unit that failed without an agent code (killed,
+# timed out, the app itself) is systemd's word: SystemdError's code; a timeout is an outage's.
+EXIT_UNIT_FAILED = SystemdError.exit_code
+EXIT_UNIT_TIMED_OUT = ServiceUnavailable.exit_code
 # A refresh timer is stale when no check ran for this many intervals (plus its random delay).
 STALE_INTERVALS = 2
 # What an agent exit code means (agent/errors.py), for a failed unit whose message is not known.
@@ -103,6 +106,17 @@ def service_names(settings: AgentSettings) -> list[str]:
     return [entry.name[: -len(".env.j2")] for entry in entries if entry.is_file()]
 
 
+def failure_code(shown: Mapping[str, str]) -> int:
+    """The exit code a failed agent unit stands for: the agent's own (2-10), else systemd's word."""
+    try:
+        code = int(shown.get("ExecMainStatus") or 0)
+    except ValueError:
+        code = 0
+    if code in EXIT_MEANINGS and code > 1:
+        return code
+    return EXIT_UNIT_TIMED_OUT if shown.get("Result") == "timeout" else EXIT_UNIT_FAILED
+
+
 def _unit(shown: Mapping[str, str], unit: str) -> UnitState:
     return UnitState(
         unit=unit,
@@ -139,9 +153,10 @@ def gather(settings: AgentSettings, name: str, show: Optional[ShowUnits], now: f
         error=check.error if check else None,
     )
     units: Optional[tuple[UnitState, ...]] = None
-    problems: list[str] = []
+    problems: list[tuple[int, str]] = []
     if refresh.last_result == "failed":
-        problems.append(f"the last rotation check failed: {refresh.error}")
+        code = check.exit_code if check is not None and check.exit_code > 1 else EXIT_UNIT_FAILED
+        problems.append((code, f"the last rotation check failed: {refresh.error}"))
     if show is not None:
         units, last_render, refresh = _with_systemd(
             name, show, last_render=last_render, refresh=refresh, now=now, problems=problems
@@ -156,7 +171,8 @@ def gather(settings: AgentSettings, name: str, show: Optional[ShowUnits], now: f
         last_render=last_render,
         parameters=parameters,
         refresh=refresh,
-        problems=tuple(problems),
+        problems=tuple(text for _code, text in problems),
+        exit_code=problems[0][0] if problems else 0,
     )
 
 
@@ -167,7 +183,7 @@ def _with_systemd(
     last_render: Optional[LastRender],
     refresh: Refresh,
     now: float,
-    problems: list[str],
+    problems: list[tuple[int, str]],
 ) -> tuple[tuple[UnitState, ...], Optional[LastRender], Refresh]:
     agent_name, timer_name, check_name = agent_unit(name), refresh_timer(name), refresh_service(name)
     agent, timer, checker = show([agent_name, timer_name, check_name], UNIT_PROPERTIES)
@@ -188,10 +204,10 @@ def _with_systemd(
             exit_code=code,
             error=why,
         )
-        problems.append(f"{agent_name} failed (exit {code}): {why}")
+        problems.insert(0, (failure_code(agent), f"{agent_name} failed (exit {code}): {why}"))
     for state, unit in zip(apps, app_units):
         if state.get("ActiveState") == "failed":
-            problems.append(f"{unit} failed ({state.get('Result', '')})")
+            problems.append((EXIT_UNIT_FAILED, f"{unit} failed ({state.get('Result', '')})"))
 
     timer_on = timer.get("ActiveState") == "active"
     interval = _interval(timer.get("TimersMonotonic", ""))
@@ -207,8 +223,11 @@ def _with_systemd(
     )
     if checker.get("ActiveState") == "failed" and refresh.last_result != "failed":
         problems.append(
-            f"the last rotation check failed (exit {checker.get('ExecMainStatus', '?')}): "
-            f"`journalctl -u {check_name}` says why"
+            (
+                failure_code(checker),
+                f"the last rotation check failed (exit {checker.get('ExecMainStatus', '?')}): "
+                f"`journalctl -u {check_name}` says why",
+            )
         )
     app_runs = any(state.get("ActiveState") == "active" for state in apps)
     if timer_on and app_runs and interval:
@@ -217,8 +236,11 @@ def _with_systemd(
         limit = STALE_INTERVALS * interval + delay
         if since is not None and now - since > limit:
             problems.append(
-                f"stale: no rotation check for {now - since:.0f} s, more than {STALE_INTERVALS} intervals "
-                f"of {interval:g} s (plus the timer's {delay:g} s random delay)"
+                (
+                    EXIT_UNIT_FAILED,
+                    f"stale: no rotation check for {now - since:.0f} s, more than {STALE_INTERVALS} "
+                    f"intervals of {interval:g} s (plus the timer's {delay:g} s random delay)",
+                )
             )
     return units, last_render, refresh
 
@@ -241,7 +263,8 @@ def probe_systemd(show: ShowUnits) -> Optional[ShowUnits]:
 
 
 def command(settings: AgentSettings, name: Optional[str], *, as_json: bool, out: TextIO) -> int:
-    """`secrets-agent status [NAME] [--json]`: print, and return 0 if healthy, else EXIT_UNHEALTHY."""
+    """`secrets-agent status [NAME] [--json]`: print, and return 0 if healthy, else the code of the first
+    unhealthy service's first problem (what failed: its render, its check; never 1)."""
     names = service_names(settings)
     if name:
         if validate_name(name) not in names:
@@ -254,4 +277,4 @@ def command(settings: AgentSettings, name: Optional[str], *, as_json: bool, out:
     out.write(
         status_view.render_json(statuses) if as_json else status_view.render_table(statuses, time.time())
     )
-    return 0 if all(s.healthy for s in statuses) else EXIT_UNHEALTHY
+    return next((s.exit_code for s in statuses if not s.healthy), 0)

@@ -68,6 +68,8 @@ class ServiceStatus:
     parameters: tuple[Parameter, ...]
     refresh: Refresh
     problems: tuple[str, ...] = field(default=())
+    # 0 when healthy, else the exit code of the first problem (agent/errors.py; never 1).
+    exit_code: int = 0
 
     @property
     def healthy(self) -> bool:

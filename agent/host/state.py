@@ -1,24 +1,35 @@
-"""The record of a render (state.json next to the rendered file, on tmpfs): the selectors, names,
+"""The record of a render (RUNTIME_DIR-state/NAME/state.json, on tmpfs): the selectors, names,
 versions and path listings it used and how it went, never a value; written with the output's own
-atomic writer, read without following a symlink.
+atomic writer, read only as a regular file that root owns, in a folder only root can write.
+
+Root acts on these records (refresh restarts apps, inventory and metrics report them), so they never
+sit where the app can write: with owner= the service's own folder is the app's. This module is the
+one way to reach a record (read_record, write_record, all_records, read_root_file for the check's).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol, Union
+import stat
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol, Union
 
-from agent.config import ServiceSettings
-from agent.errors import StateError
+from agent.config import STATE_FILE_NAME, AgentSettings, ServiceSettings, records_dir
+from agent.errors import AgentError, StateError
 from agent.host.output import Ownership, write_secret_file
 from agent.host.systemd import agent_unit, default_app_unit
+from agent.host.trust import trusted_owners
 
 STATE_FORMAT = 1
 # A record of 10,000 parameters is under 1 MiB; anything bigger was not written by the agent.
 STATE_MAX_BYTES = 4 * 1024 * 1024
+# O_NONBLOCK: a FIFO planted as a record is opened without waiting for a writer, then refused.
+_RECORD_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # A parameter's version number, or a Secrets Manager secret's AWSCURRENT version id.
 Version = Union[int, str]
 
@@ -195,29 +206,129 @@ def make_record(
     )
 
 
-def write_record(service: ServiceSettings, record: RenderRecord, ownership: Ownership) -> None:
-    """Write state.json next to the rendered file, atomically, 0600, with the output's own writer."""
+class UntrustedRecord(OSError):
+    """A record that is not a regular file root owns, in a folder only root can write (see read_root_file)."""
+
+
+def read_root_file(path: Path, max_bytes: int = STATE_MAX_BYTES) -> bytes:
+    """The bytes of a record root wrote: its folder and the file are opened without following a
+    symlink (O_NONBLOCK: a FIFO never hangs the reader), and refused unless the folder is owned by root
+    and writable by no one else and the file is a regular file owned by root. Raises FileNotFoundError,
+    UntrustedRecord (an OSError) with the reason, or OSError; at most max_bytes + 1 bytes are read."""
+    trusted = trusted_owners()
+    folder_fd = os.open(path.parent, _FOLDER_FLAGS)
+    try:
+        folder = os.fstat(folder_fd)
+        if folder.st_uid not in trusted or folder.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise UntrustedRecord(
+                errno.EPERM,
+                f"its folder {path.parent} is owned by uid {folder.st_uid} with mode "
+                f"{stat.S_IMODE(folder.st_mode):04o}, so someone but root could replace it",
+            )
+        fd = os.open(path.name, _RECORD_FLAGS, dir_fd=folder_fd)
+    finally:
+        os.close(folder_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UntrustedRecord(errno.EINVAL, "it is not a regular file (a FIFO, a device or a folder)")
+        if st.st_uid not in trusted:
+            raise UntrustedRecord(errno.EPERM, f"it is owned by uid {st.st_uid}, not by root")
+        chunks = []
+        size = 0
+        while size <= max_bytes and (chunk := os.read(fd, max_bytes + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+# What agent/log.py's redactor puts in place of a value; a name holding it was computed from a secret.
+HIDDEN_MARK = "[REDACTED]"
+
+
+def is_hidden(name: str) -> bool:
+    """True for a selector, name or path redacted because the template computed it from a value."""
+    return HIDDEN_MARK in name
+
+
+def redacted(record: RenderRecord, redact: Callable[[str], str]) -> RenderRecord:
+    """`record` with every selector, name and path passed through `redact`: a name the template
+    computed from a fetched value is then hidden wherever the record goes (state.json, status,
+    metrics labels, inventory) as it is in the logs; refresh checks such entries by rendering."""
+
+    def pair(item: tuple[str, Version]) -> tuple[str, Version]:
+        return redact(item[0]), item[1]
+
+    selectors: dict[str, tuple[str, Version]] = {}
+    for selector, item in record.selectors.items():
+        key = redact(selector)
+        # Two hidden names can redact alike: keep both, numbered, so none is lost from the record.
+        unique, number = key, 2
+        while unique in selectors:
+            unique, number = f"{key}#{number}", number + 1
+        selectors[unique] = pair(item)
+    return replace(
+        record,
+        selectors=selectors,
+        missing=tuple(sorted({redact(s) for s in record.missing})),
+        paths=tuple(
+            PathListing(
+                path=redact(p.path),
+                recursive=p.recursive,
+                versions={redact(name): version for name, version in p.versions.items()},
+            )
+            for p in record.paths
+        ),
+        modified={redact(key): value for key, value in record.modified.items() if not is_hidden(redact(key))},
+    )
+
+
+def hidden_entries(record: RenderRecord) -> list[tuple[str, str, Version]]:
+    """(selector or path, name, version) of every entry whose name is hidden, sorted: what a check can
+    compare only by rendering again."""
+    rows: list[tuple[str, str, Version]] = [
+        (selector, name, version)
+        for selector, (name, version) in record.selectors.items()
+        if is_hidden(selector) or is_hidden(name)
+    ]
+    rows += [(s, s, "absent") for s in record.missing if is_hidden(s)]
+    for listing in record.paths:
+        if is_hidden(listing.path):
+            rows += [(listing.path, name, version) for name, version in listing.versions.items()]
+        else:
+            rows += [(listing.path, n, v) for n, v in listing.versions.items() if is_hidden(n)]
+    return sorted(rows, key=str)
+
+
+def write_record(service: ServiceSettings, record: RenderRecord) -> None:
+    """Write state.json atomically, 0600, owned by root in root's 0700 folder, with the output's own
+    writer; whoever owns the rendered file (owner=), the record stays root's."""
     write_secret_file(
         service.state_path,
         record.to_json(),
-        ownership=ownership,
+        ownership=Ownership(),
         allow_persistent=service.allow_persistent,
     )
 
 
 def read_record(service: ServiceSettings) -> RenderRecord:
-    """Read state.json without following a symlink; a missing or unreadable one says how to get one."""
+    """Read state.json as root's own record (read_root_file); a missing or refused one says how to get one."""
     path = service.state_path
     app = default_app_unit(service.name)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with os.fdopen(fd, "rb") as handle:
-            data = handle.read(STATE_MAX_BYTES + 1)
+        data = read_root_file(path)
     except FileNotFoundError:
         raise StateError(
             f"no record of the last render at {path}: the app was not rendered by this agent yet "
             f"(or the record was removed); start or restart it once (`systemctl restart {app}`, "
             f"which runs {agent_unit(service.name)} first) and refresh can compare from then on"
+        ) from None
+    except UntrustedRecord as exc:
+        raise StateError(
+            f"refusing {path}: {exc.strerror}; only the agent (root) writes its records: remove it and "
+            f"restart the app once (`systemctl restart {app}`) so the agent records its render again"
         ) from None
     except OSError as exc:
         raise StateError(
@@ -230,3 +341,19 @@ def read_record(service: ServiceSettings) -> RenderRecord:
             f"and restart the app once (`systemctl restart {app}`)"
         )
     return RenderRecord.from_json(data, str(path))
+
+
+def all_records(settings: AgentSettings) -> Iterator[tuple[str, RenderRecord]]:
+    """Every service's record that reads back (as read_record reads it), by service name, sorted."""
+    try:
+        names = sorted(os.listdir(records_dir(settings.runtime_dir)))
+    except OSError:
+        return
+    for name in names:
+        path = records_dir(settings.runtime_dir) / name / STATE_FILE_NAME
+        try:
+            data = read_root_file(path)
+            if len(data) <= STATE_MAX_BYTES:
+                yield name, RenderRecord.from_json(data, str(path))
+        except (OSError, AgentError):
+            continue  # not a service's folder, or a record root did not write: never reported

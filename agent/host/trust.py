@@ -3,7 +3,8 @@
 Whoever can edit a template decides which parameters the instance role fetches, so the file and
 every folder and symlink on the way from / must be owned by root (or by the user the agent runs
 as, when that is not root) and not writable by group or others. A folder others may write is
-accepted with the sticky bit, since the entry below it must then be owned as above (/tmp). The
+accepted with the sticky bit, since the entry below it must then be owned as above (/tmp), and
+a file there must have one name only (a hard link made by someone else chose which file it is). The
 walk opens each step with O_NOFOLLOW relative to the folder before it, judges what it opened
 (fstat) and reads from that same descriptor: nothing is looked up twice by name.
 """
@@ -140,14 +141,18 @@ def _open_trusted(path: Path) -> int:
     trusted = trusted_owners()
     # The folders opened so far, from /; ".." pops one, as the kernel does (after a symlink too).
     folders: list[tuple[int, str]] = []
+    # Their modes, in step with `folders`: the last is the folder holding the file.
+    folder_modes: list[int] = []
 
     def push_folder(fd: int, st: os.stat_result, full: str) -> None:
         folders.append((fd, full))  # closed below whatever happens
+        folder_modes.append(stat.S_IMODE(st.st_mode))
         _check(path, _entry_of(st, full, FOLDER), trusted)
 
     def restart_at_root() -> None:
         while folders:
             os.close(folders.pop()[0])
+            folder_modes.pop()
         fd = os.open("/", _PATH_FLAGS | os.O_DIRECTORY)
         push_folder(fd, os.fstat(fd), "/")
 
@@ -162,6 +167,7 @@ def _open_trusted(path: Path) -> int:
             if name == "..":
                 if len(folders) > 1:
                     os.close(folders.pop()[0])
+                    folder_modes.pop()
                 continue
             dir_fd, dir_path = folders[-1]
             full = os.path.join(dir_path, name)
@@ -181,6 +187,7 @@ def _open_trusted(path: Path) -> int:
                     raise OSError(errno.EINVAL, f"{full} is not a regular file", str(path))
                 else:
                     _check(path, _entry_of(st, full, FILE), trusted)
+                    _check_links(path, full, st, folders[-1][1], folder_modes[-1])
                     return fd
             except BaseException:
                 os.close(fd)
@@ -217,6 +224,20 @@ def _check(requested: Path, entry: Entry, trusted: frozenset[int]) -> None:
     fix = judge(entry, trusted)
     if fix is not None:
         raise refusal(requested, entry, fix, trusted)
+
+
+def _check_links(requested: Path, full: str, st: os.stat_result, folder: str, folder_mode: int) -> None:
+    """Refuse a file with more than one name in a folder others can write (sticky or not): whoever
+    made the other name chose which of root's files this path reads, and it may be one root never
+    meant as a template (or a copy root since replaced)."""
+    if st.st_nlink > 1 and folder_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        quoted = shlex.quote(full)
+        raise UntrustedFile(
+            f"refusing to read {requested}: {full} has {st.st_nlink} hard links and lies in {folder} "
+            f"(mode {folder_mode:04o}), which others can write, so someone else may have linked it "
+            f"there; fix: keep the file in a folder only root can write, or give it a single name "
+            f"(`cp --remove-destination {quoted} {quoted}.new && mv {quoted}.new {quoted}`)"
+        )
 
 
 def _entry_of(st: os.stat_result, path: str, kind: str) -> Entry:

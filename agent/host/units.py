@@ -157,7 +157,8 @@ def check_credentials_supported(root: Path = Path("/")) -> int:
 
 
 def render_starter_template(name: str, *, credentials: bool = False) -> str:
-    """A starter NAME.env.j2: a Jinja comment with examples, so it renders to an empty file."""
+    """A starter NAME.env.j2: a Jinja comment with examples. It asks for no parameter, so `render` and
+    `check` refuse it (exit 3) until the operator writes the service's lines: never an empty file."""
     validate_name(name)
     where = (
         f"  Template for {name}: secrets-agent renders it into {runtime_credentials_dir(name)}/,\n"

@@ -8,9 +8,8 @@ code: a failure to publish is logged and never changes the command's outcome.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -22,7 +21,7 @@ from agent.config import AgentSettings, ServiceSettings
 from agent.errors import AgentError, OutputError
 from agent.host.notify import StatusNotifier
 from agent.host.output import remove_public_file, write_public_file, write_secret_file
-from agent.host.state import STATE_MAX_BYTES, Change, RenderRecord, RenderStats, read_record
+from agent.host.state import Change, RenderRecord, RenderStats, all_records, read_record, read_root_file
 from agent.log import REDACTOR
 from agent.observe import inventory
 from agent.observe.outcomes import NO_CHECK_YET, CheckRecord, RenderOutcome
@@ -59,6 +58,7 @@ class Observations:
     render: Optional[RenderOutcome] = None
     changes: Optional[list[Change]] = None
     check_error: Optional[str] = None
+    check_exit_code: int = 0
     is_check: bool = False
     cleaned: bool = False
 
@@ -87,11 +87,12 @@ def read_check_record(service: ServiceSettings) -> Optional[CheckRecord]:
     """The last check's record, or None when no check ran since boot (or the record is unreadable)."""
     path = service.check_path
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
+        data = read_root_file(path)
+    except FileNotFoundError:
         return None
-    with os.fdopen(fd, "rb") as handle:
-        data = handle.read(STATE_MAX_BYTES + 1)
+    except OSError as exc:
+        log.warning("check_record_unreadable", error=f"refusing {path}: {exc.strerror}")
+        return None
     try:
         return CheckRecord.from_json(data, str(path))
     except AgentError as exc:
@@ -132,7 +133,12 @@ def _record_check(service: ServiceSettings, observed: Observations) -> Optional[
     if not observed.is_check or (observed.changes is None and observed.check_error is None):
         return None  # skipped (the app does not run): nothing was asked, nothing to record
     previous = read_check_record(service) or NO_CHECK_YET
-    record = previous.next(checked_at=time.time(), changes=observed.changes or [], error=observed.check_error)
+    record = previous.next(
+        checked_at=time.time(),
+        changes=observed.changes or [],
+        error=observed.check_error,
+        exit_code=observed.check_exit_code,
+    )
     write_secret_file(service.check_path, record.to_json(), allow_persistent=service.allow_persistent)
     return record
 
@@ -173,25 +179,6 @@ def publish(settings: AgentSettings, service: ServiceSettings, observed: Observa
     publish_inventory(settings)
 
 
-def _all_records(settings: AgentSettings) -> Iterable[tuple[str, RenderRecord]]:
-    try:
-        names = sorted(os.listdir(settings.runtime_dir))
-    except OSError:
-        return
-    for name in names:
-        path = settings.runtime_dir / name / "state.json"
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            continue  # not a service folder, or one owned by an app user (owner= in NAME.toml)
-        with os.fdopen(fd, "rb") as handle:
-            data = handle.read(STATE_MAX_BYTES + 1)
-        try:
-            yield name, RenderRecord.from_json(data, str(path))
-        except AgentError:
-            continue
-
-
 def publish_inventory(settings: AgentSettings, ssm_agent_dir: Path = inventory.SSM_AGENT_DIR) -> None:
     """Rewrite the Custom:SecretsAgent file in every SSM agent custom inventory folder there is, from
     every service's record (one file per type and instance, so it lists them all)."""
@@ -206,7 +193,7 @@ def publish_inventory(settings: AgentSettings, ssm_agent_dir: Path = inventory.S
             version=str(version),
             rendered_at=record.stats.ended_at if record.stats is not None else None,
         )
-        for name, record in _all_records(settings)
+        for name, record in all_records(settings)
         for selector, parameter, version in record_versions(record)
     ]
     document = inventory.render_inventory(rows)

@@ -43,6 +43,8 @@ class CheckRecord:
     checks_total: int = 0
     changes_total: int = 0
     failures_total: int = 0
+    # A failed check's exit code (agent/errors.py); 0 when it did not fail (or an older record).
+    exit_code: int = 0
 
     @property
     def ok(self) -> bool:
@@ -61,6 +63,7 @@ class CheckRecord:
             "checks_total": self.checks_total,
             "changes_total": self.changes_total,
             "failures_total": self.failures_total,
+            "exit_code": self.exit_code,
         }
         return (json.dumps(document, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
 
@@ -80,6 +83,7 @@ class CheckRecord:
                 checks_total=int(document["checks_total"]),
                 changes_total=int(document["changes_total"]),
                 failures_total=int(document["failures_total"]),
+                exit_code=int(document.get("exit_code", 0)),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise AgentError(
@@ -87,7 +91,9 @@ class CheckRecord:
                 "remove it; the next check writes a new one"
             ) from None
 
-    def next(self, *, checked_at: float, changes: Sequence[Change], error: Optional[str]) -> CheckRecord:
+    def next(
+        self, *, checked_at: float, changes: Sequence[Change], error: Optional[str], exit_code: int = 0
+    ) -> CheckRecord:
         """The record after one more check: this one's findings, the totals carried on."""
         failed = error is not None
         return CheckRecord(
@@ -99,6 +105,7 @@ class CheckRecord:
             checks_total=self.checks_total + 1,
             changes_total=self.changes_total + len(changes),
             failures_total=self.failures_total + (1 if failed else 0),
+            exit_code=exit_code if failed else 0,
         )
 
 

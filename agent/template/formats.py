@@ -88,6 +88,9 @@ class Format:
     loads_credentials: bool = False
     # Why owner/group settings do not apply, or None when they do.
     refuses_owner: Optional[str] = None
+    # systemd reads it only when the app starts (EnvironmentFile=, LoadCredential=): a file written
+    # while the app runs reaches it only through a restart, so on_change = render/reload cannot deliver.
+    read_at_start_only: bool = False
 
     def output_path(self, service: ServiceOutput) -> Path:
         """Where this format puts NAME's secrets: the env file, or the credentials folder."""
@@ -114,6 +117,7 @@ FORMATS: Mapping[str, Format] = {
         key_problem=_text_key_problem,
         value_problem=_text_value_problem,
         encode=_text(envfile.encode_env),
+        read_at_start_only=True,
     ),
     "dotenv": Format(
         name="dotenv",
@@ -133,6 +137,7 @@ FORMATS: Mapping[str, Format] = {
         value_problem=credentials.value_problem,
         encode=credentials.encode_credentials,
         loads_credentials=True,
+        read_at_start_only=True,
         refuses_owner=("systemd copies the credentials for the app's own user at its start; remove them"),
     ),
 }

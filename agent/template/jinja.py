@@ -20,7 +20,7 @@ import jinja2
 from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from agent.errors import ParameterNotFound, TemplateError, ValueNotRepresentable
+from agent.errors import AgentError, ParameterNotFound, TemplateError, ValueNotRepresentable
 from agent.template.values import (
     BinaryValue,
     EnvKey,
@@ -137,6 +137,10 @@ class CompiledTemplate:
             ast = self._env.parse(source, filename=filename)
             _refuse_other_files(ast, filename)
             self.requirements = self._discover(ast)
+            self.asks_for_parameters = any(
+                isinstance(call.node, nodes.Name) and call.node.name in ("param", "params")
+                for call in ast.find_all(nodes.Call)
+            )
             self._template = self._env.from_string(ast)  # parsed once, not twice
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(f"{filename}:{exc.lineno}: {exc.message}") from None
@@ -258,7 +262,9 @@ class CompiledTemplate:
         except ValueFilterError as exc:
             # A field name may itself come from a secret: the message is redacted too.
             raise TemplateError(f"{self.filename}{_template_line(exc)}: {redact(str(exc))}") from None
-        except TemplateError:
+        except AgentError:
+            # A computed name fetched at render time that SSM denied, throttled past the deadline or
+            # whose credentials expired keeps its own code and message: it is not the template's fault.
             raise
         except Exception as exc:  # a filter or method failed on a value: never echo the value
             raise TemplateError(

@@ -192,7 +192,7 @@ def test_a_path_ssm_refuses_is_a_template_error_and_keeps_the_old_file(stack: St
     assert "SSM refused ssm:GetParametersByPath on /ssm/x/ as invalid (ValidationException)" in err
     assert out == ""
     assert stack.output.read_bytes() == before
-    assert sorted(path.name for path in stack.output.parent.iterdir()) == ["env", "state.json"]
+    assert sorted(path.name for path in stack.output.parent.iterdir()) == ["env"]
 
 
 def test_check_lists_parameters_and_never_values(stack: Stack) -> None:
@@ -279,7 +279,7 @@ def test_failure_keeps_previous_good_file(stack: Stack) -> None:
     stack.template('A={{ param("/p/a") }}\nB={{ param("/p/gone") }}\n')
     assert stack.run("render", "app")[0] == 4
     assert stack.output.read_bytes() == before
-    assert sorted(os.listdir(stack.output.parent)) == ["env", "state.json"]
+    assert sorted(os.listdir(stack.output.parent)) == ["env"]
 
 
 @pytest.mark.parametrize(
@@ -287,7 +287,7 @@ def test_failure_keeps_previous_good_file(stack: Stack) -> None:
     [
         ('A={{ param("/p/a") ', 3, "app.env.j2:1"),
         ('A="{{ param("/p/a") }}"\n', 3, "remove the quotes"),
-        ("A={{ nope }}\n", 3, "undefined"),
+        ('A={{ param("/p/a") }}\nB={{ nope }}\n', 3, "undefined"),
         ('A={{ param("/p/a") * 40 }}\n', 3, "/p/a"),
     ],
 )
@@ -317,21 +317,21 @@ def test_bad_settings_file(stack: Stack) -> None:
 
 def test_imds_disabled(stack: Stack) -> None:
     """IMDS answering 403 fails at once with exit 6 and how to fix it."""
-    stack.template("A=1\n")
+    stack.template('A={{ param("/p/a") }}\n')
     stack.imds.disabled = True
     _assert_failed(stack, ("render", "app"), 6, "IMDS is disabled or blocked")
 
 
 def test_no_role_attached(stack: Stack) -> None:
     """An instance without a role fails with exit 6 and says to attach an instance profile."""
-    stack.template("A=1\n")
+    stack.template('A={{ param("/p/a") }}\n')
     stack.imds.role = None
     _assert_failed(stack, ("render", "app"), 6, "no IAM role is attached to this instance")
 
 
 def test_imds_down_until_deadline(stack: Stack) -> None:
     """IMDS that never answers fails with exit 7 once deadline_seconds has passed."""
-    stack.template("A=1\n")
+    stack.template('A={{ param("/p/a") }}\n')
     (stack.config / "agent.toml").write_text("deadline_seconds = 1.5\n")
     stack.imds.stop()
     _assert_failed(stack, ("render", "app"), 7, "did not answer")
@@ -431,7 +431,7 @@ def test_a_proxy_page_never_turns_a_secret_into_its_default(stack: Stack) -> Non
     assert "fallback" not in err
     assert "Blocked by policy" not in err
     assert _read(stack.output) == before
-    assert sorted(p.name for p in stack.output.parent.iterdir()) == ["env", "state.json"]
+    assert sorted(p.name for p in stack.output.parent.iterdir()) == ["env"]
 
 
 def test_a_proxy_page_then_ssm_renders_the_real_value(stack: Stack) -> None:

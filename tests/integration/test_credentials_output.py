@@ -91,7 +91,7 @@ def test_render_writes_one_exact_file_per_variable(stack: Stack) -> None:
     assert stat.S_IMODE(folder.parent.stat().st_mode) == 0o700
     assert {stat.S_IMODE(path.stat().st_mode) for path in folder.iterdir()} == {0o600}
     # No EnvironmentFile, no temporary folder: the service's folder holds the set only.
-    assert sorted(os.listdir(folder.parent)) == ["credentials", "state.json"]
+    assert sorted(os.listdir(folder.parent)) == ["credentials"]
 
 
 def test_a_new_render_replaces_the_whole_set(stack: Stack) -> None:
@@ -164,10 +164,7 @@ def test_a_failed_render_keeps_the_previous_set_whole(stack: Stack) -> None:
     assert code == 3
     assert "'B/C' cannot be a credential id" in err
     assert _files(_folder(stack)) == {"A": b"good"}
-    assert sorted(os.listdir(_folder(stack).parent)) == [
-        "credentials",
-        "state.json",
-    ]  # no half-written folder
+    assert sorted(os.listdir(_folder(stack).parent)) == ["credentials"]  # no half-written folder
 
 
 def test_env_format_refuses_binary_by_name(stack: Stack) -> None:

@@ -76,14 +76,14 @@ def test_healthy_host_passes_every_check_without_printing_a_value(
 def test_denied_action_and_missing_parameter_name_the_fix(
     iam: IamWorld, tmp_path: Path, tmpfs_path: Path
 ) -> None:
-    """A role without GetParametersByPath and a parameter that does not exist: both fail, exit 1, each
-    naming what to do."""
+    """A role without GetParametersByPath and a parameter that does not exist: both fail, each naming
+    what to do; doctor exits with the first failure's code (4, the missing parameter), never 1."""
     _seed(iam)
     policy = policy_of(allow("ssm:GetParameter", "ssm:GetParameters"))
     with role_stack(iam, tmp_path, tmpfs_path, policy) as (stack, _proxy):
         stack.template(TEMPLATE + 'GONE={{ param("/prod/app/gone") }}\n')
         code, out, err = stack.run("doctor", "app")
-    assert code == 1
+    assert code == 4
     checks = _lines(out)
     assert checks["path /prod/shared/"] == (
         "failed",
@@ -114,10 +114,11 @@ def test_get_parameter_only_role_is_flagged_for_its_cost(
 
 
 def test_no_role_attached(iam: IamWorld, tmp_path: Path, tmpfs_path: Path) -> None:
-    """IMDS up but no instance profile: the role check fails with the associate command; SSM checks skip."""
+    """IMDS up but no instance profile: the role check fails with the associate command (exit 6, no
+    credentials); SSM checks skip."""
     with FakeImds(role=None) as imds:
         code, checks = _doctor_with(iam, tmp_path, tmpfs_path, imds)
-    assert code == 1
+    assert code == 6
     assert checks["role"][0] == "failed"
     assert "associate-iam-instance-profile" in checks["role"][1]
     assert checks["parameters"][0] == "skipped"
@@ -129,7 +130,7 @@ def test_imds_down(iam: IamWorld, tmp_path: Path, tmpfs_path: Path) -> None:
     imds.start()
     imds.stop()  # the port is now closed
     code, checks = _doctor_with(iam, tmp_path, tmpfs_path, imds)
-    assert code == 1
+    assert code == 7
     assert checks["imds"][0] == "failed"
     assert f"127.0.0.1:{imds.port}" in checks["imds"][1]
     assert "--http-endpoint enabled" in checks["imds"][1]
@@ -142,7 +143,7 @@ def test_token_put_without_answer_points_at_the_hop_limit(
     """IMDS accepts connections but the token PUT never answers in time: the hop limit is named."""
     with FakeImds(delay_seconds=3.0) as imds:
         code, checks = _doctor_with(iam, tmp_path, tmpfs_path, imds)
-    assert code == 1
+    assert code == 7
     assert checks["imds"][0] == "passed"
     assert checks["imds token"][0] == "failed"
     assert "--http-put-response-hop-limit 2" in checks["imds token"][1]
@@ -161,7 +162,7 @@ def test_skewed_date_fails_the_clock_check(iam: IamWorld, tmp_path: Path, tmpfs_
         with RecordingProxy(iam.url, answer, rewrite=ssm_denial) as skewing:
             stack.env["AWS_ENDPOINT_URL_SSM"] = skewing.url
             code, checks = _doctor(stack)
-    assert code == 1
+    assert code == 6
     assert checks["clock"][0] == "failed"
     assert "behind SSM's clock" in checks["clock"][1]
     assert "5 minutes" in checks["clock"][1]
@@ -173,7 +174,7 @@ def test_ssm_endpoint_unreachable_names_the_address(iam: IamWorld, tmp_path: Pat
     with role_stack(iam, tmp_path, tmpfs_path, READER) as (stack, _proxy):
         stack.env["AWS_ENDPOINT_URL_SSM"] = "http://127.0.0.1:9"
         code, checks = _doctor(stack)
-    assert code == 1
+    assert code == 7
     assert checks["ssm endpoint"] == (
         "passed",
         "http://127.0.0.1:9 (set by AWS_ENDPOINT_URL_SSM in the environment, which wins over "
@@ -192,7 +193,7 @@ def test_runtime_folder_on_disk_fails(iam: IamWorld, tmp_path: Path, tmpfs_path:
     on_disk.mkdir()
     with role_stack(iam, tmp_path, on_disk, READER) as (stack, _proxy):
         code, checks = _doctor(stack)
-    assert code == 1
+    assert code == 8
     assert checks["runtime folder"][0] == "failed"
     assert "is not on tmpfs" in checks["runtime folder"][1]
 
@@ -206,10 +207,10 @@ def test_broken_settings_and_template(tmp_path: Path) -> None:
     )
     (config / "app.toml").write_text("format = 3\n", encoding="utf-8")
     code, out, _err = stack.run("doctor", "app")
-    assert code == 1
+    assert code == 2
     assert _lines(out)["settings"][0] == "failed"
     (config / "app.toml").unlink()
     stack.template("A={{ param('/x') \n")
     code, out, _err = stack.run("doctor", "app")
-    assert code == 1
+    assert code == 3
     assert _lines(out)["template"][0] == "failed"

@@ -81,8 +81,8 @@ def test_refresh_without_a_state_file_exits_10_and_says_to_start_the_app(host: S
 @pytest.mark.parametrize("kind", ["folder", "symlink"])
 def test_refresh_with_an_unreadable_state_file_exits_10_with_the_fix(host: Stack, kind: str) -> None:
     """A state.json that is a folder or a symlink is refused with exit 10, saying to restart the app."""
-    state = host.runtime / "app" / "state.json"
-    state.parent.mkdir(mode=0o700)
+    state = host.runtime.with_name(host.runtime.name + "-state") / "app" / "state.json"
+    state.parent.mkdir(mode=0o700, parents=True)
     if kind == "folder":
         state.mkdir()
     else:
@@ -90,7 +90,7 @@ def test_refresh_with_an_unreadable_state_file_exits_10_with_the_fix(host: Stack
         (host.runtime / "elsewhere.json").write_text("{}")
     code, err = _refresh(host, FakeSystemd())
     assert code == 10
-    assert f"cannot read {state}" in err
+    assert str(state) in err
     assert "restart the app once (`systemctl restart app.service`)" in err
 
 

@@ -9,6 +9,7 @@ system tests (tests/system/test_endpoint_modes.py) run the real addresses in net
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,3 +165,74 @@ def test_mode_picks_the_addresses_and_the_environment_wins(
     """auto (the default) asks both addresses, ipv4 / ipv6 one; the environment wins over agent.toml."""
     (tmp_path / "agent.toml").write_text(toml)
     assert candidates(load_agent_settings(env, config_dir=str(tmp_path))) == expected
+
+
+class _Trickler:
+    """A peer that accepts every connection and sends a valid token answer one byte at a time, a
+    byte every `interval` seconds (a metadata proxy or a redirect that drips), counting what it sent."""
+
+    ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 21\r\nConnection: close\r\n\r\nAQAEAtrickledtoken==="
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.sent = 0
+        self.finished = threading.Event()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        self._stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with self._server:
+            self._server.settimeout(0.2)
+            while not self._stop.is_set():
+                try:
+                    peer, _ = self._server.accept()
+                except OSError:
+                    continue
+                threading.Thread(target=self._drip, args=(peer,), daemon=True).start()
+
+    def _drip(self, peer: socket.socket) -> None:
+        with peer:
+            for byte in self.ANSWER:
+                if self._stop.wait(self.interval):
+                    return
+                try:
+                    peer.sendall(bytes([byte]))
+                except OSError:
+                    return
+                self.sent += 1
+            self.finished.set()
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def test_a_trickling_peer_cannot_stretch_the_race_past_its_deadline(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A peer that accepts and sends its answer a byte at a time, each byte well within the timeout,
+    gets no more than the race's one deadline: the race gives up (exit 7) while the peer is still
+    dripping, instead of waiting for the whole answer and taking its token."""
+    trickler = _Trickler(interval=0.1)  # the whole answer takes about 8 s
+    try:
+        settings = _auto(monkeypatch, tmp_path, NOWHERE, trickler.url)
+        with pytest.raises(ServiceUnavailable) as failed:
+            choose_endpoint(settings, Deadline(1.0), timeout_seconds=0.5, backoff=Backoff(base=0.05, cap=0.1))
+        assert not trickler.finished.is_set()
+        assert trickler.sent < len(_Trickler.ANSWER)
+        assert f"{trickler.url}: no answer before the timeout" in failed.value.message
+    finally:
+        trickler.close()
+    # Control: with the same peer dripping fast enough, the race takes its token.
+    fast = _Trickler(interval=0.001)
+    try:
+        choice = choose_endpoint(
+            _auto(monkeypatch, tmp_path, NOWHERE, fast.url),
+            Deadline(10),
+            timeout_seconds=5,
+            backoff=Backoff(base=0.05),
+        )
+        assert (choice.endpoint, choice.token) == (fast.url, "AQAEAtrickledtoken===")
+    finally:
+        fast.close()

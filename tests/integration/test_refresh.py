@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,11 @@ from tests.integration.test_cli import Stack, stack  # noqa: F401 - the fixture 
 from tests.integration.test_iam import role_stack
 
 MARK = "r0tat3d-v4lue-"
+
+
+def record_path(stack: Stack) -> Path:  # noqa: F811
+    """Where app's record is: RUNTIME_DIR-state/app/state.json, root's folder beside the runtime one."""
+    return stack.runtime.with_name(stack.runtime.name + "-state") / "app" / "state.json"
 
 
 @dataclass
@@ -148,7 +154,8 @@ def test_a_new_version_restarts_the_app_and_logs_versions_never_values(rotation:
 
 
 def test_the_record_holds_names_and_versions_never_values(rotation: Rotation) -> None:
-    """state.json, next to the file, is 0600 and names selectors, versions and path listings only."""
+    """state.json, root's 0600 file in root's 0700 folder beside the runtime folder, names selectors,
+    versions and path listings only."""
     rotation.stack.put("/app/db", f"{MARK}db")
     rotation.stack.put("/app/dir/a", f"{MARK}a")
     rotation.stack.template(
@@ -157,8 +164,9 @@ def test_the_record_holds_names_and_versions_never_values(rotation: Rotation) ->
     )
     rotation.render()
 
-    state = rotation.stack.output.parent / "state.json"
+    state = record_path(rotation.stack)
     assert state.stat().st_mode & 0o777 == 0o600
+    assert (state.parent.stat().st_uid, state.parent.stat().st_mode & 0o777) == (os.geteuid(), 0o700)
     text = state.read_text()
     assert MARK not in text
     document = json.loads(text)
@@ -244,7 +252,7 @@ def test_on_change_render_reload_and_none(
 ) -> None:
     """render writes the new value and touches nothing else; reload also asks systemd to reload;
     none leaves the file as it was and only logs."""
-    rotation.settings(f'on_change = "{action}"\n')
+    rotation.settings(f'format = "dotenv"\non_change = "{action}"\n')
     rotation.render_db()
     rotation.stack.put("/app/db", f"{MARK}new")
 
@@ -264,7 +272,7 @@ def test_on_change_render_reload_and_none(
 def test_a_failed_re_render_keeps_the_old_file_and_touches_no_app(rotation: Rotation) -> None:
     """on_change = "reload": a parameter deleted in SSM fails the re-render (exit 4), the old file
     stays and systemd is asked for nothing."""
-    rotation.settings('on_change = "reload"\n')
+    rotation.settings('format = "dotenv"\non_change = "reload"\n')
     rotation.render_db()
     admin_ssm_client(rotation.stack.ssm_url).delete_parameter(Name="/app/db")
 
@@ -320,7 +328,7 @@ def test_an_app_that_does_not_run_costs_no_call_at_all(rotation: Rotation) -> No
 def test_without_a_record_refresh_fails_and_says_how_to_get_one(rotation: Rotation) -> None:
     """An app running without state.json (started by an older agent): exit 10 with the fix, no call."""
     rotation.render_db()
-    (rotation.stack.output.parent / "state.json").unlink()
+    (record_path(rotation.stack)).unlink()
     before = len(rotation.proxy.actions)
 
     code, err = rotation.refresh()
@@ -331,10 +339,12 @@ def test_without_a_record_refresh_fails_and_says_how_to_get_one(rotation: Rotati
 
 
 def test_clean_removes_the_record_with_the_file(rotation: Rotation) -> None:
-    """clean removes state.json along with env, and the folder with them."""
+    """clean removes state.json along with env, and both folders with them."""
     rotation.render_db()
+    assert record_path(rotation.stack).exists()
     assert rotation.stack.run("clean", "app")[0] == 0
     assert not Path(rotation.stack.output.parent).exists()
+    assert not record_path(rotation.stack).parent.exists()
 
 
 def test_a_rotated_secrets_manager_secret_is_detected_by_its_awscurrent_version(rotation: Rotation) -> None:
@@ -426,9 +436,9 @@ def test_a_check_never_acts_on_an_answer_it_could_not_believe(
 ) -> None:
     """A parameter did change, but every answer is not SSM's: exit 7, no restart, no re-render, the
     record unchanged; a missing name is never read as "removed"."""
-    rotation.settings(f'on_change = "{on_change}"\ndeadline_seconds = 1\n')
+    rotation.settings(f'format = "dotenv"\non_change = "{on_change}"\ndeadline_seconds = 1\n')
     rotation.render_db()
-    record = (rotation.stack.output.parent / "state.json").read_bytes()
+    record = (record_path(rotation.stack)).read_bytes()
     rotation.stack.put("/app/db", f"{MARK}new")
     rotation.proxy.responder = lambda _index, _action: NOT_SSM_ANSWERS[kind]
 
@@ -440,4 +450,4 @@ def test_a_check_never_acts_on_an_answer_it_could_not_believe(
     assert _events(err, "refresh_changed") == []
     assert rotation.systemd.calls == []
     assert rotation.env_file() == {"DB": f"{MARK}old"}
-    assert (rotation.stack.output.parent / "state.json").read_bytes() == record
+    assert (record_path(rotation.stack)).read_bytes() == record

@@ -80,8 +80,14 @@ BAD_CHANGES = {
 FIRST = {"TOKEN": f"{MARK}token-1", "DB_USER": f"{MARK}u1", "BLOB": f"{MARK}blob-1"}
 
 
+def _settings(on_change: str) -> str:
+    """NAME.toml for `on_change`: render and reload need a format the app reads itself."""
+    rewrites = on_change in ("render", "reload")
+    return ('format = "dotenv"\n' if rewrites else "") + f'on_change = "{on_change}"\n'
+
+
 def _running(rotation: Rotation, on_change: str) -> None:  # noqa: F811
-    rotation.settings(f'on_change = "{on_change}"\n')
+    rotation.settings(_settings(on_change))
     rotation.stack.put("/app/token", f"{MARK}token-1")
     _put_json(rotation.stack, {"user": f"{MARK}u1", "password": f"{MARK}pw"})
     rotation.stack.put("/app/blob", f"{MARK}blob-1")
@@ -90,8 +96,13 @@ def _running(rotation: Rotation, on_change: str) -> None:  # noqa: F811
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file in the service's folder, byte for byte: a leftover temporary file shows up too."""
-    return {entry: (folder / entry).read_bytes() for entry in sorted(os.listdir(folder))}
+    """Every file in the service's folder, byte for byte (a leftover temporary file shows up too),
+    and its record (state.json, in root's folder beside the runtime folder)."""
+    files = {entry: (folder / entry).read_bytes() for entry in sorted(os.listdir(folder))}
+    records = folder.parent.with_name(folder.parent.name + "-state") / folder.name
+    if folder.parent.name != "credentials" and records.is_dir():
+        files.update({entry: (records / entry).read_bytes() for entry in sorted(os.listdir(records))})
+    return files
 
 
 def _held(err: str) -> dict[str, object]:
@@ -175,9 +186,9 @@ def test_an_unrenderable_change_under_render_writes_exactly_what_it_checked(
 def test_credentials_format_keeps_the_whole_set_when_the_change_does_not_render(
     rotation: Rotation,  # noqa: F811
 ) -> None:
-    """format = "credentials" with on_change = "render": a deleted parameter leaves the credentials
-    folder file for file as it was."""
-    rotation.settings('format = "credentials"\non_change = "render"\n')
+    """format = "credentials": a deleted parameter leaves the credentials folder file for file as it
+    was (on_change = "restart": render and reload cannot deliver credentials and are refused)."""
+    rotation.settings('format = "credentials"\n')
     rotation.stack.put("/app/token", f"{MARK}token-1")
     rotation.stack.put("/app/other", f"{MARK}other-1")
     rotation.stack.template('TOKEN={{ param("/app/token") }}\nOTHER={{ param("/app/other") }}\n')
@@ -192,7 +203,7 @@ def test_credentials_format_keeps_the_whole_set_when_the_change_does_not_render(
     assert code == 4, err
     assert "/app/token" in str(_held(err)["error"])
     assert _snapshot(folder) == before
-    assert sorted(os.listdir(folder.parent)) == ["credentials", "state.json"]
+    assert sorted(os.listdir(folder.parent)) == ["credentials"]
 
 
 @pytest.mark.parametrize("on_change", ["restart", "render"])
@@ -208,7 +219,7 @@ def test_a_secure_string_the_role_cannot_decrypt_is_named_and_nothing_moves(
     policy = policy_of(allow("ssm:GetParameters", "ssm:GetParametersByPath"))
     with role_stack(iam, tmp_path, tmpfs_path, policy) as (host, proxy):
         host.template('DB={{ param("/prod/app/db") }}\nAPI={{ param("/prod/app/api") }}\n')
-        (host.config / "app.toml").write_text(f'on_change = "{on_change}"\n')
+        (host.config / "app.toml").write_text(_settings(on_change))
         assert host.run("render", "app")[0] == 0
         checking = Rotation(stack=host, proxy=proxy, systemd=FakeSystemd())
         folder = host.output.parent

@@ -251,7 +251,7 @@ def test_a_rotation_picked_up_by_refresh_moves_the_served_version_and_change_cou
     its new version and the change counters went up by one; a failed render is served as 0."""
     values = _values(2)
     _template(stack, values)
-    (stack.config / "app.toml").write_text('on_change = "render"\n')
+    (stack.config / "app.toml").write_text('format = "dotenv"\non_change = "render"\n')
     assert stack.run("render", "app")[0] == 0
     systemd = FakeSystemd()
 

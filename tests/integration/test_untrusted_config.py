@@ -251,7 +251,7 @@ def test_doctor_reports_ownership_on_its_own_line(stack: Stack) -> None:
     assert passed in out
     (stack.config / "app.env.j2").chmod(0o660)
     code, out, _err = stack.run("doctor", "app")
-    assert code == 1
+    assert code == 2  # UntrustedFile
     line = next(line for line in out.splitlines() if " ownership: " in line)
     assert line.startswith("failed  ownership: refusing to read ")
     assert f"`chmod g-w {stack.config / 'app.env.j2'}`" in line
@@ -264,7 +264,7 @@ def test_doctor_reports_untrusted_settings_as_ownership(stack: Stack) -> None:
     (stack.config / "agent.toml").write_text("")
     (stack.config / "agent.toml").chmod(0o646)
     code, out, _err = stack.run("doctor", "app")
-    assert code == 1
+    assert code == 2  # UntrustedFile
     assert out.splitlines()[0].startswith("failed  ownership: refusing to read ")
     assert f"`chmod o-w {stack.config / 'agent.toml'}`" in out
 

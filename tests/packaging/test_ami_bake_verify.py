@@ -10,6 +10,7 @@ import pytest
 
 from agent.errors import UntrustedFile
 from agent.host.trust import read_trusted
+from agent.host.units import render_starter_template
 from tests.packaging.conftest import REPO
 
 SCRIPT = REPO / "packaging" / "ami-bake.sh"
@@ -90,6 +91,29 @@ def test_leftover_fails_and_is_named_without_its_content(tmp_path: Path, leftove
         assert harmless not in result.stderr
     for secret in (SECRET_KEY, ACCESS_KEY_ID, "baked-in-secret"):
         assert secret not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("credentials", [False, True], ids=["env", "credentials"])
+def test_a_template_asking_for_no_parameter_fails_the_image(tmp_path: Path, credentials: bool) -> None:
+    """The starter `enable` writes (a comment, no parameter) left in the image fails the check, naming
+    the file and the first line to write: the agent would refuse it at boot (exit 3), or worse, an
+    empty file would start the app without its secrets."""
+    make_image(
+        tmp_path,
+        {
+            **HARMLESS,
+            "etc/secrets-agent/worker.env.j2": render_starter_template("worker", credentials=credentials),
+        },
+    )
+    result = verify(tmp_path)
+    assert result.returncode == 1, result.stderr
+    worker = tmp_path / "etc/secrets-agent/worker.env.j2"
+    first_line = 'DATABASE_URL={{ param("/worker/DATABASE_URL") }}'
+    assert (
+        f"{worker} asks for no parameter; write the lines worker needs, the first such as: {first_line}"
+        in result.stderr
+    )
+    assert str(tmp_path / "etc/secrets-agent/app.env.j2") not in result.stderr  # control: app asks
 
 
 def test_usage_error_without_arguments() -> None:
@@ -190,7 +214,7 @@ def test_sticky_folder_and_root_owned_symlink_pass(tmp_path: Path) -> None:
     make_image(tmp_path, HARMLESS)
     (tmp_path / "srv/templates").mkdir(parents=True)
     (tmp_path / "srv").chmod(0o1777)
-    (tmp_path / "srv/templates/web.env.j2").write_text("A=1\n")
+    (tmp_path / "srv/templates/web.env.j2").write_text('A={{ param("/web/A") }}\n')
     (tmp_path / "etc/secrets-agent/web.env.j2").symlink_to("../../srv/templates/web.env.j2")
     result = verify(tmp_path)
     assert result.returncode == 0, result.stderr

@@ -320,6 +320,48 @@ def test_owner_setting_works_with_the_documented_dropin_only(
         machine.daemon_reload()
 
 
+def test_refresh_checks_an_owner_service_under_the_default_restart_without_a_dropin(
+    machine: Machine, new_app: NewApp, ssm: Any
+) -> None:
+    """With owner= (the agent unit has the documented chown drop-in, the refresh unit none at all), the
+    capability-free refresh unit reads the record from root's own folder: a check with nothing changed
+    succeeds, and a change restarts the app (on_change's default) with the new value."""
+    app = new_app("ownedcheck")
+    name = f"{app.prefix}/TOKEN"
+    put(ssm, name, f"owned first {MARK}")
+    app.write_template(_template(app, ["TOKEN"]))
+    app.write_settings('format = "dotenv"\nowner = "nobody"\ngroup = "nogroup"\n')
+    dropin = machine.path(f"/etc/systemd/system/{app.agent_unit}.d/chown.conf")
+    dropin.parent.mkdir(exist_ok=True)
+    dropin.write_text(_owner_dropin_from_unit_comment())
+    check = f"secrets-agent-refresh@{app.name}.service"
+    try:
+        machine.daemon_reload()
+        machine.systemctl("start", app.unit)
+        record = f"/run/secrets-agent-state/{app.name}/state.json"
+        assert machine.text("stat", "-c", "%a %U", app.folder, record).splitlines() == [
+            "700 nobody",
+            "600 root",
+        ]
+        assert not app.exists(f"{app.folder}/state.json")
+        first_pid = app.main_pid()
+
+        machine.systemctl("start", check)  # nothing changed: the check itself succeeds
+        assert machine.show(check, "Result") == "success"
+        assert app.main_pid() == first_pid
+
+        put(ssm, name, f"owned second {MARK}")
+        machine.systemctl("start", check)
+        assert machine.show(check, "Result") == "success"
+        assert app.main_pid() != first_pid
+        assert f"owned second {MARK}" in machine.text("cat", f"{app.folder}/env")
+    finally:
+        machine.systemctl("stop", app.unit, check, check=False)
+        dropin.unlink()
+        dropin.parent.rmdir()
+        machine.daemon_reload()
+
+
 def test_secrets_mark_is_not_used_as_a_plain_value() -> None:
     """Every hard value but the deliberately empty one carries the mark the leak search looks for."""
     assert all(MARK in value for value in HARD_VALUES.values())

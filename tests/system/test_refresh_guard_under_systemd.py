@@ -51,10 +51,13 @@ class Guarded:
         return status, self.machine.journal(after=cursor, unit=_refresh_unit(self.app))
 
     def files(self) -> dict[str, bytes]:
-        """Every file in the app's runtime folder, byte for byte (a leftover temp file shows)."""
-        folder = self.app.folder
-        names = self.machine.text("ls", "-A", folder).split()
-        return {name: self.machine.run("cat", f"{folder}/{name}").stdout for name in names}
+        """Every file in the app's runtime folder and in its record's folder (root's, beside it),
+        byte for byte (a leftover temp file shows)."""
+        found = {}
+        for folder in (self.app.folder, f"/run/secrets-agent-state/{self.app.name}"):
+            names = self.machine.text("ls", "-A", folder).split()
+            found.update({name: self.machine.run("cat", f"{folder}/{name}").stdout for name in names})
+        return found
 
     def assert_held(self, status: int, journal: str, exit_code: int, names: tuple[str, ...]) -> None:
         """The check failed with `exit_code` and one error line naming `names`."""
@@ -218,7 +221,7 @@ def test_under_render_and_reload_a_failed_check_leaves_the_file_byte_for_byte(
     app.write_template(
         f'TOKEN={{{{ param("{p}/TOKEN") }}}}\nDB_USER={{{{ (param("{p}/DB") | from_json)["user"] }}}}\n'
     )
-    app.write_settings('on_change = "render"\n')
+    app.write_settings('format = "dotenv"\non_change = "render"\n')
     guarded = Guarded(machine, app)
     machine.systemctl("start", app.unit)
     environ, pid, files = app.environ(), app.main_pid(), guarded.files()
@@ -228,7 +231,7 @@ def test_under_render_and_reload_a_failed_check_leaves_the_file_byte_for_byte(
     guarded.assert_held(*guarded.check(), 4, (f"{p}/TOKEN",))
     assert guarded.files() == files
 
-    app.write_settings('on_change = "reload"\n')
+    app.write_settings('format = "dotenv"\non_change = "reload"\n')
     put(ssm, f"{p}/TOKEN", f"token-2 {MARK}")
     put(ssm, f"{p}/DB", json.dumps({"username": f"user-x {MARK}"}))
     guarded.assert_held(*guarded.check(), 3, (f"{p}/DB", '"user"'))

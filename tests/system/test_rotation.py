@@ -178,7 +178,7 @@ def test_on_change_render_replaces_the_file_atomically_and_leaves_the_app(
     app's MainPID does not change."""
     app = new_app("rotrender")
     rotating(app)
-    pid = _started_app(app, ssm, settings='on_change = "render"\n')
+    pid = _started_app(app, ssm, settings='format = "dotenv"\non_change = "render"\n')
     env = f"{app.folder}/env"
     old = hashlib.sha256(machine.run("cat", env).stdout).hexdigest()
     reader = _hashes_while(machine, env, 6.0)
@@ -216,7 +216,7 @@ def test_on_change_reload_reloads_the_app_after_rendering(
     machine.path(f"/etc/systemd/system/{app.unit}").write_text(RELOADABLE_APP.format(name=app.name))
     machine.daemon_reload()
     rotating(app)
-    pid = _started_app(app, ssm, settings='on_change = "reload"\n')
+    pid = _started_app(app, ssm, settings='format = "dotenv"\non_change = "reload"\n')
 
     put(ssm, f"{app.prefix}/TOKEN", f"new TOKEN {MARK}")
     assert _check(machine, app).returncode == 0

@@ -189,12 +189,12 @@ def test_status_metrics_and_inventory_follow_the_app(
         assert value not in seen
 
 
-def test_status_says_why_a_render_failed_and_exits_1(
+def test_status_says_why_a_render_failed_and_exits_with_its_code(
     observed_machine: Machine, new_app: Callable[..., App], ssm: Any, node_exporter: Callable[[], str]
 ) -> None:
-    """A parameter deleted from SSM: the app does not start, `status` exits 1 naming the unit, the
-    exit code and the missing parameter; --json parses and says unhealthy; the served metrics say
-    the last render failed; no value in any of it."""
+    """A parameter deleted from SSM: the app does not start, `status` exits 4 (the render's own code,
+    never 1) naming the unit, the exit code and the missing parameter; --json parses and says
+    unhealthy; the served metrics say the last render failed; no value in any of it."""
     machine = observed_machine
     app = new_app("observedfail")
     put(ssm, f"{app.prefix}/GONE", f"gone {MARK}")
@@ -203,12 +203,12 @@ def test_status_says_why_a_render_failed_and_exits_1(
     assert machine.systemctl("start", app.unit, check=False).returncode != 0
 
     code, table = _status(machine, app.name)
-    assert code == 1, table
+    assert code == 4, table
     assert f"{app.name}: UNHEALTHY" in table
     assert f"{app.agent_unit} failed (exit 4)" in table
     assert f"{app.prefix}/GONE" in table
     code, as_json = _status(machine, app.name, "--json")
-    assert code == 1
+    assert code == 4
     document = json.loads(as_json)
     assert document["healthy"] is False
     assert document["services"][0]["last_render"]["exit_code"] == 4

@@ -143,12 +143,13 @@ def test_example_dropin_is_what_enable_writes() -> None:
 
 
 def test_agent_unit_has_the_promised_settings() -> None:
-    """The agent unit is a oneshot that stays active, owns a 0700 runtime folder and is part of the app."""
+    """The agent unit is a oneshot that stays active, owns a 0700 runtime folder and a 0700 folder for
+    the record of its render (root's, whatever owner= says), and is part of the app."""
     lines = set((UNITS / "secrets-agent@.service").read_text().splitlines())
     for setting in (
         "Type=oneshot",
         "RemainAfterExit=yes",
-        "RuntimeDirectory=secrets-agent/%i",
+        "RuntimeDirectory=secrets-agent/%i secrets-agent-state/%i",
         "RuntimeDirectoryMode=0700",
         "PartOf=%i.service",
         "Wants=network-online.target",
@@ -180,17 +181,18 @@ def test_units_may_write_the_metrics_and_inventory_folders_and_clean_on_stop() -
     ):
         assert setting in check, setting
     writable = [line for line in agent | check if line.startswith("ReadWritePaths=")]
-    assert sorted(writable) == sorted([published, "ReadWritePaths=-/run/secrets-agent/%i"])
+    own = "ReadWritePaths=-/run/secrets-agent/%i -/run/secrets-agent-state/%i"
+    assert sorted(writable) == sorted([published, own])
 
 
 def test_refresh_units_have_the_promised_settings() -> None:
-    """The check is a oneshot running `refresh %i`, writing only NAME's folder; the timer runs it every
+    """The check is a oneshot running `refresh %i`, writing only NAME's folders; the timer runs it every
     15 minutes after a fixed random delay and is enabled through timers.target."""
     service = set((UNITS / "secrets-agent-refresh@.service").read_text().splitlines())
     for setting in (
         "Type=oneshot",
         "ExecStart=/usr/bin/secrets-agent refresh %i",
-        "ReadWritePaths=-/run/secrets-agent/%i",
+        "ReadWritePaths=-/run/secrets-agent/%i -/run/secrets-agent-state/%i",
         "ProtectSystem=strict",
         "CapabilityBoundingSet=",
     ):

@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import botocore.session
 import pytest
+import structlog.testing
 from botocore.config import Config
 
 from agent.aws import endpoints as aws_endpoints
@@ -158,6 +159,47 @@ def test_fips_outside_the_us_and_canada_fails_before_any_call_with_exit_2() -> N
     assert "set use_fips_endpoint = false in agent.toml" in message
 
 
+def test_fips_auto_falls_back_to_the_standard_endpoint_with_one_warning() -> None:
+    """use_fips_endpoint = auto on a FIPS kernel: eu-west-1 (no FIPS endpoint) gets the standard
+    endpoint and one warning instead of exit 2; us-east-1 gets the FIPS one; the client says why."""
+    auto = EndpointFlags(
+        False, True, "not asked", "use_fips_endpoint = auto in agent.toml: FIPS kernel", fips_is_auto=True
+    )
+    with structlog.testing.capture_logs() as logs:
+        eu = SsmClient(
+            region="eu-west-1",
+            endpoint_url=None,
+            credentials=CREDENTIALS,
+            deadline=Deadline(5),
+            endpoint_flags=auto,
+        )
+    assert eu.endpoint == "https://ssm.eu-west-1.amazonaws.com"
+    assert eu.endpoint_flags.fips is False
+    assert (
+        "no FIPS endpoint for SSM in region eu-west-1, so the standard one" in eu.endpoint_flags.fips_reason
+    )
+    warnings = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert [entry["event"] for entry in warnings] == ["fips_endpoint_unavailable"]
+    us = SsmClient(
+        region="us-east-1",
+        endpoint_url=None,
+        credentials=CREDENTIALS,
+        deadline=Deadline(5),
+        endpoint_flags=auto,
+    )
+    assert us.endpoint == "https://ssm-fips.us-east-1.amazonaws.com"
+    assert us.endpoint_flags == auto
+    # Control: the same region with FIPS asked for explicitly (not auto) still fails with exit 2.
+    with pytest.raises(ConfigError):
+        SsmClient(
+            region="eu-west-1",
+            endpoint_url=None,
+            credentials=CREDENTIALS,
+            deadline=Deadline(5),
+            endpoint_flags=EndpointFlags(False, True, "not asked", "use_fips_endpoint = true"),
+        )
+
+
 def test_setting_in_agent_toml_is_named_in_the_error(tmp_path: Path) -> None:
     """The error names agent.toml's own line when that is where FIPS was asked for."""
     (tmp_path / "agent.toml").write_text("use_fips_endpoint = true\n")
@@ -227,9 +269,22 @@ def test_ipv4_default_route_is_read_from_the_routing_table(
     assert has_ipv4_default_route(_routes(tmp_path, *rows)) is expected
 
 
+def test_fips_is_off_by_default_even_on_a_fips_kernel(tmp_path: Path) -> None:
+    """use_fips_endpoint defaults to false, as in every AWS SDK: a FIPS-mode kernel alone never turns
+    FIPS endpoints on (dual-stack stays auto by default)."""
+    settings = load_agent_settings({}, config_dir=str(tmp_path))
+    fips = tmp_path / "fips_enabled"
+    fips.write_text("1\n")
+    flags = endpoint_flags(settings, routes_path=_routes(tmp_path, LINK_ROUTE), fips_path=fips)
+    assert (flags.dualstack, flags.fips) == (True, False)
+    assert flags.fips_reason == "use_fips_endpoint = false (default)"
+    assert flags.fips_is_auto is False
+
+
 def test_auto_chooses_dual_stack_without_ipv4_and_fips_on_a_fips_kernel(tmp_path: Path) -> None:
-    """auto (the default): dual-stack when the host has no IPv4 default route, FIPS when the kernel
-    says fips_enabled = 1; each reason says which file decided."""
+    """auto (dual-stack's default, FIPS's opt-in): dual-stack when the host has no IPv4 default route,
+    FIPS when the kernel says fips_enabled = 1; each reason says which file decided."""
+    (tmp_path / "agent.toml").write_text('use_fips_endpoint = "auto"\n')
     settings = load_agent_settings({}, config_dir=str(tmp_path))
     fips = tmp_path / "fips_enabled"
     fips.write_text("1\n")
@@ -238,8 +293,8 @@ def test_auto_chooses_dual_stack_without_ipv4_and_fips_on_a_fips_kernel(tmp_path
     assert flags.dualstack_reason == (
         f"use_dualstack_endpoint = auto (default): this host has no IPv4 default route ({tmp_path}/route)"
     )
-    assert (
-        flags.fips_reason == f"use_fips_endpoint = auto (default): the kernel runs in FIPS mode ({fips} is 1)"
+    assert flags.fips_reason == (
+        f"use_fips_endpoint = auto in {tmp_path}/agent.toml: the kernel runs in FIPS mode ({fips} is 1)"
     )
     fips.write_text("0\n")
     flags = endpoint_flags(settings, routes_path=_routes(tmp_path, DEFAULT_ROUTE), fips_path=fips)

@@ -156,11 +156,13 @@ def test_invalid_names(name: str) -> None:
 
 @pytest.mark.parametrize("action", ["restart", "reload", "render", "none"])
 def test_on_change_is_read_from_the_service_toml(tmp_path: Path, action: str) -> None:
-    """on_change in NAME.toml picks what refresh does on a change; the state file sits next to env."""
-    (tmp_path / "app.toml").write_text(f'on_change = "{action}"\n')
+    """on_change in NAME.toml picks what refresh does on a change; the record sits in root's own
+    folder beside the runtime folder, never in the service's folder (which owner= gives the app)."""
+    (tmp_path / "app.toml").write_text(f'format = "dotenv"\non_change = "{action}"\n')
     service = load_service_settings(load_agent_settings({}, config_dir=str(tmp_path)), "app")
     assert service.on_change == action
-    assert service.state_path == service.output_dir / "state.json"
+    assert service.state_path == Path("/run/secrets-agent-state/app/state.json")
+    assert service.output_dir not in service.state_path.parents
 
 
 def test_on_change_defaults_to_restart_and_refuses_unknown_actions(tmp_path: Path) -> None:
