@@ -220,6 +220,8 @@ def stage_tree(root: Path, version: str) -> None:
     examples = doc / "examples"
     shutil.copytree(REPO / "systemd/examples", examples)
     (root / PREFIX / "VERSION").write_text(f"{version}\n", encoding="utf-8")
+    # Run by the rpm's %post on an upgrade (read as a script by sh, so no mode of its own).
+    shutil.copyfile(REPO / "packaging/upgrade-records.sh", root / PREFIX / "upgrade-records.sh")
 
 
 def write_doc(root: Path, version: str, pins: dict[str, list[str]]) -> None:

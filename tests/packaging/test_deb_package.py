@@ -39,6 +39,8 @@ EXPECTED_DEB_ENTRIES = {
     ("drwxr-xr-x", "./usr/lib/"),
     ("drwxr-xr-x", "./usr/lib/secrets-agent/"),
     ("drwxr-xr-x", "./usr/lib/secrets-agent/agent/"),
+    # Run by postinst on an upgrade from 0.1.0: the running apps' render records move.
+    ("-rwxr-xr-x", "./usr/lib/secrets-agent/upgrade-records.sh"),
     # dh_python3's hook that byte-compiles the private folder again when Debian's python3 changes.
     ("drwxr-xr-x", "./usr/share/python3/"),
     ("drwxr-xr-x", "./usr/share/python3/runtime.d/"),

@@ -489,6 +489,21 @@ def assert_upgrade_keeps_apps_running(
     } == agent_started
     assert _file_digests(machine, "/etc/secrets-agent", "/etc/systemd/system") == configuration
 
+    # Before any restart: the refresh timer fires through the new version and succeeds (the package
+    # moved the running apps' render records where it reads them), and status is healthy.
+    refresh = "secrets-agent-refresh@web.service"
+    fired = machine.show(refresh, "ExecMainStartTimestampMonotonic")
+    deadline = time.monotonic() + TIMER_WAIT_SECONDS
+    while machine.show(refresh, "ExecMainStartTimestampMonotonic") == fired or machine.show(
+        refresh, "ActiveState"
+    ) not in ("inactive", "failed"):
+        assert time.monotonic() < deadline, machine.journal(unit=refresh)
+        time.sleep(0.5)
+    assert machine.show(refresh, "Result") == "success", machine.journal(unit=refresh)
+    assert {name: machine.show(f"{name}.service", "MainPID") for name in pids} == pids
+    healthy = run(machine, "secrets-agent", "status", check=False)
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+
     # A restart of each renders new values through the new version (its User-Agent reaches SSM).
     fakes.user_agents.clear()
     for name in ("web", "worker"):
