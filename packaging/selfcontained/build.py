@@ -47,6 +47,8 @@ COMPILED_SUFFIXES = (".so", ".c", ".pyx")
 UNITS = ("secrets-agent@.service", "secrets-agent-refresh@.service", "secrets-agent-refresh@.timer")
 # Folders the package owns (listed in the archive, mode 0755); every other parent is the system's.
 OWNED_FOLDERS = (PREFIX, "usr/share/doc/secrets-agent")
+# Moves the render records of running apps on an upgrade from 0.1.0 (the rpm's %post runs it).
+UPGRADE_SCRIPT = "upgrade-records.sh"
 # The list of every file the tarball installs, for removing it: rm $(cat this file).
 MANIFEST = f"{PREFIX}/FILES"
 
@@ -220,8 +222,8 @@ def stage_tree(root: Path, version: str) -> None:
     examples = doc / "examples"
     shutil.copytree(REPO / "systemd/examples", examples)
     (root / PREFIX / "VERSION").write_text(f"{version}\n", encoding="utf-8")
-    # Run by the rpm's %post on an upgrade (read as a script by sh, so no mode of its own).
-    shutil.copyfile(REPO / "packaging/upgrade-records.sh", root / PREFIX / "upgrade-records.sh")
+    # Run by the rpm's %post on an upgrade.
+    shutil.copyfile(REPO / "packaging" / UPGRADE_SCRIPT, root / PREFIX / UPGRADE_SCRIPT)
 
 
 def write_doc(root: Path, version: str, pins: dict[str, list[str]]) -> None:
@@ -310,8 +312,8 @@ def write_tarball(root: Path, tarball: Path, mtime: int) -> None:
             info.uid = info.gid = 0
             info.uname = info.gname = "root"
             info.mtime = mtime
-            # Only the launcher runs as a program; every other file is read.
-            executable = path.is_dir() or path == root / "usr/bin/secrets-agent"
+            # Only the launcher and the upgrade script run as programs; every other file is read.
+            executable = path.is_dir() or path in (root / "usr/bin/secrets-agent", root / PREFIX / UPGRADE_SCRIPT)
             info.mode = 0o755 if executable else 0o644
             if path.is_dir():
                 archive.addfile(info)
