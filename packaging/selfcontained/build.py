@@ -313,7 +313,8 @@ def write_tarball(root: Path, tarball: Path, mtime: int) -> None:
             info.uname = info.gname = "root"
             info.mtime = mtime
             # Only the launcher and the upgrade script run as programs; every other file is read.
-            executable = path.is_dir() or path in (root / "usr/bin/secrets-agent", root / PREFIX / UPGRADE_SCRIPT)
+            programs = (root / "usr/bin/secrets-agent", root / PREFIX / UPGRADE_SCRIPT)
+            executable = path.is_dir() or path in programs
             info.mode = 0o755 if executable else 0o644
             if path.is_dir():
                 archive.addfile(info)
