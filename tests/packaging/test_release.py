@@ -542,8 +542,13 @@ def test_apt_upgrade_from_0_1_0_keeps_apps_running_and_their_configuration(
             assert update.returncode == 0, update.stdout + update.stderr
             policy = run(first_machine, "apt-cache", "policy", "secrets-agent").stdout
             assert f"Candidate: {signed_release.version}" in policy, policy
-            run(first_machine, "apt-get", "install", "-y", "-q", "secrets-agent", timeout=APT_TIMEOUT_SECONDS)
+            installed = run(
+                first_machine, "apt-get", "install", "-y", "-q", "secrets-agent", timeout=APT_TIMEOUT_SECONDS
+            )
         assert _installed_version(first_machine) == signed_release.version
+        # The package says what it migrated: the running apps' render records.
+        for name in ("web", "worker"):
+            assert f"{name}'s render record moved to /run/secrets-agent-state/{name}/" in installed.stdout
 
     assert_upgrade_keeps_apps_running(first_machine, fakes, signed_release.version, upgrade)
 
@@ -589,7 +594,9 @@ def test_rpm_upgrade_from_0_1_0_keeps_apps_running_and_their_configuration(
         run(rpm_machine, "rpm", "--import", "/root/secrets-agent.asc")
         checked = run(rpm_machine, "rpm", "-K", rpm).stdout
         assert checked.strip().endswith("digests signatures OK"), checked
-        run(rpm_machine, "rpm", "-U", "--nodeps", rpm)
+        upgraded = run(rpm_machine, "rpm", "-U", "--nodeps", rpm)
+        for name in ("web", "worker"):
+            assert f"{name}'s render record moved" in upgraded.stdout + upgraded.stderr
         installed = run(rpm_machine, "rpm", "-q", "--qf", "%{VERSION}", "secrets-agent").stdout
         assert installed == signed_release.version
 
