@@ -5,7 +5,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint unit dist release version bench clean
+# Extra pytest arguments (.ci/run passes --junitxml for its count of skipped tests).
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-prerequisites lint unit dist release version bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || bash packaging/apt-install.sh python3-venv
@@ -22,8 +25,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check agent devtools tests bench
 	$(VENV)/bin/mypy
 
-test: lint
-	$(PY) -m pytest tests
+# As root on Debian, installs every tool a test runs first (packaging/test-prerequisites.sh).
+test-prerequisites:
+	bash packaging/test-prerequisites.sh
+
+test: lint test-prerequisites
+	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 dist: $(STAMP)
 	bash packaging/build-dist.sh

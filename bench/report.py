@@ -55,7 +55,7 @@ def _cpu_model() -> str:
 
 def render(results: Results) -> str:
     """The whole report."""
-    from bench import endpoint_mode, guard, rotation, run, selfcontained
+    from bench import endpoint_mode, guard, pace, rotation, run, selfcontained
 
     lines: list[str] = []
     add = lines.append
@@ -106,6 +106,7 @@ def render(results: Results) -> str:
     rotation.report(results.rotation, add)
     endpoint_mode.report(results.endpoint_mode, add)
     guard.report(results.guard, add)
+    pace.report(results.pace, add)
     selfcontained.report(results.selfcontained, add)
     _reading(results, add)
     if results.violations:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
-from bench import checks, endpoint_mode, fleet, guard, levers, report, rotation, selfcontained
+from bench import checks, endpoint_mode, fleet, guard, levers, pace, report, rotation, selfcontained
 from bench.fallback import FallbackResults, GetParametersDenial, fallback_calls_per_agent, measure_fallback
 from bench.measure import Series, Spawner
 from bench.stack import (
@@ -80,6 +80,7 @@ class Options:
     skip_endpoint_mode: bool = False
     skip_guard: bool = False
     skip_selfcontained: bool = False
+    skip_pace: bool = False
 
 
 @dataclass
@@ -107,6 +108,7 @@ class Results:
     endpoint_mode: Optional[endpoint_mode.EndpointModeResults] = None
     guard: Optional[guard.GuardResults] = None
     selfcontained: Optional[selfcontained.SelfContainedResults] = None
+    pace: Optional[pace.PaceResults] = None
     violations: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     # 1-minute load average at the start and at the end: other work on the machine skews timings.
@@ -156,6 +158,11 @@ def _parse_options(argv: Optional[list[str]]) -> Options:
         action="store_true",
         help="leave the self-contained tarball's start-up out (it builds the tarball: needs PyPI)",
     )
+    parser.add_argument(
+        "--skip-pace",
+        action="store_true",
+        help="leave the pace targets moved out of the tests out (alone: python -m bench.pace)",
+    )
     args = parser.parse_args(argv)
     return Options(
         rounds=args.rounds,
@@ -172,6 +179,7 @@ def _parse_options(argv: Optional[list[str]]) -> Options:
         skip_endpoint_mode=args.skip_endpoint_mode,
         skip_guard=args.skip_guard,
         skip_selfcontained=args.skip_selfcontained,
+        skip_pace=args.skip_pace,
     )
 
 
@@ -563,6 +571,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("self-contained tarball: build, then its launcher against the .deb-style install", flush=True)
         results.selfcontained = selfcontained.measure()
         results.violations.extend(results.selfcontained.violations)
+    if not options.skip_pace:
+        print("pace targets moved out of the tests: a small throttled fleet", flush=True)
+        results.pace = pace.measure()
+        results.violations.extend(results.pace.violations)
     results.seconds = time.perf_counter() - started
     results.load_after = os.getloadavg()[0]
     text = report.render(results)

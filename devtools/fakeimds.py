@@ -213,6 +213,8 @@ class FakeImds:
         self._connections_accepted = 0
         self._stopping = threading.Event()
         self._listening = threading.Event()
+        # Set by listen_now() (or stop()): the wait for start_after_seconds ends early.
+        self._wake = threading.Event()
         self._server: Optional[_Server] = None
         self._bound_port: Optional[int] = None
         self._thread: Optional[threading.Thread] = None
@@ -225,6 +227,7 @@ class FakeImds:
             raise RuntimeError("FakeImds is already started")
         self._stopping.clear()
         self._listening.clear()
+        self._wake.clear()
         server_class = _Server6 if ":" in self.host else _Server
         server = server_class((self.host, self.requested_port), _Handler, bind_and_activate=False)
         server.fake = self
@@ -245,8 +248,10 @@ class FakeImds:
         return self.url
 
     def _serve(self, server: _Server, start_after_seconds: float) -> None:
-        if start_after_seconds > 0 and self._stopping.wait(start_after_seconds):
-            return
+        if start_after_seconds > 0:
+            self._wake.wait(start_after_seconds)
+            if self._stopping.is_set():
+                return
         server.server_activate()
         self._listening.set()
         server.serve_forever(poll_interval=SHUTDOWN_POLL_SECONDS)
@@ -257,6 +262,7 @@ class FakeImds:
         if server is None:
             return
         self._stopping.set()
+        self._wake.set()
         if self._listening.is_set():
             server.shutdown()
         server.server_close()
@@ -294,6 +300,13 @@ class FakeImds:
     def is_listening(self) -> bool:
         """True once the port accepts connections."""
         return self._listening.is_set()
+
+    def listen_now(self, timeout: float = 5.0) -> None:
+        """Start accepting connections at once (IMDS came up), without waiting out start_after_seconds;
+        returns once the port accepts them."""
+        self._wake.set()
+        if not self._listening.wait(timeout=timeout):
+            raise RuntimeError(f"FakeImds at {self.url} did not start listening within {timeout} s")
 
     # -- test controls ---------------------------------------------------------------------
 

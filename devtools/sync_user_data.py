@@ -1,5 +1,5 @@
 """Copy systemd/'s units into cloud-init/user-data-wheel.yaml (which installs the wheel and so writes the
-units itself), ExecStart= (and ExecStop=) running the venv's command: `python -m devtools.sync_user_data`.
+units itself), ExecStart= running the venv's command: `python -m devtools.sync_user_data`.
 tests/packaging/test_cloud_init_files.py fails until the copies match."""
 
 from __future__ import annotations
@@ -9,15 +9,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 USER_DATA = REPO / "cloud-init" / "user-data-wheel.yaml"
 VENV_COMMAND = "/opt/secrets-agent/bin/secrets-agent"
-UNITS = ("secrets-agent@.service", "secrets-agent-refresh@.service", "secrets-agent-refresh@.timer")
+UNITS = (
+    "secrets-agent@.service",
+    "secrets-agent-refresh@.service",
+    "secrets-agent-refresh@.timer",
+    "secrets-agent-clean@.service",
+)
 INDENT = " " * 6
 
 
 def venv_commands(unit_text: str) -> str:
-    """The unit with ExecStart= (and the agent unit's ExecStop=-) running the venv's command."""
-    for directive in ("ExecStart=", "ExecStop=-"):
-        unit_text = unit_text.replace(f"{directive}/usr/bin/secrets-agent ", f"{directive}{VENV_COMMAND} ")
-    return unit_text
+    """The unit with ExecStart= running the venv's command."""
+    return unit_text.replace("ExecStart=/usr/bin/secrets-agent ", f"ExecStart={VENV_COMMAND} ")
 
 
 def synced(text: str) -> str:

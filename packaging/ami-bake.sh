@@ -13,15 +13,23 @@
 #   ami-bake.sh --verify-only [--root DIR]
 #       Only the last step, on the system mounted at DIR (default /).
 #
-# Nothing here starts a service or contacts SSM: the image must hold no secret. The last
-# step checks it and exits 1, naming the files (never their contents), when the image holds
-# a rendered secret file or a cached AWS credential, or when a template or settings file in
-# /etc/secrets-agent (or a folder above it) could be changed by someone other than root, so
-# that the agent would refuse it at boot (a Packer upload owned by the SSH user, say).
+# Nothing here starts a service or contacts SSM: the image must hold no secret. Before its last
+# step it empties /etc/machine-id, so that each instance makes its own at first boot (see
+# MACHINE_ID below). The last step checks the image and exits 1, naming the files (never their
+# contents), when it holds a rendered secret file or a cached AWS credential, when a template or
+# settings file in /etc/secrets-agent (or a folder above it) could be changed by someone other
+# than root, so that the agent would refuse it at boot (a Packer upload owned by the SSH user,
+# say), or when its machine-id is set.
 set -euo pipefail
 
 RUNTIME_DIR=run/secrets-agent
 CONFIG_DIR=etc/secrets-agent
+# An image's machine-id must be empty: every instance launched from an image that holds one
+# shares it, and with it each refresh timer's FixedRandomDelay= (a hash of the machine-id), so a
+# fleet would check SSM in the same second and, with on_change = "restart", restart together.
+# Empty (not missing) is systemd's "first boot": it makes a new id at the instance's boot.
+# dbus's copy is a symlink to it on current distributions; an old regular copy is checked too.
+MACHINE_ID_FILES=(etc/machine-id var/lib/dbus/machine-id)
 # Where credentials or rendered files could persist in an image; /usr is the packages'.
 PERSISTENT_DIRS=(etc root home var/lib var/cache var/log var/tmp tmp opt srv usr/local)
 # Files bigger than this are images and archives, not credential caches: not scanned.
@@ -120,6 +128,29 @@ enable_service() {
     else
         log "$name.service is not installed yet: install it and run 'systemctl enable $name.service'"
     fi
+}
+
+# Empties the image's machine-id (and removes an old regular dbus copy), as the last change to
+# the image: the builder itself keeps running on the id systemd already holds in memory.
+reset_machine_id() {
+    : >/etc/machine-id
+    if [ -f /var/lib/dbus/machine-id ] && [ ! -L /var/lib/dbus/machine-id ]; then
+        rm -f /var/lib/dbus/machine-id
+    fi
+    log "emptied /etc/machine-id: each instance launched from the image makes its own at first boot"
+}
+
+# Prints each machine-id file under ROOT that holds an id, with the id (not a secret).
+find_machine_ids() {
+    local root=$1 relative path id
+    for relative in "${MACHINE_ID_FILES[@]}"; do
+        path="$root/$relative"
+        if [ ! -f "$path" ] || [ -L "$path" ]; then continue; fi
+        id=$(head -c 64 -- "$path" | tr -d '[:space:]')
+        case $id in '' | uninitialized) continue ;; esac
+        # shellcheck disable=SC2016 # the backquotes are literal: they set off the command
+        printf '%s holds %s; fix: `truncate -s 0 %q`\n' "$path" "$id" "$path"
+    done
 }
 
 # Prints the files under ROOT that hold a rendered secret file or a cached AWS credential.
@@ -268,7 +299,7 @@ find_empty_templates() {
 }
 
 verify_image() {
-    local root=$1 leftovers untrusted empty failed=0
+    local root=$1 leftovers untrusted empty machine_ids failed=0
     leftovers=$(find_leftovers "$root" | sort -u)
     if [ -n "$leftovers" ]; then
         log "error: the image holds a rendered secret or a cached AWS credential; remove these files" \
@@ -290,9 +321,17 @@ verify_image() {
         printf '%s\n' "$empty" | sed 's/^/  /' >&2
         failed=1
     fi
+    machine_ids=$(find_machine_ids "$root")
+    if [ -n "$machine_ids" ]; then
+        log "error: the image's machine-id is set: every instance launched from it would share it, and" \
+            "with it the refresh timers' random delay (the fleet would check SSM, and restart, in" \
+            "lockstep); empty it (ami-bake.sh does when it installs):"
+        printf '%s\n' "$machine_ids" | sed 's/^/  /' >&2
+        failed=1
+    fi
     [ "$failed" -eq 0 ] || exit 1
     log "verified: no rendered secret, no cached AWS credential, every template asks for parameters," \
-        "and $root/$CONFIG_DIR can be changed by root only"
+        "an empty machine-id, and $root/$CONFIG_DIR can be changed by root only"
 }
 
 main() {
@@ -317,6 +356,7 @@ main() {
     for name in "$@"; do
         enable_service "$name"
     done
+    reset_machine_id
     verify_image ""
 }
 

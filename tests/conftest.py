@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
+from tests.prerequisites import skip_or_fail
 from tests.system.nspawn import TEST_NETWORKS, Release, releases_under_test
+from tests.timing import MACHINE_TIMEOUT_SECONDS, ManualClock
 
 _LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
 _TEST_NETWORKS = ipaddress.ip_network(TEST_NETWORKS)
@@ -85,7 +87,7 @@ def _memory_backed_root() -> str:
     for candidate in ("/run", "/dev/shm"):
         if points.get(candidate) in ("tmpfs", "ramfs"):
             return candidate
-    pytest.skip("no tmpfs at /run or /dev/shm on this machine")
+    skip_or_fail("a tmpfs at /run or /dev/shm")
 
 
 @pytest.fixture
@@ -104,6 +106,49 @@ def tmpfs_path() -> Iterator[Any]:
     shutil.rmtree(path.with_name(path.name + "-state"), ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """moto's server on 127.0.0.1, started once for the session and shared by every layer (the
+    system tests' machines reach it through the host network they share)."""
+    from tests.integration.moto_server import moto_server
+
+    with moto_server() as url:
+        yield url
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """The suite's hand-moved monotonic clock (tests/timing.py), for code that takes a `clock`."""
+    return ManualClock()
+
+
+@pytest.fixture
+def disk_path(tmp_path: Any) -> Iterator[Any]:
+    """A fresh empty folder on a persistent (not memory-backed) file system: tmp_path where it is on
+    disk, else below /var/tmp; removed afterwards."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from agent.host.output import is_memory_backed
+
+    def on_disk(folder: str) -> bool:
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return not is_memory_backed(descriptor)
+        finally:
+            os.close(descriptor)
+
+    if on_disk(str(tmp_path)):
+        yield tmp_path
+        return
+    if not (os.path.isdir("/var/tmp") and on_disk("/var/tmp")):
+        skip_or_fail("a folder on a persistent file system (tmp_path and /var/tmp are both in memory)")
+    path = Path(tempfile.mkdtemp(prefix="secrets-agent-test-", dir="/var/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
 def _restore_umask() -> Iterator[None]:
     """The CLI sets umask 077 for its whole process, as it should; in-process tests must not
@@ -112,6 +157,20 @@ def _restore_umask() -> Iterator[None]:
     os.umask(previous)
     yield
     os.umask(previous)
+
+
+_MACHINE_LAYERS = ("packaging", "system")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give the machine-building tests (tests/system, tests/packaging, the `system` marker) the longer
+    timeout, unless a test sets its own."""
+    for item in items:
+        if item.get_closest_marker("timeout") is not None:
+            continue
+        layer = item.path.parent.name
+        if layer in _MACHINE_LAYERS or item.get_closest_marker("system") is not None:
+            item.add_marker(pytest.mark.timeout(MACHINE_TIMEOUT_SECONDS))
 
 
 @pytest.fixture(scope="session", params=releases_under_test(), ids=lambda release: release.suite)

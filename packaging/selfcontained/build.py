@@ -44,7 +44,12 @@ PLATFORM_TAG = "manylinux2014_x86_64"
 # every client (endpoints, partitions, default configuration, retry rules). The rest is ~20 MB.
 BOTOCORE_SERVICES = ("ssm", "sts", "secretsmanager")
 COMPILED_SUFFIXES = (".so", ".c", ".pyx")
-UNITS = ("secrets-agent@.service", "secrets-agent-refresh@.service", "secrets-agent-refresh@.timer")
+UNITS = (
+    "secrets-agent@.service",
+    "secrets-agent-refresh@.service",
+    "secrets-agent-refresh@.timer",
+    "secrets-agent-clean@.service",
+)
 # Folders the package owns (listed in the archive, mode 0755); every other parent is the system's.
 OWNED_FOLDERS = (PREFIX, "usr/share/doc/secrets-agent")
 # Moves the render records of running apps on an upgrade from 0.1.0 (the rpm's %post runs it).
@@ -208,6 +213,10 @@ def stage_tree(root: Path, version: str) -> None:
     launcher.parent.mkdir(parents=True)
     shutil.copyfile(HERE / "secrets-agent", launcher)
     launcher.chmod(0o755)
+    # What the rpm's %preun runs on removal (the .deb's prerm too): see packaging/removal-guard.
+    guard = root / PREFIX / "removal-guard"
+    shutil.copyfile(REPO / "packaging" / "removal-guard", guard)
+    guard.chmod(0o755)
     units = root / "usr/lib/systemd/system"
     units.mkdir(parents=True)
     for unit in UNITS:
@@ -312,8 +321,11 @@ def write_tarball(root: Path, tarball: Path, mtime: int) -> None:
             info.uid = info.gid = 0
             info.uname = info.gname = "root"
             info.mtime = mtime
-            # Only the launcher and the upgrade script run as programs; every other file is read.
-            programs = (root / "usr/bin/secrets-agent", root / PREFIX / UPGRADE_SCRIPT)
+            # Only the launcher, the removal guard and the upgrade script run as programs; every
+            # other file is read.
+            programs = (
+                root / "usr/bin/secrets-agent", root / PREFIX / "removal-guard", root / PREFIX / UPGRADE_SCRIPT
+            )
             executable = path.is_dir() or path in programs
             info.mode = 0o755 if executable else 0o644
             if path.is_dir():

@@ -1,19 +1,17 @@
-"""Fixtures for integration tests: one moto server per session, emptied before each test that asks."""
+"""Fixtures for integration tests: the session's moto server (tests/conftest.py) emptied before each test
+that asks, and moto with IAM enforcement."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from moto_server import moto_server, reset_moto
+from moto_server import reset_moto
 
-
-@pytest.fixture(scope="session")
-def moto_url() -> Iterator[str]:
-    """URL of moto's server on 127.0.0.1, started once for the session."""
-    with moto_server() as url:
-        yield url
+from devtools.fakeimds import FakeImds
+from tests.integration.cli_harness import Stack
 
 
 @pytest.fixture
@@ -21,6 +19,26 @@ def clean_moto_url(moto_url: str) -> str:
     """The same server with every resource forgotten, so a test sees only what it creates."""
     reset_moto(moto_url)
     return moto_url
+
+
+@pytest.fixture
+def stack(clean_moto_url: str, tmp_path: Path, tmpfs_path: Path) -> Iterator[Stack]:
+    """The in-process command's host: a config dir, a tmpfs runtime dir, moto (emptied) and the fake
+    IMDS; `stack.run(...)` runs the command against it (tests/integration/cli_harness.py)."""
+    imds = FakeImds(region="eu-west-1", role="app-role")
+    imds_url = imds.start()
+    config = tmp_path / "etc"
+    config.mkdir()
+    try:
+        yield Stack(
+            ssm_url=clean_moto_url,
+            imds=imds,
+            config=config,
+            runtime=tmpfs_path,
+            env={"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds_url, "AWS_ENDPOINT_URL_SSM": clean_moto_url},
+        )
+    finally:
+        imds.stop()
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,9 @@ import socket
 import struct
 import sys
 import threading
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional
@@ -134,11 +135,13 @@ class FaultPlan:
 
 @dataclass(frozen=True)
 class Injection:
-    """One decision: the request's number, what it was, the fault given ("pass" for none)."""
+    """One decision: the request's number, what it was, the fault given ("pass" for none), and when
+    the request arrived (time.monotonic())."""
 
     index: int
     target: str
     fault: str
+    at: float = field(default_factory=time.monotonic, compare=False)
 
 
 @dataclass

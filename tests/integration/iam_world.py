@@ -27,6 +27,7 @@ import boto3
 # FakeImds from here.
 from devtools.fakeimds import FakeImds
 from tests.integration.moto_server import CannedResponse, RecordingProxy, moto_api
+from tests.timing import read_line
 
 LOOPBACK = "127.0.0.1"
 REGION = "eu-west-1"
@@ -34,6 +35,8 @@ ACCOUNT = "123456789012"  # moto's default account
 BOOTSTRAP_CALLS = 3  # create_user, put_user_policy, create_access_key
 ADMIN_USER = "iam-test-admin"
 SESSION_NAME = "i-0fa4e1fa4e1fa4e10"  # EC2 names an instance role's session after the instance
+# How long moto's enforcing server may take to print its URL: a limit against hanging.
+SERVER_START_SECONDS = 60.0
 
 _SERVER_MAIN = """
 import sys, threading
@@ -41,6 +44,7 @@ from moto.server import ThreadedMotoServer
 server = ThreadedMotoServer(ip_address=sys.argv[1], port=0, verbose=False)
 server.start()
 host, port = server.get_host_and_port()
+host = f"[{host}]" if ":" in host else host
 print(f"http://{host}:{port}", flush=True)
 sys.stdin.read()  # serve until the test session closes our stdin
 server.stop()
@@ -53,12 +57,15 @@ _ARN_PARTS_RE = re.compile(r"^arn:([\w-]+):[\w-]*:[\w-]*:(\d{12}):")
 
 
 @contextmanager
-def enforcing_moto_server(host: str = LOOPBACK) -> Iterator[str]:
+def enforcing_moto_server(host: str = LOOPBACK, *, netns: str = "") -> Iterator[str]:
     """moto's server with IAM enforcement, in its own process on `host` (127.0.0.1, or the host's
-    end of a test's network namespace link); yields its URL."""
+    end of a test's network namespace link; an IPv6 address too), in the network namespace `netns`
+    when given; yields its URL."""
     env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT=str(BOOTSTRAP_CALLS))
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    shown = f"[{host}]" if ":" in host else host
     process = subprocess.Popen(
-        [sys.executable, "-c", _SERVER_MAIN, host],
+        [*prefix, sys.executable, "-c", _SERVER_MAIN, host],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,  # werkzeug's line per request
@@ -67,8 +74,8 @@ def enforcing_moto_server(host: str = LOOPBACK) -> Iterator[str]:
     )
     try:
         assert process.stdout is not None
-        url = process.stdout.readline().strip()
-        if not url.startswith(f"http://{host}:"):
+        url = read_line(process.stdout, SERVER_START_SECONDS, "moto's enforcing server's URL").strip()
+        if not url.startswith(f"http://{shown}:"):
             raise RuntimeError(f"moto's enforcing server did not start (printed {url!r})")
         yield url
     finally:
@@ -223,11 +230,12 @@ class IamWorld:
             )
         return None
 
-    def imds(self, role: str, keys: Keys, host: str = LOOPBACK) -> FakeImds:
-        """A strict IMDSv2 fake (not started) on `host` serving `keys` as the instance role's
-        credentials."""
+    def imds(self, role: str, keys: Keys, host: str = LOOPBACK, port: int = 0) -> FakeImds:
+        """A strict IMDSv2 fake (not started) on `host` (and `port`, any free one by default)
+        serving `keys` as the instance role's credentials."""
         return FakeImds(
             host=host,
+            port=port,
             region=self.region,
             role=role,
             access_key_id=keys.access_key_id,

@@ -9,8 +9,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -18,9 +16,8 @@ import pytest
 from dotenv import dotenv_values
 
 from agent import __version__
-from agent.cli import main
-from devtools.fakeimds import FakeImds
 from devtools.systemd_envfile import parse_env
+from tests.integration.cli_harness import Stack
 from tests.integration.moto_server import CannedResponse, RecordingProxy, admin_ssm_client, aws_json_error
 
 HARD_VALUES = {
@@ -28,58 +25,6 @@ HARD_VALUES = {
     "/prod/JWT_SECRET": "line one\nEVIL=1\r\n\ttabbed  ",
     "/prod/STRIPE_SECRET_KEY": "  sk_live_ünïcødé-🔑 ; # = ",
 }
-
-
-@dataclass
-class Stack:
-    """A config dir, a tmpfs runtime dir, moto over HTTP and the fake IMDS, wired like a real host."""
-
-    ssm_url: str
-    imds: FakeImds
-    config: Path
-    runtime: Path
-    env: dict[str, str] = field(default_factory=dict)
-
-    def put(self, name: str, value: str, kind: str = "SecureString", **extra: object) -> int:
-        client = admin_ssm_client(self.ssm_url)
-        return int(
-            client.put_parameter(Name=name, Value=value, Type=kind, Overwrite=True, **extra)["Version"]
-        )
-
-    def template(self, text: str, name: str = "app") -> None:
-        (self.config / f"{name}.env.j2").write_text(text, encoding="utf-8")
-
-    def run(self, *args: str, env: Optional[dict[str, str]] = None) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        code = main(
-            ["--config-dir", str(self.config), "--runtime-dir", str(self.runtime), *args],
-            env=self.env if env is None else env,
-            stdout=out,
-            stderr=err,
-        )
-        return code, out.getvalue(), err.getvalue()
-
-    @property
-    def output(self) -> Path:
-        return self.runtime / "app" / "env"
-
-
-@pytest.fixture
-def stack(clean_moto_url: str, tmp_path: Path, tmpfs_path: Path) -> Iterator[Stack]:
-    imds = FakeImds(region="eu-west-1", role="app-role")
-    imds_url = imds.start()
-    config = tmp_path / "etc"
-    config.mkdir()
-    try:
-        yield Stack(
-            ssm_url=clean_moto_url,
-            imds=imds,
-            config=config,
-            runtime=tmpfs_path,
-            env={"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds_url, "AWS_ENDPOINT_URL_SSM": clean_moto_url},
-        )
-    finally:
-        imds.stop()
 
 
 def _read(path: Path) -> str:

@@ -23,11 +23,10 @@ from agent.host.secret_folder import (
     remove_secret_folder,
     write_secret_folder,
 )
-from tests.integration import test_cli
-from tests.integration.test_cli import Stack
+from tests.integration.cli_harness import Stack
+from tests.timing import Lines
 
 # The command's fixture: a config folder, a tmpfs runtime folder, moto and the IMDS fake.
-stack = test_cli.stack
 
 RDS = "/aws/reference/secretsmanager/prod/rds"
 PEM = (
@@ -293,12 +292,12 @@ def test_a_write_failing_half_way_keeps_the_old_set_and_leaves_nothing(tmpfs_pat
     assert os.listdir(folder.parent) == ["credentials"]
 
 
-# Lists and reads the folder again and again for 1.5 s; exits 1 on a mix or a half set. A pass that
-# took longer than two writes apart (a stalled reader) is past what the swap promises, and skipped.
+# Lists and reads the folder PASSES times; for each pass prints its start and end (time.monotonic,
+# which is system-wide) and what it found: whole (one value in all 20 files) or not, and the values.
 _READER = """
 import os, sys, time
-folder, seen, end = sys.argv[1], set(), time.monotonic() + 1.5
-while time.monotonic() < end:
+folder, passes = sys.argv[1], int(sys.argv[2])
+for _ in range(passes):
     started = time.monotonic()
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     names, values, vanished = sorted(os.listdir(fd)), set(), False
@@ -308,40 +307,58 @@ while time.monotonic() < end:
         except FileNotFoundError:
             vanished = True
             continue
-        values.add(os.read(file, 10))
+        values.add(os.read(file, 10).decode())
         os.close(file)
     os.close(fd)
-    if time.monotonic() - started > 0.015:
-        continue
-    if vanished or len(values) != 1 or len(names) != 20:
-        print("not one whole set:", names, values)
-        sys.exit(1)
-    seen |= values
-print(sorted(seen))
+    whole = not vanished and len(values) == 1 and len(names) == 20
+    print(started, time.monotonic(), int(whole), ",".join(sorted(values)) or "-", len(names), flush=True)
 """
+READER_PASSES = 300
+# How long one pass or one swap may take: a limit against hanging, not a speed target.
+READER_PASS_TIMEOUT_SECONDS = 30.0
 
 
 def test_readers_see_the_old_set_or_the_new_one_never_a_mix(tmpfs_path: Path) -> None:
-    """While sets are swapped in a loop, a reader of the folder always finds one whole set."""
+    """While sets are swapped in a loop, a reader of the folder always finds one whole set (every pass
+    that saw at most one swap: the swap's promise; a stalled pass that spans two is past it)."""
     folder = tmpfs_path / "app" / "credentials"
     sets = [{f"K{i}": f"{generation}".encode() for i in range(20)} for generation in ("a", "b")]
     write_secret_folder(folder, sets[0])
     reader = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            _READER,
-            str(folder),
-        ],
+        [sys.executable, "-c", _READER, str(folder), str(READER_PASSES)],
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
-    writes = 0
-    while reader.poll() is None:
-        write_secret_folder(folder, sets[writes % 2])
-        writes += 1
-        time.sleep(0.02)  # a render takes far longer: SSM calls come first
-    out, _err = reader.communicate()
-    assert reader.returncode == 0, out
-    assert writes > 10
-    assert out.strip() == "[b'a', b'b']"  # both sets were seen, each whole
+    assert reader.stdout is not None
+    lines = Lines(reader.stdout)
+    writes: list[tuple[float, float]] = []
+    passes: list[str] = []
+    # After each swap the writer waits for the reader's next pass (the event, not a sleep): the two
+    # keep overlapping, and neither outruns the other, however loaded the machine.
+    while True:
+        started = time.monotonic()
+        write_secret_folder(folder, sets[len(writes) % 2])
+        writes.append((started, time.monotonic()))
+        line = lines.next(READER_PASS_TIMEOUT_SECONDS, "the reader's next pass")
+        if line is None:
+            break
+        passes.append(line)
+    _out, err = reader.communicate(timeout=READER_PASS_TIMEOUT_SECONDS)
+    assert reader.returncode == 0, err
+
+    assert len(passes) == READER_PASSES
+    checked = raced = 0
+    seen: set[str] = set()
+    for line in passes:
+        began, ended, whole, values, _count = line.split(" ")
+        swaps = sum(1 for start, end in writes if start < float(ended) and end > float(began))
+        if swaps > 1:
+            continue  # the reader stalled across two swaps: past what the swap promises
+        checked += 1
+        raced += swaps
+        assert whole == "1", f"a pass during {swaps} swap(s) found no whole set: {line}"
+        seen |= set(values.split(","))
+    # The case the test is about happened: passes that ran while a set was being swapped in.
+    assert raced >= 10, f"only {raced} of {checked} checked passes overlapped a swap"
+    assert seen == {"a", "b"}  # both sets were seen, each whole

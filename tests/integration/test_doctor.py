@@ -6,9 +6,9 @@ import email.utils
 import time
 from pathlib import Path
 
+from tests.integration.cli_harness import Stack
 from tests.integration.iam_world import FakeImds, IamWorld, allow, policy_of, ssm_denial
 from tests.integration.moto_server import CannedResponse, RecordingProxy
-from tests.integration.test_cli import Stack
 from tests.integration.test_iam import ROLE, role_stack
 
 SECRET = "s3cr3t-value-never-printed"

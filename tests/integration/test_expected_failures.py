@@ -6,7 +6,6 @@ PATH), an unreadable template and a full disk (a real 16 KiB tmpfs mounted for t
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 from collections.abc import Iterator
@@ -15,10 +14,9 @@ from typing import Optional
 
 import pytest
 
-from agent.cli import main
 from agent.commands.refresh import Systemd
 from agent.errors import ConfigError, OutputError, StateError, SystemdError
-from tests.integration.test_cli import Stack, stack  # noqa: F401 - the fixture is used below
+from tests.integration.cli_harness import Stack
 from tests.integration.test_refresh import FakeSystemd
 
 FAILING_SYSTEMCTL = """#!/bin/sh
@@ -28,19 +26,12 @@ exit 1
 
 
 def _refresh(host: Stack, systemd: Optional[Systemd] = None) -> tuple[int, str]:
-    err = io.StringIO()
-    code = main(
-        ["--config-dir", str(host.config), "--runtime-dir", str(host.runtime), "refresh", "app"],
-        env=host.env,
-        stdout=io.StringIO(),
-        stderr=err,
-        systemd=systemd,
-    )
-    return code, err.getvalue()
+    code, _out, err = host.run("refresh", "app", systemd=systemd)
+    return code, err
 
 
 @pytest.fixture
-def host(stack: Stack) -> Stack:  # noqa: F811 - the imported fixture
+def host(stack: Stack) -> Stack:
     """The integration stack (config dir, tmpfs runtime dir, moto, fake IMDS) with app's template."""
     stack.template('DB={{ param("/app/db", default="x") }}\n')
     return stack

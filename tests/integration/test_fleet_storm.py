@@ -1,7 +1,8 @@
 """A small fleet boot storm: agent processes started at once against an SSM that throttles hard.
 
 The benchmark runs the big one (`make bench`); this one keeps the retry policy from regressing: a
-count-bounded policy, or one that backs off far past the throttle's pace, fails it.
+count-bounded policy fails it (an agent gives up). The fleet's pace against the throttle is a speed,
+so it is measured by `make bench` (bench/pace.py), not asserted here.
 """
 
 from __future__ import annotations
@@ -18,31 +19,17 @@ from bench.storm import ThrottlingResponder, TokenBucket, calls_per_agent, run_f
 from devtools.fakeimds import FakeImds
 from devtools.systemd_envfile import parse_env
 from tests.integration.moto_server import RecordingProxy
+from tests.timing import ManualClock
 
 AGENTS = 8
 PARAMETERS = 10  # one GetParameters call per agent
 RATE_PER_SECOND = 1.0
 BURST = 1.0
-# With few agents left, tokens sit unclaimed while they sleep. The throttled backoff grows with every
-# throttled answer (to waste fewer calls in big fleets), which costs a fleet this small some of its
-# pace: simulated, 1.33x of calls/rate at the median and 1.71x at worst (40 seeds); full jitter to a
-# 20 s cap reaches 2.1x, and a policy bounded by a count of attempts fails agents outright.
-MAX_RATIO_TO_IDEAL = 2.0
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_token_bucket_lets_through_its_rate_and_no_more() -> None:
     """The bucket starts full, then refills at its rate up to its burst and never beyond."""
-    clock = FakeClock()
+    clock = ManualClock(100.0)
     bucket = TokenBucket(2.0, 3.0, clock=clock)
     assert [bucket.take() for _ in range(4)] == [True, True, True, False]
     clock.now += 0.5
@@ -74,10 +61,10 @@ def imds_url() -> Iterator[str]:
         yield imds.url
 
 
-def test_throttled_fleet_all_render_at_the_throttles_pace(
+def test_throttled_fleet_all_render_with_no_extra_call(
     clean_moto_url: str, seeded: dict[str, str], imds_url: str, tmp_path: Path, tmpfs_path: Path
 ) -> None:
-    """Every agent of a fleet throttled to 1 call/s renders its file, near calls/rate, with no extra call."""
+    """Every agent of a fleet throttled to 1 call/s renders its file, with no extra call let through."""
     config = tmp_path / "etc"
     config.mkdir()
     (config / "app.env.j2").write_text(named_template(seeded), encoding="utf-8")
@@ -109,5 +96,3 @@ def test_throttled_fleet_all_render_at_the_throttles_pace(
     assert responder.allowed == calls_needed
     # The throttle must have bitten for the test to prove anything about retries.
     assert responder.throttled >= AGENTS
-    assert responder.span_seconds is not None
-    assert responder.span_seconds <= MAX_RATIO_TO_IDEAL * calls_needed / RATE_PER_SECOND

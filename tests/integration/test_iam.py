@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from devtools.systemd_envfile import parse_env
+from tests.integration.cli_harness import Stack
 from tests.integration.iam_world import IamWorld, allow, policy_of, ssm_proxy
 from tests.integration.moto_server import RecordingProxy
-from tests.integration.test_cli import Stack
 
 ROLE = "app-role"
 

@@ -13,11 +13,11 @@ import pytest
 from agent.errors import OutputError
 from agent.host.output import (
     TMP_PREFIX,
-    is_memory_backed,
     remove_secret_file,
     resolve_ownership,
     write_secret_file,
 )
+from tests.prerequisites import skip_or_fail
 
 
 def _mode(path: Path) -> int:
@@ -55,11 +55,9 @@ def test_loose_folder_mode_is_tightened(tmpfs_path: Path) -> None:
     assert _mode(folder) == 0o700
 
 
-def test_persistent_disk_is_refused(tmp_path: Path) -> None:
+def test_persistent_disk_is_refused(disk_path: Path) -> None:
     """A folder on a persistent filesystem is refused and nothing is written."""
-    if is_memory_backed(os.open(tmp_path, os.O_RDONLY)):
-        pytest.skip("tmp_path is on tmpfs here")
-    target = tmp_path / "app" / "env"
+    target = disk_path / "app" / "env"
     with pytest.raises(OutputError, match="not on tmpfs") as info:
         write_secret_file(target, b"SECRET=1\n")
     assert "allow_persistent" in str(info.value)
@@ -67,9 +65,9 @@ def test_persistent_disk_is_refused(tmp_path: Path) -> None:
     assert not target.exists()
 
 
-def test_persistent_disk_allowed_when_configured(tmp_path: Path) -> None:
+def test_persistent_disk_allowed_when_configured(disk_path: Path) -> None:
     """allow_persistent lets an operator accept a persistent folder knowingly."""
-    target = tmp_path / "app" / "env"
+    target = disk_path / "app" / "env"
     write_secret_file(target, b"A=1\n", allow_persistent=True)
     assert target.read_bytes() == b"A=1\n"
 
@@ -140,7 +138,7 @@ def test_unknown_owner_is_an_error() -> None:
 def test_ownership_is_applied(tmpfs_path: Path) -> None:
     """owner and group from the service settings are applied to the file and folder."""
     if os.geteuid() != 0:
-        pytest.skip("chown needs root")
+        skip_or_fail("applying an owner (chown) needs root")
     ownership = resolve_ownership("nobody", "nogroup")
     target = tmpfs_path / "app" / "env"
     write_secret_file(target, b"A=1\n", ownership=ownership)

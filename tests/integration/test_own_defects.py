@@ -7,9 +7,7 @@ IMDS; the defect is injected by replacing one of the agent's own checkers.
 
 from __future__ import annotations
 
-import io
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +20,9 @@ import agent.aws.imds
 import agent.aws.ssm
 from agent.aws.retry import Backoff, Deadline
 from agent.aws.ssm import SsmClient
-from agent.cli import main
 from agent.errors import ServiceUnavailable
 from devtools.fakeimds import FakeImds
+from tests.integration.cli_harness import run_cli
 from tests.integration.moto_server import CannedResponse, RecordingProxy, admin_ssm_client
 
 # Far beyond how long a run that fails at once may take: a defect retried as an outage would run
@@ -60,28 +58,10 @@ class Stack:
 
     def render(self) -> Run:
         """`secrets-agent render app` with a 60 s deadline, debug events on."""
-        err = io.StringIO()
-        started = time.monotonic()
-        code = main(
-            [
-                "--config-dir",
-                str(self.config),
-                "--runtime-dir",
-                str(self.runtime),
-                "--log-format",
-                "json",
-                "-v",
-                "render",
-                "app",
-            ],
-            env={"AWS_EC2_METADATA_SERVICE_ENDPOINT": self.imds.url, "AWS_ENDPOINT_URL_SSM": self.moto_url},
-            stdout=io.StringIO(),
-            stderr=err,
-        )
-        seconds = time.monotonic() - started
-        lines = err.getvalue().splitlines()
-        events = [json.loads(line) for line in lines if line.startswith("{")]
-        return Run(code, events, seconds, err.getvalue())
+        env = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": self.imds.url, "AWS_ENDPOINT_URL_SSM": self.moto_url}
+        done = run_cli(self.config, self.runtime, "--log-format", "json", "-v", "render", "app", env=env)
+        events = [json.loads(line) for line in done.err.splitlines() if line.startswith("{")]
+        return Run(done.code, events, done.seconds, done.err)
 
     @property
     def output(self) -> Path:

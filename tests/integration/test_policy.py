@@ -4,7 +4,6 @@ render, and every statement in it is needed."""
 from __future__ import annotations
 
 import copy
-import io
 import json
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from agent.cli import main
+from tests.integration.cli_harness import run_cli
 from tests.integration.iam_world import ACCOUNT, REGION, IamWorld, actions_only, allow, policy_of, ssm_proxy
 from tests.integration.test_iam import ROLE, role_stack
 
@@ -40,19 +39,13 @@ def _seed(iam: IamWorld) -> str:
 
 def _policy(iam: IamWorld, config: Path, *args: str, env: Any = None) -> tuple[int, str, str]:
     (config / "app.env.j2").write_text(TEMPLATE, encoding="utf-8")
-    out, err = io.StringIO(), io.StringIO()
     environment = {
         **iam.admin.env(),
         "AWS_REGION": REGION,
         "AWS_ENDPOINT_URL": iam.url,
     }
-    code = main(
-        ["--config-dir", str(config), "policy", "app", *args],
-        env=environment if env is None else env,
-        stdout=out,
-        stderr=err,
-    )
-    return code, out.getvalue(), err.getvalue()
+    done = run_cli(config, None, "policy", "app", *args, env=environment if env is None else env)
+    return done.code, done.out, done.err
 
 
 def _findings(policy: dict[str, Any]) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.template.credentials import credential_id
+from tests.prerequisites import require_command
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 SECTION = "## Credentials instead of an EnvironmentFile"
@@ -53,8 +53,7 @@ def test_the_python_snippet_reads_the_value_exactly(credentials_directory: Path)
 
 def test_the_node_snippet_reads_the_value_exactly(credentials_directory: Path) -> None:
     """The README's Node.js lines read DB_PASSWORD byte for byte."""
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed: the README's Node.js snippet cannot be run")
+    require_command("node", "nodejs")
     code = _snippet("js") + "\nprocess.stdout.write(dbPassword);\n"
     result = subprocess.run(
         ["node", "-e", code],

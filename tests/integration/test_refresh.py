@@ -3,7 +3,6 @@ asks SSM (versions only, WithDecryption=false), what it detects, and what it doe
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -14,17 +13,16 @@ from typing import Optional
 
 import pytest
 
-from agent.cli import main
 from devtools.systemd_envfile import parse_env
+from tests.integration.cli_harness import Stack
 from tests.integration.iam_world import IamWorld, allow, policy_of
 from tests.integration.moto_server import CannedResponse, RecordingProxy, admin_ssm_client, aws_json_error
-from tests.integration.test_cli import Stack, stack  # noqa: F401 - the fixture is used below
 from tests.integration.test_iam import role_stack
 
 MARK = "r0tat3d-v4lue-"
 
 
-def record_path(stack: Stack) -> Path:  # noqa: F811
+def record_path(stack: Stack) -> Path:
     """Where app's record is: RUNTIME_DIR-state/app/state.json, root's folder beside the runtime one."""
     return stack.runtime.with_name(stack.runtime.name + "-state") / "app" / "state.json"
 
@@ -57,24 +55,8 @@ class Rotation:
     systemd: FakeSystemd
 
     def refresh(self) -> tuple[int, str]:
-        err = io.StringIO()
-        code = main(
-            [
-                "--config-dir",
-                str(self.stack.config),
-                "--runtime-dir",
-                str(self.stack.runtime),
-                "--log-format",
-                "json",
-                "refresh",
-                "app",
-            ],
-            env=self.stack.env,
-            stdout=io.StringIO(),
-            stderr=err,
-            systemd=self.systemd,
-        )
-        return code, err.getvalue()
+        code, _out, err = self.stack.run("--log-format", "json", "refresh", "app", systemd=self.systemd)
+        return code, err
 
     def render(self) -> None:
         code, _out, err = self.stack.run("render", "app")
@@ -99,7 +81,7 @@ class Rotation:
 
 
 @pytest.fixture
-def rotation(stack: Stack) -> Iterator[Rotation]:  # noqa: F811 - the imported fixture
+def rotation(stack: Stack) -> Iterator[Rotation]:
     """The CLI on moto through a recording proxy, with a fake systemd where app.service runs."""
     with RecordingProxy(stack.ssm_url) as proxy:
         stack.env["AWS_ENDPOINT_URL_SSM"] = proxy.url

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from agent.template.envfile import max_value_bytes
+from tests.integration.cli_harness import Stack
 from tests.integration.iam_world import IamWorld, allow, policy_of
 from tests.integration.moto_server import admin_ssm_client
-from tests.integration.test_cli import Stack, stack  # noqa: F401 - the fixture is used below
 from tests.integration.test_iam import role_stack
 from tests.integration.test_refresh import MARK, FakeSystemd, Rotation, _events, rotation  # noqa: F401
 
@@ -170,15 +170,22 @@ def test_an_unrenderable_change_under_render_writes_exactly_what_it_checked(
     import agent.commands.refresh
 
     checked = agent.commands.refresh.log.info
+    admin = admin_ssm_client(rotation.stack.ssm_url)
+    moved: list[str] = []
 
     def moved_on(event: str, **kw: object) -> None:
         checked(event, **kw)
         if event == "refresh_ready":
-            admin_ssm_client(rotation.stack.ssm_url).delete_parameter(Name="/app/token")
+            admin.delete_parameter(Name="/app/token")
+            moved.append(event)
 
     monkeypatch.setattr(agent.commands.refresh.log, "info", moved_on)
     code, err = rotation.refresh()
 
+    # SSM did move on, once, between the check and the write: the parameter is gone there.
+    assert moved == ["refresh_ready"], err
+    with pytest.raises(admin.exceptions.ParameterNotFound):
+        admin.get_parameter(Name="/app/token", WithDecryption=True)
     assert code == 0, err
     assert rotation.env_file()["TOKEN"] == f"{MARK}token-2"
 

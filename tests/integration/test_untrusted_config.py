@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration import test_cli
+from tests.integration.cli_harness import Stack
 from tests.integration.moto_server import RecordingProxy
-from tests.integration.test_cli import Stack
+from tests.prerequisites import skip_or_fail
 
 # The command's fixture: a config folder, a tmpfs runtime folder, moto and the IMDS fake.
-stack = test_cli.stack
 
 NOBODY = 65534
 # A second user that is neither root nor nobody (Debian's `daemon`).
@@ -290,7 +289,10 @@ def _as_nobody(stack: Stack, config: Path, *args: str) -> subprocess.CompletedPr
         [*as_nobody, "-c", "import agent"], cwd="/", env=env, capture_output=True, check=False
     )
     if probe.returncode != 0:
-        pytest.skip(f"nobody cannot run {sys.executable} with {REPO}: the checkout is in a private folder")
+        skip_or_fail(
+            f"a checkout nobody can read: nobody cannot run {sys.executable} with {REPO} "
+            "(clone outside a private folder such as /root)"
+        )
     env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = stack.env["AWS_EC2_METADATA_SERVICE_ENDPOINT"]
     env["AWS_ENDPOINT_URL_SSM"] = stack.ssm_url
     return subprocess.run(

@@ -18,9 +18,10 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional, TypeVar
 
 from devtools.fakeimds import FakeImds
+from devtools.netns import IPV6_IMDS, IPV6_SSM, inside, namespace_pair
 from tests.integration.iam_world import IamWorld, Keys, allow, enforcing_moto_server, policy_of
 
 REGION = "eu-west-1"
@@ -81,15 +82,27 @@ def closed_network() -> Iterator[ClosedNetwork]:
         _ip("netns", "del", name)
 
 
+_T = TypeVar("_T")
+
+
 @dataclass
 class ClosedWorld:
     """The stand-ins on the host's end of a closed network: moto enforcing IAM, and IMDS serving
-    the credentials of ROLE, which may read parameters and S3 objects and nothing else."""
+    the credentials of ROLE, which may read parameters and S3 objects and nothing else. In an
+    IPv6-only world they live in a namespace of their own (`fakes_namespace`), where `call` runs
+    the test's own requests to them."""
 
     network: ClosedNetwork
     iam: IamWorld
     imds: FakeImds
     role_keys: Keys
+    fakes_namespace: Optional[str] = None
+
+    def call(self, action: Callable[[], _T]) -> _T:
+        """Run `action` (uploads, parameters) where the stand-ins can be reached."""
+        if self.fakes_namespace is None:
+            return action()
+        return inside(self.fakes_namespace, action)
 
     @property
     def moto_url(self) -> str:
@@ -124,3 +137,35 @@ def closed_world() -> Iterator[ClosedWorld]:
             yield ClosedWorld(network=network, iam=iam, imds=imds, role_keys=keys)
         finally:
             imds.stop()
+
+
+@contextlib.contextmanager
+def closed_ipv6_world() -> Iterator[ClosedWorld]:
+    """An IPv6-only closed network (devtools/netns.py's pair): the container's namespace has
+    fd00:ec2::2/64 and no IPv4 address or route at all; the stand-ins sit in a namespace of their
+    own behind it, IMDS only at [fd00:ec2::254] on port 80, as on an IPv6-only EC2 subnet, and moto
+    enforcing IAM (SSM, S3, STS) at fd00:ec2::10. The role made, the release bucket created."""
+    if shutil.which("ip") is None:
+        subprocess.run(["bash", str(APT_INSTALL), "iproute2"], check=True, timeout=600)
+    with namespace_pair(f"v6c{os.getpid() % 100000}") as pair:
+        pair.wire_ipv6_only()
+        network = ClosedNetwork(pair.machine, IPV6_SSM, "fd00:ec2::2")
+        with enforcing_moto_server(IPV6_SSM, netns=pair.fakes) as url:
+
+            def made() -> tuple[IamWorld, Keys, FakeImds]:
+                iam = IamWorld(url, REGION)
+                keys = iam.role(ROLE, policy_of(allow(*ROLE_ACTIONS)))
+                iam.client("s3").create_bucket(
+                    Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
+                )
+                imds = iam.imds(ROLE, keys, host=IPV6_IMDS, port=80)
+                imds.start()
+                return iam, keys, imds
+
+            iam, keys, imds = inside(pair.fakes, made)
+            try:
+                yield ClosedWorld(
+                    network=network, iam=iam, imds=imds, role_keys=keys, fakes_namespace=pair.fakes
+                )
+            finally:
+                imds.stop()

@@ -7,23 +7,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.moto_server import moto_server
 from tests.packaging.dist import REPO, Artefacts, BuildUnavailable, built_artefacts
+from tests.prerequisites import require_root, skip_or_fail
 
 __all__ = ["REPO", "Artefacts", "skip_or_fail", "skip_unless_root"]
 
 
-def skip_or_fail(reason: str) -> None:
-    """Skip the calling test with a one-line reason; in CI (CI=true) fail instead: CI must run it."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason}, and CI must run this test", pytrace=False)
-    pytest.skip(reason)
-
-
-def skip_unless_root(what: str) -> None:
-    """Skip (or in CI fail) the calling test when not root."""
-    if os.geteuid() != 0:
-        skip_or_fail(f"{what} needs root")
+# The suite's one skip-or-fail rule (tests/prerequisites.py), under the names these tests use.
+skip_unless_root = require_root
 
 
 @pytest.fixture(autouse=True)
@@ -43,10 +34,3 @@ def artefacts() -> Artefacts:
     except BuildUnavailable as exc:
         skip_or_fail(str(exc))
         raise
-
-
-@pytest.fixture(scope="session")
-def moto_url() -> Iterator[str]:
-    """moto's server on 127.0.0.1, started once for the packaging tests."""
-    with moto_server() as url:
-        yield url

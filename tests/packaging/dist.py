@@ -13,8 +13,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from agent import __version__
 
@@ -43,6 +45,8 @@ class Artefacts:
     tarball_sha256: Path
     rpm: Path
     build_log: str
+    # When this process ran build-dist.sh (time.time() before and after); None when prebuilt.
+    built_during: Optional[tuple[float, float]] = None
 
 
 @functools.cache
@@ -55,6 +59,7 @@ def built_artefacts() -> Artefacts:
         raise BuildUnavailable("building the .deb needs root (it installs missing Debian build tools)")
     outdir = Path(tempfile.mkdtemp(prefix="secrets-agent-dist-"))
     atexit.register(shutil.rmtree, outdir, ignore_errors=True)
+    started = time.time()
     result = subprocess.run(
         ["bash", str(BUILD_SCRIPT), "--outdir", str(outdir)],
         env={**os.environ, "PYTHON": sys.executable},
@@ -65,10 +70,12 @@ def built_artefacts() -> Artefacts:
     )
     if result.returncode != 0:
         raise AssertionError(f"build-dist.sh failed:\n{result.stdout}\n{result.stderr}")
-    return _artefacts_in(outdir, result.stderr)
+    return _artefacts_in(outdir, result.stderr, built_during=(started, time.time()))
 
 
-def _artefacts_in(outdir: Path, build_log: str) -> Artefacts:
+def _artefacts_in(
+    outdir: Path, build_log: str, built_during: Optional[tuple[float, float]] = None
+) -> Artefacts:
     return Artefacts(
         folder=outdir,
         version=__version__,
@@ -80,4 +87,5 @@ def _artefacts_in(outdir: Path, build_log: str) -> Artefacts:
         tarball_sha256=outdir / f"secrets-agent-{__version__}-linux.tar.gz.sha256",
         rpm=outdir / f"secrets-agent-{__version__}-1.noarch.rpm",
         build_log=build_log,
+        built_during=built_during,
     )

@@ -80,16 +80,21 @@ def assert_app_gets_every_value_then_a_rotation_then_nothing_left(
     assert MARK not in journal
 
 
-# The agent unit stops after its app and runs its ExecStop= (`secrets-agent clean`) once
-# `systemctl stop APP` has returned: this long at most.
+# The agent unit stops after its app once `systemctl stop APP` has returned, then
+# secrets-agent-clean@APP runs `secrets-agent clean`: this long at most for both.
 AGENT_STOP_SECONDS = 10.0
 
 
 def stop_app(machine: Machine, name: str) -> None:
-    """`systemctl stop NAME.service`, then wait for secrets-agent@NAME to have stopped too."""
+    """`systemctl stop NAME.service`, then wait for secrets-agent@NAME to have stopped too and its
+    clean-up (queued in the same step) to have run."""
     run(machine, "systemctl", "stop", f"{name}.service")
     deadline = time.monotonic() + AGENT_STOP_SECONDS
-    while machine.show(f"secrets-agent@{name}.service", "ActiveState") not in ("inactive", "failed"):
+    clean = f"secrets-agent-clean@{name}.service"
+    while (
+        machine.show(f"secrets-agent@{name}.service", "ActiveState") not in ("inactive", "failed")
+        or run(machine, "systemctl", "list-jobs", "--no-legend", clean).stdout.strip()
+    ):
         if time.monotonic() > deadline:
             raise AssertionError(f"secrets-agent@{name}.service did not stop within {AGENT_STOP_SECONDS} s")
         time.sleep(0.05)

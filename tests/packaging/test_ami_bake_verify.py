@@ -47,7 +47,11 @@ HARMLESS = {
     "etc/systemd/system/app.service.d/secrets-agent.conf": (
         "[Service]\nEnvironmentFile=/run/secrets-agent/app/env\n"
     ),
+    # Empty: each instance makes its own machine-id at first boot.
+    "etc/machine-id": "",
 }
+# A machine-id left in the image, shaped like a real one.
+MACHINE_ID = "4f3c2b1a09876543210fedcba9876543"
 
 
 def make_image(root: Path, files: dict[str, str]) -> None:
@@ -114,6 +118,29 @@ def test_a_template_asking_for_no_parameter_fails_the_image(tmp_path: Path, cred
         in result.stderr
     )
     assert str(tmp_path / "etc/secrets-agent/app.env.j2") not in result.stderr  # control: app asks
+
+
+@pytest.mark.parametrize("relative", ["etc/machine-id", "var/lib/dbus/machine-id"])
+def test_image_with_a_machine_id_fails_naming_it(tmp_path: Path, relative: str) -> None:
+    """An image whose machine-id is set (or dbus's old regular copy of it) fails the check, naming
+    the file, the id, why, and the command that empties it."""
+    make_image(tmp_path, {**HARMLESS, relative: MACHINE_ID + "\n"})
+    result = verify(tmp_path)
+    assert result.returncode == 1
+    path = tmp_path / relative
+    assert f"{path} holds {MACHINE_ID}; fix: `truncate -s 0 {path}`" in result.stderr
+    assert "every instance launched from it would share it" in result.stderr
+
+
+@pytest.mark.parametrize("content", ["", "\n", "uninitialized\n"])
+def test_image_with_an_empty_machine_id_passes(tmp_path: Path, content: str) -> None:
+    """An empty machine-id (or systemd's "uninitialized") and a dbus symlink to it pass the check."""
+    make_image(tmp_path, {**HARMLESS, "etc/machine-id": content})
+    (tmp_path / "var/lib/dbus").mkdir(parents=True)
+    (tmp_path / "var/lib/dbus/machine-id").symlink_to("/etc/machine-id")
+    result = verify(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "an empty machine-id" in result.stderr
 
 
 def test_usage_error_without_arguments() -> None:

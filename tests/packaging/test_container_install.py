@@ -219,21 +219,45 @@ def test_apt_installs_the_deb_with_debians_libraries_and_it_renders(
 def test_purge_removes_the_package_and_keeps_the_operators_files(
     artefacts: Artefacts, workdir: Path, release: Release
 ) -> None:
-    """apt-get purge removes every file the .deb installed and leaves /etc/secrets-agent and drop-ins."""
+    """While a service is behind the agent, apt-get purge is refused, naming the service and its
+    rotation timer, and the package stays installed; with SECRETS_AGENT_REMOVE_ANYWAY=1 it removes
+    every file the .deb installed, warning with the same list, and leaves /etc/secrets-agent and
+    the drop-ins."""
     root = fresh_rootfs(workdir / "root", release=release)
     shutil.copy(artefacts.deb, root / "root")
     write(root, "/etc/secrets-agent/app.env.j2", APP_TEMPLATE, 0o640)
     write(root, "/etc/systemd/system/app.service", APP_UNIT)
     with booted(root, f"sa-pkg-purge-{release.suite}") as machine:
         apt_install_deb(machine, artefacts.deb)
-        run(machine, "secrets-agent", "enable", "app")
+        run(machine, "secrets-agent", "enable", "app", "--refresh")
         shipped = [
             path
             for path in run(machine, "dpkg", "-L", "secrets-agent").stdout.splitlines()
             if (root / path.lstrip("/")).is_file()
         ]
         assert "/usr/bin/secrets-agent" in shipped
-        run(machine, "apt-get", "purge", "-y", "-q", "secrets-agent")
+        refused = run(machine, "apt-get", "purge", "-y", "-q", "secrets-agent", check=False)
+        said = refused.stdout + refused.stderr
+        assert refused.returncode != 0, said
+        assert "secrets-agent: refusing to remove the package" in said
+        listed = (
+            "  app.service: its drop-in /etc/systemd/system/app.service.d/secrets-agent.conf would make "
+            "it fail to start",
+            "  secrets-agent-refresh@app.timer: enabled (in /etc/systemd/system/timers.target.wants), "
+            "it would fail every 15 minutes",
+        )
+        for line in listed:
+            assert line in said.splitlines(), said
+        status = run(machine, "dpkg-query", "-W", "-f=${db:Status-Abbrev}", "secrets-agent").stdout
+        assert status.strip() == "ii"
+        assert run(machine, "systemctl", "cat", "secrets-agent@app.service", check=False).returncode == 0
+        forced = run(
+            machine, "env", "SECRETS_AGENT_REMOVE_ANYWAY=1", "apt-get", "purge", "-y", "-q", "secrets-agent"
+        )
+        said = forced.stdout + forced.stderr
+        assert "secrets-agent: WARNING: removing the package although" in said
+        for line in listed:
+            assert line in said.splitlines(), said
         assert run(machine, "systemctl", "cat", "secrets-agent@app.service", check=False).returncode != 0
     left = [path for path in shipped if (root / path.lstrip("/")).exists()]
     assert left == []
@@ -418,9 +442,13 @@ def test_wheel_user_data_boots_debian_11_with_python_39(
 def test_ami_bake_leaves_no_secret_and_the_image_boots_the_app(
     artefacts: Artefacts, fakes: Fakes, workdir: Path, release: Release
 ) -> None:
-    """ami-bake.sh installs and enables without fetching; an instance of the image gets its secrets at
-    boot; after shutdown no secret value is anywhere in the root file system."""
+    """ami-bake.sh installs and enables without fetching and empties the builder's machine-id; an
+    instance of the image gets its secrets at boot; after shutdown no secret value is anywhere in
+    the root file system."""
     root = fresh_rootfs(workdir / "root", release=release)
+    # The builder runs on a machine-id of its own, as an EC2 build instance does.
+    builder_id = "4f3c2b1a09876543210fedcba9876543"
+    write(root, "/etc/machine-id", builder_id + "\n", 0o444)
     shutil.copy(artefacts.deb, root / "root")
     shutil.copy(REPO / "packaging" / "ami-bake.sh", root / "root")
     write(root, "/etc/secrets-agent/agent.toml", fakes.agent_toml())
@@ -438,10 +466,13 @@ def test_ami_bake_leaves_no_secret_and_the_image_boots_the_app(
         )
         assert bake.returncode == 0, bake.stdout + bake.stderr
         assert "verified: no rendered secret" in bake.stderr
+        assert "emptied /etc/machine-id" in bake.stderr
+        assert run(builder, "cat", "/etc/machine-id").stdout == ""
         assert run(builder, "systemctl", "is-enabled", "app.service").stdout.strip() == "enabled"
         assert run(builder, "systemctl", "is-active", "app.service", check=False).stdout.strip() == "inactive"
     assert fakes.imds.count() == 0
     assert fakes.ssm.actions == []
+    assert (root / "etc/machine-id").read_text() == ""
     (root / "root" / artefacts.deb.name).unlink()
 
     # An instance launched from the image: the app comes up at boot with its secrets.
@@ -453,10 +484,23 @@ def test_ami_bake_leaves_no_secret_and_the_image_boots_the_app(
             fakes
         )
     assert files_holding(root, fakes.secret_bytes()) == []
-    verify = subprocess.run(
-        ["bash", str(REPO / "packaging" / "ami-bake.sh"), "--verify-only", "--root", str(root)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert verify.returncode == 0, verify.stderr
+
+    def verify() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", str(REPO / "packaging" / "ami-bake.sh"), "--verify-only", "--root", str(root)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    # The instance made a machine-id of its own at its first boot and kept it: an image taken from
+    # it now would hand that id to every instance, and the check refuses it, naming it.
+    instance_id = (root / "etc/machine-id").read_text().strip()
+    assert instance_id not in ("", builder_id)
+    refused = verify()
+    assert refused.returncode == 1
+    machine_id = root / "etc/machine-id"
+    assert f"{machine_id} holds {instance_id}; fix: `truncate -s 0 {machine_id}`" in refused.stderr
+    (root / "etc/machine-id").write_text("")
+    verified = verify()
+    assert verified.returncode == 0, verified.stderr

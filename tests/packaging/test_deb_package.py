@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import email.parser
 import os
 import re
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 from typing import Optional
@@ -20,6 +22,8 @@ else:
 import pytest
 
 from tests.packaging.conftest import REPO, Artefacts
+from tests.packaging.dist import PREBUILT_ENV
+from tests.prerequisites import skip_or_fail
 
 # Every file and folder of the .deb besides the agent's Python modules, which are checked against
 # agent/*.py, with its permissions. Nothing under /etc: purging must leave the operator's files.
@@ -33,12 +37,14 @@ EXPECTED_DEB_ENTRIES = {
     ("-rw-r--r--", "./lib/systemd/system/secrets-agent@.service"),
     ("-rw-r--r--", "./lib/systemd/system/secrets-agent-refresh@.service"),
     ("-rw-r--r--", "./lib/systemd/system/secrets-agent-refresh@.timer"),
+    ("-rw-r--r--", "./lib/systemd/system/secrets-agent-clean@.service"),
     ("drwxr-xr-x", "./usr/"),
     ("drwxr-xr-x", "./usr/bin/"),
     ("-rwxr-xr-x", "./usr/bin/secrets-agent"),
     ("drwxr-xr-x", "./usr/lib/"),
     ("drwxr-xr-x", "./usr/lib/secrets-agent/"),
     ("drwxr-xr-x", "./usr/lib/secrets-agent/agent/"),
+    ("-rwxr-xr-x", "./usr/lib/secrets-agent/removal-guard"),
     # Run by postinst on an upgrade from 0.1.0: the running apps' render records move.
     ("-rwxr-xr-x", "./usr/lib/secrets-agent/upgrade-records.sh"),
     # dh_python3's hook that byte-compiles the private folder again when Debian's python3 changes.
@@ -282,6 +288,8 @@ def test_maintainer_scripts_only_reload_systemd(artefacts: Artefacts, tmp_path: 
     )
     assert reload_guarded.search(scripts["postinst"])
     assert reload_guarded.search(scripts["postrm"])
+    # On removal only (not on upgrade), before anything else of the package goes.
+    assert 'if [ "$1" = remove ]; then\n\t/usr/lib/secrets-agent/removal-guard\nfi' in scripts["prerm"]
     assert "conffiles" not in scripts
 
 
@@ -298,24 +306,60 @@ def test_lintian_reports_no_error_and_no_warning(artefacts: Artefacts) -> None:
     assert tags == []
 
 
-@pytest.mark.parametrize("script", ["packaging/build-dist.sh", "packaging/ami-bake.sh"])
+@pytest.mark.parametrize(
+    "script", ["packaging/build-dist.sh", "packaging/ami-bake.sh", "packaging/removal-guard"]
+)
 def test_shell_scripts_pass_shellcheck(artefacts: Artefacts, script: str) -> None:
     """shellcheck (installed by build-dist.sh with the other checking tools) finds nothing."""
     result = subprocess.run(["shellcheck", str(REPO / script)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout
 
 
+# What the test session itself writes in the tree while the build runs (caches, the venv, git), not
+# the build: left out of the search for what the build made.
+SESSION_WRITES = {".git", ".venv", ".hypothesis", ".pytest_cache", ".mypy_cache", ".ruff_cache",
+                  "__pycache__", "node_modules"}  # fmt: skip
+
+
+CLOCK_TICK_SECONDS = 0.05
+
+
+def touched_between(root: Path, started: float, finished: float) -> list[str]:
+    """The files (and symlinks) below `root` made or changed between `started` and `finished`
+    (time.time()), leaving out SESSION_WRITES. Folders are not counted: the session's own caches
+    change theirs."""
+    touched = []
+    for folder, folders, files in os.walk(root):
+        folders[:] = [name for name in folders if name not in SESSION_WRITES]
+        for name in files:
+            path = Path(folder, name)
+            with contextlib.suppress(FileNotFoundError):
+                if started <= path.lstat().st_ctime <= finished:
+                    touched.append(str(path.relative_to(root)))
+    return sorted(touched)
+
+
 def test_build_leaves_the_source_tree_untouched(artefacts: Artefacts) -> None:
-    """Building made no file in the source tree (the session's build wrote only to its own folder)."""
-    if not (REPO / ".git").exists():
-        pytest.skip("not a git work tree")
-    status = subprocess.run(
-        ["git", "status", "--porcelain", "--ignored", "--", "packaging", "debian", "build", "dist"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},
-    ).stdout
-    made = [line for line in status.splitlines() if line.startswith("!!")]
-    assert made == []
+    """Building made no file in the source tree (the session's build wrote only to its own folder):
+    nothing below the checkout was created, changed or removed while build-dist.sh ran."""
+    if artefacts.built_during is None:
+        skip_or_fail(f"a build in this session (${PREBUILT_ENV} names artefacts built before it)")
+    started, finished = artefacts.built_during
+    # The kernel stamps files from a clock that lags time.time() by up to a tick.
+    touched = touched_between(REPO, started - CLOCK_TICK_SECONDS, finished + CLOCK_TICK_SECONDS)
+    assert touched == [], (
+        "made or changed in the checkout while build-dist.sh ran "
+        "(by the build, or by anything else writing there then)"
+    )
+
+
+def test_the_search_for_what_the_build_made_finds_a_new_file(tmp_path: Path) -> None:
+    """The check above can fail: a file made inside the window is found, one made before is not."""
+    (tmp_path / "old").write_text("before")
+    started = time.time()
+    time.sleep(0.01)  # ctime has the file system's granularity: the window must be past the old file
+    (tmp_path / "packaging").mkdir()
+    (tmp_path / "packaging" / "made-by-build").write_text("x")
+    found = touched_between(tmp_path, started, time.time())
+    assert "packaging/made-by-build" in found
+    assert "old" not in found

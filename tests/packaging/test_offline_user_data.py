@@ -1,7 +1,9 @@
 """cloud-init/user-data-offline.yaml at a real first boot (Debian 12's cloud-init, NoCloud seed) in a
 container with no network but the AWS stand-ins (tests/packaging/closed_network.py): the tarball
 comes from S3 (moto enforcing IAM checks the signature and the role's s3:GetObject), with the
-credentials IMDSv2 hands the instance role; its sha256 is checked before anything is installed."""
+credentials IMDSv2 hands the instance role; its sha256 is checked before anything is installed. On
+an IPv6-only network too, where IMDS answers only at [fd00:ec2::254] and is found as the agent
+finds it."""
 
 from __future__ import annotations
 
@@ -11,10 +13,11 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
-from tests.packaging.closed_network import BUCKET, ClosedWorld, closed_world
+from tests.packaging.closed_network import BUCKET, REGION, ClosedWorld, closed_ipv6_world, closed_world
 from tests.packaging.conftest import REPO, Artefacts, skip_unless_root
 from tests.packaging.essentials import write
 from tests.packaging.machine import booted, fresh_rootfs, run
@@ -25,8 +28,15 @@ from tests.system.nspawn import BOOKWORM
 pytestmark = pytest.mark.system
 
 USER_DATA = REPO / "cloud-init" / "user-data-offline.yaml"
-# The lines the user-data asks its reader to edit, and the two only a non-EC2 host needs.
-EDITED_LINES = ("SECRETS_AGENT_PACKAGE", "SECRETS_AGENT_SHA256", "IMDS_ENDPOINT", "S3_ENDPOINT")
+# The lines the user-data asks its reader to edit (the bucket's region only for a bucket elsewhere),
+# and the two only a non-EC2 host needs.
+EDITED_LINES = (
+    "SECRETS_AGENT_PACKAGE",
+    "SECRETS_AGENT_SHA256",
+    "SECRETS_AGENT_BUCKET_REGION",
+    "IMDS_ENDPOINT",
+    "S3_ENDPOINT",
+)
 VALUES = {
     "/app/prod/DATABASE_URL": "postgres://app:offline-p4ss@db/app",
     "/app/prod/API_TOKEN": "tok-offline-7f3a",
@@ -63,12 +73,14 @@ def cloud_root() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def user_data(world: ClosedWorld, key: str, sha256: str) -> str:
+def user_data(world: ClosedWorld, key: str, sha256: str, *, imds: Optional[str] = None) -> str:
     """The offline user-data with its lines set for the stand-ins: the S3 object, its sha256, and
-    where IMDS and S3 answer in this closed network."""
+    where S3 and (unless `imds` says otherwise: "" to find it as on EC2) IMDS answer in this closed
+    network."""
     text = USER_DATA.read_text(encoding="utf-8")
+    imds_line = world.imds.url if imds is None else imds
     values = dict(
-        zip(EDITED_LINES, (f"s3://{BUCKET}/{key}", sha256, world.imds.url, world.moto_url), strict=True)
+        zip(EDITED_LINES, (f"s3://{BUCKET}/{key}", sha256, "", imds_line, world.moto_url), strict=True)
     )
     for name, value in values.items():
         text, count = re.subn(rf'^(\s+){name}="[^"]*"$', rf'\g<1>{name}="{value}"', text, flags=re.MULTILINE)
@@ -76,12 +88,12 @@ def user_data(world: ClosedWorld, key: str, sha256: str) -> str:
     return text
 
 
-def seed(root: Path, world: ClosedWorld, text: str) -> None:
+def seed(root: Path, world: ClosedWorld, text: str, agent_toml: Optional[str] = None) -> None:
     """The NoCloud seed, the agent's pointer to the stand-ins, and the test's network setting."""
     write(root, "/var/lib/cloud/seed/nocloud/user-data", text)
     write(root, "/var/lib/cloud/seed/nocloud/meta-data", "instance-id: iid-secrets-agent-offline\n")
     # The stand-ins for EC2's IMDS and SSM; on EC2 no agent.toml is needed.
-    write(root, "/etc/secrets-agent/agent.toml", world.agent_toml())
+    write(root, "/etc/secrets-agent/agent.toml", world.agent_toml() if agent_toml is None else agent_toml)
     for path, content in NO_NETWORK_CONFIG.items():
         write(root, path, content)
 
@@ -111,6 +123,53 @@ def test_offline_user_data_installs_the_tarball_from_s3_and_starts_the_app(
         assert run(machine, "test", "-e", "/run/secrets-agent-install", check=False).returncode == 1
         for value in VALUES.values():
             assert value not in output
+
+
+@pytest.fixture(scope="module")
+def ipv6_world(artefacts: Artefacts) -> Iterator[ClosedWorld]:
+    """An IPv6-only closed network and its stand-ins (IMDS only at [fd00:ec2::254]), with the
+    release tarball in the S3 bucket and the app's parameters in SSM."""
+    skip_unless_root("network namespaces")
+    with closed_ipv6_world() as made:
+
+        def fill() -> None:
+            key = f"releases/{artefacts.tarball.name}"
+            made.s3().upload_file(str(artefacts.tarball), BUCKET, key)
+            for name, value in VALUES.items():
+                made.iam.put(name, value)
+
+        made.call(fill)
+        yield made
+
+
+def test_offline_user_data_boots_an_ipv6_only_instance(
+    artefacts: Artefacts, ipv6_world: ClosedWorld, cloud_root: Path
+) -> None:
+    """On an IPv6-only network (no IPv4 address or route; IMDS only at [fd00:ec2::254]), with
+    IMDS_ENDPOINT left empty as on EC2, the first boot finds IMDS as the agent does, fetches the
+    tarball from S3 with the role's credentials, installs it, and the app runs with its secrets
+    (the agent finding IMDS the same way: no imds_endpoint anywhere)."""
+    world = ipv6_world
+    digest = artefacts.tarball_sha256.read_text().split()[0]
+    text = user_data(world, f"releases/{artefacts.tarball.name}", digest, imds="")
+    # Only SSM's stand-in is named; IMDS is found, as on EC2.
+    seed(cloud_root, world, text, agent_toml=f'region = "{REGION}"\nssm_endpoint = "{world.moto_url}"\n')
+    with booted(cloud_root, "sa-offline-ipv6", world.network.path) as machine:
+        assert run(machine, "ip", "-4", "route", "show").stdout.strip() == ""
+        assert run(machine, "ip", "-4", "addr", "show", "scope", "global").stdout.strip() == ""
+        output = first_boot_output(machine)
+        assert f"secrets-agent-1-fetch: fetched s3://{BUCKET}/releases/{artefacts.tarball.name}" in output
+        assert f"secrets-agent-3-install: installed secrets-agent {artefacts.version}" in output
+        assert run(machine, "systemctl", "is-active", "app.service").stdout.strip() == "active"
+        environment = machine.exec_environ("app.service")
+        assert {key: environment.get(key.encode()) for key in ("DATABASE_URL", "API_TOKEN")} == {
+            "DATABASE_URL": VALUES["/app/prod/DATABASE_URL"].encode(),
+            "API_TOKEN": VALUES["/app/prod/API_TOKEN"].encode(),
+        }
+        for value in VALUES.values():
+            assert value not in output
+    # No IPv4 at all in the machine: the step and the agent both reached IMDS at [fd00:ec2::254].
+    assert world.imds.count("PUT", "/latest/api/token") >= 2
 
 
 def test_offline_user_data_refuses_a_tarball_whose_sha256_differs(

@@ -161,10 +161,12 @@ def test_rpm_installs_on_the_amazon_linux_2023_stand_in_and_removes_cleanly(
     artefacts: Artefacts, world: ClosedWorld, python_root: Callable[[Release], Path]
 ) -> None:
     """On a bare Debian 12 (systemd 252, as Amazon Linux 2023) with no network, `rpm -i` of the rpm
-    needs only python3, systemd and /bin/sh (which dpkg, not rpm, holds); the README's commands run
-    the app; the essentials pass; `rpm -e` removes every file it installed and leaves the
-    operator's files in /etc/secrets-agent and the drop-ins. Then ami-bake.sh takes the tarball
-    on the same machine: installed, app enabled, no secret left."""
+    needs only python3, systemd and /bin/sh (which dpkg, not rpm, holds) and byte-compiles only
+    the library set this python3 takes; the README's commands run the app; the essentials pass;
+    `rpm -e` is refused while app.service is behind the agent, naming it, and once
+    `secrets-agent disable app` has run removes every file it installed and leaves the
+    operator's files in /etc/secrets-agent. Then ami-bake.sh takes the tarball on the same
+    machine: installed, app enabled, no secret left."""
     root = python_root(BOOKWORM)
     prepare(root, world, artefacts.rpm, artefacts.tarball, REPO / "packaging" / "ami-bake.sh")
     with booted(root, "sa-rpm-bookworm", world.network.path) as machine:
@@ -182,13 +184,31 @@ def test_rpm_installs_on_the_amazon_linux_2023_stand_in_and_removes_cleanly(
 
         files = run(machine, "rpm", "-ql", "secrets-agent").stdout.split()
         assert "/usr/bin/secrets-agent" in files
+        # Debian 12's python3 is 3.11: the 3.10-and-newer set is compiled, the 3.9 set is not.
+        vendor = root / "usr/lib/secrets-agent/vendor"
+        assert list(vendor.glob("py3.10/**/__pycache__/*.cpython-311.pyc"))
+        assert list(vendor.glob("py3.9/**/__pycache__/*.pyc")) == []
         assert "/usr/lib/systemd/system/secrets-agent@.service" in files
         edited = "# the operator's edit\n" + (root / "etc/secrets-agent/app.env.j2").read_text(
             encoding="utf-8"
         )
         write(root, "/etc/secrets-agent/app.env.j2", edited, 0o640)
         stop_app(machine, "app")
-        run(machine, "rpm", "-e", "secrets-agent")
+        refused = run(machine, "rpm", "-e", "secrets-agent", check=False)
+        said = refused.stdout + refused.stderr
+        assert refused.returncode != 0, said
+        assert "secrets-agent: refusing to remove the package" in said
+        # Every service the essentials put behind the agent, and the one rotation timer they enabled.
+        for name in ("app", "creds", "hard"):
+            dropin = f"/etc/systemd/system/{name}.service.d/secrets-agent.conf"
+            assert f"  {name}.service: its drop-in {dropin} would make it fail to start" in said.splitlines()
+        timer = "secrets-agent-refresh@hard.timer: enabled (in /etc/systemd/system/timers.target.wants)"
+        assert f"  {timer}, it would fail every 15 minutes" in said.splitlines()
+        assert run(machine, "rpm", "-q", "secrets-agent").stdout.strip() == artefacts.rpm.name[: -len(".rpm")]
+        for name in ("app", "creds", "hard"):
+            run(machine, "secrets-agent", "disable", name)
+        removed = run(machine, "rpm", "-e", "secrets-agent")
+        assert "secrets-agent:" not in removed.stdout + removed.stderr
         assert run(machine, "systemctl", "cat", "secrets-agent@app.service", check=False).returncode != 0
         left = [path for path in files if (root / path.lstrip("/")).exists()]
         # The folder of the operator's files stays while it holds them.
@@ -196,7 +216,7 @@ def test_rpm_installs_on_the_amazon_linux_2023_stand_in_and_removes_cleanly(
         assert not (root / "usr/lib/secrets-agent").exists()  # with the byte code %post compiled
         assert (root / "etc/secrets-agent/app.env.j2").read_text(encoding="utf-8") == edited
         assert (root / "etc/secrets-agent/agent.toml").read_text(encoding="utf-8") == world.agent_toml()
-        assert (root / "etc/systemd/system/app.service.d/secrets-agent.conf").is_file()
+        assert not (root / "etc/systemd/system/app.service.d/secrets-agent.conf").exists()
 
         bake = run(
             machine, "bash", "/root/ami-bake.sh", f"/root/{artefacts.tarball.name}", "app", check=False

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from moto.server import ThreadedMotoServer
 from nspawn import (
     HostNotSuitable,
     Installer,
@@ -62,18 +61,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if TIMINGS.phases:
         shown = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in TIMINGS.phases.items())
         terminalreporter.write_line(f"system machine: {shown}")
-
-
-@pytest.fixture(scope="session")
-def moto_url() -> Iterator[str]:
-    """moto's server on the host's 127.0.0.1, which the machine reaches through the shared network."""
-    server = ThreadedMotoServer(ip_address=LOOPBACK, port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

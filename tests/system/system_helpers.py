@@ -8,19 +8,23 @@ import os
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, NoReturn, Optional
+from typing import Any, Optional
 
 import pytest
 from nspawn import Machine
 
 from agent.host.units import render_dropin
 
+# The suite's one skip-or-fail rule (tests/prerequisites.py), importable from here as before.
+from tests.prerequisites import skip_or_fail  # noqa: F401 - re-exported
+
 REGION = "eu-west-1"
 ROLE = "app-role"
 # The machine shares the host's network, so the host's loopback is the machine's too.
 LOOPBACK = "127.0.0.1"
-# The agent unit stops after its app (the reverse of Before=) and runs its ExecStop= (`secrets-agent
-# clean`, for the metrics and inventory files) once `systemctl stop APP` has returned: this long at most.
+# The agent unit stops after its app (the reverse of Before=), once `systemctl stop APP` has returned,
+# then secrets-agent-clean@APP runs `secrets-agent clean` for the metrics and inventory files: this
+# long at most for both.
 AGENT_STOP_SECONDS = 10.0
 # Every secret of the session (SSM values, IMDS credentials) carries this mark, so that one
 # search of the machine's disk and journal finds a leak of any of them.
@@ -49,13 +53,6 @@ def install_mode() -> str:
     if mode not in INSTALL_MODES:
         raise pytest.UsageError(f"{INSTALL_ENV} must be one of {', '.join(INSTALL_MODES)}, not {mode!r}")
     return mode
-
-
-def skip_or_fail(reason: str) -> NoReturn:
-    """Skip with a one-line reason; in CI (CI=true) the system tests must run, so fail instead."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"system tests cannot run: {reason}; CI must run them", pytrace=False)
-    pytest.skip(reason)
 
 
 @dataclass
@@ -91,14 +88,27 @@ class App:
         """Write /etc/secrets-agent/NAME.toml."""
         self.machine.path(f"/etc/secrets-agent/{self.name}.toml").write_text(text)
 
+    @property
+    def clean_unit(self) -> str:
+        """The clean-up the agent unit starts once it has stopped (metrics, inventory)."""
+        return f"secrets-agent-clean@{self.name}.service"
+
     def stop(self) -> None:
-        """`systemctl stop` the app, then wait for its agent unit to have stopped too (see
-        AGENT_STOP_SECONDS): only then are its runtime folder and metrics file gone."""
+        """`systemctl stop` the app, then wait for its agent unit to have stopped too and for the
+        clean-up that follows to have finished (see AGENT_STOP_SECONDS): only then are its runtime
+        folder, metrics file and inventory lines gone."""
         self.machine.systemctl("stop", self.unit)
         deadline = time.monotonic() + AGENT_STOP_SECONDS
-        while self.machine.show(self.agent_unit, "ActiveState") not in ("inactive", "failed"):
+        # PID 1 queues the clean-up's job in the same step that makes the agent unit inactive, so
+        # once that is seen, an empty job list for the clean-up means it has run (or was skipped).
+        while (
+            self.machine.show(self.agent_unit, "ActiveState") not in ("inactive", "failed")
+            or self.machine.text("systemctl", "list-jobs", "--no-legend", self.clean_unit).strip()
+        ):
             if time.monotonic() > deadline:
-                raise AssertionError(f"{self.agent_unit} did not stop within {AGENT_STOP_SECONDS} s")
+                raise AssertionError(
+                    f"{self.agent_unit} and its clean-up did not finish within {AGENT_STOP_SECONDS} s"
+                )
             time.sleep(0.05)
 
     def main_pid(self) -> int:

@@ -16,6 +16,7 @@ from system_helpers import MARK, App, put
 
 from devtools.fakeimds import FakeImds
 from tests.integration.moto_server import CannedResponse, RecordingProxy, aws_json_error
+from tests.timing import Lines, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -24,6 +25,10 @@ NewApp = Callable[..., App]
 TEST_INTERVAL_SECONDS = 6
 POLL_SECONDS = 0.25
 CHECK_AND_RESTART_SECONDS = 10
+# systemd's catalog id of "Started UNIT." (a start job, or the start half of a restart job, done).
+UNIT_STARTED_MESSAGE_ID = "39f53479d3a045ac8e11786248231fbf"
+# How long the reader's first or last pass may take: a limit against hanging, not a speed target.
+READER_TIMEOUT_SECONDS = 60.0
 
 
 def _refresh_unit(app: App) -> str:
@@ -45,6 +50,15 @@ def _exec_done_pid(app: App, timeout: float = 30.0) -> int:
                 return pid
         time.sleep(POLL_SECONDS)
     raise AssertionError(f"{app.unit} did not come up running sleep within {timeout} s")
+
+
+def _starts(machine: Machine, unit: str, cursor: str) -> int:
+    """How many times systemd started (or restarted) `unit` since `cursor`: its "Started" lines."""
+    lines = machine.text(
+        "journalctl", "-q", "--no-pager", "-o", "cat", "--after-cursor", cursor,
+        f"UNIT={unit}", f"MESSAGE_ID={UNIT_STARTED_MESSAGE_ID}",
+    )  # fmt: skip
+    return len(lines.splitlines())
 
 
 def _token(app: App) -> bytes:
@@ -125,6 +139,10 @@ def test_the_timer_brings_a_rotated_parameter_to_the_running_app(
     assert _token(app) == f"new TOKEN {MARK}".encode(), journal
     assert "refresh_changed" in journal
     assert MARK not in journal
+    # Restarted once: systemd logs one "Started" per start or restart of the unit (journald may
+    # write it a moment after the new process is seen).
+    wait_until(lambda: _starts(machine, app.unit, cursor) >= 1, READER_TIMEOUT_SECONDS, "a Started line")
+    assert _starts(machine, app.unit, cursor) == 1, machine.journal(after=cursor, unit=app.unit)
     # Started by the timer: nothing in this test started the check unit.
     assert machine.show(timer, "LastTriggerUSecMonotonic") not in ("", "0")
 
@@ -151,24 +169,52 @@ def test_five_unchanged_checks_keep_the_app_and_cost_ceil_n_over_10_calls(
     assert machine.show(app.unit, "NRestarts") == "0"
 
 
-def _hashes_while(machine: Machine, path: str, seconds: float) -> subprocess.Popen[bytes]:
-    """A reader inside the machine that prints the SHA-256 of each distinct content `path` shows."""
-    script = (
-        "import hashlib, time\n"
-        "seen = set()\n"
-        f"end = time.monotonic() + {seconds}\n"
-        "while time.monotonic() < end:\n"
-        f"    with open({path!r}, 'rb') as f:\n"
-        "        digest = hashlib.sha256(f.read()).hexdigest()\n"
-        "    if digest not in seen:\n"
-        "        seen.add(digest)\n"
-        "        print(digest, flush=True)\n"
-    )
-    return subprocess.Popen(
-        ["nsenter", "-t", str(machine.init_pid), "-a", "--", "python3", "-c", script],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+class _HashReader:
+    """A reader inside the machine that reads `path` pass after pass and prints the SHA-256 of each
+    distinct content it shows, until stop(); its first pass has happened when started() returns."""
+
+    def __init__(self, machine: Machine, path: str, stop_file: str) -> None:
+        self.machine, self.stop_file = machine, stop_file
+        machine.run("rm", "-f", stop_file)
+        script = (
+            "import hashlib, os\n"
+            "seen = set()\n"
+            "while True:\n"
+            # Looked at before the read: the pass after stop() reads what is there by then.
+            f"    stopping = os.path.exists({stop_file!r})\n"
+            f"    with open({path!r}, 'rb') as f:\n"
+            "        digest = hashlib.sha256(f.read()).hexdigest()\n"
+            "    if digest not in seen:\n"
+            "        seen.add(digest)\n"
+            "        print(digest, flush=True)\n"
+            "    if stopping:\n"
+            "        break\n"
+        )
+        self.process = subprocess.Popen(
+            ["nsenter", "-t", str(machine.init_pid), "-a", "--", "python3", "-c", script],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        self.lines = Lines(self.process.stdout)
+
+    def started(self) -> str:
+        """Wait for the first pass (the event itself, not a sleep); the digest it saw."""
+        first = self.lines.next(READER_TIMEOUT_SECONDS, "the reader's first pass")
+        assert first is not None, self.process.stderr.read() if self.process.stderr else ""
+        return first
+
+    def stop(self) -> list[str]:
+        """End the reader after one more pass; every later digest it printed, in order."""
+        self.machine.run("touch", self.stop_file)
+        digests = []
+        while (line := self.lines.next(READER_TIMEOUT_SECONDS, "the reader's last pass")) is not None:
+            digests.append(line)
+        _out, err = self.process.communicate(timeout=READER_TIMEOUT_SECONDS)
+        assert self.process.returncode == 0, err
+        self.machine.run("rm", "-f", self.stop_file)
+        return digests
 
 
 def test_on_change_render_replaces_the_file_atomically_and_leaves_the_app(
@@ -181,18 +227,17 @@ def test_on_change_render_replaces_the_file_atomically_and_leaves_the_app(
     pid = _started_app(app, ssm, settings='format = "dotenv"\non_change = "render"\n')
     env = f"{app.folder}/env"
     old = hashlib.sha256(machine.run("cat", env).stdout).hexdigest()
-    reader = _hashes_while(machine, env, 6.0)
-    time.sleep(1.0)
+    reader = _HashReader(machine, env, f"/run/reader-stop-{app.name}")
+    assert reader.started() == old
 
     put(ssm, f"{app.prefix}/TOKEN", f"new TOKEN {MARK}")
     assert _check(machine, app).returncode == 0
 
-    out, err = reader.communicate(timeout=60)
-    assert reader.returncode == 0, err
+    later = reader.stop()
     new_content = machine.run("cat", env).stdout
     assert f"new TOKEN {MARK}".encode() in new_content
     new = hashlib.sha256(new_content).hexdigest()
-    assert out.decode().split() == [old, new]
+    assert later == [new]
     assert app.main_pid() == pid
     assert app.environ()[b"TOKEN"] == f"old TOKEN {MARK}".encode()
 

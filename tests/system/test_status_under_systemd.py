@@ -18,9 +18,10 @@ from typing import Any, Callable
 
 import pytest
 from nspawn import Machine
-from system_helpers import MARK, App, put, skip_or_fail
+from system_helpers import MARK, App, put
 
 from agent.observe.inventory import INVENTORY_FILE_NAME, TYPE_NAME, validate_inventory
+from tests.prerequisites import require_command
 
 pytestmark = pytest.mark.system
 
@@ -52,16 +53,7 @@ def observed_machine(machine: Machine) -> Iterator[Machine]:
 @pytest.fixture(scope="session")
 def node_exporter_binary() -> Path:
     """Debian's prometheus-node-exporter on the host, installed through packaging/apt-install.sh."""
-    if not NODE_EXPORTER.exists():
-        install = subprocess.run(
-            ["bash", str(REPO / "packaging/apt-install.sh"), "prometheus-node-exporter"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if install.returncode != 0:
-            skip_or_fail(f"prometheus-node-exporter cannot be installed: {install.stderr.strip()}")
-    return NODE_EXPORTER
+    return Path(require_command(NODE_EXPORTER.name, "prometheus-node-exporter"))
 
 
 @pytest.fixture

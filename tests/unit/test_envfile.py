@@ -12,7 +12,6 @@ import glob
 import io
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +38,7 @@ from agent.template.envfile import (
 from agent.template.formats import FORMATS
 from agent.template.jinja import Assignment
 from devtools.systemd_envfile import EnvFileRejected, parse_env
+from tests.prerequisites import require_command, skip_or_fail
 
 
 def encode_checked(format_name: str, pairs: list[tuple[str, str]]) -> str:
@@ -173,7 +173,9 @@ def systemd(tmp_path_factory: pytest.TempPathFactory) -> SystemdLoader:
         + glob.glob("/lib/systemd/libsystemd-shared-252*.so")
     )
     if not libraries:
-        pytest.skip("libsystemd-shared-252.so is not installed (Debian 12's systemd package has it)")
+        skip_or_fail(
+            "libsystemd-shared-252.so (Debian 12's systemd package; the test reads systemd 252's parser)"
+        )
     return SystemdLoader(libraries[0], tmp_path_factory.mktemp("systemd-env"))
 
 
@@ -217,17 +219,12 @@ class NodeDotenv:
 @pytest.fixture(scope="module")
 def node_dotenv() -> Iterator[NodeDotenv]:
     """Node's dotenv, installed from tests/node/package-lock.json on first use."""
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed: Node's dotenv cannot be checked")
+    require_command("node", "nodejs")
     installed = all(
         (NODE_DIR / "node_modules" / name / "package.json").exists() for name in NODE_DOTENV_VERSIONS
     )
     if not installed:
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.skip(
-                "npm is not installed: cannot install Node's dotenv from tests/node/package-lock.json"
-            )
+        npm = require_command("npm", "npm")
         subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, timeout=300)
     reader = NodeDotenv()
     yield reader
@@ -697,8 +694,7 @@ def test_unquoted_edge_whitespace_covers_python_and_javascript() -> None:
     """Every character Python's strip() or JavaScript's trim() removes counts as edge whitespace."""
     python_space = {chr(code) for code in range(0x110000) if chr(code).isspace()}
     assert python_space <= _PY_OR_JS_SPACE
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed: JavaScript's whitespace cannot be listed")
+    require_command("node", "nodejs")
     script = (
         "const codes = []; for (let c = 0; c < 0x10000; c++) { if (String.fromCharCode(c).trim() === '') "
         "codes.push(c) }; process.stdout.write(JSON.stringify(codes))"

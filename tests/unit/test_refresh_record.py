@@ -22,6 +22,7 @@ from agent.host.timer import (
     refresh_enabled,
     render_refresh_dropin,
 )
+from tests.prerequisites import require_command
 
 REPO = Path(__file__).resolve().parents[2]
 RECORD = RenderRecord(
@@ -120,8 +121,7 @@ def test_interval_dropin_resets_and_sets_both_timers_with_a_third_as_delay() -> 
 @pytest.fixture
 def image(tmp_path: Path) -> Path:
     """A mounted image's root: /etc and the package's units, no running systemd."""
-    if shutil.which("systemctl") is None:
-        pytest.skip("systemctl is not installed")
+    require_command("systemctl", "systemd")
     units = tmp_path / "lib/systemd/system"
     units.mkdir(parents=True)
     for unit in ("secrets-agent-refresh@.timer", "secrets-agent-refresh@.service"):

@@ -19,21 +19,12 @@ from agent.aws.retry import (
     RetryLoop,
     ThrottleMemory,
 )
-
-
-class Clock:
-    """A monotonic clock moved by hand."""
-
-    def __init__(self) -> None:
-        self.now = 500.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.timing import ManualClock
 
 
 def test_a_deadline_without_a_throttled_budget_is_plain() -> None:
     """With no throttled budget the deadline ends `seconds` after the start, whatever is noted."""
-    clock = Clock()
+    clock = ManualClock(500.0)
     deadline = Deadline(10.0, clock=clock)
     clock.now += 6
     deadline.note_answer()
@@ -44,7 +35,7 @@ def test_a_deadline_without_a_throttled_budget_is_plain() -> None:
 
 def test_answers_move_the_outage_deadline_up_to_the_throttled_budget() -> None:
     """Each answer restarts the outage clock; the throttled budget caps the whole wait."""
-    clock = Clock()
+    clock = ManualClock(500.0)
     deadline = Deadline(10.0, clock=clock, throttled_seconds=100.0)
     for _ in range(9):
         clock.now += 9
@@ -60,7 +51,7 @@ def test_answers_move_the_outage_deadline_up_to_the_throttled_budget() -> None:
 
 def test_a_throttled_budget_shorter_than_the_deadline_never_shortens_it() -> None:
     """The longest wait is the larger of the two numbers."""
-    deadline = Deadline(30.0, clock=Clock(), throttled_seconds=5.0)
+    deadline = Deadline(30.0, clock=ManualClock(500.0), throttled_seconds=5.0)
     assert deadline.budget_seconds == 30.0
     assert deadline.remaining == pytest.approx(30.0)
 
@@ -107,7 +98,7 @@ class GaveUp(Exception):
 
 
 def _loop(
-    clock: Clock, *, min_attempt_seconds: float = 0.0, throttled_seconds: Optional[float] = None
+    clock: ManualClock, *, min_attempt_seconds: float = 0.0, throttled_seconds: Optional[float] = None
 ) -> RetryLoop[str]:
     """A loop on a hand-moved clock (each sleep moves it) whose classifier reads OSError as an outage
     and "throttled" as throttling, and lets everything else through."""
@@ -142,7 +133,7 @@ def _failing(errors: list[Exception]) -> Callable[[], str]:
 
 def test_classified_failures_are_retried_until_an_answer() -> None:
     """Outages and answers that are not the service's are retried; the checked answer is returned."""
-    loop = _loop(Clock())
+    loop = _loop(ManualClock(500.0))
     errors: list[Exception] = [OSError("refused"), NotServiceAnswer("a page"), OSError("reset")]
     assert loop.run(_failing(errors), str.upper) == "ANSWER"
     assert loop.attempts == 4
@@ -151,7 +142,7 @@ def test_classified_failures_are_retried_until_an_answer() -> None:
 
 def test_an_error_the_classifier_does_not_claim_is_raised_at_the_first_attempt() -> None:
     """A KeyError from the attempt (not the transport's) propagates at once, without a retry."""
-    loop = _loop(Clock())
+    loop = _loop(ManualClock(500.0))
     with pytest.raises(KeyError):
         loop.run(_failing([KeyError("bug")]), str.upper)
     assert loop.attempts == 1
@@ -164,7 +155,7 @@ def test_only_not_service_answer_from_the_check_is_retried() -> None:
     def check(answer: str) -> str:
         raise verdicts.pop(0)
 
-    loop = _loop(Clock())
+    loop = _loop(ManualClock(500.0))
     with pytest.raises(KeyError):
         loop.run(_failing([]), check)
     assert loop.attempts == 2
@@ -173,7 +164,7 @@ def test_only_not_service_answer_from_the_check_is_retried() -> None:
 def test_the_deadline_ends_the_loop_with_the_client_error_naming_the_last_failure() -> None:
     """Outages past the deadline end in give_up, which sees the attempts, the last failure and the last
     answer not believed."""
-    clock = Clock()
+    clock = ManualClock(500.0)
     loop = _loop(clock)
     errors: list[Exception] = [NotServiceAnswer("a page"), *[OSError("refused") for _ in range(1000)]]
     with pytest.raises(GaveUp) as raised:
@@ -187,7 +178,7 @@ def test_the_deadline_ends_the_loop_with_the_client_error_naming_the_last_failur
 
 def test_throttling_runs_to_the_throttled_budget() -> None:
     """Throttled answers keep the loop going past the short deadline, up to the throttled budget."""
-    clock = Clock()
+    clock = ManualClock(500.0)
     loop = _loop(clock, throttled_seconds=30.0)
     with pytest.raises(GaveUp):
         loop.run(_failing([OSError("throttled") for _ in range(1000)]), str.upper)
@@ -196,7 +187,7 @@ def test_throttling_runs_to_the_throttled_budget() -> None:
 
 def test_no_attempt_starts_with_less_than_the_minimum_left() -> None:
     """With min_attempt_seconds above what is left, the loop gives up before its first attempt."""
-    clock = Clock()
+    clock = ManualClock(500.0)
     loop = _loop(clock, min_attempt_seconds=0.05)
     clock.now += 0.99
     with pytest.raises(GaveUp) as raised:
