@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # Extra pytest arguments (.ci/run passes --junitxml for its count of skipped tests).
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-prerequisites lint unit dist bench clean
+.PHONY: demo test test-prerequisites lint unit dist release version bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || bash packaging/apt-install.sh python3-venv
@@ -34,6 +34,15 @@ test: lint test-prerequisites
 
 dist: $(STAMP)
 	bash packaging/build-dist.sh
+
+# SIGNING_KEY=FILE: an armored OpenPGP private key; without it, a throwaway key (for testing).
+# No venv needed: any user, Debian's python3 (release.sh says which packages it needs).
+release:
+	bash packaging/release.sh $(if $(SIGNING_KEY),--signing-key $(SIGNING_KEY))
+
+# Writes CHANGELOG.md's version into the files that repeat it.
+version:
+	python3 packaging/version.py
 
 bench: $(STAMP)
 	$(PY) -m bench

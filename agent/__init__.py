@@ -1,4 +1,5 @@
 """secrets-agent: SSM Parameter Store secrets rendered into a systemd EnvironmentFile on tmpfs."""
 
-# The one place the version lives: the wheel, the .deb and `--version` read it from here.
-__version__ = "0.1.0"
+# Written from CHANGELOG.md's first heading by `make version` (packaging/version.py): the wheel,
+# the .deb and `--version` read it from here.
+__version__ = "0.2.0"

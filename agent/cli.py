@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, TextIO
 
@@ -14,7 +15,7 @@ import structlog
 
 from agent import __version__, render
 from agent.aws.retry import Deadline
-from agent.commands import validate
+from agent.commands import outage, validate
 from agent.commands.policy import PARTITIONS, policy_for_service, render_policy
 from agent.commands.refresh import SsmVersions, Systemd, refresh
 from agent.config import AgentSettings, ServiceSettings, load_agent_settings, load_service_settings
@@ -147,8 +148,13 @@ def cmd_render(
 ) -> int:
     seen = observed or Observations()
     with seen.watching_render(settings) as probe:
-        rendered = render.render(settings, service, on_client=probe.watch)
-    seen.render = RenderOutcome(stats=rendered.stats(), parameters=len(rendered.parameters))
+        started = outage.start(settings, service, on_client=probe.watch)
+    rendered, stale = started.rendered, started.stale
+    if rendered is not None:
+        seen.render = RenderOutcome(stats=rendered.stats(), parameters=len(rendered.parameters))
+    elif stale is not None:
+        # The render failed (its code and message); the app starts with the set served stale.
+        seen.render = RenderOutcome(stats=probe.stats(), exit_code=stale.exit_code, error=stale.cause)
     return 0
 
 
@@ -171,7 +177,15 @@ def cmd_refresh(
         return SsmVersions(render.ssm_client(settings, deadline, access[0]))
 
     def prepare() -> render.CheckedRender:
-        return render.checked(settings, service, access[0] if access else None)
+        checked = render.checked(settings, service, access[0] if access else None)
+
+        def write_fresh() -> Path:
+            path = checked.write()
+            if checked.rendered is not None:
+                outage.record_fresh(settings, service, checked.rendered)
+            return path
+
+        return replace(checked, write=write_fresh)
 
     def found(changes: Sequence[Change]) -> None:
         seen.changes = list(changes)

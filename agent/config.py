@@ -37,11 +37,26 @@ CREDENTIALS_FOLDER_NAME = "credentials"
 ENV_FILE_NAME = "env"
 # The record of the last render, in RUNTIME_DIR-state/NAME/ (see records_dir).
 STATE_FILE_NAME = "state.json"
+# What the last rotation check found, beside it.
+CHECK_FILE_NAME = "last-check.json"
 # What `secrets-agent refresh` does when a parameter changed (see agent/commands/refresh.py).
 ON_CHANGE_ACTIONS = ("restart", "reload", "render", "none")
 # The actions that rewrite the file for a running app: only an app that reads the file itself sees it.
 ON_CHANGE_REWRITES = ("reload", "render")
 DEFAULT_ON_CHANGE = "restart"
+# What a start does when SSM or IMDS is down and a set to fall back on exists (agent/host/kept.py,
+# agent/host/seal.py): keep this boot's set, also serve a sealed copy after a stop or reboot, or fail.
+ON_OUTAGE_CHOICES = ("keep", "sealed", "fail")
+DEFAULT_ON_OUTAGE = "keep"
+# A sealed copy older than this is never served.
+DEFAULT_MAX_STALE_HOURS = 24.0
+# With a set to fall back on, a start stops trying after this long instead of deadline_seconds.
+DEFAULT_OUTAGE_GRACE_SECONDS = 15.0
+# systemd-creds encrypt --with-key=: auto (host + TPM2 where there is one, else host), tpm2, host.
+SEAL_WITH_CHOICES = ("auto", "tpm2", "host")
+DEFAULT_SEAL_WITH = "auto"
+# Where sealed copies live: persistent, root only (the one place the agent writes outside tmpfs).
+DEFAULT_SEALED_DIR = Path("/var/lib/secrets-agent")
 
 # Instance names end up in paths and unit names: keep them boring.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
@@ -57,6 +72,10 @@ _AGENT_KEYS = {
     "deadline_seconds",
     "throttle_deadline_seconds",
     "metrics_dir",
+    "on_outage",
+    "max_stale_hours",
+    "outage_grace_seconds",
+    "seal_with",
 }
 # imds_endpoint_mode / AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE, as the AWS SDKs name it (see
 # agent/aws/imds_endpoints.py); use_dualstack_endpoint / use_fips_endpoint take true, false or auto
@@ -72,6 +91,10 @@ _SERVICE_KEYS = {
     "deadline_seconds",
     "throttle_deadline_seconds",
     "on_change",
+    "on_outage",
+    "max_stale_hours",
+    "outage_grace_seconds",
+    "seal_with",
 }
 
 
@@ -218,6 +241,27 @@ class Setting:
 
 
 @dataclass(frozen=True)
+class OutagePolicy:
+    """What a start does when SSM or IMDS stays down (a transient failure) and a set exists to fall
+    back on: `on_outage`, `max_stale_hours`, `outage_grace_seconds`, `seal_with`."""
+
+    on_outage: str = DEFAULT_ON_OUTAGE
+    max_stale_hours: float = DEFAULT_MAX_STALE_HOURS
+    grace_seconds: float = DEFAULT_OUTAGE_GRACE_SECONDS
+    seal_with: str = DEFAULT_SEAL_WITH
+
+    @property
+    def keeps(self) -> bool:
+        """True when a transient failure may serve the set this boot already holds."""
+        return self.on_outage != "fail"
+
+    @property
+    def seals(self) -> bool:
+        """True when each render is also sealed to this machine under the sealed folder."""
+        return self.on_outage == "sealed"
+
+
+@dataclass(frozen=True)
 class AgentSettings:
     """Host-wide settings: where things live and how to reach AWS."""
 
@@ -248,6 +292,12 @@ class AgentSettings:
     use_fips_endpoint: Setting = Setting("false")
     # node_exporter's textfile folder for <metrics_dir>/secrets-agent-<name>.prom; None: no metrics.
     metrics_dir: Optional[Path] = None
+    # on_outage and its companions in agent.toml: every service's unless its NAME.toml says otherwise.
+    outage: OutagePolicy = OutagePolicy()
+    # Sealed copies (on_outage = "sealed"): /var/lib/secrets-agent (another only where built in code).
+    sealed_dir: Path = DEFAULT_SEALED_DIR
+    # True when a systemd unit runs this process (INVOCATION_ID): only then does it start or stop units.
+    run_by_systemd: bool = False
 
 
 @dataclass(frozen=True)
@@ -266,19 +316,34 @@ class ServiceSettings:
     throttle_deadline_seconds: float
     # refresh: restart (default), reload, render or none when a parameter changed.
     on_change: str = DEFAULT_ON_CHANGE
+    outage: OutagePolicy = OutagePolicy()
+    sealed_dir: Path = DEFAULT_SEALED_DIR
+
+    @property
+    def records_dir(self) -> Path:
+        """Root's own folder of NAME's records on tmpfs, RUNTIME_DIR-state/NAME: the render record, what
+        the last rotation check found, and this boot's last good set and the stale mark
+        (agent/host/kept.py). systemd keeps it across the
+        agent unit's restart (RuntimeDirectoryPreserve=restart) and removes it when the unit stops; the
+        app cannot write it, even when owner= hands it the service's own folder."""
+        return records_dir(self.output_dir.parent) / self.name
+
+    @property
+    def sealed_path(self) -> Path:
+        """The copy sealed to this machine with systemd-creds (on_outage = "sealed")."""
+        return self.sealed_dir / f"{self.name}.cred"
 
     @property
     def state_path(self) -> Path:
         """What the last render used (names, versions; never a value): RUNTIME_DIR-state/NAME/state.json,
         in a root-owned folder on tmpfs, never in the service's folder, which owner= hands to the app."""
-        return records_dir(self.output_dir.parent) / self.name / STATE_FILE_NAME
+        return self.records_dir / STATE_FILE_NAME
 
     @property
     def check_path(self) -> Path:
-        """What the last rotation check found (never a value): in the check unit's own runtime folder,
-        RUNTIME_DIR-refresh/NAME, which outlives the app's restart that a change causes."""
-        runtime_dir = self.output_dir.parent
-        return runtime_dir.with_name(runtime_dir.name + "-refresh") / self.name / "last-check.json"
+        """What the last rotation check found (never a value): beside the render record in root's
+        RUNTIME_DIR-state/NAME, which outlives the app's restart that a change causes."""
+        return self.records_dir / CHECK_FILE_NAME
 
     @property
     def credentials_dir(self) -> Path:
@@ -406,6 +471,28 @@ def _choice(
     return Setting(raw.strip().lower(), source)
 
 
+def _outage(path: Path, table: Mapping[str, Any], base: OutagePolicy) -> OutagePolicy:
+    """on_outage, max_stale_hours, outage_grace_seconds and seal_with of one settings file over `base`."""
+    on_outage = _typed(path, table, "on_outage", str, "a string")
+    if on_outage is not None and on_outage not in ON_OUTAGE_CHOICES:
+        choices = ", ".join(f'"{c}"' for c in ON_OUTAGE_CHOICES)
+        raise ConfigError(f"{path}: on_outage must be one of {choices}, not {on_outage!r}")
+    seal_with = _typed(path, table, "seal_with", str, "a string")
+    if seal_with is not None and seal_with not in SEAL_WITH_CHOICES:
+        choices = ", ".join(f'"{c}"' for c in SEAL_WITH_CHOICES)
+        raise ConfigError(f"{path}: seal_with must be one of {choices}, not {seal_with!r}")
+    hours = _typed(path, table, "max_stale_hours", float, "a number of hours")
+    if hours is not None and not 0 < hours <= 24 * 30:
+        raise ConfigError(f"{path}: max_stale_hours must be more than 0 and at most 720, not {hours}")
+    grace = _deadline(path, table, "outage_grace_seconds")
+    return OutagePolicy(
+        on_outage=on_outage or base.on_outage,
+        max_stale_hours=hours if hours is not None else base.max_stale_hours,
+        grace_seconds=grace if grace is not None else base.grace_seconds,
+        seal_with=seal_with or base.seal_with,
+    )
+
+
 def load_agent_settings(
     env: Mapping[str, str],
     *,
@@ -475,6 +562,8 @@ def load_agent_settings(
             env, "AWS_USE_FIPS_ENDPOINT", where, "use_fips_endpoint", ENDPOINT_SWITCHES, default="false"
         ),
         metrics_dir=_metrics_dir(path, table),
+        outage=_outage(path, table, OutagePolicy()),
+        run_by_systemd=bool(env.get("INVOCATION_ID")),
     )
 
 
@@ -529,4 +618,6 @@ def load_service_settings(agent: AgentSettings, name: str) -> ServiceSettings:
             _deadline(path, table, "throttle_deadline_seconds") or agent.throttle_deadline_seconds
         ),
         on_change=on_change,
+        outage=_outage(path, table, agent.outage),
+        sealed_dir=agent.sealed_dir,
     )

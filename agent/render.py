@@ -227,11 +227,13 @@ def prepare(
     stages: Stages = no_stages,
     on_client: Callable[[SsmClient], None] = lambda _client: None,
     access: Optional[AwsAccess] = None,
+    deadline: Optional[Deadline] = None,
 ) -> Rendered:
     """Everything a render does but the write: fetch (decrypted), render, check and encode.
 
     `access` is what a caller already got from IMDS in this process (refresh's version check);
-    without it, IMDS is asked. Raises the AgentError a render would; nothing is written, so a
+    without it, IMDS is asked. `deadline` replaces the service's own (a start with a set to fall back on
+    gives up after outage_grace_seconds). Raises the AgentError a render would; nothing is written, so a
     failure leaves every file as it was.
     """
     started = time.monotonic()
@@ -239,7 +241,7 @@ def prepare(
     with stages("template"):
         template = read_template(service)
     needs = template.requirements
-    deadline = service_deadline(service)
+    deadline = deadline or service_deadline(service)
     if access is None:
         with stages("imds"):
             access = aws_access(settings, deadline)
@@ -282,18 +284,7 @@ def write(rendered: Rendered, ownership: Ownership, *, stages: Stages = no_stage
     """Put a prepared render in place atomically, then record what it used; returns the path written."""
     service = rendered.service
     with stages("write"):
-        path = write_payload(
-            service.output_path,
-            service.credentials_dir,
-            rendered.payload,
-            ownership,
-            allow_persistent=service.allow_persistent,
-        )
-    try:
-        write_record(service, replace(rendered.record, stats=rendered.stats()))
-    except AgentError as exc:
-        # The file is complete and the app can start; only refresh loses its point of comparison.
-        log.warning("state_not_recorded", error=exc.message)
+        path = put(service, rendered.payload, replace(rendered.record, stats=rendered.stats()), ownership)
     swaps = swappable_swaps(path.parent)
     if swaps:
         # tmpfs keeps the file in RAM, but under memory pressure the kernel may page it out to swap.
@@ -313,17 +304,36 @@ def write(rendered: Rendered, ownership: Ownership, *, stages: Stages = no_stage
     return path
 
 
+def put(service: ServiceSettings, payload: Payload, record: RenderRecord, ownership: Ownership) -> Path:
+    """Write a set where its format puts it, then the record of what it used; returns the path written.
+    (A fresh render's, or a kept one served during an outage: agent/commands/outage.py.)"""
+    path = write_payload(
+        service.output_path,
+        service.credentials_dir,
+        payload,
+        ownership,
+        allow_persistent=service.allow_persistent,
+    )
+    try:
+        write_record(service, record)
+    except AgentError as exc:
+        # The file is complete and the app can start; only refresh loses its point of comparison.
+        log.warning("state_not_recorded", error=exc.message)
+    return path
+
+
 def render(
     settings: AgentSettings,
     service: ServiceSettings,
     *,
     stages: Stages = no_stages,
     on_client: Callable[[SsmClient], None] = lambda _client: None,
+    deadline: Optional[Deadline] = None,
 ) -> Rendered:
     """Fetch, render and write NAME's secrets: the file is complete, or the earlier one is untouched."""
     # An unknown owner fails before any secret is fetched.
     ownership = resolve_ownership(service.owner, service.group)
-    rendered = prepare(settings, service, stages=stages, on_client=on_client)
+    rendered = prepare(settings, service, stages=stages, on_client=on_client, deadline=deadline)
     write(rendered, ownership, stages=stages)
     return rendered
 
@@ -336,8 +346,13 @@ class CheckedRender:
     variables: int
     parameters: int
     write: Callable[[], Path] = field(repr=False)
-    # What it used (names computed from a value hidden): refresh compares the hidden ones with it.
-    record: Optional[RenderRecord] = None
+    # What was checked, for what follows a write (the set kept for an outage, agent/commands/outage.py).
+    rendered: Optional[Rendered] = field(default=None, repr=False)
+
+    @property
+    def record(self) -> Optional[RenderRecord]:
+        """What it used (names computed from a value hidden): refresh compares the hidden ones with it."""
+        return None if self.rendered is None else self.rendered.record
 
 
 def checked(
@@ -351,7 +366,7 @@ def checked(
         variables=len(rendered.assignments),
         parameters=len(rendered.parameters),
         write=lambda: write(rendered, ownership),
-        record=rendered.record,
+        rendered=rendered,
     )
 
 

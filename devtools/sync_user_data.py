@@ -14,6 +14,7 @@ UNITS = (
     "secrets-agent-refresh@.service",
     "secrets-agent-refresh@.timer",
     "secrets-agent-clean@.service",
+    "secrets-agent-stale@.timer",
 )
 INDENT = " " * 6
 

@@ -14,16 +14,22 @@
 #       Only the last step, on the system mounted at DIR (default /); it also runs
 #       `secrets-agent validate SERVICE` for every template there (offline: no AWS call).
 #
-# Nothing here starts a service or contacts SSM: the image must hold no secret. Before its last
-# step it empties /etc/machine-id, so that each instance makes its own at first boot (see
-# MACHINE_ID below). The last step checks the image and exits 1, naming the files (never their
-# contents), when it holds a rendered secret file or a cached AWS credential, when a template or
-# settings file in /etc/secrets-agent (or a folder above it) could be changed by someone other
-# than root, so that the agent would refuse it at boot (a Packer upload owned by the SSH user,
-# say), or when its machine-id is set.
+# Nothing here starts a service or contacts SSM: the image must hold no secret. A bake removes
+# what binds an image to the builder (on_outage = "sealed"): sealed copies in /var/lib/secrets-agent
+# and systemd-creds' host key, /var/lib/systemd/credential.secret (every instance must make its
+# own); as its last change it empties /etc/machine-id, so that each instance makes its own at first
+# boot (see MACHINE_ID below). The last step checks the image and exits 1, naming the files (never
+# their contents), when it holds a rendered secret file, a cached AWS credential, a sealed copy or
+# the host key, when a template or settings file in /etc/secrets-agent (or a folder above it) could
+# be changed by someone other than root, so that the agent would refuse it at boot (a Packer upload
+# owned by the SSH user, say), or when its machine-id is set.
 set -euo pipefail
 
 RUNTIME_DIR=run/secrets-agent
+# Sealed copies of rendered sets (ciphertext, bound to the machine that sealed them) and the host
+# key they were sealed with: an image holding the key lets every clone open every copy.
+SEALED_DIR=var/lib/secrets-agent
+HOST_KEY=var/lib/systemd/credential.secret
 CONFIG_DIR=etc/secrets-agent
 # An image's machine-id must be empty: every instance launched from an image that holds one
 # shares it, and with it each refresh timer's FixedRandomDelay= (a hash of the machine-id), so a
@@ -152,6 +158,27 @@ find_machine_ids() {
         # shellcheck disable=SC2016 # the backquotes are literal: they set off the command
         printf '%s holds %s; fix: `truncate -s 0 %q`\n' "$path" "$id" "$path"
     done
+}
+
+# Removes the sealed copies and the host key from the system being baked (see the header).
+remove_machine_bound() {
+    local root=$1
+    if [ -d "$root/$SEALED_DIR" ]; then
+        find "$root/$SEALED_DIR" -mindepth 1 -delete
+    fi
+    rm -f -- "$root/$HOST_KEY"
+    log "removed sealed copies ($root/$SEALED_DIR) and the host key ($root/$HOST_KEY): each instance makes its own"
+}
+
+# Prints the sealed copies and the host key the image holds.
+find_machine_bound() {
+    local root=$1
+    if [ -d "$root/$SEALED_DIR" ]; then
+        find "$root/$SEALED_DIR" -mindepth 1 ! -type d
+    fi
+    if [ -e "$root/$HOST_KEY" ]; then
+        printf '%s\n' "$root/$HOST_KEY"
+    fi
 }
 
 # Prints the files under ROOT that hold a rendered secret file or a cached AWS credential.
@@ -323,7 +350,15 @@ find_empty_templates() {
 }
 
 verify_image() {
-    local root=$1 leftovers untrusted empty machine_ids failed=0
+    local root=$1 leftovers untrusted empty machine_ids bound failed=0
+    bound=$(find_machine_bound "$root")
+    if [ -n "$bound" ]; then
+        log "error: the image holds a sealed copy of secrets or systemd-creds' host key, which bind it" \
+            "to the builder (a clone holding the key opens every copy); remove them (ami-bake.sh" \
+            "does, when it bakes):"
+        printf '%s\n' "$bound" | sed 's/^/  /' >&2
+        failed=1
+    fi
     leftovers=$(find_leftovers "$root" | sort -u)
     if [ -n "$leftovers" ]; then
         log "error: the image holds a rendered secret or a cached AWS credential; remove these files" \
@@ -355,8 +390,9 @@ verify_image() {
     fi
     [ -n "$untrusted$empty" ] || validate_services "$root" || failed=1
     [ "$failed" -eq 0 ] || exit 1
-    log "verified: no rendered secret, no cached AWS credential, every template asks for parameters," \
-        "an empty machine-id, and $root/$CONFIG_DIR can be changed by root only"
+    log "verified: no rendered secret, no cached AWS credential, no sealed copy or host key, every" \
+        "template asks for parameters, an empty machine-id, and $root/$CONFIG_DIR can be changed by" \
+        "root only"
 }
 
 main() {
@@ -381,6 +417,7 @@ main() {
     for name in "$@"; do
         enable_service "$name"
     done
+    remove_machine_bound ""
     reset_machine_id
     verify_image ""
 }

@@ -7,6 +7,9 @@
 # the artefacts in the output folder. As root on Debian it installs the Debian packages the
 # build needs when they are missing; otherwise it says which ones to install.
 #
+# --install-tools installs the Debian packages the build needs (as root) and builds nothing: the
+# build itself then runs as any user.
+#
 # Environment: PYTHON (default .venv/bin/python, else python3) must have the `build`
 # module; DEB_BUILD_OPTIONS is passed to the Debian build (nocheck skips its tests).
 set -euo pipefail
@@ -14,21 +17,25 @@ set -euo pipefail
 umask 022
 
 usage() {
-    echo "usage: $0 [--outdir DIR]" >&2
+    echo "usage: $0 [--outdir DIR] [--install-tools]" >&2
     exit 2
 }
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 outdir="$repo/dist"
+tools_only=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --outdir) [ $# -ge 2 ] || usage; outdir=$2; shift 2 ;;
+        --install-tools) tools_only=yes; shift ;;
         -h | --help) usage ;;
         *) usage ;;
     esac
 done
-mkdir -p "$outdir"
-outdir=$(cd "$outdir" && pwd)
+if [ -z "$tools_only" ]; then
+    mkdir -p "$outdir"
+    outdir=$(cd "$outdir" && pwd)
+fi
 cd "$repo"
 
 if [ -z "${PYTHON:-}" ]; then
@@ -38,21 +45,11 @@ fi
 log() { printf 'build-dist: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-# One version: agent/__init__.py. The Debian changelog must carry the same one, since
-# dpkg takes the package version from there.
-version=$(sed -n 's/^__version__ = "\([^"]*\)"$/\1/p' agent/__init__.py)
-[ -n "$version" ] || die "no __version__ = \"X.Y.Z\" line in agent/__init__.py"
-deb_version=$(dpkg-parsechangelog -l packaging/debian/changelog -S Version)
-if [ "$deb_version" != "$version" ]; then
-    die "agent/__init__.py says $version but packaging/debian/changelog says $deb_version;" \
-        "add a changelog entry: dch --changelog packaging/debian/changelog -v $version"
-fi
+# One version: CHANGELOG.md's first heading, which agent/__init__.py, the Debian changelog
+# (dpkg takes the package version from there) and the spec's Version: repeat.
+version=$(python3 packaging/version.py --check) \
+    || die "the version files disagree with CHANGELOG.md: run 'make version'"
 spec=packaging/rpm/secrets-agent.spec
-rpm_version=$(sed -n 's/^Version:[[:space:]]*//p' "$spec")
-if [ "$rpm_version" != "$version" ]; then
-    die "agent/__init__.py says $version but $spec says Version: $rpm_version;" \
-        "set it and add a %changelog entry"
-fi
 
 # Debian packages the build and its checks need. apt-get build-dep reads them from
 # debian/control itself, so the list lives in one place.
@@ -96,6 +93,12 @@ if ! build_deps_report=$(cd "$src" && dpkg-checkbuilddeps 2>&1) || [ ${#missing_
         apt-get build-dep -y --no-install-recommends "$src" >&2 \
             || { apt-get update >&2 && apt-get build-dep -y --no-install-recommends "$src" >&2; }
     fi
+fi
+
+# --install-tools: as root, only what is above (so that a build can then run as any user).
+if [ -n "$tools_only" ]; then
+    log "the Debian packages the build needs are installed"
+    exit 0
 fi
 
 "$PYTHON" -c 'import build' 2>/dev/null \

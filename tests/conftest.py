@@ -100,9 +100,8 @@ def tmpfs_path() -> Iterator[Any]:
     path = Path(tempfile.mkdtemp(prefix="secrets-agent-test-", dir=_memory_backed_root()))
     yield path
     shutil.rmtree(path, ignore_errors=True)
-    # Where a rotation check records what it found, and renders their records, when `path` is the
-    # runtime folder.
-    shutil.rmtree(path.with_name(path.name + "-refresh"), ignore_errors=True)
+    # Where the records root reads live (the render record, what the last check found, the kept set
+    # and the stale mark) when `path` is the runtime folder.
     shutil.rmtree(path.with_name(path.name + "-state"), ignore_errors=True)
 
 

@@ -19,6 +19,11 @@ each failure; the loop (RetryLoop, used by both) acts on the class:
     └── no Failure            anything else (an error the client translated, a bug in the agent's
                               own code): raised at once, never retried
 
+The error a loop raises when no time is left carries, as its cause, a GaveUp naming the last
+failure's class: `outage_of` reads it back. That is how a caller tells "the service did not answer"
+(serve what it holds, agent/commands/outage.py) from a refusal (an error the client translated, never
+marked), with no second classifier.
+
 Only the attempt's exceptions are classified: the client's `check` of an answer may raise
 NotServiceAnswer (retried), and anything else it raises propagates untouched.
 """
@@ -178,6 +183,22 @@ class Failure:
     request: Optional[str] = None
 
 
+class GaveUp(Exception):
+    """The cause of the error a RetryLoop raises when no time is left: the last failure it retried."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.kind.value)
+        self.failure = failure
+
+
+def outage_of(error: BaseException) -> Optional[Failure]:
+    """The last failure of the retry loop that gave up and raised `error`, or None when `error` is
+    anything else (a refusal, a bad template, a bug): only a loop's own give-up counts, never an
+    error that merely wraps one."""
+    cause = error.__cause__
+    return cause.failure if isinstance(cause, GaveUp) else None
+
+
 _Answer = TypeVar("_Answer")
 _T = TypeVar("_T")
 
@@ -206,7 +227,7 @@ class RetryLoop(Generic[_Answer]):
         """`check` of the first answer it believes; raises give_up(self) once the deadline passes."""
         while True:
             if self.deadline.remaining < self.min_attempt_seconds:
-                raise self.give_up(self)
+                raise self._gave_up()
             self.attempts += 1
             try:
                 answer = attempt()
@@ -227,4 +248,10 @@ class RetryLoop(Generic[_Answer]):
                 self.not_answer = failure
             self.on_failure(failure, self.attempts)
             if not self.backoff.wait(self.deadline, is_throttled=failure.kind is Kind.THROTTLED):
-                raise self.give_up(self)
+                raise self._gave_up()
+
+    def _gave_up(self) -> Exception:
+        """give_up's error, marked (its cause) with the last failure: see `outage_of`."""
+        error = self.give_up(self)
+        error.__cause__ = GaveUp(self.last or Failure(Kind.OUTAGE, "no attempt: the deadline had passed"))
+        return error

@@ -16,6 +16,7 @@ from agent.aws.ssm import SsmClient
 from agent.commands.guard import held
 from agent.config import ServiceSettings
 from agent.errors import AgentError
+from agent.host.kept import read_stale
 from agent.host.state import Change, RenderRecord, Version, hidden_entries, is_hidden, read_record
 from agent.host.systemd import agent_unit
 from agent.log import REDACTOR
@@ -200,6 +201,18 @@ def refresh(
             raise held(exc, apps) from None
         changes = compare_hidden(record, checked.record or record)
     found(changes)  # what the check found, for its record and the metrics, before any action
+    if not changes and read_stale(service) is not None:
+        # The set in place was served during an outage and SSM answers again with the same versions:
+        # write the same set fresh (no restart, the values are those the app has), which ends the
+        # stale mark and its every-minute retries.
+        if checked is None:
+            try:
+                checked = prepare()
+            except AgentError as exc:
+                raise held(exc, apps) from None
+        checked.write()
+        log.info("refresh_fresh", service=service.name, reason="SSM answers; the versions are unchanged")
+        return 0
     if not changes:
         log.info(
             "refresh_unchanged",

@@ -14,9 +14,10 @@ from collections.abc import Mapping, Sequence
 from typing import Callable, Optional, TextIO
 
 from agent.commands import status_view
-from agent.commands.status_view import LastRender, Parameter, Refresh, ServiceStatus, UnitState
+from agent.commands.status_view import LastRender, Parameter, Refresh, ServiceStatus, Stale, UnitState
 from agent.config import AgentSettings, load_service_settings, validate_name
 from agent.errors import EXIT_CODES, EXIT_INTERRUPTED, ConfigError, ServiceUnavailable, SystemdError
+from agent.host.kept import read_stale
 from agent.host.systemd import agent_unit, default_app_unit, refresh_service, refresh_timer, show_units
 from agent.observe.observed import read_check_record, read_render_record, record_versions
 from agent.template.formats import format_of
@@ -35,9 +36,10 @@ UNIT_PROPERTIES = (
     "RandomizedDelayUSec",
     "ActiveEnterTimestamp",
 )
-# `status` exits with the code of what failed (the failed render's or check's), so that it serves as a
-# health check; never 1, which is the agent's own bug. A unit that failed without an agent code (killed,
-# timed out, the app itself) is systemd's word: SystemdError's code; a timeout is an outage's.
+# `status` exits with the code of what failed (a stale set's failed render's, the failed render's or
+# check's), so that it serves as a health check; never 1, which is the agent's own bug. A unit that
+# failed without an agent code (killed, timed out, the app itself) is systemd's word: SystemdError's
+# code; a timeout, or a stale mark without an agent code, is an outage's.
 EXIT_UNIT_FAILED = SystemdError.exit_code
 EXIT_UNIT_TIMED_OUT = ServiceUnavailable.exit_code
 # A refresh timer is stale when no check ran for this many intervals (plus its random delay).
@@ -152,6 +154,18 @@ def gather(settings: AgentSettings, name: str, show: Optional[ShowUnits], now: f
         )
     elif last_render is None:
         pass  # without systemd, a service never rendered is simply not running
+    mark = read_stale(service)
+    stale = None
+    if mark is not None:
+        stale = Stale(
+            cause=mark.cause,
+            kind=mark.kind,
+            since=mark.since,
+            rendered_at=mark.rendered_at,
+            source=mark.source,
+            # The failed render's own code (7 for an outage); never 1.
+            exit_code=mark.exit_code if mark.exit_code > 1 else EXIT_UNIT_TIMED_OUT,
+        )
     return ServiceStatus(
         service=name,
         format=service.format,
@@ -161,7 +175,8 @@ def gather(settings: AgentSettings, name: str, show: Optional[ShowUnits], now: f
         parameters=parameters,
         refresh=refresh,
         problems=tuple(text for _code, text in problems),
-        exit_code=problems[0][0] if problems else 0,
+        exit_code=stale.exit_code if stale is not None else (problems[0][0] if problems else 0),
+        stale=stale,
     )
 
 
@@ -252,8 +267,8 @@ def probe_systemd(show: ShowUnits) -> Optional[ShowUnits]:
 
 
 def command(settings: AgentSettings, name: Optional[str], *, as_json: bool, out: TextIO) -> int:
-    """`secrets-agent status [NAME] [--json]`: print, and return 0 if healthy, else the code of the first
-    unhealthy service's first problem (what failed: its render, its check; never 1)."""
+    """`secrets-agent status [NAME] [--json]`: print, and return 0 if healthy, else the first unhealthy
+    service's code (what failed: the render behind a stale set, its render, its check; never 1)."""
     names = service_names(settings)
     if name:
         if validate_name(name) not in names:

@@ -48,6 +48,18 @@ class Refresh:
 
 
 @dataclass(frozen=True)
+class Stale:
+    """The set in place was served during an outage (on_outage): why, since when, how old it is."""
+
+    cause: str
+    kind: str
+    since: float
+    rendered_at: float
+    source: str  # "kept" (this boot's) or "sealed" (the copy on disk)
+    exit_code: int
+
+
+@dataclass(frozen=True)
 class Parameter:
     """One parameter the last render used: what the template asked for, its name and version."""
 
@@ -68,13 +80,15 @@ class ServiceStatus:
     parameters: tuple[Parameter, ...]
     refresh: Refresh
     problems: tuple[str, ...] = field(default=())
-    # 0 when healthy, else the exit code of the first problem (agent/errors.py; never 1).
+    # 0 when healthy, else the code of what failed (agent/errors.py; never 1): the stale set's failed
+    # render's, else the first problem's.
     exit_code: int = 0
+    stale: Optional[Stale] = None
 
     @property
     def healthy(self) -> bool:
         """True when nothing is failed or stale."""
-        return not self.problems
+        return not self.problems and self.stale is None
 
 
 def _when(timestamp: Optional[float], now: float) -> str:
@@ -148,6 +162,12 @@ def render_table(statuses: Sequence[ServiceStatus], now: float) -> str:
                 "  units        " + ", ".join(f"{u.unit} {u.active} ({u.sub})" for u in status.units)
             )
         lines.append(f"  last render  {_render_line(status.last_render, now)}")
+        if status.stale is not None:
+            stale = status.stale
+            lines.append(
+                f"  stale        since {_when(stale.since, now)}: the {stale.source} set rendered "
+                f"{_when(stale.rendered_at, now)} is served; {stale.kind}: {stale.cause}"
+            )
         lines.append(f"  output       {status.format}, {status.output}")
         width = max((len(p.name) for p in status.parameters), default=0)
         for index, p in enumerate(status.parameters):

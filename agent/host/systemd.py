@@ -26,6 +26,8 @@ AGENT_TEMPLATE_PREFIX = "secrets-agent@"
 AGENT_UNIT = "secrets-agent@{name}.service"
 REFRESH_TIMER = "secrets-agent-refresh@{name}.timer"
 REFRESH_SERVICE = "secrets-agent-refresh@{name}.service"
+# Started while NAME's set is stale (on_outage): the rotation check every minute until SSM answers.
+STALE_TIMER = "secrets-agent-stale@{name}.timer"
 APP_UNIT = "{name}.service"
 # Below the root (/ or an image): where units and their drop-in folders live.
 UNIT_DIR = Path("etc/systemd/system")
@@ -48,6 +50,11 @@ def refresh_timer(name: str) -> str:
 def refresh_service(name: str) -> str:
     """The service NAME's rotation timer starts: secrets-agent-refresh@NAME.service."""
     return REFRESH_SERVICE.format(name=name)
+
+
+def stale_timer(name: str) -> str:
+    """NAME's retries while its set is stale: secrets-agent-stale@NAME.timer."""
+    return STALE_TIMER.format(name=name)
 
 
 def default_app_unit(name: str) -> str:
@@ -90,25 +97,43 @@ def dropin_directive(name: str, *, credentials: bool) -> tuple[str, str]:
 # -- the runner --------------------------------------------------------------------------------
 
 
+def _run(argv: Sequence[str], advice: str, data: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    """The one process start of the agent: ARGV with `data` on its stdin (a pipe), its output
+    captured, a bounded wait; one that cannot run or hangs is a SystemdError naming it and `advice`."""
+    try:
+        return subprocess.run(
+            list(argv), input=data, capture_output=True, timeout=SYSTEMCTL_TIMEOUT_SECONDS, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SystemdError(f"`{' '.join(argv)}` failed ({exc}): {advice}") from None
+
+
 def systemctl(*args: str, check: bool = True, fix: str = "") -> subprocess.CompletedProcess[str]:
     """Run `systemctl ARGS` with a bounded wait; a systemctl that cannot run, hangs or (with `check`)
     exits non-zero is a SystemdError naming the command and `fix`."""
-    command = " ".join(["systemctl", *args])
     advice = fix or _DEFAULT_FIX
-    try:
-        completed = subprocess.run(
-            ["systemctl", *args],
-            capture_output=True,
-            text=True,
-            timeout=SYSTEMCTL_TIMEOUT_SECONDS,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SystemdError(f"`{command}` failed ({exc}): {advice}") from None
+    done = _run(["systemctl", *args], advice)
+    completed = subprocess.CompletedProcess(
+        done.args,
+        done.returncode,
+        done.stdout.decode("utf-8", errors="replace"),
+        done.stderr.decode("utf-8", errors="replace"),
+    )
     if check and completed.returncode != 0:
         detail = completed.stderr.strip() or f"exit status {completed.returncode}"
-        raise SystemdError(f"`{command}` failed ({detail}): {advice}")
+        raise SystemdError(f"`{' '.join(['systemctl', *args])}` failed ({detail}): {advice}")
     return completed
+
+
+def systemd_creds(*args: str, data: bytes) -> subprocess.CompletedProcess[bytes]:
+    """Run `systemd-creds ARGS` with `data` on its stdin and its stdout captured, both through pipes
+    (what it encrypts or decrypts never touches a file). The caller reads the exit status: a copy
+    that does not decrypt is an answer, not a failure of the runner."""
+    return _run(
+        ["systemd-creds", *args],
+        'systemd-creds (systemd >= 250) must be installed for on_outage = "sealed"',
+        data,
+    )
 
 
 def show(unit: str, properties: Sequence[str]) -> dict[str, list[str]]:

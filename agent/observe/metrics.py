@@ -57,6 +57,11 @@ CHECK_CHANGES = Series("last_refresh_changes", "gauge", "Parameters the last rot
 CHECKS_TOTAL = Series("refresh_checks_total", "counter", "Rotation checks run since boot.")
 CHANGES_TOTAL = Series("refresh_changes_total", "counter", "Changed parameters found since boot.")
 CHECK_FAILURES_TOTAL = Series("refresh_failures_total", "counter", "Failed rotation checks since boot.")
+STALE = Series(
+    "stale",
+    "gauge",
+    "1 while the set in place was served stale (SSM or IMDS down at the start, on_outage), else 0.",
+)
 ALL_SERIES = (
     RENDER_TIME,
     RENDER_SUCCESS,
@@ -73,6 +78,7 @@ ALL_SERIES = (
     CHECKS_TOTAL,
     CHANGES_TOTAL,
     CHECK_FAILURES_TOTAL,
+    STALE,
 )
 
 
@@ -93,10 +99,12 @@ def render_metrics(
     render: Optional[RenderOutcome],
     versions: Sequence[tuple[str, str, Any]],
     check: Optional[CheckRecord],
+    stale: bool = False,
 ) -> str:
     """The file's text: every family with samples, labelled service="<name>", newline-terminated.
 
-    `versions` is (selector, parameter name, version) as the last successful render recorded them.
+    `versions` is (selector, parameter name, version) as the last successful render recorded them;
+    `stale` says the set in place was served during an outage.
     """
     samples: dict[Series, list[tuple[dict[str, str], float]]] = {series: [] for series in ALL_SERIES}
     base = {"service": service}
@@ -122,6 +130,7 @@ def render_metrics(
         samples[CHECKS_TOTAL].append((base, check.checks_total))
         samples[CHANGES_TOTAL].append((base, check.changes_total))
         samples[CHECK_FAILURES_TOTAL].append((base, check.failures_total))
+    samples[STALE].append((base, 1 if stale else 0))
 
     lines: list[str] = []
     for series, rows in samples.items():

@@ -19,6 +19,7 @@ import structlog
 from agent.aws.ssm import SsmClient
 from agent.config import AgentSettings, ServiceSettings
 from agent.errors import AgentError, OutputError
+from agent.host.kept import read_stale
 from agent.host.notify import StatusNotifier
 from agent.host.output import remove_public_file, write_public_file, write_secret_file
 from agent.host.state import Change, RenderRecord, RenderStats, all_records, read_record, read_root_file
@@ -172,6 +173,7 @@ def publish(settings: AgentSettings, service: ServiceSettings, observed: Observa
                     render=observed.render or outcome_of(record),
                     versions=record_versions(record) if record is not None else [],
                     check=check or read_check_record(service),
+                    stale=read_stale(service) is not None,
                 )
                 write_public_file(path, text.encode("utf-8"))
         except OutputError as exc:

@@ -49,6 +49,7 @@ UNITS = (
     "secrets-agent-refresh@.service",
     "secrets-agent-refresh@.timer",
     "secrets-agent-clean@.service",
+    "secrets-agent-stale@.timer",
 )
 # Shell completion (python -m devtools.docs writes them from the argument parser), where bash-completion
 # and zsh look on any distribution.
@@ -58,6 +59,8 @@ COMPLETIONS = {
 }
 # Folders the package owns (listed in the archive, mode 0755); every other parent is the system's.
 OWNED_FOLDERS = (PREFIX, "usr/share/doc/secrets-agent")
+# Moves the render records of running apps on an upgrade from 0.1.0 (the rpm's %post runs it).
+UPGRADE_SCRIPT = "upgrade-records.sh"
 # The list of every file the tarball installs, for removing it: rm $(cat this file).
 MANIFEST = f"{PREFIX}/FILES"
 
@@ -239,6 +242,8 @@ def stage_tree(root: Path, version: str) -> None:
     examples = doc / "examples"
     shutil.copytree(REPO / "systemd/examples", examples)
     (root / PREFIX / "VERSION").write_text(f"{version}\n", encoding="utf-8")
+    # Run by the rpm's %post on an upgrade.
+    shutil.copyfile(REPO / "packaging" / UPGRADE_SCRIPT, root / PREFIX / UPGRADE_SCRIPT)
 
 
 def write_doc(root: Path, version: str, pins: dict[str, list[str]]) -> None:
@@ -327,8 +332,11 @@ def write_tarball(root: Path, tarball: Path, mtime: int) -> None:
             info.uid = info.gid = 0
             info.uname = info.gname = "root"
             info.mtime = mtime
-            # Only the launcher and the removal guard run as programs; every other file is read.
-            programs = (root / "usr/bin/secrets-agent", root / PREFIX / "removal-guard")
+            # Only the launcher, the removal guard and the upgrade script run as programs; every
+            # other file is read.
+            programs = (
+                root / "usr/bin/secrets-agent", root / PREFIX / "removal-guard", root / PREFIX / UPGRADE_SCRIPT
+            )
             executable = path.is_dir() or path in programs
             info.mode = 0o755 if executable else 0o644
             if path.is_dir():

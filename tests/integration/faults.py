@@ -58,6 +58,11 @@ IMDS_FAULTS = (
     "creds_failed_code",  # Code other than Success (keys still present: they must not be used)
     "token_expired",  # every token dies just before this read reaches IMDS
 )
+# SSM refusing for good, as IAM and KMS word it: never retried, never an outage (never served stale).
+REFUSAL_FAULTS = (
+    "access_denied",  # AccessDeniedException: the role may not call the action
+    "kms_denied",  # AccessDeniedException from KMS: the role may not decrypt with the key
+)
 # The kinds that are answers which look successful: what an agent must check, not just retry.
 BAD_ANSWER_FAULTS = frozenset(
     {
@@ -209,7 +214,7 @@ class FaultProxy(LoopbackServer):
 
     @plan.setter
     def plan(self, plan: FaultPlan) -> None:
-        unknown = set(plan.kinds) - set(SSM_FAULTS) - set(IMDS_FAULTS)
+        unknown = set(plan.kinds) - set(SSM_FAULTS) - set(IMDS_FAULTS) - set(REFUSAL_FAULTS)
         if unknown:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}")
         if "token_expired" in plan.kinds and self.expire_tokens is None:
@@ -288,6 +293,19 @@ _CANNED: dict[str, CannedResponse] = {
     "http_503": CannedResponse(503, b"Service Unavailable\n", (("Content-Type", "text/plain"),)),
     "throttling": aws_json_error("ThrottlingException", "Rate exceeded"),
     "html_200": CannedResponse(200, HTML_PAGE, (("Content-Type", "text/html; charset=utf-8"),)),
+    "access_denied": aws_json_error(
+        "AccessDeniedException",
+        "User: arn:aws:sts::123456789012:assumed-role/app-role/i-0fa4e1fa4e1fa4e10 is not authorized "
+        "to perform: ssm:GetParameters on resource: arn:aws:ssm:eu-west-1:123456789012:parameter/fi "
+        "because no identity-based policy allows the ssm:GetParameters action",
+    ),
+    "kms_denied": aws_json_error(
+        "AccessDeniedException",
+        "User: arn:aws:sts::123456789012:assumed-role/app-role/i-0fa4e1fa4e1fa4e10 is not authorized "
+        "to perform: kms:Decrypt on resource: arn:aws:kms:eu-west-1:123456789012:key/"
+        "0f0e0d0c-0b0a-0908-0706-050403020100 (Service: AWSKMS; Status Code: 400; Error Code: "
+        "AccessDeniedException)",
+    ),
 }
 
 

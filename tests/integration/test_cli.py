@@ -371,7 +371,8 @@ def test_a_proxy_page_never_turns_a_secret_into_its_default(stack: Stack) -> Non
     )
     assert stack.run("render", "app")[0] == 0
     before = _read(stack.output)
-    (stack.config / "agent.toml").write_text("deadline_seconds = 1\n")
+    # on_outage = "fail": the render's own behaviour (tests/integration/test_faults.py has "keep"'s).
+    (stack.config / "agent.toml").write_text('deadline_seconds = 1\non_outage = "fail"\n')
     with RecordingProxy(stack.ssm_url, lambda _index, _action: PROXY_PAGE) as proxy:
         code, _out, err = stack.run("render", "app", env={**stack.env, "AWS_ENDPOINT_URL_SSM": proxy.url})
     assert code == 7, err

@@ -34,7 +34,10 @@ from tests.integration.faults import (
     BAD_ANSWER_FAULTS,
     HTML_MARKER,
     IMDS_FAULTS,
+    PASS,
+    REFUSAL_FAULTS,
     SSM_FAULTS,
+    Exchange,
     FaultPair,
     FaultPlan,
     FaultProxy,
@@ -133,21 +136,32 @@ class Agent:
         return self.runtime / "app" / "env"
 
     def render(
-        self, deadline_seconds: float, throttled_seconds: Optional[float] = None, command: str = "render"
+        self,
+        deadline_seconds: float,
+        throttled_seconds: Optional[float] = None,
+        command: str = "render",
+        *,
+        on_outage: str = "fail",
+        env: Optional[dict[str, str]] = None,
     ) -> Run:
-        """Run the command with these deadlines (the throttled budget defaults to the short one)."""
-        self.configure(deadline_seconds, throttled_seconds)
+        """Run the command with these deadlines (the throttled budget defaults to the short one) and
+        on_outage ("fail" unless a test is about the fallback: these tests are about the render)."""
+        self.configure(deadline_seconds, throttled_seconds, on_outage=on_outage)
         env = {
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": self.faults.imds.url,
             "AWS_ENDPOINT_URL_SSM": self.faults.ssm.url,
+            **(env or {}),
         }
         return Run(*run_cli(self.config, self.runtime, command, "app", env=env))
 
-    def configure(self, deadline_seconds: float, throttled_seconds: Optional[float] = None) -> None:
-        """Write app.toml with the short deadline and the throttled budget."""
+    def configure(
+        self, deadline_seconds: float, throttled_seconds: Optional[float] = None, *, on_outage: str = "fail"
+    ) -> None:
+        """Write app.toml with the short deadline, the throttled budget and on_outage."""
         (self.config / "app.toml").write_text(
             f"deadline_seconds = {deadline_seconds}\n"
             f"throttle_deadline_seconds = {throttled_seconds or deadline_seconds}\n"
+            f'on_outage = "{on_outage}"\n'
         )
 
     def rendered(self) -> dict[str, str]:
@@ -556,3 +570,200 @@ def test_throttling_is_not_cut_short_by_the_outage_deadline(world: World) -> Non
     world.faults.set()
     assert seconds >= 3.0 - 0.05, context
     assert_ended_by(seconds, 3.0, context)
+
+
+# -- on_outage: a start that finds SSM or IMDS down serves this boot's set; a refusal never does ----
+
+# One transient cause per case: the side whose every answer is faulted, and the fault; "timeout" is
+# IMDS holding its answer past the agent's read timeout.
+TRANSIENT_CAUSES = {
+    "throttling": ("ssm", "throttling"),
+    "ssm_5xx": ("ssm", "http_500"),
+    "ssm_503": ("ssm", "http_503"),
+    "connection_dropped": ("ssm", "drop"),
+    "imds_5xx": ("imds", "http_500"),
+    "imds_timeout": ("imds", "slow"),
+    "imds_unreachable": ("imds", "drop"),
+}
+
+
+def _kept_folder(agent: Agent) -> Path:
+    return agent.runtime.with_name(agent.runtime.name + "-state") / "app"
+
+
+def _stale_events(run: Run) -> list[dict[str, Any]]:
+    return [e for e in run.events() if e.get("event") == "render_stale"]
+
+
+def _render_kept(agent: Agent) -> Snapshot:
+    """A fault-free render under on_outage = "keep", which keeps its set for this boot."""
+    agent.faults.set()
+    run = agent.render(GENEROUS_DEADLINE_SECONDS, on_outage="keep")
+    assert run.code == 0, run.stderr
+    assert agent.rendered() == EXPECTED
+    assert (_kept_folder(agent) / "set.json").is_file()
+    return agent.snapshot()
+
+
+def _restart_folder(agent: Agent) -> None:
+    """What the agent unit's stop does on a restart: `clean` removes the rendered file and record (the
+    kept folder, RuntimeDirectoryPreserve=restart, stays)."""
+    assert run_cli(agent.config, agent.runtime, "clean", "app", env={}).code == 0
+    assert not agent.output.exists()
+
+
+@pytest.mark.parametrize("cause", sorted(TRANSIENT_CAUSES))
+def test_a_transient_failure_at_a_restart_serves_the_kept_set(agent: Agent, cause: str) -> None:
+    """With on_outage = "keep", a restart that meets a transient failure puts this boot's set back
+    (exit 0, the same values), logs one render_stale warning naming the cause and marks the set stale;
+    the same failure with on_outage = "fail" exits 7 and leaves no file (the control)."""
+    side, kind = TRANSIENT_CAUSES[cause]
+    _render_kept(agent)
+    _restart_folder(agent)
+    agent.faults.set(**_plan(side, (kind,), 1.0, seed=28))
+    run = agent.render(DEADLINE_SECONDS, on_outage="keep")
+    context = f"{cause}: exit {run.code}\n{agent.faults.describe()}\n{run.stderr[-3000:]}"
+    assert run.code == 0, context
+    assert agent.rendered() == EXPECTED, context
+    stale = _stale_events(run)
+    assert len(stale) == 1, context
+    assert stale[0]["cause"] in ("outage", "throttled", "not_answer"), context
+    assert stale[0]["source"] == "kept", context
+    assert isinstance(stale[0]["age_seconds"], int), context
+    assert (_kept_folder(agent) / "stale.json").is_file(), context
+    assert not [value for value in SECRETS if value in run.stderr], context
+
+    _restart_folder(agent)
+    control = agent.render(DEADLINE_SECONDS, on_outage="fail")
+    assert control.code == 7, control.stderr
+    assert not agent.output.exists()
+    assert not _stale_events(control)
+
+
+def test_a_failure_with_nothing_kept_fails_as_before(agent: Agent) -> None:
+    """On a first start (no kept set) an outage fails with exit 7 and leaves no file, under "keep" too."""
+    agent.faults.set(ssm=FaultPlan(kinds=("http_503",), rate=1.0, seed=1))
+    run = agent.render(DEADLINE_SECONDS, on_outage="keep")
+    assert run.code == 7, run.stderr
+    assert not agent.output.exists()
+    assert not _stale_events(run)
+
+
+@pytest.mark.parametrize("kind", REFUSAL_FAULTS)
+def test_a_refusal_never_serves_the_kept_set_and_deletes_it(agent: Agent, kind: str) -> None:
+    """AccessDenied or a KMS denial at a restart fails with exit 5 under "keep", serves nothing and
+    deletes the kept set, so a following outage has nothing to serve either."""
+    _render_kept(agent)
+    _restart_folder(agent)
+    agent.faults.set(ssm=FaultPlan(kinds=(kind,), rate=1.0, seed=5))
+    run = agent.render(DEADLINE_SECONDS, on_outage="keep")
+    assert run.code == 5, run.stderr
+    assert not agent.output.exists()
+    assert not _stale_events(run)
+    assert not (_kept_folder(agent) / "set.json").exists()
+
+    agent.faults.set(ssm=FaultPlan(kinds=("http_503",), rate=1.0, seed=6))
+    after = agent.render(DEADLINE_SECONDS, on_outage="keep")
+    assert after.code == 7, after.stderr
+    assert not agent.output.exists()
+
+
+# A name the template computes from a fetched value is asked for while the template renders (not in
+# the prefetch): an outage there reaches on_outage through jinja's AgentError pass-through (issue 27).
+COMPUTED_TEMPLATE = 'PICKED={{ param("/fi/app/" ~ param("/fi/app/which")) }}\n'
+
+
+def _computed_name_only(exchange: Exchange) -> bool:
+    """Only SSM's calls for the computed name (/fi/app/db), not the prefetch of /fi/app/which."""
+    return b'"/fi/app/db"' in exchange.body
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"), [("http_503", 0), ("throttling", 0), ("access_denied", 5), ("kms_denied", 5)]
+)
+def test_a_computed_name_keeps_its_cause_for_on_outage(
+    agent: Agent, moto_url: str, kind: str, expected: int
+) -> None:
+    """A lookup the template computes at render time keeps its own error: an outage there serves the
+    kept set (stale, exit 0) and exits 7 under "fail", not 3; a refusal there exits 5 and deletes the
+    kept set, as a refusal of a literal name does."""
+    admin_ssm_client(moto_url).put_parameter(Name="/fi/app/which", Value="db", Type="String", Overwrite=True)
+    (agent.config / "app.env.j2").write_text(COMPUTED_TEMPLATE, encoding="utf-8")
+    run = agent.render(GENEROUS_DEADLINE_SECONDS, on_outage="keep")
+    assert run.code == 0, run.stderr
+    assert agent.rendered() == {"PICKED": EXISTING["/fi/app/db"]}
+    assert (_kept_folder(agent) / "set.json").is_file()
+    _restart_folder(agent)
+
+    agent.faults.set(ssm=FaultPlan(kinds=(kind,), rate=1.0, seed=27, applies=_computed_name_only))
+    run = agent.render(DEADLINE_SECONDS, on_outage="keep")
+    context = f"{kind}: exit {run.code}\n{agent.faults.describe()}\n{run.stderr[-3000:]}"
+    # The fault hit the computed lookup only: the prefetch of /fi/app/which passed, the lookup did not.
+    decided = [i.fault for i in agent.faults.ssm.injections if i.target.startswith("GetParameter")]
+    assert PASS in decided, context
+    assert kind in decided, context
+    assert run.code == expected, context
+    if expected == 0:
+        assert agent.rendered() == {"PICKED": EXISTING["/fi/app/db"]}, context
+        assert len(_stale_events(run)) == 1, context
+        _restart_folder(agent)
+        control = agent.render(DEADLINE_SECONDS, on_outage="fail")
+        assert control.code == 7, control.stderr
+        assert not agent.output.exists()
+    else:
+        assert not agent.output.exists(), context
+        assert not _stale_events(run), context
+        assert not (_kept_folder(agent) / "set.json").exists(), context
+
+
+def test_a_missing_parameter_or_a_broken_template_never_serves_the_kept_set(agent: Agent) -> None:
+    """A parameter SSM does not have (exit 4) and a template that does not parse (exit 3) fail under
+    "keep" with nothing served, and the kept set is deleted."""
+    _render_kept(agent)
+    template = agent.config / "app.env.j2"
+    template.write_text(TEMPLATE + 'GONE={{ param("/fi/app/not-there") }}\n', encoding="utf-8")
+    _restart_folder(agent)
+    run = agent.render(DEADLINE_SECONDS, on_outage="keep")
+    assert run.code == 4, run.stderr
+    assert not agent.output.exists()
+    assert not (_kept_folder(agent) / "set.json").exists()
+
+    template.write_text(TEMPLATE, encoding="utf-8")
+    _render_kept(agent)
+    template.write_text(TEMPLATE + "BROKEN={{ param(\n", encoding="utf-8")
+    _restart_folder(agent)
+    broken = agent.render(DEADLINE_SECONDS, on_outage="keep")
+    assert broken.code == 3, broken.stderr
+    assert not agent.output.exists()
+    assert not (_kept_folder(agent) / "set.json").exists()
+
+
+def test_a_changed_template_is_not_served_from_a_set_of_the_old_one(agent: Agent) -> None:
+    """A set kept from another template is not served: an outage after the template changed fails."""
+    _render_kept(agent)
+    (agent.config / "app.env.j2").write_text(TEMPLATE + "EXTRA=1\n", encoding="utf-8")
+    _restart_folder(agent)
+    agent.faults.set(ssm=FaultPlan(kinds=("http_503",), rate=1.0, seed=2))
+    run = agent.render(DEADLINE_SECONDS, on_outage="keep")
+    assert run.code == 7, run.stderr
+    assert not agent.output.exists()
+
+
+def test_with_a_set_to_fall_back_on_the_start_gives_up_after_the_grace(agent: Agent) -> None:
+    """With a kept set, a start gives up after outage_grace_seconds, not the longer deadline_seconds:
+    the give-up names the grace as its deadline."""
+    _render_kept(agent)
+    _restart_folder(agent)
+    agent.faults.set(ssm=FaultPlan(kinds=("http_503",), rate=1.0, seed=3))
+    agent.configure(30, on_outage="keep")
+    with (agent.config / "app.toml").open("a") as settings_file:
+        settings_file.write("outage_grace_seconds = 1\n")
+    env = {
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT": agent.faults.imds.url,
+        "AWS_ENDPOINT_URL_SSM": agent.faults.ssm.url,
+    }
+    run = Run(*run_cli(agent.config, agent.runtime, "render", "app", env=env))
+    assert run.code == 0, run.stderr
+    stale = _stale_events(run)
+    assert len(stale) == 1
+    assert "within the 1 s deadline" in stale[0]["error"]

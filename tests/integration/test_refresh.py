@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import pytest
 
@@ -320,13 +320,18 @@ def test_without_a_record_refresh_fails_and_says_how_to_get_one(rotation: Rotati
     assert len(rotation.proxy.actions) == before
 
 
-def test_clean_removes_the_record_with_the_file(rotation: Rotation) -> None:
-    """clean removes state.json along with env, and both folders with them."""
+@pytest.mark.parametrize(("on_outage", "left"), [("fail", None), ("keep", ["set.json"])])
+def test_clean_removes_the_record_with_the_file(rotation: Rotation, on_outage: str, left: Any) -> None:
+    """clean removes state.json along with env, and both folders with them; only the kept set of
+    on_outage = "keep" stays in the records folder, for a restart during an outage (systemd removes
+    the folder at a stop)."""
+    rotation.settings(f'on_outage = "{on_outage}"\n')
     rotation.render_db()
     assert record_path(rotation.stack).exists()
     assert rotation.stack.run("clean", "app")[0] == 0
     assert not Path(rotation.stack.output.parent).exists()
-    assert not record_path(rotation.stack).parent.exists()
+    folder = record_path(rotation.stack).parent
+    assert (sorted(p.name for p in folder.iterdir()) if folder.exists() else None) == left
 
 
 def test_a_rotated_secrets_manager_secret_is_detected_by_its_awscurrent_version(rotation: Rotation) -> None:
@@ -433,3 +438,41 @@ def test_a_check_never_acts_on_an_answer_it_could_not_believe(
     assert rotation.systemd.calls == []
     assert rotation.env_file() == {"DB": f"{MARK}old"}
     assert (record_path(rotation.stack)).read_bytes() == record
+
+
+def test_a_stale_set_is_healed_by_the_first_check_that_reaches_ssm(stack: Stack) -> None:
+    """A set served stale (SSM down at a restart) makes `status` exit 7 and say stale; a check while
+    SSM is still down fails and leaves it stale; the first check SSM answers, with the versions
+    unchanged, writes the set fresh without restarting the app, and `status` exits 0 again."""
+    down = [False]
+    unavailable = aws_json_error("ServiceUnavailable", "Service unavailable", status=503)
+    with RecordingProxy(stack.ssm_url, lambda _index, _action: unavailable if down[0] else None) as proxy:
+        stack.env["AWS_ENDPOINT_URL_SSM"] = proxy.url
+        rotation = Rotation(stack=stack, proxy=proxy, systemd=FakeSystemd())
+        rotation.settings("deadline_seconds = 1\n")
+        rotation.render_db()
+        assert stack.run("status", "app")[0] == 0
+        assert stack.run("clean", "app")[0] == 0  # the agent unit's stop, on the app's restart
+
+        down[0] = True
+        code, _out, err = stack.run("render", "app")
+        assert code == 0, err
+        assert rotation.env_file() == {"DB": f"{MARK}old"}
+        status_code, status_out, _err = stack.run("status", "app")
+        assert status_code == 7, status_out
+        assert "stale" in status_out
+        assert MARK not in status_out
+
+        failed, _err = rotation.refresh()
+        assert failed == 7
+        assert stack.run("status", "app")[0] == 7
+
+        down[0] = False
+        healed, err = rotation.refresh()
+        assert healed == 0, err
+        assert _events(err, "refresh_fresh")
+        assert rotation.systemd.calls == []  # unchanged versions: no restart
+        assert rotation.env_file() == {"DB": f"{MARK}old"}
+        healthy, out, _err = stack.run("status", "app")
+        assert healthy == 0, out
+        assert "stale" not in out

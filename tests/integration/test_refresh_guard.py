@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import CHECK_FILE_NAME
 from agent.template.envfile import max_value_bytes
 from tests.integration.cli_harness import Stack
 from tests.integration.iam_world import IamWorld, allow, policy_of
@@ -97,11 +98,18 @@ def _running(rotation: Rotation, on_change: str) -> None:  # noqa: F811
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
     """Every file in the service's folder, byte for byte (a leftover temporary file shows up too),
-    and its record (state.json, in root's folder beside the runtime folder)."""
+    and its records in root's folder beside the runtime folder (state.json, the kept set), but for
+    last-check.json, which records what the check found: the one file a held check writes."""
     files = {entry: (folder / entry).read_bytes() for entry in sorted(os.listdir(folder))}
     records = folder.parent.with_name(folder.parent.name + "-state") / folder.name
     if folder.parent.name != "credentials" and records.is_dir():
-        files.update({entry: (records / entry).read_bytes() for entry in sorted(os.listdir(records))})
+        files.update(
+            {
+                entry: (records / entry).read_bytes()
+                for entry in sorted(os.listdir(records))
+                if entry != CHECK_FILE_NAME
+            }
+        )
     return files
 
 

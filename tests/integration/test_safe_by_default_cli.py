@@ -116,7 +116,7 @@ def test_publishing_that_fails_never_changes_the_exit_code(
     metrics = tmp_path / "metrics"
     metrics.mkdir()
     (stack.config / "agent.toml").write_text(f'metrics_dir = "{metrics}"\n')
-    check_record = stack.runtime.with_name(stack.runtime.name + "-refresh") / "app" / "last-check.json"
+    check_record = stack.runtime.with_name(stack.runtime.name + "-state") / "app" / "last-check.json"
     check_record.mkdir(parents=True)
     stack.put("/app/db", "v")
     stack.template('DB={{ param("/app/db") }}\n')

@@ -35,6 +35,9 @@ LEFTOVERS = {
     ),
     "secret key in an environment file": ("etc/environment", f"AWS_SECRET_ACCESS_KEY={SECRET_KEY}\n"),
     "temporary access key id in a log": ("var/log/app.log", f"using key {ACCESS_KEY_ID}\n"),
+    # on_outage = "sealed": ciphertext bound to the builder, and the key that opens it on every clone.
+    "sealed copy of a set": ("var/lib/secrets-agent/app.cred", "k6AAAAAAAAAAAAAAAAAAAA\n"),
+    "systemd-creds host key": ("var/lib/systemd/credential.secret", "not a real key\n"),
 }
 # Files an honest image holds that look a little like credentials; none may fail the check.
 HARMLESS = {

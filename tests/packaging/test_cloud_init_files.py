@@ -161,7 +161,13 @@ def test_wheel_user_data_carries_the_current_unit() -> None:
 
 
 @pytest.mark.parametrize(
-    "unit", ["secrets-agent-refresh@.service", "secrets-agent-refresh@.timer", "secrets-agent-clean@.service"]
+    "unit",
+    [
+        "secrets-agent-refresh@.service",
+        "secrets-agent-refresh@.timer",
+        "secrets-agent-clean@.service",
+        "secrets-agent-stale@.timer",
+    ],
 )
 def test_wheel_user_data_carries_the_current_rotation_units(unit: str) -> None:
     """The wheel user-data's rotation check, timer and clean-up are systemd/'s, running the venv's command."""

@@ -337,7 +337,7 @@ def test_purge_removes_the_package_and_keeps_the_operators_files(installed_deb: 
         assert run(machine, "systemctl", "cat", "secrets-agent@app.service", check=False).returncode != 0
         left = [path for path in shipped if (root / path.lstrip("/")).exists()]
         assert left == []
-        assert not (root / "usr/lib/python3/dist-packages/agent").exists()  # with py3compile's __pycache__
+        assert not (root / "usr/lib/secrets-agent").exists()  # with py3compile's __pycache__
         assert (root / "etc/secrets-agent/app.env.j2").read_text(encoding="utf-8") == APP_TEMPLATE
         assert (root / "etc/systemd/system/app.service.d/secrets-agent.conf").is_file()
     finally:

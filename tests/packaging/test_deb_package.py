@@ -8,10 +8,16 @@ import email.parser
 import os
 import re
 import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
 from typing import Optional
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 import pytest
 
@@ -21,7 +27,7 @@ from tests.prerequisites import skip_or_fail
 
 # Every file and folder of the .deb besides the agent's Python modules, which are checked against
 # agent/*.py, with its permissions. Nothing under /etc: purging must leave the operator's files.
-DIST_INFO = "./usr/lib/python3/dist-packages/secrets_agent-{version}.dist-info/"
+# Nothing in dist-packages: the agent's modules are its private ones, in /usr/lib/secrets-agent.
 DOC = "./usr/share/doc/secrets-agent/"
 EXPECTED_DEB_ENTRIES = {
     ("drwxr-xr-x", "./"),
@@ -32,21 +38,20 @@ EXPECTED_DEB_ENTRIES = {
     ("-rw-r--r--", "./lib/systemd/system/secrets-agent-refresh@.service"),
     ("-rw-r--r--", "./lib/systemd/system/secrets-agent-refresh@.timer"),
     ("-rw-r--r--", "./lib/systemd/system/secrets-agent-clean@.service"),
+    ("-rw-r--r--", "./lib/systemd/system/secrets-agent-stale@.timer"),
     ("drwxr-xr-x", "./usr/"),
     ("drwxr-xr-x", "./usr/bin/"),
     ("-rwxr-xr-x", "./usr/bin/secrets-agent"),
     ("drwxr-xr-x", "./usr/lib/"),
-    ("drwxr-xr-x", "./usr/lib/python3/"),
-    ("drwxr-xr-x", "./usr/lib/python3/dist-packages/"),
-    ("drwxr-xr-x", "./usr/lib/python3/dist-packages/agent/"),
     ("drwxr-xr-x", "./usr/lib/secrets-agent/"),
+    ("drwxr-xr-x", "./usr/lib/secrets-agent/agent/"),
     ("-rwxr-xr-x", "./usr/lib/secrets-agent/removal-guard"),
-    ("drwxr-xr-x", DIST_INFO),
-    ("-rw-r--r--", DIST_INFO + "METADATA"),
-    ("-rw-r--r--", DIST_INFO + "RECORD"),
-    ("-rw-r--r--", DIST_INFO + "WHEEL"),
-    ("-rw-r--r--", DIST_INFO + "entry_points.txt"),
-    ("-rw-r--r--", DIST_INFO + "top_level.txt"),
+    # Run by postinst on an upgrade from 0.1.0: the running apps' render records move.
+    ("-rwxr-xr-x", "./usr/lib/secrets-agent/upgrade-records.sh"),
+    # dh_python3's hook that byte-compiles the private folder again when Debian's python3 changes.
+    ("drwxr-xr-x", "./usr/share/python3/"),
+    ("drwxr-xr-x", "./usr/share/python3/runtime.d/"),
+    ("-rwxr-xr-x", "./usr/share/python3/runtime.d/secrets-agent.rtupdate"),
     ("drwxr-xr-x", "./usr/share/"),
     ("drwxr-xr-x", "./usr/share/doc/"),
     ("drwxr-xr-x", DOC),
@@ -134,7 +139,7 @@ def modules_the_command_imports() -> set[str]:
     return {"__init__.py" if not m else str(_module_file(m)) for m in seen}
 
 
-DEB_AGENT_DIR = "./usr/lib/python3/dist-packages/agent/"
+DEB_AGENT_DIR = "./usr/lib/secrets-agent/agent/"
 
 
 def modules_under(files: set[str], package_dir: str) -> set[str]:
@@ -211,7 +216,7 @@ def test_debs_own_code_reports_the_version(artefacts: Artefacts, tmp_path: Path)
             "-c",
             "import runpy, sys; sys.path.insert(0, sys.argv.pop()); "
             "sys.argv = ['secrets-agent', '--version']; runpy.run_module('agent', run_name='__main__')",
-            str(tmp_path / "usr/lib/python3/dist-packages"),
+            str(tmp_path / "usr/lib/secrets-agent"),
         ],
         capture_output=True,
         text=True,
@@ -248,18 +253,32 @@ def test_wheel_holds_the_agent_package_only(artefacts: Artefacts) -> None:
 
 
 def test_deb_depends_on_debians_own_libraries(artefacts: Artefacts) -> None:
-    """The .deb is Architecture all and depends on Debian's boto3, requests, jinja2 and structlog."""
-    depends = {part.strip().split()[0] for part in deb_field(artefacts.deb, "Depends").split(",")}
+    """The .deb is Architecture all and depends on Debian's boto3, requests, jinja2 and structlog,
+    each at least the release pyproject.toml names."""
+    fields = [part.strip() for part in deb_field(artefacts.deb, "Depends").split(",")]
+    depends = {part.split()[0] for part in fields}
     assert deb_field(artefacts.deb, "Architecture") == "all"
     assert set(DEBIAN_RUNTIME_DEPENDENCIES) <= depends
+    # Each with the floor the code needs: pyproject.toml's, the one place the floors are set.
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    floors = {
+        f"python3-{match.group(1).lower()}": match.group(2)
+        for match in (
+            re.fullmatch(r"([A-Za-z0-9]+)>=([\d.]+)", spec) for spec in pyproject["project"]["dependencies"]
+        )
+        if match
+    }
+    assert {f"{name} (>= {floors[name]})" for name in DEBIAN_RUNTIME_DEPENDENCIES} <= set(fields)
     assert not any(name.startswith("python3-moto") for name in depends)
 
 
 def test_command_runs_on_debians_python(artefacts: Artefacts, tmp_path: Path) -> None:
-    """/usr/bin/secrets-agent starts with Debian's /usr/bin/python3, not the builder's own Python."""
+    """/usr/bin/secrets-agent starts with Debian's /usr/bin/python3 (isolated), not the builder's
+    own Python, and imports the agent from its private folder /usr/lib/secrets-agent."""
     subprocess.run(["dpkg-deb", "-x", str(artefacts.deb), str(tmp_path)], check=True)
-    first_line = (tmp_path / "usr/bin/secrets-agent").read_text(encoding="utf-8").splitlines()[0]
-    assert first_line == "#!/usr/bin/python3"
+    launcher = (tmp_path / "usr/bin/secrets-agent").read_text(encoding="utf-8")
+    assert launcher.splitlines()[0] == "#!/usr/bin/python3 -I"
+    assert 'sys.path.insert(0, "/usr/lib/secrets-agent")' in launcher
 
 
 def test_maintainer_scripts_only_reload_systemd(artefacts: Artefacts, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ UNITS = {
     "usr/lib/systemd/system/secrets-agent-refresh@.service",
     "usr/lib/systemd/system/secrets-agent-refresh@.timer",
     "usr/lib/systemd/system/secrets-agent-clean@.service",
+    "usr/lib/systemd/system/secrets-agent-stale@.timer",
 }
 BOTOCORE_SERVICES = {"ssm", "sts", "secretsmanager"}
 # What the launcher may import from outside the tarball: the standard library only.
@@ -67,8 +68,8 @@ def test_tarball_has_only_usr_paths_owned_by_root_and_its_own_folders(
     members: dict[str, tarfile.TarInfo],
 ) -> None:
     """Every entry is under usr/ (never lib/ or bin/, symlinks on a merged /usr), owned by root, 0644
-    but the launcher and the removal guard; the only folders listed are the package's own, so
-    extracting changes the mode of no system folder."""
+    but the launcher, the removal guard and the upgrade script; the only folders listed are the
+    package's own, so extracting changes the mode of no system folder."""
     assert all(name.startswith("usr/") for name in members)
     assert {(m.uid, m.gid, m.uname, m.gname) for m in members.values()} == {(0, 0, "root", "root")}
     folders = {name for name, m in members.items() if m.isdir()}
@@ -76,7 +77,8 @@ def test_tarball_has_only_usr_paths_owned_by_root_and_its_own_folders(
     assert all(name.startswith((PREFIX, "usr/share/doc/secrets-agent")) for name in folders)
     assert {members[name].mode for name in folders} == {0o755}
     executables = {name for name, m in members.items() if m.isfile() and m.mode & 0o111}
-    assert executables == {LAUNCHER, REMOVAL_GUARD}
+    # The launcher, the removal guard, and the script the rpm's %post runs on an upgrade.
+    assert executables == {LAUNCHER, REMOVAL_GUARD, f"{PREFIX}/upgrade-records.sh"}
     assert {m.mode for name, m in members.items() if m.isfile() and name not in executables} == {0o644}
     assert set(members) >= UNITS
     assert "usr/share/man/man1/secrets-agent.1.gz" in members

@@ -5,6 +5,7 @@ test apps installed into the machine.
 from __future__ import annotations
 
 import secrets
+import subprocess
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -126,3 +127,17 @@ def put(ssm: Any, name: str, value: str, *, tier: Optional[str] = None) -> None:
     """Create or overwrite a SecureString parameter in moto."""
     extra = {"Tier": tier} if tier else {}
     ssm.put_parameter(Name=name, Value=value, Type="SecureString", Overwrite=True, **extra)
+
+
+def disk_files_with_mark(machine: Machine) -> str:
+    """Every file of the machine's disk, as the host sees it (not its tmpfs mounts), that holds MARK,
+    one path a line ("" when none)."""
+    found = subprocess.run(
+        ["grep", "-rlaF", "-D", "skip", "-e", MARK, str(machine.root)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert found.returncode in (0, 1), found.stderr
+    return found.stdout

@@ -156,8 +156,14 @@ def test_agent_unit_has_the_promised_settings() -> None:
     for setting in (
         "Type=oneshot",
         "RemainAfterExit=yes",
+        # The rendered set's folder and root's own one for every record root reads (the render
+        # record, the kept set and the stale mark: on_outage), both kept across the unit's restart
+        # only, and the sealed copies' folder.
         "RuntimeDirectory=secrets-agent/%i secrets-agent-state/%i",
         "RuntimeDirectoryMode=0700",
+        "RuntimeDirectoryPreserve=restart",
+        "StateDirectory=secrets-agent",
+        "StateDirectoryMode=0700",
         "PartOf=%i.service",
         "Wants=network-online.target",
         "After=network-online.target",
@@ -173,8 +179,9 @@ def test_agent_unit_has_the_promised_settings() -> None:
 
 def test_units_may_write_the_metrics_and_inventory_folders_and_clean_on_stop() -> None:
     """The three units may write node_exporter's Debian textfile folder and the SSM agent's folder
-    (and nothing more of /var); the check keeps its record in a runtime folder of its own that
-    outlives the app's restart."""
+    (and nothing more of /var); the check keeps its record beside the render record, in the agent
+    unit's root-owned folder that outlives the app's restart (RuntimeDirectoryPreserve=restart), with
+    no runtime folder of its own."""
     agent, check, clean = (
         set((UNITS / unit).read_text().splitlines())
         for unit in ("secrets-agent@.service", "secrets-agent-refresh@.service", CLEAN_UNIT)
@@ -182,14 +189,12 @@ def test_units_may_write_the_metrics_and_inventory_folders_and_clean_on_stop() -
     published = "ReadWritePaths=-/var/lib/prometheus/node-exporter -/var/lib/amazon/ssm"
     for lines in (agent, check, clean):
         assert published in lines
-    for setting in (
-        "RuntimeDirectory=secrets-agent-refresh/%i",
-        "RuntimeDirectoryMode=0700",
-        "RuntimeDirectoryPreserve=yes",
-    ):
-        assert setting in check, setting
+    assert "RuntimeDirectoryPreserve=restart" in agent
+    assert not [line for line in check if line.startswith("RuntimeDirectory")]
     writable = [line for line in agent | check | clean if line.startswith("ReadWritePaths=")]
-    own = "ReadWritePaths=-/run/secrets-agent/%i -/run/secrets-agent-state/%i"
+    # A check that renders writes the set and its record, and one that heals a stale set the kept
+    # set, the stale mark (beside the record) and the sealed copy.
+    own = "ReadWritePaths=-/run/secrets-agent/%i -/run/secrets-agent-state/%i -/var/lib/secrets-agent"
     assert sorted(writable) == sorted([published, own])
 
 
@@ -221,7 +226,7 @@ def test_refresh_units_have_the_promised_settings() -> None:
     for setting in (
         "Type=oneshot",
         "ExecStart=/usr/bin/secrets-agent refresh %i",
-        "ReadWritePaths=-/run/secrets-agent/%i -/run/secrets-agent-state/%i",
+        "ReadWritePaths=-/run/secrets-agent/%i -/run/secrets-agent-state/%i -/var/lib/secrets-agent",
         "ProtectSystem=strict",
         "CapabilityBoundingSet=",
     ):
@@ -235,3 +240,20 @@ def test_refresh_units_have_the_promised_settings() -> None:
         "WantedBy=timers.target",
     ):
         assert setting in timer, setting
+
+
+def test_the_stale_timer_runs_the_check_every_minute_with_jitter_and_goes_with_the_agent() -> None:
+    """secrets-agent-stale@.timer starts the rotation check every minute with a fresh random delay
+    each time, stops with the agent unit, and is never enabled on its own (no [Install])."""
+    text = (UNITS / "secrets-agent-stale@.timer").read_text()
+    lines = set(text.splitlines())
+    for setting in (
+        "Unit=secrets-agent-refresh@%i.service",
+        "OnActiveSec=1min",
+        "OnUnitActiveSec=1min",
+        "RandomizedDelaySec=20s",
+        "PartOf=secrets-agent@%i.service",
+    ):
+        assert setting in lines, setting
+    assert "FixedRandomDelay=yes" not in lines
+    assert "[Install]" not in lines

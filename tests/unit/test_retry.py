@@ -18,6 +18,7 @@ from agent.aws.retry import (
     NotServiceAnswer,
     RetryLoop,
     ThrottleMemory,
+    outage_of,
 )
 from tests.timing import ManualClock
 
@@ -193,3 +194,25 @@ def test_no_attempt_starts_with_less_than_the_minimum_left() -> None:
     with pytest.raises(GaveUp) as raised:
         loop.run(_failing([]), str.upper)
     assert raised.value.args[0] == 0
+
+
+def test_a_loop_that_gives_up_marks_its_error_as_an_outage_and_nothing_else_is() -> None:
+    """outage_of reads the last failure back from the error a loop raised on giving up (throttled or
+    outage); an error the loop let through, and one that merely wraps a give-up, are not outages."""
+    throttled = _loop(ManualClock(500.0), throttled_seconds=5.0)
+    with pytest.raises(GaveUp) as raised:
+        throttled.run(_failing([OSError("throttled") for _ in range(1000)]), str.upper)
+    assert outage_of(raised.value) == Failure(Kind.THROTTLED, "throttled")
+
+    down = _loop(ManualClock(500.0))
+    with pytest.raises(GaveUp) as gave_up:
+        down.run(_failing([OSError("refused") for _ in range(1000)]), str.upper)
+    assert outage_of(gave_up.value) == Failure(Kind.OUTAGE, "refused")
+
+    refused = _loop(ManualClock(500.0))
+    with pytest.raises(KeyError) as let_through:
+        refused.run(_failing([KeyError("denied")]), str.upper)
+    assert outage_of(let_through.value) is None
+    wrapped = ValueError("wrapped")
+    wrapped.__cause__ = gave_up.value
+    assert outage_of(wrapped) is None

@@ -1,0 +1,203 @@
+"""When SSM is down (on_outage, README "When SSM is down"), under systemd 252 and 257: a restart
+keeps the app running on this boot's set, `status` says stale until the refresh heals it, a refusal
+never serves a set; with "sealed" the app starts after a stop from the copy sealed to the machine.
+
+The agent units of each app here reach SSM through a FaultProxy on the host's loopback (an instance
+drop-in), which the test switches between passing, 503 for every call, and AccessDenied.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import pytest
+from nspawn import Machine
+from system_helpers import MARK, App, disk_files_with_mark, put
+
+from tests.hard_values import template_lines
+from tests.integration.faults import FaultPlan, FaultProxy
+
+pytestmark = pytest.mark.system
+
+NewApp = Callable[..., App]
+# The agent's own settings for these apps: a short deadline, so that a start with nothing to fall
+# back on fails quickly, and the default grace (15 s) for one that has a set.
+SETTINGS = "deadline_seconds = 5\n"
+# systemd's default start limit: 5 starts in 10 s; the restarts below pace themselves.
+START_PACE_SECONDS = 2.5
+
+
+@pytest.fixture
+def ssm_proxy(moto_url: str) -> Iterator[FaultProxy]:
+    """A fault proxy in front of moto on the host's loopback, passing everything until told."""
+    proxy = FaultProxy(moto_url)
+    proxy.start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+def _through(machine: Machine, app: App, proxy: FaultProxy) -> None:
+    """Point NAME's agent unit and its rotation check at the proxy (instance drop-ins, read last)."""
+    for unit in (app.agent_unit, f"secrets-agent-refresh@{app.name}.service"):
+        dropin = machine.path(f"/etc/systemd/system/{unit}.d/zz-fault-proxy.conf")
+        dropin.parent.mkdir(parents=True, exist_ok=True)
+        dropin.write_text(f"[Service]\nEnvironment=AWS_ENDPOINT_URL_SSM={proxy.url}\n")
+    machine.daemon_reload()
+
+
+def _status(machine: Machine, app: App) -> subprocess.CompletedProcess[bytes]:
+    return machine.run("secrets-agent", "status", app.name, check=False)
+
+
+def _503() -> FaultPlan:
+    return FaultPlan(kinds=("http_503",), rate=1.0, seed=28)
+
+
+def _denied() -> FaultPlan:
+    return FaultPlan(kinds=("access_denied",), rate=1.0, seed=28)
+
+
+def _app(machine: Machine, new_app: NewApp, ssm: Any, proxy: FaultProxy, *, name: str, settings: str) -> App:
+    app = new_app(name)
+    put(ssm, f"{app.prefix}/TOKEN", f"token {MARK}")
+    put(ssm, f"{app.prefix}/DB_URL", f"postgres://db {MARK}")
+    app.write_template(template_lines(app.prefix, ["TOKEN", "DB_URL"]))
+    app.write_settings(settings)
+    _through(machine, app, proxy)
+    return app
+
+
+def test_a_restart_during_an_ssm_outage_keeps_the_app_with_its_values_until_refresh_heals_it(
+    machine: Machine, new_app: NewApp, ssm: Any, ssm_proxy: FaultProxy
+) -> None:
+    """With SSM answering 503 to every call, `systemctl restart APP` brings the app back with the
+    same values; `status` says stale and exits 7; the stale timer runs; once SSM answers, the
+    rotation check makes it fresh and `status` exits 0. AccessDenied then refuses the restart."""
+    # The defaults: deadline_seconds 60, outage_grace_seconds 15 (the restart is back within that).
+    app = _app(machine, new_app, ssm, ssm_proxy, name="outage-keep", settings="")
+    machine.systemctl("start", app.unit)
+    before = app.environ()
+    assert before[b"TOKEN"] == f"token {MARK}".encode()
+    assert _status(machine, app).returncode == 0
+
+    ssm_proxy.plan = _503()
+    time.sleep(START_PACE_SECONDS)
+    started = time.monotonic()
+    machine.systemctl("restart", app.unit)
+    took = time.monotonic() - started
+    assert ssm_proxy.faults_given(), ssm_proxy.describe()
+    assert machine.show(app.unit, "ActiveState") == "active"
+    after = app.environ()
+    assert {k: after[k] for k in (b"TOKEN", b"DB_URL")} == {k: before[k] for k in (b"TOKEN", b"DB_URL")}
+    print(f"restart during the outage took {took:.1f} s")  # the README's figure; not asserted
+
+    status = _status(machine, app)
+    assert status.returncode == 7, status.stdout.decode() + status.stderr.decode()
+    assert b"stale" in status.stdout
+    assert MARK.encode() not in status.stdout
+    assert machine.show(f"secrets-agent-stale@{app.name}.timer", "ActiveState") == "active"
+
+    # SSM answers again: the check the stale timer runs every minute, run now.
+    ssm_proxy.plan = FaultPlan()
+    machine.systemctl("start", f"secrets-agent-refresh@{app.name}.service")
+    healed = _status(machine, app)
+    assert healed.returncode == 0, healed.stdout.decode() + healed.stderr.decode()
+    assert b"stale" not in healed.stdout
+    assert machine.show(f"secrets-agent-stale@{app.name}.timer", "ActiveState") == "inactive"
+    assert app.environ()[b"TOKEN"] == before[b"TOKEN"]
+
+    ssm_proxy.plan = _denied()
+    time.sleep(START_PACE_SECONDS)
+    refused = machine.systemctl("restart", app.unit, check=False)
+    assert refused.returncode != 0
+    assert machine.show(app.unit, "ActiveState") != "active"
+    assert not app.exists(f"{app.folder}/env")
+
+
+def test_a_stop_still_removes_the_set_and_the_kept_copy_at_once(
+    machine: Machine, new_app: NewApp, ssm: Any, ssm_proxy: FaultProxy
+) -> None:
+    """RuntimeDirectoryPreserve=restart keeps the sets across a restart only: after `systemctl stop
+    APP` neither the rendered file nor the kept set is left, so a start during an outage fails."""
+    app = _app(machine, new_app, ssm, ssm_proxy, name="outage-stop", settings=SETTINGS)
+    machine.systemctl("start", app.unit)
+    kept = f"/run/secrets-agent-state/{app.name}/set.json"
+    assert app.exists(kept)
+    app.stop()
+    assert not app.exists(f"{app.folder}/env")
+    assert not app.exists(kept)
+
+    ssm_proxy.plan = _503()
+    time.sleep(START_PACE_SECONDS)
+    failed = machine.systemctl("start", app.unit, check=False)
+    assert failed.returncode != 0
+    assert machine.show(app.agent_unit, "ExecMainStatus") == "7"
+
+
+def test_sealed_serves_a_start_after_a_stop_and_a_refusal_deletes_the_copy(
+    machine: Machine, new_app: NewApp, ssm: Any, ssm_proxy: FaultProxy
+) -> None:
+    """With on_outage = "sealed": stop, then start during an outage, and the app starts from the
+    copy sealed with systemd-creds, with no value in plaintext anywhere on the disk; under another
+    host key (another machine) the copy does not decrypt and the start fails with one clear line;
+    AccessDenied refuses the next start and deletes the copy, so a following outage cannot serve it."""
+    app = _app(
+        machine, new_app, ssm, ssm_proxy, name="outage-sealed", settings=SETTINGS + 'on_outage = "sealed"\n'
+    )
+    machine.systemctl("start", app.unit)
+    before = app.environ()[b"TOKEN"]
+    inside = f"/var/lib/secrets-agent/{app.name}.cred"
+    sealed = machine.path(inside)
+    assert sealed.is_file()
+    assert oct(sealed.stat().st_mode & 0o777) == "0o600"
+    assert oct(sealed.parent.stat().st_mode & 0o777) == "0o700"
+    assert MARK.encode() not in sealed.read_bytes()
+    # The control: the copy holds the set (it decrypts, on this machine, to the marked values).
+    opened = machine.run("systemd-creds", "decrypt", f"--name=secrets-agent-{app.name}", inside, "-")
+    assert MARK.encode() in opened.stdout
+
+    app.stop()
+    assert not app.exists(f"/run/secrets-agent-state/{app.name}/set.json")
+    ssm_proxy.plan = _503()
+    time.sleep(START_PACE_SECONDS)
+    machine.systemctl("start", app.unit)
+    assert app.environ()[b"TOKEN"] == before
+    status = _status(machine, app)
+    assert status.returncode == 7, status.stdout.decode() + status.stderr.decode()
+    assert b"sealed" in status.stdout
+    # The app runs on the sealed set: no value on the persistent disk (the tmpfs mounts are not in it).
+    assert disk_files_with_mark(machine) == ""
+
+    # Another machine: another host key. The copy does not decrypt, and is treated as absent.
+    app.stop()
+    key = "/var/lib/systemd/credential.secret"
+    machine.run("mv", key, key + ".test-aside")
+    try:
+        machine.run("systemd-creds", "setup")
+        cursor = machine.journal_cursor()
+        time.sleep(START_PACE_SECONDS)
+        foreign = machine.systemctl("start", app.unit, check=False)
+        assert foreign.returncode != 0
+        journal = machine.journal(after=cursor, unit=app.agent_unit)
+        assert journal.count("sealed_copy_not_decrypted") == 1, journal
+    finally:
+        machine.run("mv", key + ".test-aside", key)
+        machine.systemctl("reset-failed", app.unit, app.agent_unit, check=False)
+
+    ssm_proxy.plan = _denied()
+    time.sleep(START_PACE_SECONDS)
+    refused = machine.systemctl("start", app.unit, check=False)
+    assert refused.returncode != 0
+    assert not sealed.exists()
+
+    ssm_proxy.plan = _503()
+    time.sleep(START_PACE_SECONDS)
+    machine.systemctl("reset-failed", app.unit, app.agent_unit, check=False)
+    again = machine.systemctl("start", app.unit, check=False)
+    assert again.returncode != 0
+    assert machine.show(app.unit, "ActiveState") != "active"
