@@ -221,6 +221,35 @@ SETTINGS_SCHEMA: tuple[SettingSpec, ...] = (
         DEFAULT_ON_CHANGE,
         "what `refresh` does when a parameter changed; render and reload only with dotenv or json",
     ),
+    SettingSpec(
+        "on_outage",
+        (AGENT_FILE, SERVICE_FILE),
+        ", ".join(ON_OUTAGE_CHOICES),
+        DEFAULT_ON_OUTAGE,
+        "a start that meets a transient outage keeps this boot's set (keep), also serves a copy sealed to "
+        "the machine after a stop or reboot (sealed), or fails (fail); never on a refusal",
+    ),
+    SettingSpec(
+        "max_stale_hours",
+        (AGENT_FILE, SERVICE_FILE),
+        "more than 0, at most 720",
+        f"{DEFAULT_MAX_STALE_HOURS:g}",
+        "a sealed copy older than this is never served",
+    ),
+    SettingSpec(
+        "outage_grace_seconds",
+        (AGENT_FILE, SERVICE_FILE),
+        "1 to 3600",
+        f"{DEFAULT_OUTAGE_GRACE_SECONDS:g}",
+        "with a set to fall back on, a start stops trying after this long instead of deadline_seconds",
+    ),
+    SettingSpec(
+        "seal_with",
+        (AGENT_FILE, SERVICE_FILE),
+        ", ".join(SEAL_WITH_CHOICES),
+        DEFAULT_SEAL_WITH,
+        "the key systemd-creds seals with: auto (host and TPM2 where there is one), tpm2 (required), host",
+    ),
 )
 
 
