@@ -363,7 +363,7 @@ def main(
         commands = {"render": cmd_render, "clean": cmd_clean}
         return commands[args.command](settings, service, out, observed)
     except ParameterNotFound as exc:
-        log.error("parameters_missing", parameters=exc.names, error=exc.message)
+        log.error("parameters_missing", parameters=exc.names, secrets=exc.secrets, error=exc.message)
         return exc.exit_code
     except AgentError as exc:
         log.error(f"{args.command}_failed", error=exc.message, exit_code=exc.exit_code)

@@ -47,6 +47,7 @@ _AGENT_KEYS = {
     "imds_endpoint",
     "imds_endpoint_mode",
     "ssm_endpoint",
+    "secretsmanager_endpoint",
     "use_dualstack_endpoint",
     "use_fips_endpoint",
     "region",
@@ -112,6 +113,9 @@ class AgentSettings:
     imds_endpoint_mode: Setting = Setting("auto")
     # Where ssm_endpoint came from (a variable's name or "ssm_endpoint in PATH"); None: AWS's.
     ssm_endpoint_source: Optional[str] = None
+    # Secrets Manager (`secret()`): AWS_ENDPOINT_URL_SECRETS_MANAGER, else AWS_ENDPOINT_URL, else
+    # secretsmanager_endpoint in agent.toml, else AWS's.
+    secretsmanager_endpoint: Optional[str] = None
     # Outside load_agent_settings (tests, the bench) the classic endpoints; agent.toml's default is auto.
     use_dualstack_endpoint: Setting = Setting("false")
     use_fips_endpoint: Setting = Setting("false")
@@ -294,6 +298,12 @@ def load_agent_settings(
     if ssm is None and table.get("ssm_endpoint") is not None:
         ssm = _endpoint(f"{path}: ssm_endpoint", _typed(path, table, "ssm_endpoint", str, "a URL"))
         ssm_source = f"ssm_endpoint in {path}"
+    secrets_endpoint = _env_endpoint(env, "AWS_ENDPOINT_URL_SECRETS_MANAGER")
+    if secrets_endpoint is None and table.get("secretsmanager_endpoint") is not None:
+        secrets_endpoint = _endpoint(
+            f"{path}: secretsmanager_endpoint",
+            _typed(path, table, "secretsmanager_endpoint", str, "a URL"),
+        )
 
     region = (
         env.get("AWS_REGION")
@@ -325,6 +335,7 @@ def load_agent_settings(
         imds_endpoint_is_explicit=imds_is_explicit,
         imds_endpoint_mode=imds_mode,
         ssm_endpoint_source=ssm_source,
+        secretsmanager_endpoint=secrets_endpoint,
         use_dualstack_endpoint=_choice(
             env, "AWS_USE_DUALSTACK_ENDPOINT", where, "use_dualstack_endpoint", ENDPOINT_SWITCHES
         ),

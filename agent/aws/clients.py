@@ -61,22 +61,46 @@ def create_ssm_client(
     read_timeout_seconds: float,
     flags: EndpointFlags = NO_FLAGS,
 ) -> Any:
-    """A botocore SSM client that makes one attempt per call (the agent's own loop retries until its
-    deadline) and never waits for one answer longer than the outage deadline."""
+    """A botocore SSM client (create_agent_client's)."""
+    return create_agent_client(
+        "ssm",
+        region=region,
+        endpoint_url=endpoint_url,
+        credentials=credentials,
+        deadline_seconds=deadline_seconds,
+        connect_timeout_seconds=connect_timeout_seconds,
+        read_timeout_seconds=read_timeout_seconds,
+        flags=flags,
+    )
+
+
+def create_agent_client(
+    service: str,
+    *,
+    region: str,
+    endpoint_url: Optional[str],
+    credentials: Optional[tuple[str, str, str]],
+    deadline_seconds: float,
+    connect_timeout_seconds: float,
+    read_timeout_seconds: float,
+    flags: EndpointFlags = NO_FLAGS,
+) -> Any:
+    """A botocore client for SSM or Secrets Manager that makes one attempt per call (the agent's own
+    loop retries until its deadline) and never waits for one answer longer than the outage deadline."""
     from botocore.config import Config  # noqa: PLC0415
     from botocore.exceptions import BotoCoreError  # noqa: PLC0415
 
     config = Config(
         retries={"total_max_attempts": 1, "mode": "standard"},
-        # With deadline_seconds = 5 an SSM that never answers ends the run after 5 s (at most twice
-        # that), not after botocore's 10.
+        # With deadline_seconds = 5 a service that never answers ends the run after 5 s (at most
+        # twice that), not after botocore's 10.
         connect_timeout=max(MIN_TIMEOUT_SECONDS, min(connect_timeout_seconds, deadline_seconds)),
         read_timeout=max(MIN_TIMEOUT_SECONDS, min(read_timeout_seconds, deadline_seconds)),
         user_agent_extra=f"secrets-agent/{__version__}",
     )
     try:
         return create_client(
-            "ssm",
+            service,
             region=region,
             endpoint_url=endpoint_url,
             credentials=credentials,
@@ -85,9 +109,11 @@ def create_ssm_client(
         )
     except (BotoCoreError, ValueError) as exc:
         # botocore's messages here name only the region or the URL, never a secret.
+        name = aws_endpoints.SERVICE_NAMES.get(service, service)
+        setting = aws_endpoints.ENDPOINT_SETTING.get(service, "the endpoint")
         raise ConfigError(
-            f"cannot build an SSM client for region {region!r} and endpoint {endpoint_url!r}: "
-            f"{type(exc).__name__}; fix region / ssm_endpoint in agent.toml or AWS_ENDPOINT_URL_SSM"
+            f"cannot build a {name} client for region {region!r} and endpoint {endpoint_url!r}: "
+            f"{type(exc).__name__}; fix region in agent.toml, or {setting}"
         ) from None
 
 
