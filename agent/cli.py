@@ -144,7 +144,9 @@ def cmd_render(
     seen = observed or Observations()
     with seen.watching_render(settings) as probe:
         rendered = render.render(settings, service, on_client=probe.watch)
-    seen.render = RenderOutcome(stats=rendered.stats(), parameters=len(rendered.parameters))
+    seen.render = RenderOutcome(
+        stats=rendered.stats(), parameters=len(rendered.parameters) + len(rendered.secrets)
+    )
     return 0
 
 
@@ -164,7 +166,10 @@ def cmd_refresh(
     def versions() -> SsmVersions:
         deadline = Deadline(service.deadline_seconds)
         access.append(render.aws_access(settings, deadline))
-        return SsmVersions(render.ssm_client(settings, deadline, access[0]))
+        return SsmVersions(
+            render.ssm_client(settings, deadline, access[0]),
+            secrets=lambda: render.secretsmanager_client(settings, deadline, access[0]),
+        )
 
     def prepare() -> render.CheckedRender:
         return render.checked(settings, service, access[0] if access else None)

@@ -15,11 +15,13 @@ import boto3
 import pytest
 from dotenv import dotenv_values
 
+from agent.cli import main
 from devtools.fakeimds import FakeImds
 from devtools.systemd_envfile import parse_env
 from tests.integration.iam_world import IamWorld, allow, policy_of, ssm_proxy
 from tests.integration.moto_server import CannedResponse, RecordingProxy, aws_json_error
 from tests.integration.test_cli import Stack
+from tests.integration.test_refresh import FakeSystemd
 
 REGION = "eu-west-1"
 TEXT = "pa$$ \"w'ord` \\n\nline two\r\n \t"
@@ -363,3 +365,76 @@ def test_role_without_any_secret_permission_is_exit_5(
     assert "secretsmanager:GetSecretValue" in err
     assert "iam/denied" in err
     assert not (tmpfs_path / "app" / "env").exists()
+
+
+# -- rotation checks: DescribeSecret, never a value -----------------------------------------------
+
+
+def _refresh(stack: SecretsStack, systemd: FakeSystemd) -> tuple[int, str]:
+    err = io.StringIO()
+    code = main(
+        ["--config-dir", str(stack.config), "--runtime-dir", str(stack.runtime), "refresh", "app"],
+        env=stack.env,
+        stdout=io.StringIO(),
+        stderr=err,
+        systemd=systemd,
+    )
+    return code, err.getvalue()
+
+
+def _value_calls(stack: SecretsStack) -> int:
+    return stack.calls("GetSecretValue") + stack.calls("BatchGetSecretValue")
+
+
+def test_refresh_with_nothing_changed_makes_no_value_call(sm_stack: SecretsStack) -> None:
+    """A check with nothing changed asks DescribeSecret once per secret and never a value (counted)."""
+    first = sm_stack.sm.create_secret(Name="prod/db", SecretString="one")["VersionId"]
+    sm_stack.sm.put_secret_value(SecretId="prod/db", SecretString="two")
+    sm_stack.template(
+        'DB={{ secret("prod/db") }}\nOLD={{ secret("prod/db", stage="AWSPREVIOUS") }}\n'
+        f'PIN={{{{ secret("prod/db", version_id="{first}") }}}}\n'
+        'OPT={{ secret("prod/optional", default="none") }}\n'
+    )
+    assert sm_stack.run("render", "app")[0] == 0
+    before = _value_calls(sm_stack)
+    assert before == 3  # control: the proxy sees value calls (one batch, two by stage or version)
+    systemd = FakeSystemd()
+
+    code, err = _refresh(sm_stack, systemd)
+
+    assert code == 0, err
+    assert "refresh_unchanged" in err
+    assert _value_calls(sm_stack) == before
+    # prod/db once (its two stages from one description), prod/optional once; the pinned version never.
+    assert sm_stack.calls("DescribeSecret") == 2
+    assert systemd.calls == []
+
+
+def test_refresh_restarts_the_app_after_put_secret_value(sm_stack: SecretsStack) -> None:
+    """A new AWSCURRENT is a change: the new set is rendered (checked) first, then the app restarted."""
+    sm_stack.sm.create_secret(Name="prod/db", SecretString="one")
+    sm_stack.template('DB={{ secret("prod/db") }}\n')
+    assert sm_stack.run("render", "app")[0] == 0
+    sm_stack.sm.put_secret_value(SecretId="prod/db", SecretString="two")
+    systemd = FakeSystemd()
+
+    code, err = _refresh(sm_stack, systemd)
+
+    assert code == 0, err
+    assert "refresh_changed" in err
+    assert systemd.calls == [("try-restart", "app.service")]
+
+
+def test_refresh_holds_when_the_changed_secret_does_not_render(sm_stack: SecretsStack) -> None:
+    """A new AWSCURRENT that is not JSON where the template reads a field: nothing restarted, exit 3."""
+    sm_stack.sm.create_secret(Name="prod/rds", SecretString=json.dumps(FIELDS))
+    sm_stack.template('{% set rds = secret("prod/rds") | from_json %}\nPW={{ rds.password }}\n')
+    assert sm_stack.run("render", "app")[0] == 0
+    sm_stack.sm.put_secret_value(SecretId="prod/rds", SecretString="not json")
+    systemd = FakeSystemd()
+
+    code, err = _refresh(sm_stack, systemd)
+
+    assert code == 3, err
+    assert systemd.calls == []
+    assert _env(sm_stack) == {"PW": FIELDS["password"]}
