@@ -16,6 +16,10 @@ import pytest
 from dotenv import dotenv_values
 
 from agent.cli import main
+from agent.config import ServiceSettings, load_agent_settings, load_service_settings
+from agent.host.state import read_record
+from agent.observe.inventory import InventoryRow, render_inventory
+from agent.observe.observed import record_versions
 from devtools.fakeimds import FakeImds
 from devtools.systemd_envfile import parse_env
 from tests.integration.iam_world import IamWorld, allow, policy_of, ssm_proxy
@@ -80,6 +84,12 @@ def sm_stack(clean_moto_url: str, tmp_path: Path, tmpfs_path: Path) -> Iterator[
             )
         finally:
             imds.stop()
+
+
+def load_service(stack: Stack) -> ServiceSettings:
+    """app's settings as the commands load them."""
+    settings = load_agent_settings(stack.env, config_dir=str(stack.config), runtime_dir=str(stack.runtime))
+    return load_service_settings(settings, "app")
 
 
 def _env(stack: Stack) -> dict[str, str]:
@@ -438,3 +448,46 @@ def test_refresh_holds_when_the_changed_secret_does_not_render(sm_stack: Secrets
     assert code == 3, err
     assert systemd.calls == []
     assert _env(sm_stack) == {"PW": FIELDS["password"]}
+
+
+# -- what operators see: status, metrics, inventory ----------------------------------------------
+
+
+def test_status_metrics_and_inventory_show_version_id_and_stage_never_a_value(
+    sm_stack: SecretsStack, tmp_path: Path
+) -> None:
+    """After a render, status --json, the metrics file and the inventory file name each secret with its
+    version id and stage, and hold no value."""
+    folder = tmp_path / "node-exporter"
+    folder.mkdir()
+    (sm_stack.config / "agent.toml").write_text(f'metrics_dir = "{folder}"\n')
+    old = sm_stack.sm.create_secret(Name="prod/db", SecretString="value-one-never-shown")["VersionId"]
+    new = sm_stack.sm.put_secret_value(SecretId="prod/db", SecretString="value-two-never-shown")["VersionId"]
+    sm_stack.template('DB={{ secret("prod/db") }}\nOLD={{ secret("prod/db", stage="AWSPREVIOUS") }}\n')
+    code, _out, err = sm_stack.run("render", "app")
+    assert code == 0, err
+
+    code, out, err = sm_stack.run("status", "app", "--json")
+    assert code == 0, err
+    (service,) = json.loads(out)["services"]
+    assert {p["selector"]: (p["name"], p["version"]) for p in service["parameters"]} == {
+        "secretsmanager:prod/db|stage=AWSCURRENT": ("prod/db", new),
+        "secretsmanager:prod/db|stage=AWSPREVIOUS": ("prod/db", old),
+    }
+    metrics = (folder / "secrets-agent-app.prom").read_text()
+    series = [line for line in metrics.splitlines() if line.startswith("secrets_agent_secret_version_info")]
+    assert any(f'version_id="{new}"' in line and 'stage="AWSCURRENT"' in line for line in series)
+    assert any(f'version_id="{old}"' in line and 'stage="AWSPREVIOUS"' in line for line in series)
+    inventory = render_inventory(
+        [
+            InventoryRow("app", name, selector, str(version), None)
+            for selector, name, version in record_versions(read_record(load_service(sm_stack)))
+        ]
+    )
+    items = json.loads(inventory)["Content"]
+    assert {(item["Selector"], item["Version"]) for item in items} == {
+        ("secretsmanager:prod/db|stage=AWSCURRENT", new),
+        ("secretsmanager:prod/db|stage=AWSPREVIOUS", old),
+    }
+    for text in (out, err, metrics, inventory.decode()):
+        assert "never-shown" not in text
