@@ -48,6 +48,7 @@ _AGENT_KEYS = {
     "imds_endpoint_mode",
     "ssm_endpoint",
     "secretsmanager_endpoint",
+    "secretsmanager_fetch",
     "use_dualstack_endpoint",
     "use_fips_endpoint",
     "region",
@@ -60,6 +61,9 @@ _AGENT_KEYS = {
 # (see agent/aws/endpoints.py).
 IMDS_ENDPOINT_MODES = ("auto", "ipv4", "ipv6")
 ENDPOINT_SWITCHES = ("true", "false", "auto")
+# secretsmanager_fetch: how secret()s are fetched (agent/aws/secretsmanager.py): "auto" batches and
+# moves to single calls when the batch call is throttled; "batch" never moves; "single" never batches.
+SECRETSMANAGER_FETCH_STRATEGIES = ("auto", "batch", "single")
 DEFAULT_SOURCE = "default"
 _SERVICE_KEYS = {
     "format",
@@ -116,6 +120,7 @@ class AgentSettings:
     # Secrets Manager (`secret()`): AWS_ENDPOINT_URL_SECRETS_MANAGER, else AWS_ENDPOINT_URL, else
     # secretsmanager_endpoint in agent.toml, else AWS's.
     secretsmanager_endpoint: Optional[str] = None
+    secretsmanager_fetch: str = "auto"
     # Outside load_agent_settings (tests, the bench) the classic endpoints; agent.toml's default is auto.
     use_dualstack_endpoint: Setting = Setting("false")
     use_fips_endpoint: Setting = Setting("false")
@@ -269,6 +274,14 @@ def _choice(
     return Setting(raw.strip().lower(), source)
 
 
+def _secretsmanager_fetch(path: Path, table: Mapping[str, Any]) -> str:
+    raw = table.get("secretsmanager_fetch", "auto")
+    if raw not in SECRETSMANAGER_FETCH_STRATEGIES:
+        choices = ", ".join(f'"{value}"' for value in SECRETSMANAGER_FETCH_STRATEGIES)
+        raise ConfigError(f"{path}: secretsmanager_fetch must be one of {choices}, not {raw!r}")
+    return str(raw)
+
+
 def load_agent_settings(
     env: Mapping[str, str],
     *,
@@ -336,6 +349,7 @@ def load_agent_settings(
         imds_endpoint_mode=imds_mode,
         ssm_endpoint_source=ssm_source,
         secretsmanager_endpoint=secrets_endpoint,
+        secretsmanager_fetch=_secretsmanager_fetch(path, table),
         use_dualstack_endpoint=_choice(
             env, "AWS_USE_DUALSTACK_ENDPOINT", where, "use_dualstack_endpoint", ENDPOINT_SWITCHES
         ),

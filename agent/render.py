@@ -120,7 +120,7 @@ def ssm_client(settings: AgentSettings, deadline: Deadline, access: AwsAccess) -
 
 
 def secretsmanager_client(
-    settings: AgentSettings, deadline: Deadline, access: AwsAccess, *, strategy: str = "auto"
+    settings: AgentSettings, deadline: Deadline, access: AwsAccess
 ) -> SecretsManagerClient:
     """The one Secrets Manager client a command uses, built only when the template names a secret."""
     return SecretsManagerClient(
@@ -131,7 +131,7 @@ def secretsmanager_client(
         role=access.role,
         on_status=StatusNotifier(settings.notify_socket).status,
         endpoint_flags=aws_endpoints.endpoint_flags(settings),
-        strategy=strategy,
+        strategy=settings.secretsmanager_fetch,
     )
 
 

@@ -382,6 +382,8 @@ class SecretsManagerClient:
         self._strategy = strategy
         # Set when IAM denies secretsmanager:BatchGetSecretValue or the batch call is throttled.
         self.fetches_one_by_one = strategy == "single"
+        # Set when IAM denied secretsmanager:BatchGetSecretValue (doctor names it).
+        self.batch_denied = False
         client = create_agent_client(
             "secretsmanager",
             region=region,
@@ -516,6 +518,7 @@ class SecretsManagerClient:
         self.fetches_one_by_one = True
         batched = -(-remaining // BATCH_MAX_SECRETS)
         if why == "denied":
+            self.batch_denied = True
             _log.warning(
                 "secretsmanager_batch_denied",
                 role=self._role,

@@ -229,7 +229,7 @@ def _secret_checks(
             label,
             f"readable and describable (version {secret.version_id}, stage {secret.stage}, {kind}{key})",
         )
-    if client.fetches_one_by_one:
+    if client.batch_denied:
         yield Check(
             PASSED,
             "batched secrets",
