@@ -109,8 +109,12 @@ def run_checks(name: str, inputs: Inputs) -> Iterator[Check]:
             yield Check(
                 PASSED,
                 "template",
-                f"{service.template_path} names {_count(len(needs.names), 'parameter')}, "
-                f"{_count(len(needs.paths), 'path')} and {_count(len(needs.secrets), 'secret')}",
+                f"{service.template_path} names {_count(len(needs.names), 'parameter')}"
+                + (
+                    f", {_count(len(needs.paths), 'path')} and {_count(len(needs.secrets), 'secret')}"
+                    if needs.secrets
+                    else f" and {_count(len(needs.paths), 'path')}"
+                ),
             )
         except AgentError as exc:
             yield Check(FAILED, "template", exc.message)
