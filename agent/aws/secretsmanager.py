@@ -394,6 +394,15 @@ class SecretsManagerClient:
             read_timeout_seconds=READ_TIMEOUT_SECONDS,
             flags=endpoint_flags,
         )
+        # botocore before 1.33 (Debian 12's python3-botocore) has no model of the batch call: one
+        # GetSecretValue per secret then, said once.
+        if "BatchGetSecretValue" not in client.meta.service_model.operation_names:
+            self.fetches_one_by_one = True
+            _log.info(
+                "secretsmanager_batch_unavailable",
+                reason="this botocore has no BatchGetSecretValue",
+                fallback="secretsmanager:GetSecretValue, one call per secret",
+            )
         self._caller = SecretsCaller(
             client, deadline, backoff_factory=backoff_factory, role=role, on_status=on_status
         )

@@ -101,6 +101,7 @@ def _endpoints_dropin(imds_url: str, moto_url: str) -> str:
         "[Service]\n"
         f"Environment=AWS_EC2_METADATA_SERVICE_ENDPOINT={imds_url}\n"
         f"Environment=AWS_ENDPOINT_URL_SSM={moto_url}\n"
+        f"Environment=AWS_ENDPOINT_URL_SECRETS_MANAGER={moto_url}\n"
         f"Environment=AWS_REGION={REGION}\n"
     )
 
