@@ -193,8 +193,13 @@ def cmd_check(settings: AgentSettings, service: ServiceSettings, out: TextIO) ->
     for selector, p in sorted(parameters.items()):
         label = selector if selector == p.name else f"{selector} -> {p.name}"
         out.write(f"{label:<{width}}  version {p.version:<4} {p.type}\n")
+    for secret in sorted(rendered.secrets.values(), key=lambda s: s.ref.key):
+        kind = "SecretBinary" if secret.binary is not None else "SecretString"
+        stage = f"stage {secret.stage}, " if secret.stage else ""
+        out.write(f"secret {secret.ref.describe()}  {stage}version {secret.version_id}  {kind}\n")
     described = rendered.format.describe(service, rendered.assignments)
-    out.write(f"{service.name}: {len(parameters)} parameters resolved, {described}\n")
+    secrets = f" and {len(rendered.secrets)} secrets" if rendered.secrets else ""
+    out.write(f"{service.name}: {len(parameters)} parameters{secrets} resolved, {described}\n")
     return 0
 
 

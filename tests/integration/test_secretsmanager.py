@@ -491,3 +491,18 @@ def test_status_metrics_and_inventory_show_version_id_and_stage_never_a_value(
     }
     for text in (out, err, metrics, inventory.decode()):
         assert "never-shown" not in text
+
+
+def test_check_lists_each_secret_with_stage_and_version_never_a_value(sm_stack: SecretsStack) -> None:
+    """`check` prints every secret with its stage, version id and kind, and writes nothing."""
+    version = sm_stack.sm.create_secret(Name="prod/db", SecretString="check-never-shows-this")["VersionId"]
+    sm_stack.template('DB={{ secret("prod/db") }}\n')
+
+    code, out, err = sm_stack.run("check", "app")
+
+    assert code == 0, err
+    assert f"secret prod/db  stage AWSCURRENT, version {version}  SecretString" in out
+    assert "1 parameters" not in out
+    assert "0 parameters and 1 secrets resolved" in out
+    assert "check-never-shows-this" not in out + err
+    assert not sm_stack.output.exists()
