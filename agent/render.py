@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import structlog
 
@@ -106,17 +106,22 @@ def aws_access(settings: AgentSettings, deadline: Deadline) -> AwsAccess:
     return AwsAccess(region=region, credentials=credentials, role=role)
 
 
+def _client_options(settings: AgentSettings, deadline: Deadline, access: AwsAccess) -> dict[str, Any]:
+    """What every AWS client of a command shares: region, credentials, the agent's deadline, the role
+    (for messages), systemd status lines and the endpoint modes."""
+    return {
+        "region": access.region,
+        "credentials": access.credentials,
+        "deadline": deadline,
+        "role": access.role,
+        "on_status": StatusNotifier(settings.notify_socket).status,
+        "endpoint_flags": aws_endpoints.endpoint_flags(settings),
+    }
+
+
 def ssm_client(settings: AgentSettings, deadline: Deadline, access: AwsAccess) -> SsmClient:
-    """The one SSM client a command uses, with the agent's deadline and systemd status lines."""
-    return SsmClient(
-        region=access.region,
-        endpoint_url=settings.ssm_endpoint,
-        credentials=access.credentials,
-        deadline=deadline,
-        role=access.role,
-        on_status=StatusNotifier(settings.notify_socket).status,
-        endpoint_flags=aws_endpoints.endpoint_flags(settings),
-    )
+    """The one SSM client a command uses."""
+    return SsmClient(endpoint_url=settings.ssm_endpoint, **_client_options(settings, deadline, access))
 
 
 def secretsmanager_client(
@@ -124,14 +129,9 @@ def secretsmanager_client(
 ) -> SecretsManagerClient:
     """The one Secrets Manager client a command uses, built only when the template names a secret."""
     return SecretsManagerClient(
-        region=access.region,
         endpoint_url=settings.secretsmanager_endpoint,
-        credentials=access.credentials,
-        deadline=deadline,
-        role=access.role,
-        on_status=StatusNotifier(settings.notify_socket).status,
-        endpoint_flags=aws_endpoints.endpoint_flags(settings),
         strategy=settings.secretsmanager_fetch,
+        **_client_options(settings, deadline, access),
     )
 
 

@@ -51,29 +51,6 @@ def create_client(
     return client
 
 
-def create_ssm_client(
-    *,
-    region: str,
-    endpoint_url: Optional[str],
-    credentials: Optional[tuple[str, str, str]],
-    deadline_seconds: float,
-    connect_timeout_seconds: float,
-    read_timeout_seconds: float,
-    flags: EndpointFlags = NO_FLAGS,
-) -> Any:
-    """A botocore SSM client (create_agent_client's)."""
-    return create_agent_client(
-        "ssm",
-        region=region,
-        endpoint_url=endpoint_url,
-        credentials=credentials,
-        deadline_seconds=deadline_seconds,
-        connect_timeout_seconds=connect_timeout_seconds,
-        read_timeout_seconds=read_timeout_seconds,
-        flags=flags,
-    )
-
-
 def create_agent_client(
     service: str,
     *,

@@ -339,12 +339,9 @@ def generate_policy(
     keys: Optional[KeyFindings] = None
     has_parameters = any(secret_of_reference(base_name(s)) is None for s in requirements.names)
     if has_parameters or requirements.paths:
-        reason = "no AWS credentials to call it"
-        if describe is not None:
-            try:
-                keys = find_keys(requirements, scope, describe)
-            except AgentError as exc:
-                reason = exc.message
+        keys, reason = _look_up(
+            None if describe is None else lambda: find_keys(requirements, scope, describe)
+        )
         if keys is None:
             notes.append(
                 f"the SecureStrings' KMS keys were not looked up (ssm:DescribeParameters: {reason}); "
@@ -362,12 +359,11 @@ def generate_policy(
         )
     secret_keys: Optional[KeyFindings] = None
     if requirements.secrets:
-        reason = "no AWS credentials to call it"
-        if describe_secret is not None:
-            try:
-                secret_keys = find_secret_keys(requirements, scope, describe_secret)
-            except AgentError as exc:
-                reason = exc.message
+        secret_keys, reason = _look_up(
+            None
+            if describe_secret is None
+            else lambda: find_secret_keys(requirements, scope, describe_secret)
+        )
         if secret_keys is None:
             notes.append(
                 f"the secrets' KMS keys were not looked up (secretsmanager:DescribeSecret: {reason}): a "
@@ -380,6 +376,16 @@ def generate_policy(
     if not document["Statement"]:
         notes.append("the template names no parameter, path or secret: rendering it needs no permission")
     return GeneratedPolicy(document=document, notes=tuple(notes))
+
+
+def _look_up(find: Optional[Callable[[], KeyFindings]]) -> tuple[Optional[KeyFindings], str]:
+    """The keys `find` names, or None and why not (no credentials to call it, or the refusal)."""
+    if find is None:
+        return None, "no AWS credentials to call it"
+    try:
+        return find(), ""
+    except AgentError as exc:
+        return None, exc.message
 
 
 def policy_for_service(
