@@ -47,7 +47,7 @@ PARAMETER_VERSION = Series(
 SECRET_VERSION = Series(
     "secret_version_info",
     "gauge",
-    "Secrets Manager secrets the last successful render used, by AWSCURRENT version id (always 1).",
+    "Secrets Manager secrets the last successful render used, by version id and stage (always 1).",
 )
 CHECK_TIME = Series(
     "last_refresh_timestamp_seconds", "gauge", "When the last rotation check ran (Unix time)."
