@@ -305,8 +305,9 @@ def measure(
                 )
             plan: list[tuple[str, float]] = []
             if agents in fleet_sizes:
-                rounds = {"auto": AUTO_ROUNDS if agents == storm_agents else 1}
-                plan += [(s, results.scale) for s in STRATEGIES for _ in range(rounds.get(s, 1))]
+                # Rounds of every strategy in turn, so that the machine's other work falls on all.
+                rounds = AUTO_ROUNDS if agents == storm_agents else 1
+                plan += [(s, results.scale) for _ in range(rounds) for s in STRATEGIES]
             if agents in steep_sizes:
                 plan += [(s, steep_scale) for s in STRATEGIES]
             for strategy, scale in plan:
@@ -383,11 +384,11 @@ def _winners(results: SecretsStormResults, scale: float, sizes: Sequence[int]) -
     return lines
 
 
-def render_section(results: SecretsStormResults) -> str:
+def render_section(results: SecretsStormResults, title: str = SECTION_TITLE) -> str:
     """The section's Markdown."""
     scale, steep = results.scale, results.steep_scale
     lines: list[str] = [
-        SECTION_TITLE,
+        title,
         "",
         f"Run on its own (`python -m bench.secrets_storm`), in one run with the SSM storm beside it: "
         f"{results.environment}, shared with other work (the load average is in the figures). Every agent "
@@ -471,11 +472,11 @@ def render_section(results: SecretsStormResults) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str, path: Path = RESULTS_PATH) -> None:
+def write_section(text: str, path: Path = RESULTS_PATH, title: str = SECTION_TITLE) -> None:
     """Put the section in RESULTS.md in place of an earlier one, else before the first top section
     after section 4 (the rest of the file stays as the last full run wrote it)."""
     document = path.read_text(encoding="utf-8")
-    existing = re.search(rf"^{re.escape(SECTION_TITLE)}\n.*?(?=^## |\Z)", document, flags=re.M | re.S)
+    existing = re.search(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", document, flags=re.M | re.S)
     if existing:
         document = document[: existing.start()] + text + "\n" + document[existing.end() :]
     else:
@@ -495,6 +496,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--steep-scale", type=float, default=200.0)
     parser.add_argument("--steep-sizes", default="5,20,40", help="fleet sizes at the steep scale")
     parser.add_argument("--output", type=Path, default=RESULTS_PATH)
+    parser.add_argument("--title", default=SECTION_TITLE, help="the section's heading (a rerun beside it)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
@@ -507,8 +509,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         steep_sizes=tuple(int(size) for size in args.steep_sizes.split(",")),
     )
     results.environment += f"; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
-    text = render_section(results)
-    write_section(text, args.output)
+    text = render_section(results, title=args.title)
+    write_section(text, args.output, title=args.title)
     print(text)
     print(f"wrote {args.output} in {time.perf_counter() - started:.0f} s")
     if results.violations:
