@@ -62,8 +62,10 @@ IMDS_FAULTS = (
 REFUSAL_FAULTS = (
     "access_denied",  # AccessDeniedException: the role may not call the action
     "kms_denied",  # AccessDeniedException from KMS: the role may not decrypt with the key
-    # Secrets Manager's own refusals (the same JSON protocol): the secret does not exist, or its KMS
-    # key cannot decrypt it.
+)
+# Secrets Manager's own refusals (the same JSON protocol): the secret does not exist, or its KMS key
+# cannot decrypt it. Never an outage either.
+SECRETS_MANAGER_REFUSAL_FAULTS = (
     "secret_not_found",  # ResourceNotFoundException
     "decryption_failure",  # DecryptionFailure
 )
@@ -218,7 +220,8 @@ class FaultProxy(LoopbackServer):
 
     @plan.setter
     def plan(self, plan: FaultPlan) -> None:
-        unknown = set(plan.kinds) - set(SSM_FAULTS) - set(IMDS_FAULTS) - set(REFUSAL_FAULTS)
+        known = {*SSM_FAULTS, *IMDS_FAULTS, *REFUSAL_FAULTS, *SECRETS_MANAGER_REFUSAL_FAULTS}
+        unknown = set(plan.kinds) - known
         if unknown:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}")
         if "token_expired" in plan.kinds and self.expire_tokens is None:

@@ -539,3 +539,27 @@ def test_check_lists_each_secret_with_stage_and_version_never_a_value(sm_stack: 
     assert "0 parameters and 1 secrets resolved" in out
     assert "check-never-shows-this" not in out + err
     assert not sm_stack.output.exists()
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ['secret("prod/named")', '(secret("prod/fields") | from_json).password'],
+    ids=["value", "json-field"],
+)
+def test_a_secret_value_a_message_would_quote_is_redacted_in_every_form(
+    sm_stack: SecretsStack, expression: str
+) -> None:
+    """A parameter name computed from a secret's value (or a JSON field of it) that fails: the error
+    names it as [REDACTED], never the value raw or JSON-escaped."""
+    value = 'pa"ss\\w\u00f6rd-7781'
+    sm_stack.sm.create_secret(Name="prod/named", SecretString=value)
+    sm_stack.sm.create_secret(Name="prod/fields", SecretString=json.dumps({"password": value}))
+    sm_stack.template(f'A={{{{ param("/app/" ~ {expression}) }}}}\n')
+
+    code, out, err = sm_stack.run("render", "app")
+
+    assert code in (3, 4), err
+    assert "[REDACTED]" in err
+    for form in (value, json.dumps(value)[1:-1], repr(value)[1:-1]):
+        assert form not in err + out
+    assert not sm_stack.output.exists()
