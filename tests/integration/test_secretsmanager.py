@@ -265,6 +265,19 @@ def test_batch_throttled_moves_to_single_calls(sm_stack: SecretsStack) -> None:
     assert sm_stack.calls("GetSecretValue") == 5
 
 
+def _batch_answer_listing(stack: SecretsStack, code: str, *secret_ids: str) -> None:
+    """Every BatchGetSecretValue answered with no value and each of `secret_ids` in Errors with `code`;
+    other calls reach moto."""
+    assert stack.proxy is not None
+    errors = [{"SecretId": secret_id, "ErrorCode": code, "Message": "listed"} for secret_id in secret_ids]
+    listed = json.dumps({"SecretValues": [], "Errors": errors}).encode()
+    stack.proxy.responder = lambda _index, action: (
+        CannedResponse(200, listed, (("Content-Type", "application/x-amz-json-1.1"),))
+        if action == "BatchGetSecretValue"
+        else None
+    )
+
+
 def test_a_transient_error_listed_in_a_batch_answer_is_retried_through_get_secret_value(
     sm_stack: SecretsStack,
 ) -> None:
@@ -272,21 +285,7 @@ def test_a_transient_error_listed_in_a_batch_answer_is_retried_through_get_secre
     secret) is not a refusal: that secret is fetched again with GetSecretValue and the render exits 0."""
     sm_stack.sm.create_secret(Name="prod/flaky", SecretString="flaky-value")
     sm_stack.sm.create_secret(Name="prod/fine", SecretString="fine-value")
-    assert sm_stack.proxy is not None
-    listed = json.dumps(
-        {
-            "SecretValues": [],
-            "Errors": [
-                {"SecretId": "prod/flaky", "ErrorCode": "InternalServiceError", "Message": "try again"},
-                {"SecretId": "prod/fine", "ErrorCode": "InternalServiceError", "Message": "try again"},
-            ],
-        }
-    ).encode()
-    sm_stack.proxy.responder = lambda _index, action: (
-        CannedResponse(200, listed, (("Content-Type", "application/x-amz-json-1.1"),))
-        if action == "BatchGetSecretValue"
-        else None
-    )
+    _batch_answer_listing(sm_stack, "InternalServiceError", "prod/flaky", "prod/fine")
     sm_stack.template('A={{ secret("prod/flaky") }}\nB={{ secret("prod/fine") }}\n')
 
     code, _out, err = sm_stack.run("render", "app")
@@ -301,18 +300,7 @@ def test_a_refusal_listed_in_a_batch_answer_is_not_retried(sm_stack: SecretsStac
     """Control: the same answer listing AccessDeniedException instead fails with exit 5 naming the
     secret, and asks GetSecretValue nothing."""
     sm_stack.sm.create_secret(Name="prod/denied", SecretString="denied-value")
-    assert sm_stack.proxy is not None
-    listed = json.dumps(
-        {
-            "SecretValues": [],
-            "Errors": [{"SecretId": "prod/denied", "ErrorCode": "AccessDeniedException", "Message": "no"}],
-        }
-    ).encode()
-    sm_stack.proxy.responder = lambda _index, action: (
-        CannedResponse(200, listed, (("Content-Type", "application/x-amz-json-1.1"),))
-        if action == "BatchGetSecretValue"
-        else None
-    )
+    _batch_answer_listing(sm_stack, "AccessDeniedException", "prod/denied")
     sm_stack.template('A={{ secret("prod/denied") }}\n')
 
     code, _out, err = sm_stack.run("render", "app")
