@@ -151,7 +151,9 @@ def cmd_render(
         started = outage.start(settings, service, on_client=probe.watch)
     rendered, stale = started.rendered, started.stale
     if rendered is not None:
-        seen.render = RenderOutcome(stats=rendered.stats(), parameters=len(rendered.parameters))
+        seen.render = RenderOutcome(
+            stats=rendered.stats(), parameters=len(rendered.parameters) + len(rendered.secrets)
+        )
     elif stale is not None:
         # The render failed (its code and message); the app starts with the set served stale.
         seen.render = RenderOutcome(stats=probe.stats(), exit_code=stale.exit_code, error=stale.cause)
@@ -174,7 +176,10 @@ def cmd_refresh(
     def versions() -> SsmVersions:
         deadline = Deadline(service.deadline_seconds)
         access.append(render.aws_access(settings, deadline))
-        return SsmVersions(render.ssm_client(settings, deadline, access[0]))
+        return SsmVersions(
+            render.ssm_client(settings, deadline, access[0]),
+            secrets=lambda: render.secretsmanager_client(settings, deadline, access[0]),
+        )
 
     def prepare() -> render.CheckedRender:
         checked = render.checked(settings, service, access[0] if access else None)
@@ -211,8 +216,13 @@ def cmd_check(settings: AgentSettings, service: ServiceSettings, out: TextIO) ->
     width = max((len(label) for label in labels.values()), default=0)
     for selector, p in sorted(parameters.items()):
         out.write(f"{labels[selector]:<{width}}  version {p.version:<4} {p.type}\n")
+    for secret in sorted(rendered.secrets.values(), key=lambda s: s.ref.key):
+        kind = "SecretBinary" if secret.binary is not None else "SecretString"
+        stage = f"stage {secret.stage}, " if secret.stage else ""
+        out.write(f"secret {secret.ref.describe()}  {stage}version {secret.version_id}  {kind}\n")
     described = rendered.format.describe(service, rendered.assignments)
-    out.write(f"{service.name}: {len(parameters)} parameters resolved, {described}\n")
+    secrets = f" and {len(rendered.secrets)} secrets" if rendered.secrets else ""
+    out.write(f"{service.name}: {len(parameters)} parameters{secrets} resolved, {described}\n")
     return 0
 
 
@@ -388,7 +398,7 @@ def main(
         commands = {"render": cmd_render, "clean": cmd_clean}
         return commands[args.command](settings, service, out, observed)
     except ParameterNotFound as exc:
-        log.error("parameters_missing", parameters=exc.names, error=exc.message)
+        log.error("parameters_missing", parameters=exc.names, secrets=exc.secrets, error=exc.message)
         return exc.exit_code
     except AgentError as exc:
         log.error(f"{args.command}_failed", error=exc.message, exit_code=exc.exit_code)

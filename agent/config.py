@@ -66,6 +66,8 @@ _AGENT_KEYS = {
     "imds_endpoint",
     "imds_endpoint_mode",
     "ssm_endpoint",
+    "secretsmanager_endpoint",
+    "secretsmanager_fetch",
     "use_dualstack_endpoint",
     "use_fips_endpoint",
     "region",
@@ -82,6 +84,9 @@ _AGENT_KEYS = {
 # (see agent/aws/endpoints.py).
 IMDS_ENDPOINT_MODES = ("auto", "ipv4", "ipv6")
 ENDPOINT_SWITCHES = ("true", "false", "auto")
+# secretsmanager_fetch: how secret()s are fetched (agent/aws/secretsmanager.py): "auto" batches and
+# moves to single calls when the batch call is throttled; "batch" never moves; "single" never batches.
+SECRETSMANAGER_FETCH_STRATEGIES = ("auto", "batch", "single")
 DEFAULT_SOURCE = "default"
 _SERVICE_KEYS = {
     "format",
@@ -145,6 +150,23 @@ SETTINGS_SCHEMA: tuple[SettingSpec, ...] = (
         "AWS's, by botocore's endpoint rules",
         "the SSM endpoint (AWS_ENDPOINT_URL_SSM wins over AWS_ENDPOINT_URL)",
         "AWS_ENDPOINT_URL_SSM, AWS_ENDPOINT_URL",
+    ),
+    SettingSpec(
+        "secretsmanager_endpoint",
+        (AGENT_FILE,),
+        "an http:// or https:// URL (a VPC endpoint, say)",
+        "AWS's, by botocore's endpoint rules",
+        "the Secrets Manager endpoint (AWS_ENDPOINT_URL_SECRETS_MANAGER wins over AWS_ENDPOINT_URL)",
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER, AWS_ENDPOINT_URL",
+    ),
+    SettingSpec(
+        "secretsmanager_fetch",
+        (AGENT_FILE,),
+        ", ".join(SECRETSMANAGER_FETCH_STRATEGIES),
+        "auto",
+        "how secret()s are fetched: auto batches 20 a call and moves to parallel single calls when the "
+        "batch call is throttled; batch never moves; single never batches",
+        "",
     ),
     SettingSpec(
         "use_dualstack_endpoint",
@@ -315,6 +337,10 @@ class AgentSettings:
     imds_endpoint_mode: Setting = Setting("auto")
     # Where ssm_endpoint came from (a variable's name or "ssm_endpoint in PATH"); None: AWS's.
     ssm_endpoint_source: Optional[str] = None
+    # Secrets Manager (`secret()`): AWS_ENDPOINT_URL_SECRETS_MANAGER, else AWS_ENDPOINT_URL, else
+    # secretsmanager_endpoint in agent.toml, else AWS's.
+    secretsmanager_endpoint: Optional[str] = None
+    secretsmanager_fetch: str = "auto"
     # Outside load_agent_settings (tests, the bench) the classic endpoints; agent.toml's defaults are
     # auto for dual-stack and false for FIPS (auto is an opt-in there).
     use_dualstack_endpoint: Setting = Setting("false")
@@ -522,6 +548,14 @@ def _outage(path: Path, table: Mapping[str, Any], base: OutagePolicy) -> OutageP
     )
 
 
+def _secretsmanager_fetch(path: Path, table: Mapping[str, Any]) -> str:
+    raw = table.get("secretsmanager_fetch", "auto")
+    if raw not in SECRETSMANAGER_FETCH_STRATEGIES:
+        choices = ", ".join(f'"{value}"' for value in SECRETSMANAGER_FETCH_STRATEGIES)
+        raise ConfigError(f"{path}: secretsmanager_fetch must be one of {choices}, not {raw!r}")
+    return str(raw)
+
+
 def load_agent_settings(
     env: Mapping[str, str],
     *,
@@ -551,6 +585,12 @@ def load_agent_settings(
     if ssm is None and table.get("ssm_endpoint") is not None:
         ssm = _endpoint(f"{path}: ssm_endpoint", _typed(path, table, "ssm_endpoint", str, "a URL"))
         ssm_source = f"ssm_endpoint in {path}"
+    secrets_endpoint = _env_endpoint(env, "AWS_ENDPOINT_URL_SECRETS_MANAGER")
+    if secrets_endpoint is None and table.get("secretsmanager_endpoint") is not None:
+        secrets_endpoint = _endpoint(
+            f"{path}: secretsmanager_endpoint",
+            _typed(path, table, "secretsmanager_endpoint", str, "a URL"),
+        )
 
     region = (
         env.get("AWS_REGION")
@@ -582,6 +622,8 @@ def load_agent_settings(
         imds_endpoint_is_explicit=imds_is_explicit,
         imds_endpoint_mode=imds_mode,
         ssm_endpoint_source=ssm_source,
+        secretsmanager_endpoint=secrets_endpoint,
+        secretsmanager_fetch=_secretsmanager_fetch(path, table),
         use_dualstack_endpoint=_choice(
             env, "AWS_USE_DUALSTACK_ENDPOINT", where, "use_dualstack_endpoint", ENDPOINT_SWITCHES
         ),

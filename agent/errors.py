@@ -19,6 +19,7 @@ Messages name the resource and the fix, and never hold a parameter's value.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -66,18 +67,28 @@ class ValueNotRepresentable(TemplateError):
 
 
 class ParameterNotFound(AgentError):
-    """One or more parameters named by the template do not exist."""
+    """One or more parameters (or Secrets Manager secrets) named by the template do not exist."""
 
     exit_code = 4
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, names: list[str], *, secrets: Sequence[str] = ()) -> None:
         self.names = sorted(set(names))
-        listed = ", ".join(self.names)
-        noun = "parameter" if len(self.names) == 1 else "parameters"
-        super().__init__(
-            f"SSM has no {noun} {listed}: create {'it' if len(self.names) == 1 else 'them'}"
-            " (aws ssm put-parameter) or give the template a default="
-        )
+        self.secrets = sorted(set(secrets))
+        parts = []
+        if self.names:
+            one = len(self.names) == 1
+            parts.append(
+                f"SSM has no {'parameter' if one else 'parameters'} {', '.join(self.names)}: create "
+                f"{'it' if one else 'them'} (aws ssm put-parameter) or give the template a default="
+            )
+        if self.secrets:
+            one = len(self.secrets) == 1
+            parts.append(
+                f"Secrets Manager has no {'secret' if one else 'secrets'} {', '.join(self.secrets)} (or not "
+                f"at that stage or version): create {'it' if one else 'them'} (aws secretsmanager "
+                "create-secret), fix the name, stage or version_id, or give the template a default="
+            )
+        super().__init__("; ".join(parts))
 
 
 class AccessDenied(AgentError):
@@ -150,8 +161,8 @@ EXIT_CODES: dict[int, ExitCode] = {
     ),
     3: ExitCode(
         "the template cannot be rendered, SSM refuses a name or path in it as invalid, a value cannot be "
-        "carried (NUL byte, invalid UTF-8, over 128 KiB), or the template asks for no parameter at all "
-        "(`enable`'s starter, an empty file: the app would start without its secrets)",
+        "carried (NUL byte, invalid UTF-8, over 128 KiB), or the template asks for no parameter or "
+        "secret at all (`enable`'s starter, an empty file: the app would start without its secrets)",
         "fix the template line or the parameter the message names; for a template without parameters, "
         "write its lines (the message shows the first)",
         "template error",

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import structlog
 
@@ -22,6 +22,7 @@ from agent.aws import endpoints as aws_endpoints
 from agent.aws import imds_endpoints
 from agent.aws.answers import Parameter
 from agent.aws.retry import Deadline
+from agent.aws.secretsmanager import Secret, SecretRef, SecretsManagerClient
 from agent.aws.ssm import SsmClient
 from agent.config import AgentSettings, ServiceSettings
 from agent.errors import AgentError, ConfigError, TemplateError
@@ -32,13 +33,14 @@ from agent.host.state import RenderRecord, RenderStats, make_record, redacted, w
 from agent.host.trust import read_trusted
 from agent.log import REDACTOR
 from agent.template.formats import Format, Payload, format_of
-from agent.template.jinja import Assignment, CompiledTemplate, compile_template
-from agent.template.values import ParamValue
+from agent.template.jinja import Assignment, CompiledTemplate, SecretCall, compile_template
+from agent.template.values import BinaryValue, ParamValue
 
 log = structlog.get_logger("secrets-agent")
 
 # A stage's name -> a context manager around it ("template", "imds", "ssm_client", "ssm_fetch",
-# "render", "encode", "write"); the bench passes one that notes the time, everyone else none.
+# "secretsmanager_client", "secretsmanager_fetch", "render", "encode", "write"); the bench passes
+# one that notes the time, everyone else none.
 Stages = Callable[[str], AbstractContextManager[None]]
 
 
@@ -74,8 +76,9 @@ def read_template(service: ServiceSettings) -> CompiledTemplate:
         # An empty file would start the app without a single secret: the starter `enable` writes
         # (a comment) left in an AMI would boot a whole fleet that way.
         raise TemplateError(
-            f"{path} asks for no parameter (param() or params()), so {service.name}'s app would start "
-            f"without its secrets: write one line per variable it needs, the first such as "
+            f"{path} asks for no parameter or secret (param(), params() or secret()), so "
+            f"{service.name}'s app would start without its secrets: write one line per variable it "
+            "needs, the first such as "
             f'DATABASE_URL={{{{ param("/{service.name}/DATABASE_URL") }}}}'
         )
     return template
@@ -113,17 +116,38 @@ def aws_access(settings: AgentSettings, deadline: Deadline) -> AwsAccess:
     return AwsAccess(region=region, credentials=credentials, role=role)
 
 
+def _client_options(settings: AgentSettings, deadline: Deadline, access: AwsAccess) -> dict[str, Any]:
+    """What every AWS client of a command shares: region, credentials, the agent's deadline, the role
+    (for messages), systemd status lines and the endpoint modes."""
+    return {
+        "region": access.region,
+        "credentials": access.credentials,
+        "deadline": deadline,
+        "role": access.role,
+        "on_status": StatusNotifier(settings.notify_socket).status,
+        "endpoint_flags": aws_endpoints.endpoint_flags(settings),
+    }
+
+
 def ssm_client(settings: AgentSettings, deadline: Deadline, access: AwsAccess) -> SsmClient:
-    """The one SSM client a command uses, with the agent's deadline and systemd status lines."""
-    return SsmClient(
-        region=access.region,
-        endpoint_url=settings.ssm_endpoint,
-        credentials=access.credentials,
-        deadline=deadline,
-        role=access.role,
-        on_status=StatusNotifier(settings.notify_socket).status,
-        endpoint_flags=aws_endpoints.endpoint_flags(settings),
+    """The one SSM client a command uses."""
+    return SsmClient(endpoint_url=settings.ssm_endpoint, **_client_options(settings, deadline, access))
+
+
+def secretsmanager_client(
+    settings: AgentSettings, deadline: Deadline, access: AwsAccess
+) -> SecretsManagerClient:
+    """The one Secrets Manager client a command uses, built only when the template names a secret."""
+    return SecretsManagerClient(
+        endpoint_url=settings.secretsmanager_endpoint,
+        strategy=settings.secretsmanager_fetch,
+        **_client_options(settings, deadline, access),
     )
+
+
+def secret_ref(call: SecretCall) -> SecretRef:
+    """The reference a template's `secret()` call names."""
+    return SecretRef.of(call.secret_id, call.stage, call.version_id)
 
 
 def service_deadline(service: ServiceSettings) -> Deadline:
@@ -134,6 +158,13 @@ def service_deadline(service: ServiceSettings) -> Deadline:
 # -- parameters ---------------------------------------------------------------------------------
 
 
+def secret_origin(ref: SecretRef) -> str:
+    """How messages name a secret's value: as the template's call spells it."""
+    return SecretCall(
+        ref.secret_id, ref.stage if ref.stage != "AWSCURRENT" else None, ref.version_id
+    ).spelled()
+
+
 class FetchedResolver:
     """Serves prefetched values to the template; anything it computes at render time is fetched then.
 
@@ -142,10 +173,20 @@ class FetchedResolver:
     """
 
     def __init__(
-        self, client: SsmClient, found: Mapping[str, Parameter], missing: Sequence[str], stages: Stages
+        self,
+        client: SsmClient,
+        found: Mapping[str, Parameter],
+        missing: Sequence[str],
+        stages: Stages,
+        secrets: Callable[[], SecretsManagerClient],
     ) -> None:
         self._client = client
+        self._secrets_client = secrets
         self._stages = stages
+        # Secrets Manager's values by record key ("secretsmanager:ID|stage=..."), and the absent ones.
+        self.secrets: dict[str, Secret] = {}
+        self._secret_values: dict[str, ParamValue | BinaryValue] = {}
+        self._missing_secrets: set[str] = set()
         self._found = {selector: self._wrap(p) for selector, p in found.items()}
         self._missing = set(missing)
         self._paths: dict[tuple[str, bool], dict[str, ParamValue]] = {}
@@ -185,10 +226,33 @@ class FetchedResolver:
             self.prefetch_path(path, recursive)
         return self._paths[(path, recursive)]
 
+    def add_secrets(self, found: Mapping[str, Secret], missing: Sequence[str]) -> None:
+        """Secrets fetched before rendering (or now, for a name the template computed)."""
+        self._missing_secrets.update(missing)
+        for key, secret in found.items():
+            self.secrets[key] = secret
+            origin = secret_origin(secret.ref)
+            if secret.binary is not None:
+                REDACTOR.add(secret.binary.decode("utf-8", "replace"))
+                self._secret_values[key] = BinaryValue(
+                    secret.binary, origin, described=f"the SecretBinary of {origin}"
+                )
+            else:
+                REDACTOR.add(secret.text or "")
+                self._secret_values[key] = ParamValue(secret.text or "", origin)
+
+    def get_secret(self, secret: SecretCall) -> Optional[ParamValue | BinaryValue]:
+        """The secret's value (fetched now if the template computed its name), None if absent."""
+        ref = secret_ref(secret)
+        if ref.key not in self._secret_values and ref.key not in self._missing_secrets:
+            log.debug("secretsmanager_computed_secret", secret=ref.describe())
+            self.add_secrets(*self._secrets_client().fetch([ref]))
+        return self._secret_values.get(ref.key)
+
     @property
     def missing(self) -> list[str]:
-        """Selectors SSM does not have (a default= covered them)."""
-        return sorted(self._missing)
+        """Selectors SSM does not have and secrets Secrets Manager does not (a default= covered them)."""
+        return sorted(self._missing | self._missing_secrets)
 
 
 # -- the pipeline -------------------------------------------------------------------------------
@@ -207,8 +271,11 @@ class Rendered:
     record: RenderRecord
     ssm_calls: int
     started: float
-    # Seconds the SSM calls waited while SSM throttled them.
+    # Seconds the SSM (and Secrets Manager) calls waited while throttled.
     throttled_seconds: float = 0.0
+    # Every Secrets Manager secret the render read, by record key: never printed whole.
+    secrets: dict[str, Secret] = field(default_factory=dict, repr=False)
+    secretsmanager_calls: int = 0
 
     def stats(self) -> RenderStats:
         """The render's figures as of now, for state.json, `status` and the metrics."""
@@ -217,6 +284,7 @@ class Rendered:
             seconds=time.monotonic() - self.started,
             ssm_calls=self.ssm_calls,
             throttled_seconds=self.throttled_seconds,
+            secretsmanager_calls=self.secretsmanager_calls,
         )
 
 
@@ -250,9 +318,20 @@ def prepare(
     on_client(client)  # a caller that reports a failed render's figures reads them from the client
     with stages("ssm_fetch"):
         found, missing = client.fetch(needs.names) if needs.names else ({}, [])
-    resolver = FetchedResolver(client, found, missing, stages)
+    secrets: list[SecretsManagerClient] = []
+
+    def secrets_client() -> SecretsManagerClient:
+        if not secrets:
+            with stages("secretsmanager_client"):
+                secrets.append(secretsmanager_client(settings, deadline, access))
+        return secrets[0]
+
+    resolver = FetchedResolver(client, found, missing, stages, secrets_client)
     for path, recursive in needs.paths:
         resolver.prefetch_path(path, recursive)
+    if needs.secrets:
+        with stages("secretsmanager_fetch"):
+            resolver.add_secrets(*secrets_client().fetch(secret_ref(call) for call in needs.secrets))
     with stages("render"):
         assignments = template.render(resolver, carrier=fmt, redact=REDACTOR.redact, remember=REDACTOR.add)
     with stages("encode"):
@@ -267,7 +346,7 @@ def prepare(
         record=redacted(
             make_record(
                 service.name,
-                resolver.by_selector,
+                {**resolver.by_selector, **resolver.secrets},
                 resolver.missing,
                 resolver.listings,
                 {key: p.modified for key, p in resolver.parameters.items() if p.modified},
@@ -276,7 +355,9 @@ def prepare(
         ),
         ssm_calls=client.calls_done,
         started=started,
-        throttled_seconds=client.throttled_seconds,
+        throttled_seconds=client.throttled_seconds + sum(c.throttled_seconds for c in secrets),
+        secrets=dict(resolver.secrets),
+        secretsmanager_calls=sum(c.calls_done for c in secrets),
     )
 
 
@@ -299,6 +380,7 @@ def write(rendered: Rendered, ownership: Ownership, *, stages: Stages = no_stage
         path=str(path),
         variables=len(rendered.assignments),
         parameters=len(rendered.parameters),
+        secrets=len(rendered.secrets),
         seconds=round(time.monotonic() - rendered.started, 3),
     )
     return path
@@ -346,6 +428,7 @@ class CheckedRender:
     variables: int
     parameters: int
     write: Callable[[], Path] = field(repr=False)
+    secrets: int = 0
     # What was checked, for what follows a write (the set kept for an outage, agent/commands/outage.py).
     rendered: Optional[Rendered] = field(default=None, repr=False)
 
@@ -366,6 +449,7 @@ def checked(
         variables=len(rendered.assignments),
         parameters=len(rendered.parameters),
         write=lambda: write(rendered, ownership),
+        secrets=len(rendered.secrets),
         rendered=rendered,
     )
 

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from typing import TYPE_CHECKING, Callable, Optional
 
-from bench import checks, fleet
+from bench import checks, fleet, secrets_storm
 from bench.storm import AGENT_STORM, StormResult
 
 if TYPE_CHECKING:
@@ -91,6 +91,8 @@ def render(results: Results) -> str:
     _calls(results, add)
     _fallback(results, add)
     _storm(results, add)
+    if results.secrets_storm is not None:
+        add(secrets_storm.render_section(results.secrets_storm))
     fleet.report(results.fleet_results, add)
     add(checks.render_section(results.check_costs, results.check_note))
     add(

@@ -24,7 +24,18 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
-from bench import checks, endpoint_mode, fleet, guard, levers, pace, report, rotation, selfcontained
+from bench import (
+    checks,
+    endpoint_mode,
+    fleet,
+    guard,
+    levers,
+    pace,
+    report,
+    rotation,
+    secrets_storm,
+    selfcontained,
+)
 from bench.fallback import FallbackResults, GetParametersDenial, fallback_calls_per_agent, measure_fallback
 from bench.measure import Series, Spawner
 from bench.stack import (
@@ -100,6 +111,7 @@ class Results:
     storms: list[StormResult] = field(default_factory=list)
     fallback: Optional[FallbackResults] = None
     fleet_results: Optional[fleet.FleetResults] = None
+    secrets_storm: Optional[secrets_storm.SecretsStormResults] = None
     check_costs: list[checks.BeforeAfter] = field(default_factory=list)
     check_note: str = "not run"
     consolidation_costs: list[checks.BeforeAfter] = field(default_factory=list)
@@ -554,6 +566,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not options.skip_storm:
         print(f"fleet storm: {options.storm_agents} agents at {options.storm_rate:g} SSM calls/s", flush=True)
         _storms(options, results)
+        print("fleet storm against Secrets Manager, beside the SSM storm", flush=True)
+        results.secrets_storm = secrets_storm.measure(
+            storm_rate=options.storm_rate,
+            storm_agents=options.storm_agents,
+            storm_parameters=options.storm_parameters,
+        )
+        results.violations.extend(results.secrets_storm.violations)
     if not options.skip_fleet_curve:
         results.fleet_results = fleet.measure()
         results.violations.extend(results.fleet_results.violations)

@@ -151,6 +151,9 @@ def event_pattern(name: str) -> re.Pattern[str]:
 def _strings_in(node: ast.expr) -> list[str]:
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return [node.value]
+    if isinstance(node, ast.JoinedStr):
+        # f"{prefix} dns": the filled-in part stands for any text, as in _check_names.
+        return ["".join(str(v.value) if isinstance(v, ast.Constant) else "<...>" for v in node.values)]
     if isinstance(node, ast.Tuple):
         return [s for element in node.elts[:1] for s in _strings_in(element)] if node.elts else []
     return []

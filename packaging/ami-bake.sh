@@ -322,9 +322,9 @@ validate_services() {
     return "$failed"
 }
 
-# Prints one line per template that asks for no parameter (no param() or params() outside a Jinja
-# {# comment #}): the agent refuses it at render (exit 3), since the app would start without its
-# secrets. The starter `secrets-agent enable` writes is such a file until the real lines are written.
+# Prints one line per template that asks for no parameter (no param(), params() or secret()
+# outside a Jinja {# comment #}): the agent refuses it at render (exit 3), since the app would start
+# without its secrets. The starter `secrets-agent enable` writes is such a file until the real lines are written.
 find_empty_templates() {
     local root=$1 template name
     shopt -s nullglob
@@ -339,7 +339,7 @@ find_empty_templates() {
         fi
         [ -f "$file" ] || continue
         if ! tr '\n' '\r' <"$file" | sed -E 's/\{#([^#]|#[^}])*#\}//g' \
-            | grep -q -E '(^|[^A-Za-z0-9_])params?[[:space:]]*\('; then
+            | grep -q -E '(^|[^A-Za-z0-9_])(params?|secret)[[:space:]]*\('; then
             name=$(basename -- "$template" .env.j2)
             printf '%s asks for no parameter; write the lines %s needs, the first such as: ' \
                 "$template" "$name"

@@ -68,7 +68,8 @@ def build_client(
     return client, flags
 
 
-def create_ssm_client(
+def create_agent_client(
+    service: str,
     *,
     region: str,
     endpoint_url: Optional[str],
@@ -78,23 +79,23 @@ def create_ssm_client(
     read_timeout_seconds: float,
     flags: EndpointFlags = NO_FLAGS,
 ) -> tuple[Any, EndpointFlags]:
-    """A botocore SSM client (and the endpoint flags it was built with) that makes one attempt per call
-    (the agent's own loop retries until its
-    deadline) and never waits for one answer longer than the outage deadline."""
+    """A botocore client for SSM or Secrets Manager (and the endpoint flags it was built with) that
+    makes one attempt per call (the agent's own loop retries until its deadline) and never waits for
+    one answer longer than the outage deadline."""
     from botocore.config import Config  # noqa: PLC0415
     from botocore.exceptions import BotoCoreError  # noqa: PLC0415
 
     config = Config(
         retries={"total_max_attempts": 1, "mode": "standard"},
-        # With deadline_seconds = 5 an SSM that never answers ends the run after 5 s (at most twice
-        # that), not after botocore's 10.
+        # With deadline_seconds = 5 a service that never answers ends the run after 5 s (at most
+        # twice that), not after botocore's 10.
         connect_timeout=max(MIN_TIMEOUT_SECONDS, min(connect_timeout_seconds, deadline_seconds)),
         read_timeout=max(MIN_TIMEOUT_SECONDS, min(read_timeout_seconds, deadline_seconds)),
         user_agent_extra=f"secrets-agent/{__version__}",
     )
     try:
         return build_client(
-            "ssm",
+            service,
             region=region,
             endpoint_url=endpoint_url,
             credentials=credentials,
@@ -102,13 +103,15 @@ def create_ssm_client(
             flags=flags,
         )
     except (BotoCoreError, ValueError) as exc:
-        failure = credential_failure(exc, "an SSM client")
+        name = aws_endpoints.SERVICE_NAMES.get(service, service)
+        failure = credential_failure(exc, f"a {name} client")
         if failure is not None:
             raise failure from None
         # botocore's messages here name only the region or the URL, never a secret.
+        setting = aws_endpoints.ENDPOINT_SETTING.get(service, "the endpoint")
         raise ConfigError(
-            f"cannot build an SSM client for region {region!r} and endpoint {endpoint_url!r}: "
-            f"{type(exc).__name__}; fix region / ssm_endpoint in agent.toml or AWS_ENDPOINT_URL_SSM"
+            f"cannot build a {name} client for region {region!r} and endpoint {endpoint_url!r}: "
+            f"{type(exc).__name__}; fix region in agent.toml, or {setting}"
         ) from None
 
 

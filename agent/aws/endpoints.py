@@ -28,9 +28,9 @@ FIPS_ENABLED_PATH = Path("/proc/sys/crypto/fips_enabled")
 _RTF_UP = 0x1
 # What the operator reads in messages, by botocore's service name.
 SERVICE_NAMES = {"ssm": "SSM", "secretsmanager": "Secrets Manager", "sts": "STS"}
-_ENDPOINT_SETTING = {
+ENDPOINT_SETTING = {
     "ssm": "ssm_endpoint in agent.toml (or AWS_ENDPOINT_URL_SSM)",
-    "secretsmanager": "AWS_ENDPOINT_URL_SECRETSMANAGER",
+    "secretsmanager": "secretsmanager_endpoint in agent.toml (or AWS_ENDPOINT_URL_SECRETS_MANAGER)",
     "sts": "AWS_ENDPOINT_URL_STS",
 }
 
@@ -207,7 +207,7 @@ def check_endpoint(
             raise ConfigError(
                 f"{flags.fips_reason}: AWS has no FIPS endpoint for {name} in region {region}, by "
                 f"botocore's endpoint data{where}; set use_fips_endpoint = false in agent.toml (or "
-                f"AWS_USE_FIPS_ENDPOINT=false), or name the endpoint with {_ENDPOINT_SETTING[service]}"
+                f"AWS_USE_FIPS_ENDPOINT=false), or name the endpoint with {ENDPOINT_SETTING[service]}"
             )
     try:
         return resolved_endpoint(client)
@@ -218,7 +218,7 @@ def check_endpoint(
         raise ConfigError(
             f"{'; '.join(settings) or 'the region'}: botocore's endpoint rules give {name} no endpoint "
             f"in region {region} ({exc}); set use_dualstack_endpoint / use_fips_endpoint = false in "
-            f"agent.toml, fix the region, or name the endpoint with {_ENDPOINT_SETTING[service]}"
+            f"agent.toml, fix the region, or name the endpoint with {ENDPOINT_SETTING[service]}"
         ) from None
 
 

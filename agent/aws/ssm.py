@@ -21,7 +21,7 @@ from agent.aws.answers import (
     check_get_parameters,
     check_path_page,
 )
-from agent.aws.clients import create_ssm_client
+from agent.aws.clients import create_agent_client
 from agent.aws.endpoints import NO_FLAGS, EndpointFlags
 from agent.aws.retry import Backoff, Deadline, NotServiceAnswer
 from agent.aws.selectors import SECRETS_MANAGER_PREFIX, parse_selector
@@ -62,7 +62,8 @@ class SsmClient:
         self._role = role
         # Set when SSM denies ssm:GetParameters: from then on, one GetParameter per name.
         self.fetches_one_by_one = False
-        client, self.endpoint_flags = create_ssm_client(
+        client, self.endpoint_flags = create_agent_client(
+            "ssm",
             region=region,
             endpoint_url=endpoint_url,
             credentials=credentials,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import re
+import threading
 import time
 from collections.abc import Sequence
 from types import TracebackType
@@ -65,8 +66,15 @@ class SsmCaller:
     """Runs SSM API calls on one botocore client, sharing what it learns of throttling between calls.
 
     `calls_planned` and `calls_done` (kept by the client that plans the calls) let a throttled
-    report say how much is left.
+    report say how much is left. Secrets Manager's caller (agent/aws/secretsmanager.py) is this one
+    with its own service name, error translation and advice: the class attributes and the two
+    methods `_map_error` and `_throttled_fix`.
     """
+
+    service = "SSM"
+    iam_prefix = "ssm"
+    event_prefix = "ssm"
+    not_service_fix = _NOT_SSM_FIX
 
     def __init__(
         self,
@@ -92,6 +100,8 @@ class SsmCaller:
         self.calls_done = 0
         # Seconds spent in throttled episodes that ended (a call got through), for the metrics.
         self._throttled_seconds_ended = 0.0
+        # Secrets Manager's single calls run on a few threads at once: the counters stay exact.
+        self._lock = threading.Lock()
 
     @property
     def throttled_seconds(self) -> float:
@@ -100,17 +110,34 @@ class SsmCaller:
         return self._throttled_seconds_ended + ongoing
 
     def call(
-        self, action: str, names: Sequence[str], request: dict[str, Any], check: Callable[[Any], _T]
+        self,
+        action: str,
+        names: Sequence[str],
+        request: dict[str, Any],
+        check: Callable[[Any], _T],
+        *,
+        stop_when_throttled: bool = False,
     ) -> _T:
         """Run one API call and return `check` of its answer, retrying throttling, 5xx, network errors
-        and answers that are not SSM's until the deadline."""
+        and answers that are not the service's until the deadline.
+
+        `stop_when_throttled` raises StoppedThrottled at the first throttled answer instead of
+        waiting: for a caller with a cheaper way round the throttle (Secrets Manager's single calls)."""
         method = getattr(self._client, _snake_case(action))
         backoff = self._backoff_factory()
         backoff.memory = self._throttle_memory
+
+        def classify(error: Exception) -> Optional[Failure]:
+            failure = self._classify(error, action, names)
+            if stop_when_throttled and failure is not None and failure.kind is Kind.THROTTLED:
+                self._deadline.note_answer()
+                raise StoppedThrottled(failure.error) from None
+            return failure
+
         loop: RetryLoop[Any] = RetryLoop(
             deadline=self._deadline,
             backoff=backoff,
-            classify=lambda error: self._classify(error, action, names),
+            classify=classify,
             give_up=lambda done: self._gave_up(action, done),
             on_failure=lambda failure, attempt: self._failed(action, failure, attempt),
         )
@@ -125,30 +152,43 @@ class SsmCaller:
         if isinstance(error, ClientError):
             code = error_code(error)
             if is_foreign_error(error):
-                return Failure(Kind.NOT_ANSWER, f"HTTP {code}, no SSM error in the body")
+                return Failure(Kind.NOT_ANSWER, f"HTTP {code}, no {self.service} error in the body")
             if code in THROTTLING_ERROR_CODES:
                 return Failure(Kind.THROTTLED, code)
             if is_retryable_error(error):
                 return Failure(Kind.OUTAGE, code)
             self._deadline.note_answer()
-            mapped = map_client_error(
-                error, action=action, names=names, role=self._role, endpoint=self.endpoint
-            )
-            raise RejectedCall(code, error_message(error), mapped) from None
+            raise RejectedCall(code, error_message(error), self._map_error(error, action, names)) from None
         if isinstance(error, _NETWORK_ERRORS):
             # EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError,
             # a body cut short: refused or slow connects, answers that never come or never end.
             return Failure(Kind.OUTAGE, type(error).__name__)
-        failure = credential_failure(error, f"ssm:{action}")
+        failure = credential_failure(error, f"{self.iam_prefix}:{action}")
         if failure is not None:
             raise failure from None
         if isinstance(error, BotoCoreError):
-            raise AgentError(f"ssm:{action} failed before reaching SSM: {type(error).__name__}") from None
+            raise AgentError(
+                f"{self.iam_prefix}:{action} failed before reaching {self.service}: {type(error).__name__}"
+            ) from None
         if isinstance(error, _PARSE_ERRORS) and _raised_in(_BOTOCORE_PARSER_MODULE, error.__traceback__):
             return Failure(
-                Kind.NOT_ANSWER, f"a body botocore could not read as SSM's ({type(error).__name__})"
+                Kind.NOT_ANSWER,
+                f"a body botocore could not read as {self.service}'s ({type(error).__name__})",
             )
         return None
+
+    def _map_error(self, error: ClientError, action: str, names: Sequence[str]) -> AgentError:
+        """The agent's error for a call the service refused for good."""
+        return map_client_error(error, action=action, names=names, role=self._role, endpoint=self.endpoint)
+
+    def _throttled_fix(self) -> str:
+        """What an operator can do when the throttled budget ran out."""
+        return (
+            "the account's Parameter Store throughput (shared by every instance "
+            "and tool in the account and region) is exhausted; raise throttle_deadline_seconds, "
+            "enable higher throughput (aws ssm update-service-setting --setting-id "
+            "/ssm/parameter-store/high-throughput-enabled --setting-value true) or stagger the boot"
+        )
 
     def _failed(self, action: str, failure: Failure, attempt: int) -> None:
         if failure.kind is Kind.THROTTLED:
@@ -156,9 +196,9 @@ class SsmCaller:
             return
         error = failure.error
         if failure.kind is Kind.NOT_ANSWER:
-            error = "an answer that is not SSM's: " + error
+            error = f"an answer that is not {self.service}'s: " + error
         _log.warning(
-            "ssm_retry",
+            f"{self.event_prefix}_retry",
             action=action,
             attempt=attempt,
             error=error,
@@ -166,13 +206,17 @@ class SsmCaller:
         )
 
     def _let_through(self, action: str, names: Sequence[str], attempts: int, started: float) -> None:
+        with self._lock:
+            self._let_through_locked(action, names, attempts, started)
+
+    def _let_through_locked(self, action: str, names: Sequence[str], attempts: int, started: float) -> None:
         self._deadline.note_answer()
         self._throttle_memory.let_through()
         self.calls_done += 1
         if self._throttled_since is not None:
             self._throttled_seconds_ended += time.monotonic() - self._throttled_since
             _log.info(
-                "ssm_throttle_passed",
+                f"{self.event_prefix}_throttle_passed",
                 action=action,
                 throttled_seconds=round(time.monotonic() - self._throttled_since, 1),
                 throttled_answers=self._throttled_answers,
@@ -180,9 +224,9 @@ class SsmCaller:
             )
             self._throttled_since = None
             self._throttled_answers = 0
-            self._on_status("SSM let the call through; fetching")
+            self._on_status(f"{self.service} let the call through; fetching")
         _log.debug(
-            "ssm_call",
+            f"{self.event_prefix}_call",
             action=action,
             names=list(names),
             attempts=attempts,
@@ -190,8 +234,12 @@ class SsmCaller:
         )
 
     def _throttled(self, action: str) -> None:
-        """SSM is up and busy: count it, keep the outage deadline from running out, and say so at most
-        every THROTTLED_REPORT_INTERVAL_SECONDS."""
+        """The service is up and busy: count it, keep the outage deadline from running out, and say so
+        at most every THROTTLED_REPORT_INTERVAL_SECONDS."""
+        with self._lock:
+            self._throttled_locked(action)
+
+    def _throttled_locked(self, action: str) -> None:
         self._deadline.note_answer()
         now = time.monotonic()
         if self._throttled_since is None:
@@ -204,7 +252,7 @@ class SsmCaller:
         calls_left = max(1, self.calls_planned - self.calls_done)
         budget_left = round(self._deadline.budget_remaining)
         _log.warning(
-            "ssm_throttled",
+            f"{self.event_prefix}_throttled",
             action=action,
             throttled_seconds=waited,
             throttled_answers=self._throttled_answers,
@@ -212,7 +260,7 @@ class SsmCaller:
             budget_left_seconds=budget_left,
         )
         self._on_status(
-            f"SSM is throttling (fleet boot?): waiting {waited:g} s so far, {calls_left} "
+            f"{self.service} is throttling (fleet boot?): waiting {waited:g} s so far, {calls_left} "
             f"{'call' if calls_left == 1 else 'calls'} left, giving up in {budget_left} s"
         )
 
@@ -220,23 +268,21 @@ class SsmCaller:
         last = loop.last or Failure(Kind.OUTAGE, "no attempt")
         if last.kind is Kind.NOT_ANSWER:
             return ServiceUnavailable(
-                f"SSM at {self.endpoint} gave no valid answer to ssm:{action} within the "
-                f"{self._deadline.seconds:g} s deadline ({loop.attempts} attempts): the last answer was "
-                f"not SSM's: {last.error}; {_NOT_SSM_FIX}"
+                f"{self.service} at {self.endpoint} gave no valid answer to {self.iam_prefix}:{action} "
+                f"within the {self._deadline.seconds:g} s deadline ({loop.attempts} attempts): the last "
+                f"answer was not {self.service}'s: {last.error}; {self.not_service_fix}"
             )
         if last.kind is Kind.THROTTLED:
             return ServiceUnavailable(
-                f"SSM at {self.endpoint} kept throttling ssm:{action} ({last.error}) until the "
-                f"{self._deadline.budget_seconds:g} s throttled budget ran out ({self._throttled_answers} "
-                "throttled answers): the account's Parameter Store throughput (shared by every instance "
-                "and tool in the account and region) is exhausted; raise throttle_deadline_seconds, "
-                "enable higher throughput (aws ssm update-service-setting --setting-id "
-                "/ssm/parameter-store/high-throughput-enabled --setting-value true) or stagger the boot"
+                f"{self.service} at {self.endpoint} kept throttling {self.iam_prefix}:{action} "
+                f"({last.error}) until the {self._deadline.budget_seconds:g} s throttled budget ran out "
+                f"({self._throttled_answers} throttled answers): {self._throttled_fix()}"
             )
         return ServiceUnavailable(
-            f"SSM at {self.endpoint} did not answer ssm:{action} within the "
+            f"{self.service} at {self.endpoint} did not answer {self.iam_prefix}:{action} within the "
             f"{self._deadline.seconds:g} s deadline ({loop.attempts} attempts, last error {last.error}): "
-            "check the network path to SSM (VPC endpoint, NAT, security groups), or raise deadline_seconds"
+            f"check the network path to {self.service} (VPC endpoint, NAT, security groups), or raise "
+            "deadline_seconds"
         )
 
 
@@ -255,6 +301,10 @@ def _raised_in(module: str, traceback: Optional[TracebackType]) -> bool:
             return True
         traceback = traceback.tb_next
     return False
+
+
+class StoppedThrottled(Exception):
+    """The service throttled a call made with stop_when_throttled: the caller takes another way."""
 
 
 class RejectedCall(Exception):

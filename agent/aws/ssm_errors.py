@@ -34,6 +34,8 @@ TRANSIENT_ERROR_CODES = frozenset(
         "InternalServerError",
         "InternalFailure",
         "InternalError",
+        # Secrets Manager's 5xx (also what a BatchGetSecretValue answer lists per secret in Errors).
+        "InternalServiceError",
         "ServiceUnavailable",
         "ServiceUnavailableException",
         "RequestTimeout",

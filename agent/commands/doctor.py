@@ -49,7 +49,7 @@ from agent.host.systemd import (
 )
 from agent.host.trust import ownership_report
 from agent.host.units import unit_for
-from agent.render import AwsAccess, ssm_client
+from agent.render import AwsAccess, secret_ref, secretsmanager_client, ssm_client
 from agent.template.formats import format_of
 from agent.template.jinja import CompiledTemplate
 
@@ -155,8 +155,12 @@ def run_checks(name: str, inputs: Inputs) -> Iterator[Check]:
             yield Check(
                 PASSED,
                 "template",
-                f"{service.template_path} names {_count(len(needs.names), 'parameter')} and "
-                f"{_count(len(needs.paths), 'path')}",
+                f"{service.template_path} names {_count(len(needs.names), 'parameter')}"
+                + (
+                    f", {_count(len(needs.paths), 'path')} and {_count(len(needs.secrets), 'secret')}"
+                    if needs.secrets
+                    else f" and {_count(len(needs.paths), 'path')}"
+                ),
             )
         except AgentError as exc:
             yield Check(FAILED, "template", exc.message, exc.exit_code)
@@ -210,7 +214,78 @@ def run_checks(name: str, inputs: Inputs) -> Iterator[Check]:
         yield Check(SKIPPED, "parameters", why)
     else:
         yield from _parameter_checks(client, template)
+    if template is not None and template.requirements.secrets:
+        secrets_access = AwsAccess(region=region, credentials=credentials, role=role) if region else None
+        yield from _secret_checks(
+            settings, service, template, inputs, access=secrets_access, has_credentials=has_credentials
+        )
     yield from _systemd_checks(name, service, inputs)
+
+
+def _secret_checks(
+    settings: AgentSettings,
+    service: ServiceSettings,
+    template: CompiledTemplate,
+    inputs: Inputs,
+    *,
+    access: Optional[AwsAccess],
+    has_credentials: bool,
+) -> Iterator[Check]:
+    """Secrets Manager: its endpoint and path, each `secret()` readable (version id and stage, never a
+    value) and describable (rotation checks), and whether the batch call is allowed."""
+    if access is None:
+        yield Check(SKIPPED, "secretsmanager endpoint", "no region, so no endpoint to try")
+        return
+    try:
+        deadline = Deadline(min(service.deadline_seconds, SSM_DEADLINE_SECONDS))
+        client = secretsmanager_client(settings, deadline, access)
+    except AgentError as exc:
+        yield Check(FAILED, "secretsmanager endpoint", exc.message)
+        return
+    source = "secretsmanager_endpoint / AWS_ENDPOINT_URL_SECRETS_MANAGER"
+    why = source if settings.secretsmanager_endpoint else client.endpoint_flags.describe()
+    yield Check(PASSED, "secretsmanager endpoint", f"{client.endpoint} ({why})")
+    checks = list(
+        _endpoint_checks(
+            client.endpoint, inputs.now, prefix="secretsmanager", service="Secrets Manager", clock=False
+        )
+    )
+    yield from checks
+    if not has_credentials or any(check.status == FAILED for check in checks):
+        yield Check(SKIPPED, "secrets", "Secrets Manager is not reachable or no credentials")
+        return
+    for call in template.requirements.secrets:
+        ref = secret_ref(call)
+        try:
+            found, _missing = client.fetch([ref])
+            described = client.describe(ref.secret_id)
+        except AgentError as exc:
+            yield Check(FAILED, f"secret {ref.describe()}", exc.message)
+            continue
+        if ref.key not in found:
+            yield Check(
+                FAILED,
+                f"secret {ref.describe()}",
+                "does not exist (or not at that stage or version): create it (aws secretsmanager "
+                "create-secret), fix the template, or give it a default=",
+            )
+            continue
+        secret = found[ref.key]
+        kind = "SecretBinary" if secret.binary is not None else "SecretString"
+        key = f", KMS key {described.kms_key_id}" if described and described.kms_key_id else ""
+        yield Check(
+            PASSED,
+            f"secret {ref.describe()}",
+            f"readable and describable (version {secret.version_id}, stage {secret.stage}, {kind}{key})",
+        )
+    if client.batch_denied:
+        yield Check(
+            PASSED,
+            "batched secrets",
+            "secretsmanager:BatchGetSecretValue is denied, so each render makes one GetSecretValue call "
+            "per secret instead of one call per 20; grant it on * to save them (`secrets-agent policy` "
+            "prints it)",
+        )
 
 
 def runtime_folder_check(service: ServiceSettings) -> Check:
@@ -309,41 +384,48 @@ def _imds_checks(settings: AgentSettings, deadline: Deadline) -> Iterator[tuple[
         imds.close()
 
 
-def _endpoint_checks(endpoint: str, now: Callable[[], float]) -> Iterator[Check]:
+def _endpoint_checks(
+    endpoint: str, now: Callable[[], float], *, prefix: str = "ssm", service: str = "SSM", clock: bool = True
+) -> Iterator[Check]:
+    """DNS, connection and an answer from `endpoint` (checks named `prefix ...`), then the clock
+    against its Date when `clock`."""
+    no_clock = [Check(SKIPPED, "clock", f"needs {service}'s answer")] if clock else []
     try:
         host, port, resolved = doctor_network.resolve(endpoint)
         address = f"{resolved[0][4][0]}:{port}"
     except OSError:
         yield Check(
             FAILED,
-            "ssm dns",
+            f"{prefix} dns",
             f"cannot resolve {urlsplit(endpoint).hostname}: check DNS, or the VPC endpoint's private DNS "
-            "for SSM",
+            f"for {service}",
         )
-        yield Check(SKIPPED, "clock", "needs SSM's answer")
+        yield from no_clock
         return
     for name, (passed, detail) in (
-        ("ssm dns", doctor_network.dns_line(host, resolved)),
-        ("ssm connection", doctor_network.connection_line(endpoint, resolved, port)),
+        (f"{prefix} dns", doctor_network.dns_line(host, resolved)),
+        (f"{prefix} connection", doctor_network.connection_line(endpoint, resolved, port)),
     ):
         yield Check(PASSED if passed else FAILED, name, detail)
         if not passed:
-            yield Check(SKIPPED, "clock", "needs SSM's answer")
+            yield from no_clock
             return
     try:
-        # Unsigned: any HTTP answer proves the path, and carries SSM's Date.
+        # Unsigned: any HTTP answer proves the path, and carries the service's Date.
         with requests.post(endpoint, data=b"", timeout=PROBE_TIMEOUT_SECONDS) as answer:
             date = answer.headers.get("Date")
     except requests.RequestException as exc:
         yield Check(
             FAILED,
-            "ssm answer",
-            f"no answer from {endpoint} ({address}): {type(exc).__name__}; check the route to SSM "
+            f"{prefix} answer",
+            f"no answer from {endpoint} ({address}): {type(exc).__name__}; check the route to {service} "
             "(VPC endpoint, NAT gateway, security groups, HTTPS_PROXY/NO_PROXY)",
         )
-        yield Check(SKIPPED, "clock", "needs SSM's answer")
+        yield from no_clock
         return
-    yield Check(PASSED, "ssm answer", f"{endpoint} ({address}) answers")
+    yield Check(PASSED, f"{prefix} answer", f"{endpoint} ({address}) answers")
+    if not clock:
+        return
     parsed = email.utils.parsedate_to_datetime(date) if date else None
     if parsed is None:
         yield Check(SKIPPED, "clock", f"{endpoint} sent no Date header")

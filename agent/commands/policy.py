@@ -11,7 +11,13 @@ Built from what the template names (no value is fetched). What AWS authorizes ea
   parameters. The AWS managed key aws/ssm needs no grant: its key policy lets every principal of
   the account decrypt through SSM;
 - a Secrets Manager reference needs secretsmanager:GetSecretValue on the secret (its ARN ends in
-  "-" and six random characters).
+  "-" and six random characters);
+- a template's `secret()` needs secretsmanager:GetSecretValue (values) and DescribeSecret (rotation
+  checks) on each secret's ARN, and secretsmanager:BatchGetSecretValue on "*": AWS authorizes the
+  batch call itself only against "*" and then GetSecretValue on each secret in it; a secret under a
+  customer managed key also needs kms:Decrypt on that key, with kms:ViaService
+  secretsmanager.REGION.amazonaws.com (Secrets Manager decrypts on the caller's behalf). The AWS
+  managed key aws/secretsmanager needs no grant.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any, Callable, Optional
 from agent.aws.clients import create_client
 from agent.aws.endpoints import NO_FLAGS, EndpointFlags, endpoint_flags
 from agent.aws.retry import Deadline
+from agent.aws.secretsmanager import Description
 from agent.aws.selectors import parse_selector, secret_of_reference
 from agent.aws.ssm import READ_TIMEOUT_SECONDS
 from agent.config import AgentSettings, ServiceSettings
@@ -33,6 +40,7 @@ from agent.errors import AgentError, CredentialsError, UsageError
 from agent.template.jinja import Requirements
 
 AWS_MANAGED_SSM_KEY = "alias/aws/ssm"
+AWS_MANAGED_SECRETS_KEY = "alias/aws/secretsmanager"
 PLACEHOLDER_KEY_ID = "REPLACE-WITH-KEY-ID"
 PLACEHOLDER_SID = "PlaceholderDecryptWithCustomerManagedKeyReplaceKeyId"
 # DescribeParameters takes at most 50 values in one filter.
@@ -49,6 +57,8 @@ _KEY_ID_RE = re.compile(r"^(?:mrk-)?[0-9a-fA-F-]{32,36}$")
 
 # Given DescribeParameters filters, every parameter's metadata (Name, Type, KeyId) they match.
 Describer = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+# Given a secret's name or ARN, DescribeSecret's answer (None when it does not exist).
+SecretDescriber = Callable[[str], Optional[Description]]
 
 
 def partition_for_region(region: str) -> str:
@@ -148,10 +158,39 @@ def find_keys(requirements: Requirements, scope: Scope, describe: Describer) -> 
     return findings
 
 
-def build_policy(requirements: Requirements, scope: Scope, keys: Optional[KeyFindings]) -> dict[str, Any]:
+def find_secret_keys(requirements: Requirements, scope: Scope, describe: SecretDescriber) -> KeyFindings:
+    """Ask DescribeSecret which customer managed keys encrypt the template's `secret()`s; `grants`
+    maps each key's ARN to the secrets' ARNs."""
+    findings = KeyFindings()
+    for secret_id in sorted({call.secret_id for call in requirements.secrets}):
+        described = describe(secret_id)
+        if described is None:
+            findings.unknown.append(f"secret {secret_id} does not exist (yet): its KMS key was not looked up")
+            continue
+        key = described.kms_key_id or AWS_MANAGED_SECRETS_KEY
+        if key == AWS_MANAGED_SECRETS_KEY or key.endswith(":alias/aws/secretsmanager"):
+            continue
+        if _KEY_ARN_RE.match(key) or _KEY_ID_RE.match(key):
+            secrets = findings.grants.setdefault(scope.key_arn(key), [])
+            secrets.append(described.arn)
+        else:
+            findings.unknown.append(
+                f"secret {secret_id} is encrypted with {key}: an alias cannot be granted kms:Decrypt; "
+                f"find its key ARN with `aws kms describe-key --key-id {key}`"
+            )
+    return findings
+
+
+def build_policy(
+    requirements: Requirements,
+    scope: Scope,
+    keys: Optional[KeyFindings],
+    secret_keys: Optional[KeyFindings] = None,
+) -> dict[str, Any]:
     """The policy document: one statement per action group, resources sorted, nothing granted twice.
 
     `keys` None means the keys could not be looked up: a placeholder statement stands in for them.
+    `secret_keys` are the customer managed keys of the template's `secret()`s.
     """
     parameters: dict[str, None] = {}
     secrets: dict[str, None] = {}
@@ -180,6 +219,19 @@ def build_policy(requirements: Requirements, scope: Scope, keys: Optional[KeyFin
         statements.append(_allow("ListParameterPaths", ["ssm:GetParametersByPath"], paths))
     if secrets:
         statements.append(_allow("ReadReferencedSecrets", ["secretsmanager:GetSecretValue"], secrets))
+    native = {scope.secret_arn(call.secret_id): None for call in requirements.secrets}
+    if native:
+        statements.append(
+            _allow("ReadSecrets", ["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"], native)
+        )
+        # AWS authorizes BatchGetSecretValue only against "*" (then GetSecretValue on each secret).
+        statements.append(_allow("BatchReadSecrets", ["secretsmanager:BatchGetSecretValue"], ["*"]))
+    for number, (key, _arns) in enumerate(sorted((secret_keys or KeyFindings()).grants.items()), start=1):
+        statement = _allow(f"DecryptSecrets{number}", ["kms:Decrypt"], [key])
+        statement["Condition"] = {
+            "StringEquals": {"kms:ViaService": f"secretsmanager.{scope.region}.amazonaws.com"}
+        }
+        statements.append(statement)
     if (keys is None or keys.unknown) and encrypted:
         statement = _allow(PLACEHOLDER_SID, ["kms:Decrypt"], [scope.key_arn(PLACEHOLDER_KEY_ID)])
         statement["Condition"] = _context_condition(sorted(encrypted))
@@ -265,6 +317,7 @@ def generate_policy(
     partition: Optional[str],
     identity: Optional[Callable[[], str]],
     describe: Optional[Describer],
+    describe_secret: Optional[SecretDescriber] = None,
 ) -> GeneratedPolicy:
     """The least-privilege policy for `requirements`.
 
@@ -286,12 +339,9 @@ def generate_policy(
     keys: Optional[KeyFindings] = None
     has_parameters = any(secret_of_reference(base_name(s)) is None for s in requirements.names)
     if has_parameters or requirements.paths:
-        reason = "no AWS credentials to call it"
-        if describe is not None:
-            try:
-                keys = find_keys(requirements, scope, describe)
-            except AgentError as exc:
-                reason = exc.message
+        keys, reason = _look_up(
+            None if describe is None else lambda: find_keys(requirements, scope, describe)
+        )
         if keys is None:
             notes.append(
                 f"the SecureStrings' KMS keys were not looked up (ssm:DescribeParameters: {reason}); "
@@ -307,10 +357,35 @@ def generate_policy(
             "a Secrets Manager secret encrypted with a customer managed key also needs kms:Decrypt on "
             "that key (not looked up)"
         )
-    document = build_policy(requirements, scope, keys)
+    secret_keys: Optional[KeyFindings] = None
+    if requirements.secrets:
+        secret_keys, reason = _look_up(
+            None
+            if describe_secret is None
+            else lambda: find_secret_keys(requirements, scope, describe_secret)
+        )
+        if secret_keys is None:
+            notes.append(
+                f"the secrets' KMS keys were not looked up (secretsmanager:DescribeSecret: {reason}): a "
+                "secret under a customer managed key also needs kms:Decrypt on it, with kms:ViaService "
+                f"secretsmanager.{region}.amazonaws.com"
+            )
+        else:
+            notes.extend(secret_keys.unknown)
+    document = build_policy(requirements, scope, keys, secret_keys)
     if not document["Statement"]:
         notes.append("the template names no parameter, path or secret: rendering it needs no permission")
     return GeneratedPolicy(document=document, notes=tuple(notes))
+
+
+def _look_up(find: Optional[Callable[[], KeyFindings]]) -> tuple[Optional[KeyFindings], str]:
+    """The keys `find` names, or None and why not (no credentials to call it, or the refusal)."""
+    if find is None:
+        return None, "no AWS credentials to call it"
+    try:
+        return find(), ""
+    except AgentError as exc:
+        return None, exc.message
 
 
 def policy_for_service(
@@ -356,4 +431,9 @@ def policy_for_service(
         partition=partition,
         identity=identity if access else None,
         describe=render.ssm_client(settings, deadline, access).describe_parameters if access else None,
+        describe_secret=(
+            render.secretsmanager_client(settings, deadline, access).describe
+            if access and needs.secrets
+            else None
+        ),
     )

@@ -11,6 +11,7 @@ from typing import Callable, Optional, Protocol
 import structlog
 
 from agent.aws.answers import Parameter
+from agent.aws.secretsmanager import SecretRef, SecretsManagerClient, is_secret_key
 from agent.aws.selectors import SECRETS_MANAGER_PREFIX, parse_selector
 from agent.aws.ssm import SsmClient
 from agent.commands.guard import held
@@ -43,10 +44,14 @@ class VersionSource(Protocol):
 
 class SsmVersions:
     """VersionSource over the agent's SSM client: GetParameters and GetParametersByPath with
-    WithDecryption=false, so a check needs no kms:Decrypt and sees no value."""
+    WithDecryption=false, so a check needs no kms:Decrypt and sees no value; and, for `secret()`s,
+    Secrets Manager's DescribeSecret, which lists the version ids by stage and decrypts nothing."""
 
-    def __init__(self, client: SsmClient) -> None:
+    def __init__(
+        self, client: SsmClient, secrets: Optional[Callable[[], SecretsManagerClient]] = None
+    ) -> None:
         self._client = client
+        self._secrets = secrets
         self._modified: dict[str, str] = {}
 
     @property
@@ -63,10 +68,18 @@ class SsmVersions:
         SSM refuses Secrets Manager references without decryption, so those go in calls of their
         own with WithDecryption=true: the value comes along (kept in memory, redacted, unused) and
         the secret's AWSCURRENT version id is compared."""
+        native = [SecretRef.from_key(s) for s in selectors if is_secret_key(s)]
+        selectors = [s for s in selectors if not is_secret_key(s)]
         plain = [s for s in selectors if not s.startswith(SECRETS_MANAGER_PREFIX)]
         secrets = [s for s in selectors if s.startswith(SECRETS_MANAGER_PREFIX)]
         versions: dict[str, Version] = {}
         missing: list[str] = []
+        if native:
+            if self._secrets is None:  # pragma: no cover - cli.py always passes one
+                raise AgentError("refresh: no Secrets Manager client for the secrets the render used")
+            native_versions, native_missing = self._secrets().current_versions(native)
+            versions.update(native_versions)
+            missing.extend(native_missing)
         if plain:
             found, absent = self._client.fetch(plain, decrypt=False)
             versions.update({selector: p.version for selector, p in found.items()})
@@ -89,7 +102,9 @@ class SsmVersions:
 
 
 def is_fixed_version(selector: str) -> bool:
-    """True for "/x:3": a version number names one immutable value, so it never changes."""
+    """True for "/x:3" (or a secret's pinned version_id): one immutable value, so it never changes."""
+    if is_secret_key(selector):
+        return SecretRef.from_key(selector).is_fixed_version
     return parse_selector(selector).is_fixed_version
 
 

@@ -64,6 +64,7 @@ class RenderStats:
     seconds: float
     ssm_calls: int
     throttled_seconds: float
+    secretsmanager_calls: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The figures as state.json keeps them."""
@@ -72,6 +73,7 @@ class RenderStats:
             "seconds": round(self.seconds, 3),
             "ssm_calls": self.ssm_calls,
             "throttled_seconds": round(self.throttled_seconds, 3),
+            "secretsmanager_calls": self.secretsmanager_calls,
         }
 
     @classmethod
@@ -82,6 +84,7 @@ class RenderStats:
             seconds=float(item["seconds"]),
             ssm_calls=_version(item["ssm_calls"]),
             throttled_seconds=float(item["throttled_seconds"]),
+            secretsmanager_calls=_version(item.get("secretsmanager_calls", 0)),
         )
 
 

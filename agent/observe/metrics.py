@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
+from agent.aws.secretsmanager import SecretRef, is_secret_key
+
 if TYPE_CHECKING:
     from agent.observe.outcomes import CheckRecord, RenderOutcome
 
@@ -45,7 +47,7 @@ PARAMETER_VERSION = Series(
 SECRET_VERSION = Series(
     "secret_version_info",
     "gauge",
-    "Secrets Manager secrets the last successful render used, by AWSCURRENT version id (always 1).",
+    "Secrets Manager secrets the last successful render used, by version id and stage (always 1).",
 )
 CHECK_TIME = Series(
     "last_refresh_timestamp_seconds", "gauge", "When the last rotation check ran (Unix time)."
@@ -122,7 +124,10 @@ def render_metrics(
         if isinstance(version, int):
             samples[PARAMETER_VERSION].append((labels, version))
         else:
-            samples[SECRET_VERSION].append(({**labels, "version_id": str(version)}, 1))
+            # A secret() keeps its stage in the selector (None: a pinned version id); a reference is
+            # always the secret's AWSCURRENT.
+            stage = (SecretRef.from_key(selector).stage or "") if is_secret_key(selector) else "AWSCURRENT"
+            samples[SECRET_VERSION].append(({**labels, "version_id": str(version), "stage": stage}, 1))
     if check is not None:
         samples[CHECK_TIME].append((base, check.checked_at))
         samples[CHECK_SUCCESS].append((base, 1 if check.ok else 0))

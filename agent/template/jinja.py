@@ -35,6 +35,8 @@ from agent.template.values import (
 # Placeholders cannot collide with template text: templates holding a NUL are refused.
 _SLOT_RE = re.compile("\x00([0-9]+)\x00")
 _QUOTES = ("'", '"')
+# secret()'s keyword arguments that pick a version (default= does not).
+_SECRET_OPTIONS = ("stage", "version_id")
 # Tags that would read another file (none can: there is no loader); refused when the template is parsed.
 _OTHER_FILE_TAGS: dict[type[nodes.Node], str] = {
     nodes.Extends: "extends",
@@ -65,6 +67,27 @@ class Resolver(Protocol):
     def get_path(self, path: str, recursive: bool) -> dict[str, ParamValue]:
         """Every parameter under `path`, by full name."""
 
+    def get_secret(self, secret: SecretCall) -> Optional[Union[ParamValue, BinaryValue]]:
+        """A Secrets Manager secret's value (text, or bytes for a SecretBinary), None when absent."""
+
+
+@dataclass(frozen=True)
+class SecretCall:
+    """One `secret(ID, stage=..., version_id=...)` as the template wrote it."""
+
+    secret_id: str
+    stage: Optional[str] = None
+    version_id: Optional[str] = None
+
+    def spelled(self) -> str:
+        """How the template spells it, for messages: `secret("prod/db", stage="AWSPREVIOUS")`."""
+        options = "".join(
+            f", {key}={json.dumps(value)}"
+            for key, value in (("stage", self.stage), ("version_id", self.version_id))
+            if value
+        )
+        return f"secret({json.dumps(self.secret_id)}{options})"
+
 
 @dataclass(frozen=True)
 class Requirements:
@@ -72,6 +95,7 @@ class Requirements:
 
     names: tuple[str, ...]
     paths: tuple[tuple[str, bool], ...]
+    secrets: tuple[SecretCall, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -113,6 +137,7 @@ class _RenderState:
     slots: list[Union[str, bytes]] = field(default_factory=list)
     slot_sources: list[tuple[str, ...]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    missing_secrets: list[str] = field(default_factory=list)
 
 
 class CompiledTemplate:
@@ -132,13 +157,13 @@ class CompiledTemplate:
             finalize=self._finalize,
         )
         self._env.filters.update(env_name=env_name, from_json=self._from_json, b64decode=self._b64decode)
-        self._env.globals.update(param=self._param, params=self._params)
+        self._env.globals.update(param=self._param, params=self._params, secret=self._secret)
         try:
             ast = self._env.parse(source, filename=filename)
             _refuse_other_files(ast, filename)
             self.requirements = self._discover(ast)
             self.asks_for_parameters = any(
-                isinstance(call.node, nodes.Name) and call.node.name in ("param", "params")
+                isinstance(call.node, nodes.Name) and call.node.name in ("param", "params", "secret")
                 for call in ast.find_all(nodes.Call)
             )
             self._template = self._env.from_string(ast)  # parsed once, not twice
@@ -149,6 +174,7 @@ class CompiledTemplate:
     def _discover(ast: nodes.Template) -> Requirements:
         names: dict[str, None] = {}
         paths: dict[tuple[str, bool], None] = {}
+        secrets: dict[SecretCall, None] = {}
         for call in ast.find_all(nodes.Call):
             if not isinstance(call.node, nodes.Name) or not call.args:
                 continue
@@ -161,7 +187,11 @@ class CompiledTemplate:
                 recursive = _const_bool(call)
                 if recursive is not None:
                     paths[(arg, recursive)] = None
-        return Requirements(names=tuple(names), paths=tuple(paths))
+            elif call.node.name == "secret":
+                options = {kw.key: _const_str(kw.value) for kw in call.kwargs if kw.key in _SECRET_OPTIONS}
+                if all(value is not None for value in options.values()):
+                    secrets[SecretCall(arg, options.get("stage"), options.get("version_id"))] = None
+        return Requirements(names=tuple(names), paths=tuple(paths), secrets=tuple(secrets))
 
     # -- functions the template calls ---------------------------------------------------
 
@@ -184,6 +214,34 @@ class CompiledTemplate:
             return ParamValue("", selector)
         return value
 
+    def _secret(
+        self,
+        secret_id: str,
+        *,
+        stage: Optional[str] = None,
+        version_id: Optional[str] = None,
+        default: Any = None,
+    ) -> Any:
+        state = self._current()
+        for what, given in (
+            ("a secret name or ARN", secret_id),
+            ("stage", stage),
+            ("version_id", version_id),
+        ):
+            if given is not None and (not isinstance(given, str) or not given or "|" in given):
+                raise TemplateError(
+                    f"secret() needs {what} as non-empty text without '|', such as "
+                    "secret('prod/db', stage='AWSPREVIOUS')"
+                )
+        call = SecretCall(secret_id, stage or None, version_id or None)
+        value = state.resolver.get_secret(call)
+        if value is None:
+            if default is not None:
+                return default
+            state.missing_secrets.append(call.spelled())
+            return ParamValue("", call.spelled())
+        return value
+
     def _params(self, path: str, recursive: bool = False) -> Mapping[str, ParamValue]:
         state = self._current()
         if not isinstance(path, str) or not path.startswith("/"):
@@ -194,7 +252,7 @@ class CompiledTemplate:
     def _from_json(self, value: Any) -> Any:
         origin = origin_of(value)
         if isinstance(value, BinaryValue):
-            raise ValueFilterError(f"from_json takes text, not the bytes b64decode made from {origin}")
+            raise ValueFilterError(f"from_json takes text, not {value.described}")
         try:
             parsed = json.loads(str(value))
         except ValueError:
@@ -272,8 +330,8 @@ class CompiledTemplate:
             ) from None
         finally:
             self._state = None
-        if state.missing:
-            raise ParameterNotFound(state.missing)
+        if state.missing or state.missing_secrets:
+            raise ParameterNotFound(state.missing, secrets=state.missing_secrets)
         return list(self._split_lines(text, state, carrier))
 
     def _split_lines(self, text: str, state: _RenderState, carrier: Carrier) -> Iterator[Assignment]:

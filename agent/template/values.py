@@ -37,13 +37,17 @@ class ValueFilterError(Exception):
 
 
 class BinaryValue(bytes):
-    """Bytes made by `b64decode`: they go into an output as they are, never through str()."""
+    """Bytes made by `b64decode`, or a Secrets Manager SecretBinary: they go into an output as they
+    are, never through str()."""
 
     source: str
+    # "the bytes b64decode made from /x" or "the SecretBinary of secret(...)": for messages.
+    described: str
 
-    def __new__(cls, data: bytes, source: str) -> BinaryValue:
+    def __new__(cls, data: bytes, source: str, *, described: str = "") -> BinaryValue:
         obj = super().__new__(cls, data)
         obj.source = source
+        obj.described = described or f"the bytes b64decode made from {source}"
         return obj
 
     def __repr__(self) -> str:
@@ -52,8 +56,8 @@ class BinaryValue(bytes):
     def __str__(self) -> str:
         # Jinja's `~` and most filters call str(): b'...' would silently become the value.
         raise ValueFilterError(
-            f"the bytes b64decode made from {self.source} cannot be joined into text: write "
-            "{{ ... | b64decode }} as its own expression"
+            f"{self.described} cannot be joined into text: write {{{{ ... }}}} with them as its own "
+            "expression"
         )
 
 

@@ -63,6 +63,12 @@ REFUSAL_FAULTS = (
     "access_denied",  # AccessDeniedException: the role may not call the action
     "kms_denied",  # AccessDeniedException from KMS: the role may not decrypt with the key
 )
+# Secrets Manager's own refusals (the same JSON protocol): the secret does not exist, or its KMS key
+# cannot decrypt it. Never an outage either.
+SECRETS_MANAGER_REFUSAL_FAULTS = (
+    "secret_not_found",  # ResourceNotFoundException
+    "decryption_failure",  # DecryptionFailure
+)
 # The kinds that are answers which look successful: what an agent must check, not just retry.
 BAD_ANSWER_FAULTS = frozenset(
     {
@@ -214,7 +220,8 @@ class FaultProxy(LoopbackServer):
 
     @plan.setter
     def plan(self, plan: FaultPlan) -> None:
-        unknown = set(plan.kinds) - set(SSM_FAULTS) - set(IMDS_FAULTS) - set(REFUSAL_FAULTS)
+        known = {*SSM_FAULTS, *IMDS_FAULTS, *REFUSAL_FAULTS, *SECRETS_MANAGER_REFUSAL_FAULTS}
+        unknown = set(plan.kinds) - known
         if unknown:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}")
         if "token_expired" in plan.kinds and self.expire_tokens is None:
@@ -305,6 +312,13 @@ _CANNED: dict[str, CannedResponse] = {
         "to perform: kms:Decrypt on resource: arn:aws:kms:eu-west-1:123456789012:key/"
         "0f0e0d0c-0b0a-0908-0706-050403020100 (Service: AWSKMS; Status Code: 400; Error Code: "
         "AccessDeniedException)",
+    ),
+    "secret_not_found": aws_json_error(
+        "ResourceNotFoundException", "Secrets Manager can't find the specified secret."
+    ),
+    "decryption_failure": aws_json_error(
+        "DecryptionFailure",
+        "Secrets Manager can't decrypt the protected secret text using the provided KMS key.",
     ),
 }
 

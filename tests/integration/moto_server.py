@@ -240,11 +240,17 @@ class RecordingProxy(LoopbackServer):
 
 def admin_ssm_client(url: str, region: str = "eu-west-1") -> Any:
     """A plain boto3 SSM client on moto's server, for tests to create and change parameters."""
+    return admin_client("ssm", url, region)
+
+
+def admin_client(service: str, url: str, region: str = "eu-west-1") -> Any:
+    """A plain boto3 client of `service` (ssm, secretsmanager) on moto's server, for tests to create and
+    change what the agent reads."""
     import boto3
 
     # moto accepts any key; these never leave 127.0.0.1.
     return boto3.client(
-        "ssm",
+        service,
         region_name=region,
         endpoint_url=url,
         aws_access_key_id="testing",

@@ -214,3 +214,38 @@ def test_broken_settings_and_template(tmp_path: Path) -> None:
     code, out, _err = stack.run("doctor", "app")
     assert code == 3
     assert _lines(out)["template"][0] == "failed"
+
+
+def test_doctor_checks_each_secret_without_printing_a_value(
+    iam: IamWorld, tmp_path: Path, tmpfs_path: Path
+) -> None:
+    """secret()s: Secrets Manager's endpoint answers, each secret is readable and describable (version id
+    and stage, never the value), a missing one fails with its fix, and a denied batch call is named."""
+    _seed(iam)
+    sm = iam.client("secretsmanager")
+    version = sm.create_secret(Name="prod/sm", SecretString=SECRET)["VersionId"]
+    policy = policy_of(
+        allow(
+            "ssm:GetParameter",
+            "ssm:GetParameters",
+            "ssm:GetParametersByPath",
+            "secretsmanager:GetSecretValue",
+            "secretsmanager:DescribeSecret",
+        )
+    )
+    with role_stack(iam, tmp_path, tmpfs_path, policy) as (stack, proxy):
+        stack.env["AWS_ENDPOINT_URL_SECRETS_MANAGER"] = proxy.url
+        stack.template(TEMPLATE + 'SM={{ secret("prod/sm") }}\nGONE={{ secret("prod/gone") }}\n')
+        code, out, err = stack.run("doctor", "app")
+    checks = _lines(out)
+    assert code != 0
+    assert checks["secretsmanager answer"][0] == "passed"
+    assert checks["secret prod/sm"] == (
+        "passed",
+        f"readable and describable (version {version}, stage AWSCURRENT, SecretString)",
+    )
+    assert checks["secret prod/gone"][0] == "failed"
+    assert "create-secret" in checks["secret prod/gone"][1]
+    assert checks["batched secrets"][0] == "passed"
+    assert "BatchGetSecretValue is denied" in checks["batched secrets"][1]
+    assert SECRET not in out + err

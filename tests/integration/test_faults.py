@@ -45,7 +45,7 @@ from tests.integration.faults import (
     get_parameter_calls,
     later_path_pages,
 )
-from tests.integration.moto_server import admin_ssm_client, reset_moto
+from tests.integration.moto_server import admin_client, admin_ssm_client, reset_moto
 from tests.timing import assert_ended_by
 
 # An SSM "slow" needs a read timeout shorter than the agent's 10 s, which only SsmClient's constructor
@@ -767,3 +767,82 @@ def test_with_a_set_to_fall_back_on_the_start_gives_up_after_the_grace(agent: Ag
     stale = _stale_events(run)
     assert len(stale) == 1
     assert "within the 1 s deadline" in stale[0]["error"]
+
+
+# Secrets Manager at a restart: its calls go through the one retry loop, so outage_of tells an outage
+# (served from the kept set) from a refusal (never served), as for SSM (issues 28 and 29).
+SECRET_VALUE = "sm-t\u00f8ken 'q' $HOME `id` \\ end"
+
+
+def _secrets_manager_only(exchange: Exchange) -> bool:
+    """Only Secrets Manager's calls (X-Amz-Target secretsmanager.*), never SSM's."""
+    return exchange.headers.get("X-Amz-Target", "").startswith("secretsmanager.")
+
+
+@pytest.fixture
+def secret_agent(agent: Agent, moto_url: str, request: pytest.FixtureRequest) -> Agent:
+    """The agent with a secret() beside the parameters, Secrets Manager behind the same fault proxy."""
+    name = f"fi/sm-{request.node.callspec.id}"
+    admin_client("secretsmanager", moto_url).create_secret(Name=name, SecretString=SECRET_VALUE)
+    (agent.config / "app.env.j2").write_text(
+        TEMPLATE + f'SM_TOKEN={{{{ secret("{name}") }}}}\n', encoding="utf-8"
+    )
+    return agent
+
+
+def _secret_env(agent: Agent) -> dict[str, str]:
+    return {"AWS_ENDPOINT_URL_SECRETS_MANAGER": agent.faults.ssm.url}
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("http_503", 0),
+        ("http_500", 0),
+        ("throttling", 0),
+        ("drop", 0),
+        ("access_denied", 5),
+        ("decryption_failure", 5),
+        ("secret_not_found", 4),
+    ],
+)
+def test_a_secrets_manager_failure_at_a_restart_is_an_outage_or_a_refusal(
+    secret_agent: Agent, kind: str, expected: int
+) -> None:
+    """With on_outage = "keep", a restart whose Secrets Manager calls are throttled, 5xx or dropped (SSM
+    healthy) serves the kept set, secret included (exit 0, one render_stale), and exits 7 under "fail"
+    (the control); AccessDenied, DecryptionFailure and ResourceNotFound serve nothing and delete the
+    kept set. No value reaches the log either way."""
+    agent = secret_agent
+    env = _secret_env(agent)
+    agent.faults.set()
+    first = agent.render(GENEROUS_DEADLINE_SECONDS, on_outage="keep", env=env)
+    assert first.code == 0, first.stderr
+    assert agent.rendered() == {**EXPECTED, "SM_TOKEN": SECRET_VALUE}
+    assert (_kept_folder(agent) / "set.json").is_file()
+    _restart_folder(agent)
+
+    agent.faults.set(ssm=FaultPlan(kinds=(kind,), rate=1.0, seed=29, applies=_secrets_manager_only))
+    run = agent.render(DEADLINE_SECONDS, on_outage="keep", env=env)
+    context = f"{kind}: exit {run.code}\n{agent.faults.describe()}\n{run.stderr[-3000:]}"
+    # The fault hit Secrets Manager's calls, and only them.
+    decided = {i.target: i.fault for i in agent.faults.ssm.injections}
+    assert kind in {fault for target, fault in decided.items() if target.endswith("SecretValue")}, context
+    assert all(f == PASS for t, f in decided.items() if t.startswith("GetParameter")), context
+    assert run.code == expected, context
+    assert not [value for value in [*SECRETS, SECRET_VALUE] if value in run.stderr], context
+    if expected == 0:
+        assert agent.rendered() == {**EXPECTED, "SM_TOKEN": SECRET_VALUE}, context
+        stale = _stale_events(run)
+        assert len(stale) == 1, context
+        assert stale[0]["cause"] in ("outage", "throttled", "not_answer"), context
+        assert stale[0]["source"] == "kept", context
+        _restart_folder(agent)
+        control = agent.render(DEADLINE_SECONDS, on_outage="fail", env=env)
+        assert control.code == 7, control.stderr
+        assert not agent.output.exists()
+        assert not _stale_events(control)
+    else:
+        assert not agent.output.exists(), context
+        assert not _stale_events(run), context
+        assert not (_kept_folder(agent) / "set.json").exists(), context

@@ -186,3 +186,59 @@ def test_generated_policy_lets_the_role_render_and_each_statement_is_needed(
             assert code == 5, err
             assert action in err
             assert f"role {role}" in err
+
+
+SECRETS_TEMPLATE = (
+    'DB={{ secret("prod/db") }}\n'
+    'OLD_DB={{ secret("prod/db", stage="AWSPREVIOUS") }}\n'
+    'CMK={{ secret("prod/cmk") }}\n'
+)
+
+
+def _seed_secrets(iam: IamWorld) -> str:
+    """Secrets for SECRETS_TEMPLATE, one under a customer managed key; returns the key's ARN."""
+    key = iam.client("kms").create_key(Description="secrets")["KeyMetadata"]
+    sm = iam.client("secretsmanager")
+    sm.create_secret(Name="prod/db", SecretString="first")
+    sm.put_secret_value(SecretId="prod/db", SecretString="second")
+    sm.create_secret(Name="prod/cmk", SecretString="under a cmk", KmsKeyId=key["Arn"])
+    return str(key["Arn"])
+
+
+def test_policy_for_secrets_grants_each_secret_batch_on_star_and_the_key_via_secrets_manager(
+    iam: IamWorld, tmp_path: Path, tmpfs_path: Path
+) -> None:
+    """secret()s get GetSecretValue + DescribeSecret on their ARNs, BatchGetSecretValue on "*", kms:Decrypt
+    on the customer managed key only through Secrets Manager (kms:ViaService); it lints clean and, attached
+    to a role under enforcement (actions), lets it render."""
+    key_arn = _seed_secrets(iam)
+    (tmp_path / "host").mkdir()
+    (tmp_path / "app.env.j2").write_text(SECRETS_TEMPLATE, encoding="utf-8")
+    env = {**iam.admin.env(), "AWS_REGION": REGION, "AWS_ENDPOINT_URL": iam.url}
+    done = run_cli(tmp_path, None, "policy", "app", env=env)
+    assert done.code == 0, done.err
+    policy = json.loads(done.out)
+    by_sid = {statement["Sid"]: statement for statement in policy["Statement"]}
+    prefix = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret"
+    assert by_sid["ReadSecrets"] == {
+        "Sid": "ReadSecrets",
+        "Effect": "Allow",
+        "Action": ["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"],
+        "Resource": [f"{prefix}:prod/cmk-??????", f"{prefix}:prod/db-??????"],
+    }
+    assert by_sid["BatchReadSecrets"]["Action"] == ["secretsmanager:BatchGetSecretValue"]
+    assert by_sid["BatchReadSecrets"]["Resource"] == ["*"]
+    assert by_sid["DecryptSecrets1"]["Resource"] == [key_arn]
+    assert by_sid["DecryptSecrets1"]["Condition"] == {
+        "StringEquals": {"kms:ViaService": f"secretsmanager.{REGION}.amazonaws.com"}
+    }
+    assert set(by_sid) == {"ReadSecrets", "BatchReadSecrets", "DecryptSecrets1"}
+    assert _findings(policy) == []
+
+    with role_stack(iam, tmp_path / "host", tmpfs_path, actions_only(policy)) as (stack, proxy):
+        stack.env["AWS_ENDPOINT_URL_SECRETS_MANAGER"] = proxy.url
+        stack.template(SECRETS_TEMPLATE)
+        code, _out, render_err = stack.run("render", "app")
+        assert code == 0, render_err
+        assert proxy.count("BatchGetSecretValue") == 1
+        assert "secretsmanager_batch_denied" not in render_err

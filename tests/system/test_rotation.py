@@ -12,10 +12,10 @@ from typing import Any, Callable, Optional
 
 import pytest
 from nspawn import Machine
-from system_helpers import MARK, App, put
+from system_helpers import MARK, REGION, App, put
 
 from devtools.fakeimds import FakeImds
-from tests.integration.moto_server import CannedResponse, RecordingProxy, aws_json_error
+from tests.integration.moto_server import CannedResponse, RecordingProxy, admin_client, aws_json_error
 from tests.timing import Lines, wait_until
 
 pytestmark = pytest.mark.system
@@ -326,3 +326,33 @@ def test_a_stopped_app_costs_no_call_at_all(
     assert proxy.actions == []
     assert len(imds.requests) == imds_before
     assert machine.show(app.unit, "ActiveState") == "inactive"
+
+
+def test_put_secret_value_restarts_the_app_with_the_new_secret(
+    machine: Machine, new_app: NewApp, moto_url: str
+) -> None:
+    """A `secret()` rendered at start: after PutSecretValue the rotation check (DescribeSecret) sees a
+    new AWSCURRENT and the app restarts with the new value; the journal holds no value. Debian 12's
+    botocore has no BatchGetSecretValue, so its agent says so and fetches with GetSecretValue."""
+    app = new_app("rotsecret")
+    secrets_manager = admin_client("secretsmanager", moto_url, REGION)
+    name = f"{app.name}-{machine.release.suite}/token"
+    secrets_manager.create_secret(Name=name, SecretString=f"old secret {MARK}")
+    app.write_template(f'TOKEN={{{{ secret("{name}") }}}}\n')
+    cursor = machine.journal_cursor()
+    machine.systemctl("start", app.unit)
+    first_pid = _exec_done_pid(app)
+    assert app.environ()[b"TOKEN"] == f"old secret {MARK}".encode()
+    started = machine.journal(after=cursor, unit=app.agent_unit)
+    assert ("secretsmanager_batch_unavailable" in started) == (machine.release.suite == "bookworm"), started
+
+    secrets_manager.put_secret_value(SecretId=name, SecretString=f"new secret {MARK}")
+    cursor = machine.journal_cursor()
+    result = _check(machine, app)
+
+    journal = machine.journal(after=cursor, unit=app.refresh_unit)
+    assert result.returncode == 0, journal
+    assert "refresh_changed" in journal
+    assert app.main_pid() != first_pid
+    assert _token(app) == f"new secret {MARK}".encode()
+    assert MARK not in machine.journal(after=cursor)

@@ -334,3 +334,23 @@ def test_units_allow_ipv6_and_can_read_what_auto_reads(unit: str) -> None:
     ]
     assert families == [["AF_INET", "AF_INET6", "AF_UNIX"]]
     assert not [line for line in lines if line.startswith("ProcSubset=")]
+
+
+def test_secrets_manager_client_follows_the_modes_and_its_own_endpoint_setting(tmp_path: Path) -> None:
+    """secret()'s client resolves dual-stack and FIPS as SSM's does; secretsmanager_endpoint in
+    agent.toml wins over the modes, and AWS_ENDPOINT_URL_SECRETS_MANAGER over the file."""
+    from agent.aws.retry import Deadline
+    from agent.render import AwsAccess, secretsmanager_client
+
+    access = AwsAccess(region="us-east-1", credentials=CREDENTIALS, role=None)
+    both = _env(True, True)
+    settings = load_agent_settings(both, config_dir=str(tmp_path))
+    client = secretsmanager_client(settings, Deadline(5.0), access)
+    assert client.endpoint == _botocore_url("secretsmanager", "us-east-1", True, True)
+    (tmp_path / "agent.toml").write_text('secretsmanager_endpoint = "http://127.0.0.1:9"\n')
+    settings = load_agent_settings(both, config_dir=str(tmp_path))
+    assert secretsmanager_client(settings, Deadline(5.0), access).endpoint == "http://127.0.0.1:9"
+    settings = load_agent_settings(
+        {**both, "AWS_ENDPOINT_URL_SECRETS_MANAGER": "http://127.0.0.1:8"}, config_dir=str(tmp_path)
+    )
+    assert secretsmanager_client(settings, Deadline(5.0), access).endpoint == "http://127.0.0.1:8"

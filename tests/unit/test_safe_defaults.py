@@ -80,11 +80,12 @@ def test_a_template_asking_for_no_parameter_is_refused_with_exit_3(tmp_path: Pat
         'A={{ param("/app/A") }}\n',
         '{% for k, v in params("/app/").items() %}{{ k | env_name }}={{ v }}\n{% endfor %}',
         'A={{ param("/app/" ~ param("/app/which")) }}\n',
+        'A={{ secret("prod/app/a") }}\n',
     ],
-    ids=["param", "params", "computed"],
+    ids=["param", "params", "computed", "secret"],
 )
 def test_a_template_asking_for_parameters_is_read(tmp_path: Path, template: str) -> None:
-    """Control: a template with a param() or params() call, constant or computed, is accepted."""
+    """Control: a template with a param(), params() or secret() call, constant or computed, is accepted."""
     assert render.read_template(_service(tmp_path, template)) is not None
 
 
