@@ -34,12 +34,21 @@ def test_machine_has_the_agent_and_its_debian_dependencies(machine: Machine, rel
     )
     for package, prefix in release.libraries:
         assert versions[package].startswith(prefix), (package, versions[package])
-    if install_mode() == "tarball":
-        # The tarball's agent is its launcher's own: the release's python3 does not see it.
-        assert machine.run("python3", "-c", "import agent", check=False).returncode != 0
-    else:
+    if install_mode() == "source":
         python = machine.text("python3", "-c", "import sys, agent.cli; print('%d.%d' % sys.version_info[:2])")
         assert python.strip() == release.python
+    else:
+        # The .deb's and the tarball's agent live in the private folder /usr/lib/secrets-agent (Debian's
+        # Python policy for a program's modules): the release's python3 does not see it on its own...
+        assert machine.run("python3", "-c", "import agent", check=False).returncode != 0
+        if install_mode() == "deb":
+            # ...but runs it from there, with the release's own libraries.
+            python = machine.text(
+                "python3", "-c",
+                "import sys; sys.path.insert(0, '/usr/lib/secrets-agent'); import agent.cli; "
+                "print('%d.%d' % sys.version_info[:2])",
+            )  # fmt: skip
+            assert python.strip() == release.python
     assert machine.text("secrets-agent", "--version").startswith("secrets-agent ")
 
 
