@@ -537,6 +537,12 @@ def test_ami_bake_leaves_no_secret_and_the_image_boots_the_app(
     machine_id = root / "etc/machine-id"
     assert f"{machine_id} holds {instance_id}; fix: `truncate -s 0 {machine_id}`" in refused.stderr
     (root / "etc/machine-id").write_text("")
+    # The agent unit sets up systemd-creds' host key at its start (for on_outage = "sealed"): an image
+    # taken from a running instance carries it, and the check refuses it too, naming it.
+    host_key = root / "var/lib/systemd/credential.secret"
+    if host_key.exists():
+        assert str(host_key) in refused.stderr
+        host_key.unlink()
     verified = verify()
     assert verified.returncode == 0, verified.stderr
     assert "no secrets-agent in" not in verified.stderr  # the image's agent validated its services

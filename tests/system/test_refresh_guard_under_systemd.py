@@ -42,10 +42,12 @@ class Guarded:
 
     def files(self) -> dict[str, bytes]:
         """Every file in the app's runtime folder and in its record's folder (root's, beside it),
-        byte for byte (a leftover temp file shows)."""
+        byte for byte (a leftover temp file shows), but last-check.json: what the check found, the one
+        file a held check writes."""
         found = {}
         for folder in (self.app.folder, f"/run/secrets-agent-state/{self.app.name}"):
-            names = self.machine.text("ls", "-A", folder).split()
+            listed = self.machine.text("ls", "-A", folder).split()
+            names = [name for name in listed if name != "last-check.json"]
             found.update({name: self.machine.run("cat", f"{folder}/{name}").stdout for name in names})
         return found
 
@@ -223,7 +225,8 @@ def test_under_render_and_reload_a_failed_check_leaves_the_file_byte_for_byte(
     assert status == 0, journal
     assert machine.text("cat", reloads).split() == ["reloaded"]
     written = guarded.files()
-    assert sorted(written) == ["env", "state.json"]
+    # The new set, its record and (on_outage = "keep", the default) this boot's kept copy of it.
+    assert sorted(written) == ["env", "set.json", "state.json"]
     assert f"token-2 {MARK}".encode() in written["env"]
     assert f"user-2 {MARK}".encode() in written["env"]
     assert app.main_pid() == pid
