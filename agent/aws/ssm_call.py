@@ -116,22 +116,27 @@ class SsmCaller:
         request: dict[str, Any],
         check: Callable[[Any], _T],
         *,
-        stop_when_throttled: bool = False,
+        stop_at_throttled: Optional[int] = None,
     ) -> _T:
         """Run one API call and return `check` of its answer, retrying throttling, 5xx, network errors
         and answers that are not the service's until the deadline.
 
-        `stop_when_throttled` raises StoppedThrottled at the first throttled answer instead of
-        waiting: for a caller with a cheaper way round the throttle (Secrets Manager's single calls)."""
+        `stop_at_throttled` = n raises StoppedThrottled at the n-th throttled answer instead of
+        waiting once more: for a caller with another way round the throttle (Secrets Manager's single
+        calls)."""
         method = getattr(self._client, _snake_case(action))
         backoff = self._backoff_factory()
         backoff.memory = self._throttle_memory
+        throttled = 0
 
         def classify(error: Exception) -> Optional[Failure]:
+            nonlocal throttled
             failure = self._classify(error, action, names)
-            if stop_when_throttled and failure is not None and failure.kind is Kind.THROTTLED:
-                self._deadline.note_answer()
-                raise StoppedThrottled(failure.error) from None
+            if stop_at_throttled is not None and failure is not None and failure.kind is Kind.THROTTLED:
+                throttled += 1
+                if throttled >= stop_at_throttled:
+                    self._deadline.note_answer()
+                    raise StoppedThrottled(failure.error) from None
             return failure
 
         loop: RetryLoop[Any] = RetryLoop(
@@ -304,7 +309,7 @@ def _raised_in(module: str, traceback: Optional[TracebackType]) -> bool:
 
 
 class StoppedThrottled(Exception):
-    """The service throttled a call made with stop_when_throttled: the caller takes another way."""
+    """The service throttled a call made with stop_at_throttled: the caller takes another way."""
 
 
 class RejectedCall(Exception):
