@@ -409,7 +409,12 @@ class SecretsManagerClient:
                 fallback="secretsmanager:GetSecretValue, one call per secret",
             )
         self._caller = SecretsCaller(
-            client, deadline, backoff_factory=backoff_factory, role=role, on_status=on_status
+            client,
+            deadline,
+            backoff_factory=backoff_factory,
+            role=role,
+            on_status=on_status,
+            is_explicit_endpoint=endpoint_url is not None,
         )
         self.endpoint = endpoint_url or aws_endpoints.resolved_endpoint(client)
         self._caller.endpoint = self.endpoint
