@@ -193,7 +193,7 @@ def _probe_writes(machine: Machine, targets: list[str]) -> dict[str, set[str]]:
             dropin.parent.mkdir(exist_ok=True)
             dropin.write_text(
                 "[Service]\nExecStart=\n"
-                f"ExecStart=/bin/sh -c 'for p; do : >\"$$p\" || :; done; exit 3' probe {paths}\n"
+                f"ExecStart=/bin/sh -c 'for p; do true >\"$$p\" || :; done; exit 3' probe {paths}\n"
             )
         machine.daemon_reload()
         for unit in units:
@@ -273,11 +273,11 @@ def test_a_folder_made_after_systemd_loaded_the_units_is_a_warning_until_daemon_
     the render succeeds, writes the inventory it may, and warns that this folder is read-only,
     saying to run `systemctl daemon-reload`; after one, the next render writes it there too."""
     machine = observed_machine
-    late = f"{SSM_DIR}/i-0fedcba9876543210/inventory/custom"
-    machine.run("install", "-d", "-m", "0755", late)
-    app = new_app("inventorylate")
+    app = new_app("inventorylate")  # (a daemon-reload)
     put(ssm, f"{app.prefix}/TOKEN", f"token {MARK}")
     app.write_template(f'TOKEN={{{{ param("{app.prefix}/TOKEN") }}}}\n')
+    late = f"{SSM_DIR}/i-0fedcba9876543210/inventory/custom"
+    machine.run("install", "-d", "-m", "0755", late)
     cursor = machine.journal_cursor()
     machine.systemctl("start", app.unit)
     journal = _journal_with(machine, cursor, app.agent_unit, "inventory_not_written")
