@@ -85,7 +85,7 @@ _AGENT_KEYS = {
 IMDS_ENDPOINT_MODES = ("auto", "ipv4", "ipv6")
 ENDPOINT_SWITCHES = ("true", "false", "auto")
 # secretsmanager_fetch: how secret()s are fetched (agent/aws/secretsmanager.py): "auto" batches and
-# moves to single calls when the batch call is throttled; "batch" never moves; "single" never batches.
+# moves to single calls when the batch call is throttled twice; "batch" never moves; "single" never batches.
 SECRETSMANAGER_FETCH_STRATEGIES = ("auto", "batch", "single")
 DEFAULT_SOURCE = "default"
 _SERVICE_KEYS = {
@@ -165,7 +165,7 @@ SETTINGS_SCHEMA: tuple[SettingSpec, ...] = (
         ", ".join(SECRETSMANAGER_FETCH_STRATEGIES),
         "auto",
         "how secret()s are fetched: auto batches 20 a call and moves to parallel single calls when the "
-        "batch call is throttled; batch never moves; single never batches",
+        "batch call is throttled twice; batch never moves; single never batches",
         "",
     ),
     SettingSpec(

@@ -5,8 +5,8 @@ DescribeSecret for rotation checks, which never decrypts.
 Quotas decide the strategy (AWS, per account and region): GetSecretValue 10,000 calls/s,
 BatchGetSecretValue 100 calls/s (20 secrets each: 2,000 secrets/s), DescribeSecret 40,000 calls/s.
 One instance saves round trips with the batch call; a fleet booting together is served faster by
-single calls, so a throttled batch call moves the rest of the fetch to single calls, a few at a time
-(SINGLE_CALL_WORKERS). Every call runs under the one retry loop (agent.aws.retry, through SsmCaller)
+single calls, so a batch call throttled twice moves the rest of the fetch to single calls, a few at a
+time (SINGLE_CALL_WORKERS). Every call runs under the one retry loop (agent.aws.retry, through SsmCaller)
 and every answer is checked here before it is believed.
 """
 
@@ -41,6 +41,11 @@ _log = structlog.get_logger()
 
 BATCH_MAX_SECRETS = 20
 SINGLE_CALL_WORKERS = 4
+# "auto" waits out one throttled batch answer (the retry loop's first throttled wait, 0.2-0.5 s, in
+# which BatchGetSecretValue's quota refills) and moves to single calls at the second: a fleet whose
+# boots spread over a few seconds stays on the batch call (one call for 20 secrets, 20x cheaper),
+# and one that keeps hitting the batch quota goes to GetSecretValue's 100x larger one.
+BATCH_THROTTLED_ANSWERS = 2
 CURRENT_STAGE = "AWSCURRENT"
 PREVIOUS_STAGE = "AWSPREVIOUS"
 # Keys in the render record: never a valid SSM parameter name (SSM names hold no "|"), nor a secret's
@@ -404,7 +409,12 @@ class SecretsManagerClient:
                 fallback="secretsmanager:GetSecretValue, one call per secret",
             )
         self._caller = SecretsCaller(
-            client, deadline, backoff_factory=backoff_factory, role=role, on_status=on_status
+            client,
+            deadline,
+            backoff_factory=backoff_factory,
+            role=role,
+            on_status=on_status,
+            is_explicit_endpoint=endpoint_url is not None,
         )
         self.endpoint = endpoint_url or aws_endpoints.resolved_endpoint(client)
         self._caller.endpoint = self.endpoint
@@ -497,7 +507,11 @@ class SecretsManagerClient:
             self._count("BatchGetSecretValue")
             try:
                 answer = self._caller.call(
-                    "BatchGetSecretValue", ids, request, check, stop_when_throttled=self._strategy == "auto"
+                    "BatchGetSecretValue",
+                    ids,
+                    request,
+                    check,
+                    stop_at_throttled=BATCH_THROTTLED_ANSWERS if self._strategy == "auto" else None,
                 )
             except RejectedCall as rejected:
                 if denies_action(rejected.code, rejected.message, "BatchGetSecretValue"):

@@ -73,7 +73,12 @@ class SsmClient:
             flags=endpoint_flags,
         )
         self._caller = SsmCaller(
-            client, deadline, backoff_factory=backoff_factory, role=role, on_status=on_status
+            client,
+            deadline,
+            backoff_factory=backoff_factory,
+            role=role,
+            on_status=on_status,
+            is_explicit_endpoint=endpoint_url is not None,
         )
         self._call = self._caller.call
         # Where the requests go: botocore's endpoint rules (dual-stack, FIPS), or the explicit one.

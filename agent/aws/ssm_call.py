@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import http.client
 import re
+import socket
 import threading
 import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Callable, Optional, TypeVar
+from urllib.parse import urlsplit
 
 import structlog
 import urllib3.exceptions
@@ -23,6 +25,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from agent.aws.answers import describe_http
 from agent.aws.clients import credential_failure
+from agent.aws.endpoints import ENDPOINT_SETTING
 from agent.aws.retry import Backoff, Deadline, Failure, Kind, NotServiceAnswer, RetryLoop, ThrottleMemory
 from agent.aws.ssm_errors import (
     THROTTLING_ERROR_CODES,
@@ -32,7 +35,7 @@ from agent.aws.ssm_errors import (
     is_retryable_error,
     map_client_error,
 )
-from agent.errors import AgentError, ServiceUnavailable
+from agent.errors import AgentError, ConfigError, ServiceUnavailable
 
 _log = structlog.get_logger()
 
@@ -53,6 +56,10 @@ _NETWORK_ERRORS = (
 # bug elsewhere is never mistaken for a bad answer.
 _PARSE_ERRORS = (AttributeError, TypeError, ValueError, KeyError)
 _BOTOCORE_PARSER_MODULE = "botocore.parsers"
+
+# getaddrinfo's "this name does not exist" (NXDOMAIN: "Name or service not known") and "it holds no
+# address" (NODATA): unlike "try again" (SERVFAIL, a resolver that does not answer), the DNS answered.
+_NO_SUCH_NAME = frozenset({socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)})
 
 _T = TypeVar("_T")
 
@@ -84,9 +91,12 @@ class SsmCaller:
         backoff_factory: Callable[[], Backoff] = Backoff,
         role: Optional[str] = None,
         on_status: Callable[[str], None] = lambda _text: None,
+        is_explicit_endpoint: bool = False,
     ) -> None:
         self._client = client
         self.endpoint: str = str(client.meta.endpoint_url)
+        # An endpoint the operator named (its host can be a typo) rather than AWS's own for the region.
+        self._is_explicit_endpoint = is_explicit_endpoint
         self._deadline = deadline
         self._backoff_factory = backoff_factory
         self._role = role
@@ -116,22 +126,27 @@ class SsmCaller:
         request: dict[str, Any],
         check: Callable[[Any], _T],
         *,
-        stop_when_throttled: bool = False,
+        stop_at_throttled: Optional[int] = None,
     ) -> _T:
         """Run one API call and return `check` of its answer, retrying throttling, 5xx, network errors
         and answers that are not the service's until the deadline.
 
-        `stop_when_throttled` raises StoppedThrottled at the first throttled answer instead of
-        waiting: for a caller with a cheaper way round the throttle (Secrets Manager's single calls)."""
+        `stop_at_throttled` = n raises StoppedThrottled at the n-th throttled answer instead of
+        waiting once more: for a caller with another way round the throttle (Secrets Manager's single
+        calls)."""
         method = getattr(self._client, _snake_case(action))
         backoff = self._backoff_factory()
         backoff.memory = self._throttle_memory
+        throttled = 0
 
         def classify(error: Exception) -> Optional[Failure]:
+            nonlocal throttled
             failure = self._classify(error, action, names)
-            if stop_when_throttled and failure is not None and failure.kind is Kind.THROTTLED:
-                self._deadline.note_answer()
-                raise StoppedThrottled(failure.error) from None
+            if stop_at_throttled is not None and failure is not None and failure.kind is Kind.THROTTLED:
+                throttled += 1
+                if throttled >= stop_at_throttled:
+                    self._deadline.note_answer()
+                    raise StoppedThrottled(failure.error) from None
             return failure
 
         loop: RetryLoop[Any] = RetryLoop(
@@ -160,6 +175,9 @@ class SsmCaller:
             self._deadline.note_answer()
             raise RejectedCall(code, error_message(error), self._map_error(error, action, names)) from None
         if isinstance(error, _NETWORK_ERRORS):
+            lookup = _name_lookup_error(error)
+            if lookup is not None:
+                return self._lookup_failed(lookup)
             # EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError,
             # a body cut short: refused or slow connects, answers that never come or never end.
             return Failure(Kind.OUTAGE, type(error).__name__)
@@ -176,6 +194,22 @@ class SsmCaller:
                 f"a body botocore could not read as {self.service}'s ({type(error).__name__})",
             )
         return None
+
+    def _lookup_failed(self, lookup: socket.gaierror) -> Failure:
+        """The endpoint's name did not resolve: an outage (retried, and a start may serve the kept set),
+        except a name the operator wrote that the DNS says does not exist, which is a settings error.
+
+        AWS's own names are built by botocore for a region its endpoint data knows (checked when the
+        client is built), so "does not exist" there is AWS's DNS failing, as in us-east-1 in October
+        2025; an explicit endpoint's host can be a typo, or a VPC endpoint that was deleted."""
+        host = urlsplit(self.endpoint).hostname or self.endpoint
+        reason = lookup.strerror or str(lookup)
+        if self._is_explicit_endpoint and lookup.errno in _NO_SUCH_NAME:
+            raise ConfigError(
+                f"{self.service}'s endpoint {self.endpoint} names a host the DNS says does not exist "
+                f"({host}: {reason}): fix {ENDPOINT_SETTING[self.iam_prefix]} or AWS_ENDPOINT_URL"
+            ) from None
+        return Failure(Kind.OUTAGE, f"DNS lookup of {host} failed ({reason})")
 
     def _map_error(self, error: ClientError, action: str, names: Sequence[str]) -> AgentError:
         """The agent's error for a call the service refused for good."""
@@ -281,9 +315,28 @@ class SsmCaller:
         return ServiceUnavailable(
             f"{self.service} at {self.endpoint} did not answer {self.iam_prefix}:{action} within the "
             f"{self._deadline.seconds:g} s deadline ({loop.attempts} attempts, last error {last.error}): "
-            f"check the network path to {self.service} (VPC endpoint, NAT, security groups), or raise "
+            f"check the network path to {self.service} (DNS, VPC endpoint, NAT, security groups), or raise "
             "deadline_seconds"
         )
+
+
+def _name_lookup_error(error: BaseException) -> Optional[socket.gaierror]:
+    """The failed getaddrinfo under a connection error, or None: botocore keeps urllib3's error in
+    `kwargs["error"]`, which holds the gaierror as its cause (urllib3 2) or context (urllib3 1.26)."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, socket.gaierror):
+            return current
+        kwargs = getattr(current, "kwargs", None)
+        nested = kwargs.get("error") if isinstance(kwargs, dict) else None
+        linked = (nested, current.__cause__, current.__context__)
+        pending += [link for link in linked if isinstance(link, BaseException)]
+    return None
 
 
 def _believe(check: Callable[[Any], _T], response: Any) -> _T:
@@ -304,7 +357,7 @@ def _raised_in(module: str, traceback: Optional[TracebackType]) -> bool:
 
 
 class StoppedThrottled(Exception):
-    """The service throttled a call made with stop_when_throttled: the caller takes another way."""
+    """The service throttled a call made with stop_at_throttled: the caller takes another way."""
 
 
 class RejectedCall(Exception):

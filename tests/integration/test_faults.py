@@ -3,7 +3,9 @@ wrong value (or a default in place of an existing parameter) into the rendered f
 
 The agent runs through its command (agent.cli.main, in process) against moto's server and the fake
 IMDS, each behind a seeded FaultProxy. A failure message carries both proxies' seeds and the fault
-given to every request, so the run can be replayed.
+given to every request, so the run can be replayed. A DNS failure is met by the command as its own
+process, whose glibc resolver asks only a fake DNS server that fails every query
+(devtools/fakedns.py).
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -27,7 +30,9 @@ from agent.aws.retry import Backoff, Deadline
 from agent.aws.ssm import SsmClient
 from agent.errors import ServiceUnavailable
 from agent.host.output import TMP_PREFIX
+from devtools.fakedns import FakeDns, resolver_jail
 from devtools.fakeimds import FakeImds
+from devtools.netns import inside, lone_namespace
 from devtools.systemd_envfile import parse_env
 from tests.integration.cli_harness import run_cli
 from tests.integration.faults import (
@@ -46,7 +51,10 @@ from tests.integration.faults import (
     later_path_pages,
 )
 from tests.integration.moto_server import admin_client, admin_ssm_client, reset_moto
+from tests.prerequisites import require_command, require_root
 from tests.timing import assert_ended_by
+
+REPO = Path(__file__).resolve().parents[2]
 
 # An SSM "slow" needs a read timeout shorter than the agent's 10 s, which only SsmClient's constructor
 # sets: the command-level tests leave it out and test_slow_* cover it on the client.
@@ -130,6 +138,11 @@ class Agent:
     config: Path
     runtime: Path
     faults: FaultPair
+    # Set by a test of DNS failures (_resolve_through): the command then runs as its own process after
+    # this argv prefix (a mount namespace whose resolver asks only the fake DNS server), against
+    # `ssm_url`, whose host only DNS could resolve.
+    resolver: Optional[list[str]] = None
+    ssm_url: Optional[str] = None
 
     @property
     def output(self) -> Path:
@@ -149,10 +162,34 @@ class Agent:
         self.configure(deadline_seconds, throttled_seconds, on_outage=on_outage)
         env = {
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": self.faults.imds.url,
-            "AWS_ENDPOINT_URL_SSM": self.faults.ssm.url,
+            "AWS_ENDPOINT_URL_SSM": self.ssm_url or self.faults.ssm.url,
             **(env or {}),
         }
+        if self.resolver is not None:
+            return self.run_process(command, env, prefix=self.resolver)
         return Run(*run_cli(self.config, self.runtime, command, "app", env=env))
+
+    def run_process(self, command: str, env: dict[str, str], prefix: Sequence[str] = ()) -> Run:
+        """`python -m agent COMMAND app` as its own process (after the argv `prefix`), with `env`
+        beside PATH, this checkout and no AWS config file."""
+        environment = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONPATH": str(REPO),
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            **env,
+        }
+        args = ["--config-dir", str(self.config), "--runtime-dir", str(self.runtime), command, "app"]
+        started = time.monotonic()
+        result = subprocess.run(
+            [*prefix, sys.executable, "-m", "agent", *args],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        return Run(result.returncode, result.stdout, result.stderr, time.monotonic() - started)
 
     def configure(
         self, deadline_seconds: float, throttled_seconds: Optional[float] = None, *, on_outage: str = "fail"
@@ -315,17 +352,10 @@ def test_the_command_itself_exits_7_on_answers_that_are_not_ssms(agent: Agent) -
     agent.faults.set(ssm=FaultPlan(kinds=("html_200",), rate=1.0, seed=17))
     agent.configure(DEADLINE_SECONDS)
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "AWS_EC2_METADATA_SERVICE_ENDPOINT": agent.faults.imds.url,
         "AWS_ENDPOINT_URL_SSM": agent.faults.ssm.url,
-        "AWS_CONFIG_FILE": os.devnull,
-        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
     }
-    args = ["--config-dir", str(agent.config), "--runtime-dir", str(agent.runtime), "render", "app"]
-    result = subprocess.run(
-        [sys.executable, "-m", "agent", *args], env=env, capture_output=True, text=True, check=False
-    )
-    run = Run(result.returncode, result.stdout, result.stderr, seconds=0.0)
+    run = agent.run_process("render", env)
     context = f"exit {run.code}\n{agent.faults.describe()}\n{run.stderr}"
     assert run.code == 7, context
     assert agent.faults.ssm.url in run.error(), context
@@ -575,7 +605,9 @@ def test_throttling_is_not_cut_short_by_the_outage_deadline(world: World) -> Non
 # -- on_outage: a start that finds SSM or IMDS down serves this boot's set; a refusal never does ----
 
 # One transient cause per case: the side whose every answer is faulted, and the fault; "timeout" is
-# IMDS holding its answer past the agent's read timeout.
+# IMDS holding its answer past the agent's read timeout. On the "dns" side the SSM endpoint's name
+# does not resolve: the resolver gets SERVFAIL, or no answer before its timeout (both "Temporary
+# failure in name resolution").
 TRANSIENT_CAUSES = {
     "throttling": ("ssm", "throttling"),
     "ssm_5xx": ("ssm", "http_500"),
@@ -584,7 +616,38 @@ TRANSIENT_CAUSES = {
     "imds_5xx": ("imds", "http_500"),
     "imds_timeout": ("imds", "slow"),
     "imds_unreachable": ("imds", "drop"),
+    "dns_servfail": ("dns", "servfail"),
+    "dns_timeout": ("dns", "silent"),
 }
+# Hosts only DNS could resolve (the jail's /etc/hosts holds localhost alone; .test is reserved).
+DNS_ONLY_HOST = "ssm.dns-outage.test"
+DNS_ONLY_SECRETS_HOST = "secretsmanager.dns-outage.test"
+# AWS's own name for SSM in the fake IMDS's region (IPv4-only names: use_dualstack_endpoint = false).
+AWS_SSM_HOST = "ssm.eu-west-1.amazonaws.com"
+
+
+@pytest.fixture(scope="module")
+def fake_dns() -> Iterator[FakeDns]:
+    """A DNS server on a loopback address of its own that fails every query (devtools/fakedns.py)."""
+    require_root("a mount namespace and port 53 for the fake DNS server")
+    require_command("unshare", "util-linux")
+    server = FakeDns()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _resolve_through(agent: Agent, server: FakeDns, answer: str, host: str = DNS_ONLY_HOST) -> str:
+    """From now on the command runs in a mount namespace whose resolver asks only `server`, which
+    answers every query as `answer` says; the URL of an endpoint on `host`, which only DNS could
+    resolve."""
+    server.clear(answer)
+    folder = agent.config.parent / "resolver"
+    folder.mkdir(exist_ok=True)
+    agent.resolver = resolver_jail(folder, server)
+    return f"http://{host}:{urlsplit(agent.faults.ssm.url).port}"
 
 
 def _kept_folder(agent: Agent) -> Path:
@@ -613,14 +676,20 @@ def _restart_folder(agent: Agent) -> None:
 
 
 @pytest.mark.parametrize("cause", sorted(TRANSIENT_CAUSES))
-def test_a_transient_failure_at_a_restart_serves_the_kept_set(agent: Agent, cause: str) -> None:
+def test_a_transient_failure_at_a_restart_serves_the_kept_set(
+    agent: Agent, cause: str, request: pytest.FixtureRequest
+) -> None:
     """With on_outage = "keep", a restart that meets a transient failure puts this boot's set back
     (exit 0, the same values), logs one render_stale warning naming the cause and marks the set stale;
     the same failure with on_outage = "fail" exits 7 and leaves no file (the control)."""
     side, kind = TRANSIENT_CAUSES[cause]
     _render_kept(agent)
     _restart_folder(agent)
-    agent.faults.set(**_plan(side, (kind,), 1.0, seed=28))
+    if side == "dns":
+        dns: FakeDns = request.getfixturevalue("fake_dns")
+        agent.ssm_url = _resolve_through(agent, dns, kind)
+    else:
+        agent.faults.set(**_plan(side, (kind,), 1.0, seed=28))
     run = agent.render(DEADLINE_SECONDS, on_outage="keep")
     context = f"{cause}: exit {run.code}\n{agent.faults.describe()}\n{run.stderr[-3000:]}"
     assert run.code == 0, context
@@ -632,6 +701,10 @@ def test_a_transient_failure_at_a_restart_serves_the_kept_set(agent: Agent, caus
     assert isinstance(stale[0]["age_seconds"], int), context
     assert (_kept_folder(agent) / "stale.json").is_file(), context
     assert not [value for value in SECRETS if value in run.stderr], context
+    if side == "dns":
+        # glibc's resolver really asked the fake server for the endpoint's host, and that is the cause.
+        assert dns.asked(DNS_ONLY_HOST), context
+        assert f"DNS lookup of {DNS_ONLY_HOST} failed" in stale[0]["error"], context
 
     _restart_folder(agent)
     control = agent.render(DEADLINE_SECONDS, on_outage="fail")
@@ -666,6 +739,87 @@ def test_a_refusal_never_serves_the_kept_set_and_deletes_it(agent: Agent, kind: 
     after = agent.render(DEADLINE_SECONDS, on_outage="keep")
     assert after.code == 7, after.stderr
     assert not agent.output.exists()
+
+
+# A name that does not exist at all (NXDOMAIN, "Name or service not known"; or NODATA, "No address
+# associated with hostname"): the DNS answered. In an endpoint the operator wrote it is a settings
+# error (a typo, a deleted VPC endpoint) and never served stale; in AWS's own name for the region (which
+# botocore builds only for a region it knows) it is AWS's DNS failing, an outage like SERVFAIL.
+
+
+@pytest.mark.parametrize("answer", ["nxdomain", "nodata"])
+def test_an_explicit_endpoint_whose_host_does_not_exist_is_a_settings_error_never_served_stale(
+    agent: Agent, fake_dns: FakeDns, answer: str
+) -> None:
+    """An explicit SSM endpoint whose host the DNS says does not exist (or holds no address) fails a
+    restart under "keep" with exit 2 naming the host and the setting, serves nothing and deletes the
+    kept set, so a following outage has nothing to serve either."""
+    _render_kept(agent)
+    _restart_folder(agent)
+    agent.ssm_url = _resolve_through(agent, fake_dns, answer)
+    run = agent.render(DEADLINE_SECONDS, on_outage="keep")
+    context = f"{answer}: exit {run.code}\n{run.stderr[-3000:]}"
+    assert fake_dns.asked(DNS_ONLY_HOST), context
+    assert run.code == 2, context
+    assert DNS_ONLY_HOST in run.error(), context
+    assert "ssm_endpoint" in run.error(), context
+    assert not agent.output.exists(), context
+    assert not _stale_events(run), context
+    assert not (_kept_folder(agent) / "set.json").exists(), context
+
+    # The control: the kept set is gone, so even a transient DNS failure now has nothing to serve.
+    fake_dns.clear("servfail")
+    after = agent.render(DEADLINE_SECONDS, on_outage="keep")
+    assert after.code == 7, after.stderr
+    assert not agent.output.exists()
+
+
+def test_aws_own_endpoint_name_not_resolving_is_an_outage_that_serves_the_kept_set(
+    agent: Agent, tmp_path: Path
+) -> None:
+    """With no explicit endpoint, NXDOMAIN for AWS's own SSM name is an outage: a restart under "keep"
+    serves the kept set (exit 0, one render_stale naming the name), under "fail" exits 7 (the control).
+
+    The command runs in a network namespace holding only loopback and the fake DNS server (a mount
+    namespace of its own on top), with credentials from the environment: AWS's name never resolves
+    and nothing could leave the machine if it did."""
+    require_root("a network namespace, a mount namespace and port 53 for the fake DNS server")
+    require_command("unshare", "util-linux")
+    _render_kept(agent)
+    env = {
+        "AWS_REGION": "eu-west-1",
+        "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "AWS_USE_DUALSTACK_ENDPOINT": "false",
+        # Nothing listens there in the namespace: the agent has no business with IMDS here.
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9",
+    }
+    server = FakeDns("nxdomain")
+    folder = tmp_path / "resolver"
+    folder.mkdir()
+    with lone_namespace(f"sa-dns-{os.getpid()}") as namespace:
+        inside(namespace, server.start)
+        try:
+            prefix = resolver_jail(folder, server, netns=namespace)
+            _restart_folder(agent)
+            agent.configure(DEADLINE_SECONDS, on_outage="keep")
+            run = agent.run_process("render", env, prefix=prefix)
+            context = f"exit {run.code}\n{server.queries}\n{run.stderr[-3000:]}"
+            assert server.asked(AWS_SSM_HOST), context
+            assert run.code == 0, context
+            assert agent.rendered() == EXPECTED, context
+            stale = _stale_events(run)
+            assert len(stale) == 1, context
+            assert stale[0]["cause"] == "outage", context
+            assert f"DNS lookup of {AWS_SSM_HOST} failed (Name or service not known)" in stale[0]["error"]
+
+            _restart_folder(agent)
+            agent.configure(DEADLINE_SECONDS, on_outage="fail")
+            control = agent.run_process("render", env, prefix=prefix)
+            assert control.code == 7, control.stderr
+            assert not agent.output.exists()
+        finally:
+            server.stop()
 
 
 # A name the template computes from a fetched value is asked for while the template renders (not in
@@ -804,15 +958,18 @@ def _secret_env(agent: Agent) -> dict[str, str]:
         ("access_denied", 5),
         ("decryption_failure", 5),
         ("secret_not_found", 4),
+        ("dns_servfail", 0),
+        ("dns_nxdomain", 2),
     ],
 )
 def test_a_secrets_manager_failure_at_a_restart_is_an_outage_or_a_refusal(
-    secret_agent: Agent, kind: str, expected: int
+    secret_agent: Agent, kind: str, expected: int, request: pytest.FixtureRequest
 ) -> None:
-    """With on_outage = "keep", a restart whose Secrets Manager calls are throttled, 5xx or dropped (SSM
-    healthy) serves the kept set, secret included (exit 0, one render_stale), and exits 7 under "fail"
-    (the control); AccessDenied, DecryptionFailure and ResourceNotFound serve nothing and delete the
-    kept set. No value reaches the log either way."""
+    """With on_outage = "keep", a restart whose Secrets Manager calls are throttled, 5xx or dropped, or
+    whose endpoint's name gets SERVFAIL (SSM healthy), serves the kept set, secret included (exit 0,
+    one render_stale), and exits 7 under "fail" (the control); AccessDenied, DecryptionFailure,
+    ResourceNotFound and an explicit endpoint's host that does not exist (NXDOMAIN) serve nothing and
+    delete the kept set. No value reaches the log either way."""
     agent = secret_agent
     env = _secret_env(agent)
     agent.faults.set()
@@ -822,13 +979,26 @@ def test_a_secrets_manager_failure_at_a_restart_is_an_outage_or_a_refusal(
     assert (_kept_folder(agent) / "set.json").is_file()
     _restart_folder(agent)
 
-    agent.faults.set(ssm=FaultPlan(kinds=(kind,), rate=1.0, seed=29, applies=_secrets_manager_only))
+    if kind.startswith("dns_"):
+        dns: FakeDns = request.getfixturevalue("fake_dns")
+        url = _resolve_through(agent, dns, kind.removeprefix("dns_"), DNS_ONLY_SECRETS_HOST)
+        env = {"AWS_ENDPOINT_URL_SECRETS_MANAGER": url}
+    else:
+        agent.faults.set(ssm=FaultPlan(kinds=(kind,), rate=1.0, seed=29, applies=_secrets_manager_only))
     run = agent.render(DEADLINE_SECONDS, on_outage="keep", env=env)
     context = f"{kind}: exit {run.code}\n{agent.faults.describe()}\n{run.stderr[-3000:]}"
-    # The fault hit Secrets Manager's calls, and only them.
     decided = {i.target: i.fault for i in agent.faults.ssm.injections}
-    assert kind in {fault for target, fault in decided.items() if target.endswith("SecretValue")}, context
-    assert all(f == PASS for t, f in decided.items() if t.startswith("GetParameter")), context
+    if kind.startswith("dns_"):
+        # The resolver asked the fake server for Secrets Manager's host; SSM's calls got through.
+        assert dns.asked(DNS_ONLY_SECRETS_HOST), context
+        assert {f for t, f in decided.items() if t.startswith("GetParameter")} == {PASS}, context
+        if expected == 2:
+            assert f"{DNS_ONLY_SECRETS_HOST}: Name or service not known" in run.error(), context
+            assert "secretsmanager_endpoint" in run.error(), context
+    else:
+        # The fault hit Secrets Manager's calls, and only them.
+        assert kind in {f for t, f in decided.items() if t.endswith("SecretValue")}, context
+        assert all(f == PASS for t, f in decided.items() if t.startswith("GetParameter")), context
     assert run.code == expected, context
     assert not [value for value in [*SECRETS, SECRET_VALUE] if value in run.stderr], context
     if expected == 0:

@@ -81,6 +81,9 @@ def test_a_good_service_validates_with_no_network_and_no_credentials(folders: tu
 def test_render_in_the_same_namespace_fails_for_want_of_aws(folders: tuple[Path, Path]) -> None:
     """Control: the namespace really is offline: `render` of the same good service cannot reach AWS."""
     config, runtime = folders
+    # A short deadline: the render's retry loop gives up in seconds instead of the default minute.
+    with (config / "app.toml").open("a", encoding="utf-8") as settings:
+        settings.write("deadline_seconds = 2\n")
     done = offline("render", "app", config=config, runtime=runtime)
     assert done.returncode in (6, 7), done.stderr
 

@@ -32,6 +32,9 @@ def test_twenty_restarts_give_the_app_the_current_value_every_time(
     assert app.environ()[b"TOKEN"] == f"first {MARK}".encode()
     pids = {app.main_pid()}
     runs = {machine.show(app.agent_unit, "InvocationID")}
+    # The clean-up of metrics and inventory runs after a stop, never for a restart (which keeps the
+    # runtime folder and writes both again): its command's start time does not move.
+    cleaned = machine.show(app.clean_unit, "ExecMainStartTimestampMonotonic")
 
     stale = []
     for cycle in range(1, CYCLES + 1):
@@ -48,3 +51,4 @@ def test_twenty_restarts_give_the_app_the_current_value_every_time(
     assert len(pids) == CYCLES + 1
     assert len(runs) == CYCLES + 1
     assert machine.show(app.unit, "ActiveState") == "active"
+    assert machine.show(app.clean_unit, "ExecMainStartTimestampMonotonic") == cleaned

@@ -212,8 +212,9 @@ def test_nothing_runs_in_front_of_the_secrets_removal_on_stop() -> None:
     for setting in (
         "Type=oneshot",
         "ExecStart=/usr/bin/secrets-agent clean %i",
-        "ExecCondition=/bin/sh -c 'n=0; while [ -e /run/secrets-agent/%i ]; do n=$$((n+1)); "
-        "[ $$n -le 20 ] || exit 1; sleep 0.05; done'",
+        "ExecCondition=/bin/sh -c 'n=0; while [ -e /run/secrets-agent/%i ]; do "
+        '[ -z "$$(systemctl list-jobs --no-legend secrets-agent@%i.service)" ] || exit 1; '
+        "n=$$((n+1)); [ $$n -le 20 ] || exit 1; sleep 0.05; done'",
         "Before=secrets-agent@%i.service",
         "PrivateNetwork=yes",
     ):
