@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Optional
 
 
 class AgentError(Exception):
@@ -113,6 +114,11 @@ class OutputError(AgentError):
     """The rendered file cannot be written (or removed) safely."""
 
     exit_code = 8
+
+    def __init__(self, message: str, *, errno: Optional[int] = None) -> None:
+        super().__init__(message)
+        # The operating system's error number behind it, when there is one (errno.EROFS, ...).
+        self.errno = errno
 
 
 class SystemdError(AgentError):

@@ -1,5 +1,5 @@
-"""Copy systemd/'s units into cloud-init/user-data-wheel.yaml (which installs the wheel and so writes the
-units itself), ExecStart= running the venv's command: `python -m devtools.sync_user_data`.
+"""Copy systemd/'s units and generator into cloud-init/user-data-wheel.yaml (which installs the wheel and
+so writes them itself), ExecStart= running the venv's command: `python -m devtools.sync_user_data`.
 tests/packaging/test_cloud_init_files.py fails until the copies match."""
 
 from __future__ import annotations
@@ -16,6 +16,13 @@ UNITS = (
     "secrets-agent-clean@.service",
     "secrets-agent-stale@.timer",
 )
+GENERATOR = "secrets-agent-generator"
+# Each file of systemd/ the user-data writes, and where: the units, and the generator in the
+# folder systemd reads an administrator's generators from.
+FILES = {
+    **{unit: f"/etc/systemd/system/{unit}" for unit in UNITS},
+    GENERATOR: f"/etc/systemd/system-generators/{GENERATOR}",
+}
 INDENT = " " * 6
 
 
@@ -25,10 +32,11 @@ def venv_commands(unit_text: str) -> str:
 
 
 def synced(text: str) -> str:
-    """The user-data text with each unit's `content: |` block replaced by systemd/'s file."""
+    """The user-data text with each unit's (and the generator's) `content: |` block replaced by
+    systemd/'s file."""
     lines = text.splitlines(keepends=True)
-    for unit in UNITS:
-        start = lines.index(f"  - path: /etc/systemd/system/{unit}\n")
+    for unit, installed in FILES.items():
+        start = lines.index(f"  - path: {installed}\n")
         content = next(i for i in range(start, len(lines)) if lines[i].strip() == "content: |")
         end = content + 1
         while end < len(lines) and (lines[end].startswith(INDENT) or lines[end].strip() == ""):

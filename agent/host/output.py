@@ -305,7 +305,7 @@ def os_error(verb: str, path: Path, exc: OSError) -> OutputError:
         errno.EPERM: "not permitted: run as root (or as the owner of the folder)",
     }
     fix = fixes.get(exc.errno or 0, "fix the cause and run the command again")
-    return OutputError(f"cannot {verb} {path} ({exc.strerror or exc}): {fix}")
+    return OutputError(f"cannot {verb} {path} ({exc.strerror or exc}): {fix}", errno=exc.errno)
 
 
 def write_all(fd: int, data: bytes) -> None:

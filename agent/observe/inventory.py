@@ -32,8 +32,9 @@ MAX_ITEMS = 10_000
 MAX_ATTRIBUTES = 50
 MAX_ATTRIBUTE_NAME_CHARS = 64
 MAX_VALUE_CHARS = 4096
-# EC2 instances (i-...) and hybrid managed nodes (mi-...).
-_INSTANCE_FOLDER_RE = re.compile(r"^m?i-[0-9a-f]{8,32}$")
+# EC2 instances (i-...) and hybrid managed nodes (mi-...), the whole name (fullmatch: "$" alone would
+# take a trailing newline); systemd/secrets-agent-generator grants the units the same folders.
+_INSTANCE_FOLDER_RE = re.compile(r"m?i-[0-9a-f]{8,32}")
 _SCHEMA_VERSION_RE = re.compile(r"^[0-9]{1,6}\.[0-9]{1,6}$")
 
 
@@ -117,11 +118,23 @@ def validate_inventory(document: Any) -> list[str]:
     return problems
 
 
+def read_only_message(path: Path) -> str:
+    """Why the file at `path` could not be written when its folder is read-only, and the fix: the
+    units' sandbox lets them write only the custom inventory folders systemd granted when it last
+    loaded them (systemd/secrets-agent-generator), and the SSM agent made this one since."""
+    return (
+        f"cannot write {path} (read-only file system): the agent's units may write only the SSM agent "
+        "inventory folders that systemd found when it last loaded them (secrets-agent-generator, at "
+        "boot and at every daemon-reload), and the SSM agent made this one since: run `systemctl "
+        "daemon-reload`, and the next render, rotation check or clean writes it"
+    )
+
+
 def custom_inventory_folders(ssm_agent_dir: Path = SSM_AGENT_DIR) -> list[Path]:
     """Each <ssm_agent_dir>/<instance-id>/inventory/custom/ folder that exists (none without the SSM
     agent): the agent writes only where the SSM agent already collects custom inventory."""
     try:
-        entries = sorted(p for p in ssm_agent_dir.iterdir() if _INSTANCE_FOLDER_RE.match(p.name))
+        entries = sorted(p for p in ssm_agent_dir.iterdir() if _INSTANCE_FOLDER_RE.fullmatch(p.name))
     except OSError:
         return []
     return [p / "inventory" / "custom" for p in entries if (p / "inventory" / "custom").is_dir()]

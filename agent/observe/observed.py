@@ -8,6 +8,7 @@ code: a failure to publish is logged and never changes the command's outcome.
 from __future__ import annotations
 
 import contextlib
+import errno
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -204,4 +205,6 @@ def publish_inventory(settings: AgentSettings, ssm_agent_dir: Path = inventory.S
         try:
             write_public_file(path, document)
         except OutputError as exc:
-            log.warning("inventory_not_written", path=str(path), error=exc.message)
+            # Read-only: the folder is not in the units' sandbox (yet), which a daemon-reload fixes.
+            error = inventory.read_only_message(path) if exc.errno == errno.EROFS else exc.message
+            log.warning("inventory_not_written", path=str(path), error=error)

@@ -51,6 +51,8 @@ UNITS = (
     "secrets-agent-clean@.service",
     "secrets-agent-stale@.timer",
 )
+GENERATOR = "secrets-agent-generator"
+GENERATORS = "usr/lib/systemd/system-generators"
 # Shell completion (python -m devtools.docs writes them from the argument parser), where bash-completion
 # and zsh look on any distribution.
 COMPLETIONS = {
@@ -228,6 +230,10 @@ def stage_tree(root: Path, version: str) -> None:
     units.mkdir(parents=True)
     for unit in UNITS:
         shutil.copyfile(REPO / "systemd" / unit, units / unit)
+    # Grants the units the SSM Agent's inventory folder of this machine (see the script).
+    generators = root / GENERATORS
+    generators.mkdir(parents=True)
+    shutil.copyfile(REPO / "systemd" / GENERATOR, generators / GENERATOR)
     man = root / "usr/share/man/man1/secrets-agent.1.gz"
     man.parent.mkdir(parents=True)
     with open(man, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as out:
@@ -332,10 +338,13 @@ def write_tarball(root: Path, tarball: Path, mtime: int) -> None:
             info.uid = info.gid = 0
             info.uname = info.gname = "root"
             info.mtime = mtime
-            # Only the launcher, the removal guard and the upgrade script run as programs; every
-            # other file is read.
+            # Only the launcher, the removal guard, the upgrade script and the generator run as
+            # programs; every other file is read.
             programs = (
-                root / "usr/bin/secrets-agent", root / PREFIX / "removal-guard", root / PREFIX / UPGRADE_SCRIPT
+                root / "usr/bin/secrets-agent",
+                root / PREFIX / "removal-guard",
+                root / PREFIX / UPGRADE_SCRIPT,
+                root / GENERATORS / GENERATOR,
             )
             executable = path.is_dir() or path in programs
             info.mode = 0o755 if executable else 0o644

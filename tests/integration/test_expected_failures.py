@@ -1,7 +1,8 @@
 """Conditions an operator causes or fixes never exit 1 ("a bug"): each has its exit code and a fix.
 
 A missing or unusable state.json on `refresh`, a failing `systemctl` (a real executable stand-in on
-PATH), an unreadable template and a full disk (a real 16 KiB tmpfs mounted for the test).
+PATH), an unreadable template, a full disk (a real 16 KiB tmpfs mounted for the test) and a read-only
+SSM inventory folder (a real read-only bind mount).
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
+from structlog.testing import capture_logs
 
 from agent.commands.refresh import Systemd
+from agent.config import load_agent_settings
 from agent.errors import ConfigError, OutputError, StateError, SystemdError
+from agent.observe.inventory import INVENTORY_FILE_NAME
+from agent.observe.observed import publish_inventory
 from tests.integration.cli_harness import Stack
 from tests.integration.test_refresh import FakeSystemd
 
@@ -138,3 +143,31 @@ def test_a_full_tmpfs_exits_8_saying_it_is_full_and_leaves_nothing(
     assert f"the filesystem holding {tiny_tmpfs / 'app'} is full: free space on it" in err
     leftovers = [p.name for p in (tiny_tmpfs / "app").iterdir()] if (tiny_tmpfs / "app").exists() else []
     assert leftovers == []
+
+
+def test_a_read_only_inventory_folder_is_one_warning_saying_to_reload_systemd(tmp_path: Path) -> None:
+    """An SSM Agent inventory folder that is read-only (as one the units' sandbox does not grant yet,
+    here a real read-only bind mount) is one inventory_not_written warning naming the fix,
+    `systemctl daemon-reload`; a writable folder beside it is written (the control)."""
+    ssm_dir = tmp_path / "ssm"
+    granted, new = (
+        ssm_dir / name / "inventory" / "custom" for name in ("i-0123456789abcdef0", "i-0fedcba987654321")
+    )
+    for folder in (granted, new):
+        folder.mkdir(parents=True)
+    subprocess.run(["mount", "--bind", "-o", "ro", str(new), str(new)], check=True)
+    try:
+        settings = load_agent_settings(
+            {}, config_dir=str(tmp_path / "etc"), runtime_dir=str(tmp_path / "run")
+        )
+        with capture_logs() as logs:
+            publish_inventory(settings, ssm_agent_dir=ssm_dir)
+    finally:
+        subprocess.run(["umount", str(new)], check=True)
+    assert (granted / INVENTORY_FILE_NAME).is_file()
+    assert not (new / INVENTORY_FILE_NAME).exists()
+    (warning,) = logs
+    assert (warning["event"], warning["log_level"]) == ("inventory_not_written", "warning")
+    assert warning["path"] == str(new / INVENTORY_FILE_NAME)
+    assert "read-only" in warning["error"]
+    assert "run `systemctl daemon-reload`" in warning["error"]

@@ -179,3 +179,15 @@ def test_wheel_user_data_carries_the_current_rotation_units(unit: str) -> None:
         f"copy systemd/{unit} into cloud-init/user-data-wheel.yaml (indented 6 spaces, "
         f"ExecStart= running {VENV_COMMAND})"
     )
+
+
+def test_wheel_user_data_carries_the_current_generator_as_a_program() -> None:
+    """The wheel user-data writes systemd/secrets-agent-generator unchanged, 0755, into the folder
+    systemd runs an administrator's generators from, so its units may write the SSM inventory folder."""
+    config = yaml.safe_load(USER_DATA_WHEEL.read_text(encoding="utf-8"))
+    files = {entry["path"]: entry for entry in config["write_files"]}
+    generator = files["/etc/systemd/system-generators/secrets-agent-generator"]
+    assert (generator["owner"], generator["permissions"]) == ("root:root", "0755")
+    assert generator["content"] == (REPO / "systemd" / "secrets-agent-generator").read_text(
+        encoding="utf-8"
+    ), "run `python -m devtools.sync_user_data`"

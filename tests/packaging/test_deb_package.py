@@ -39,6 +39,9 @@ EXPECTED_DEB_ENTRIES = {
     ("-rw-r--r--", "./lib/systemd/system/secrets-agent-refresh@.timer"),
     ("-rw-r--r--", "./lib/systemd/system/secrets-agent-clean@.service"),
     ("-rw-r--r--", "./lib/systemd/system/secrets-agent-stale@.timer"),
+    # Grants the units the SSM Agent's inventory folder of this machine, at each daemon-reload.
+    ("drwxr-xr-x", "./lib/systemd/system-generators/"),
+    ("-rwxr-xr-x", "./lib/systemd/system-generators/secrets-agent-generator"),
     ("drwxr-xr-x", "./usr/"),
     ("drwxr-xr-x", "./usr/bin/"),
     ("-rwxr-xr-x", "./usr/bin/secrets-agent"),
@@ -314,7 +317,13 @@ def test_lintian_reports_no_error_and_no_warning(artefacts: Artefacts) -> None:
 
 
 @pytest.mark.parametrize(
-    "script", ["packaging/build-dist.sh", "packaging/ami-bake.sh", "packaging/removal-guard"]
+    "script",
+    [
+        "packaging/build-dist.sh",
+        "packaging/ami-bake.sh",
+        "packaging/removal-guard",
+        "systemd/secrets-agent-generator",
+    ],
 )
 def test_shell_scripts_pass_shellcheck(artefacts: Artefacts, script: str) -> None:
     """shellcheck (installed by build-dist.sh with the other checking tools) finds nothing."""

@@ -17,6 +17,7 @@ from tests.packaging.conftest import Artefacts
 PREFIX = "usr/lib/secrets-agent"
 LAUNCHER = "usr/bin/secrets-agent"
 REMOVAL_GUARD = "usr/lib/secrets-agent/removal-guard"
+GENERATOR = "usr/lib/systemd/system-generators/secrets-agent-generator"
 UNITS = {
     "usr/lib/systemd/system/secrets-agent@.service",
     "usr/lib/systemd/system/secrets-agent-refresh@.service",
@@ -68,8 +69,8 @@ def test_tarball_has_only_usr_paths_owned_by_root_and_its_own_folders(
     members: dict[str, tarfile.TarInfo],
 ) -> None:
     """Every entry is under usr/ (never lib/ or bin/, symlinks on a merged /usr), owned by root, 0644
-    but the launcher, the removal guard and the upgrade script; the only folders listed are the
-    package's own, so extracting changes the mode of no system folder."""
+    but the launcher, the removal guard, the upgrade script and the generator; the only folders listed
+    are the package's own, so extracting changes the mode of no system folder."""
     assert all(name.startswith("usr/") for name in members)
     assert {(m.uid, m.gid, m.uname, m.gname) for m in members.values()} == {(0, 0, "root", "root")}
     folders = {name for name, m in members.items() if m.isdir()}
@@ -77,8 +78,9 @@ def test_tarball_has_only_usr_paths_owned_by_root_and_its_own_folders(
     assert all(name.startswith((PREFIX, "usr/share/doc/secrets-agent")) for name in folders)
     assert {members[name].mode for name in folders} == {0o755}
     executables = {name for name, m in members.items() if m.isfile() and m.mode & 0o111}
-    # The launcher, the removal guard, and the script the rpm's %post runs on an upgrade.
-    assert executables == {LAUNCHER, REMOVAL_GUARD, f"{PREFIX}/upgrade-records.sh"}
+    # The launcher, the removal guard, the script the rpm's %post runs on an upgrade, and the
+    # generator systemd runs at each daemon-reload.
+    assert executables == {LAUNCHER, REMOVAL_GUARD, f"{PREFIX}/upgrade-records.sh", GENERATOR}
     assert {m.mode for name, m in members.items() if m.isfile() and name not in executables} == {0o644}
     assert set(members) >= UNITS
     assert "usr/share/man/man1/secrets-agent.1.gz" in members

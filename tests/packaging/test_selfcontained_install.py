@@ -184,6 +184,7 @@ def test_rpm_installs_on_the_amazon_linux_2023_stand_in_and_removes_cleanly(
         assert list(vendor.glob("py3.10/**/__pycache__/*.cpython-311.pyc"))
         assert list(vendor.glob("py3.9/**/__pycache__/*.pyc")) == []
         assert "/usr/lib/systemd/system/secrets-agent@.service" in files
+        assert "/usr/lib/systemd/system-generators/secrets-agent-generator" in files
         edited = "# the operator's edit\n" + (root / "etc/secrets-agent/app.env.j2").read_text(
             encoding="utf-8"
         )

@@ -391,6 +391,9 @@ def install_agent_from_source(root: Path) -> None:
     units = root / "usr/lib/systemd/system"
     for unit in (REPO / "systemd").glob("secrets-agent*@.*"):
         shutil.copy2(unit, units / unit.name)
+    generators = root / "usr/lib/systemd/system-generators"
+    generators.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(REPO / "systemd" / "secrets-agent-generator", generators / "secrets-agent-generator")
 
 
 def run_in_root(root: Path, argv: Sequence[str], timeout: float = APT_TIMEOUT_SECONDS) -> str:

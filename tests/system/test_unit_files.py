@@ -178,15 +178,16 @@ def test_agent_unit_has_the_promised_settings() -> None:
 
 
 def test_units_may_write_the_metrics_and_inventory_folders_and_clean_on_stop() -> None:
-    """The three units may write node_exporter's Debian textfile folder and the SSM agent's folder
-    (and nothing more of /var); the check keeps its record beside the render record, in the agent
-    unit's root-owned folder that outlives the app's restart (RuntimeDirectoryPreserve=restart), with
-    no runtime folder of its own."""
+    """The three units may write node_exporter's Debian textfile folder (and nothing more of /var: the
+    SSM Agent's inventory folder comes from secrets-agent-generator's drop-in, never the SSM Agent's
+    whole folder); the check keeps its record beside the render record, in the agent unit's
+    root-owned folder that outlives the app's restart (RuntimeDirectoryPreserve=restart), with no
+    runtime folder of its own."""
     agent, check, clean = (
         set((UNITS / unit).read_text().splitlines())
         for unit in ("secrets-agent@.service", "secrets-agent-refresh@.service", CLEAN_UNIT)
     )
-    published = "ReadWritePaths=-/var/lib/prometheus/node-exporter -/var/lib/amazon/ssm"
+    published = "ReadWritePaths=-/var/lib/prometheus/node-exporter"
     for lines in (agent, check, clean):
         assert published in lines
     assert "RuntimeDirectoryPreserve=restart" in agent
