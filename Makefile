@@ -29,8 +29,10 @@ lint: $(STAMP)
 test-prerequisites:
 	bash packaging/test-prerequisites.sh
 
+# Unit and integration tests beside the system and packaging tests, in two pytest processes
+# (devtools/test_layers.py); PYTEST_ARGS naming test paths runs one pytest on them.
 test: lint test-prerequisites
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m devtools.test_layers $(PYTEST_ARGS)
 
 dist: $(STAMP)
 	bash packaging/build-dist.sh
