@@ -54,7 +54,8 @@ def seal(service: ServiceSettings, held: KeptSet) -> None:
     if done.returncode != 0:
         detail = done.stderr.decode("utf-8", errors="replace").strip().splitlines()[-1:] or ["no detail"]
         fix = (
-            'this machine has no usable TPM2: use seal_with = "auto" or "host"'
+            "the agent unit reaches no TPM2: give it the TPM with a drop-in (README, When SSM is down: "
+            'PrivateDevices=no and DeviceAllow=/dev/tpmrm0 rw), or use seal_with = "auto" or "host"'
             if service.outage.seal_with == "tpm2"
             else "see `systemd-creds has-tpm2` and the agent unit's journal"
         )

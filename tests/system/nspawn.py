@@ -43,6 +43,9 @@ class Release:
     python: str
     # The agent's dependencies as this release's archive has them: Debian package -> version prefix.
     libraries: tuple[tuple[str, str], ...]
+    # swtpm and the TSS2 libraries systemd-creds loads to use it (SYSTEMD_TPM2_DEVICE=swtpm:...):
+    # the TPM2 stand-in of the system tests, no device needed. Named per release (Debian 13's t64).
+    tpm_packages: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -56,11 +59,14 @@ BOOKWORM = Release(
     "bookworm", 12, 252, "3.11",
     (("python3-boto3", "1.26."), ("python3-requests", "2.28."), ("python3-jinja2", "3.1.2"),
      ("python3-structlog", "22.")),
+    ("swtpm", "libtss2-tcti-swtpm0", "libtss2-esys-3.0.2-0", "libtss2-rc0", "libtss2-mu0"),
 )  # fmt: skip
 TRIXIE = Release(
     "trixie", 13, 257, "3.13",
     (("python3-boto3", "1.37."), ("python3-requests", "2.32."), ("python3-jinja2", "3.1.6"),
      ("python3-structlog", "25.")),
+    ("swtpm", "libtss2-tcti-swtpm0t64", "libtss2-esys-3.0.2-0t64", "libtss2-rc0t64",
+     "libtss2-mu-4.0.1-0t64"),
 )  # fmt: skip
 RELEASES = {release.suite: release for release in (BULLSEYE, BOOKWORM, TRIXIE)}
 # What the .deb, the system tests and the packaging tests run on, one machine per release and
@@ -125,6 +131,13 @@ ROOTFS_PACKAGES: tuple[str, ...] = (
     "python3-structlog",
     "ca-certificates",
 )
+
+
+def system_packages(release: Release) -> tuple[str, ...]:
+    """What the system tests' machine of `release` holds: ROOTFS_PACKAGES and its TPM2 stand-in."""
+    return (*ROOTFS_PACKAGES, *release.tpm_packages)
+
+
 HOST_PACKAGES = {"debootstrap": "debootstrap", "systemd-nspawn": "systemd-container", "nsenter": "util-linux"}
 
 # Outside the repository and kept between runs: the build takes about a minute, a copy seconds.
@@ -197,13 +210,15 @@ def ensure_host_tools() -> None:
 # -- the cached root file system --------------------------------------------------------------
 
 
-def rootfs_key(packages: Sequence[str] = ROOTFS_PACKAGES, release: Release = DEFAULT_RELEASE) -> str:
-    """A short hash of everything the root file system is built from."""
+def rootfs_key(packages: Optional[Sequence[str]] = None, release: Release = DEFAULT_RELEASE) -> str:
+    """A short hash of everything the root file system is built from (by default the system
+    tests' machine, system_packages)."""
+    packages = system_packages(release) if packages is None else packages
     recipe = "\n".join([release.suite, DEBIAN_MIRROR, "minbase", *sorted(packages)])
     return hashlib.sha256(recipe.encode()).hexdigest()[:16]
 
 
-def rootfs_cache_path(packages: Sequence[str] = ROOTFS_PACKAGES, release: Release = DEFAULT_RELEASE) -> Path:
+def rootfs_cache_path(packages: Optional[Sequence[str]] = None, release: Release = DEFAULT_RELEASE) -> Path:
     """Where the root file system of `release` with `packages` is cached."""
     return CACHE_ROOT / f"rootfs-{rootfs_key(packages, release)}"
 
@@ -231,7 +246,7 @@ def cache_lock(name: str) -> Iterator[None]:
 
 
 def build_rootfs(
-    packages: Sequence[str] = ROOTFS_PACKAGES,
+    packages: Optional[Sequence[str]] = None,
     log: Callable[[str], None] = print,
     release: Release = DEFAULT_RELEASE,
 ) -> Path:
@@ -240,6 +255,7 @@ def build_rootfs(
     The build goes to a temporary folder renamed into place at the end, so an interrupted build
     never leaves a half cache behind.
     """
+    packages = system_packages(release) if packages is None else packages
     final = rootfs_cache_path(packages, release)
     if _has_systemd(final):
         return final
@@ -639,7 +655,7 @@ def poweroff(machine: Machine) -> None:
 @contextlib.contextmanager
 def booted_machine(
     install: Installer = install_agent_from_source,
-    packages: Sequence[str] = ROOTFS_PACKAGES,
+    packages: Optional[Sequence[str]] = None,
     prepare: Optional[Callable[[Path], None]] = None,
     release: Release = DEFAULT_RELEASE,
     network_namespace_path: Optional[str] = None,

@@ -8,8 +8,11 @@ drop-in), which the test switches between passing, 503 for every call, and Acces
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -194,3 +197,82 @@ def test_sealed_serves_a_start_after_a_stop_and_a_refusal_deletes_the_copy(
     again = machine.systemctl("start", app.unit, check=False)
     assert again.returncode != 0
     assert machine.show(app.unit, "ActiveState") != "active"
+
+
+# systemd's id of a credential sealed with the TPM2 alone (CRED_AES256_GCM_BY_TPM2_HMAC in its
+# src/shared/creds-util.h), the first 16 bytes of what `systemd-creds encrypt --with-key=tpm2` writes.
+TPM2_SEALED = uuid.UUID("0c7cc07b-1176-4591-9c4b-0bea08bc20fe").bytes
+
+
+@contextlib.contextmanager
+def _swtpm(machine: Machine, name: str) -> Iterator[str]:
+    """A TPM2 of its own (swtpm with a fresh state: new seeds) in the transient unit NAME; yields
+    the SYSTEMD_TPM2_DEVICE by which systemd-creds reaches it (the TSS2 swtpm TCTI, a unix socket)."""
+    folder = f"/run/{name}"
+    machine.run(
+        "systemd-run", f"--unit={name}", "--collect", "--service-type=forking",
+        f"--property=RuntimeDirectory={name}", f"--property=PIDFile={folder}/pid",
+        "swtpm", "socket", "--tpm2", "--tpmstate", f"dir={folder}",
+        "--server", f"type=unixio,path={folder}/tpm.sock",
+        "--ctrl", f"type=unixio,path={folder}/tpm.sock.ctrl",
+        "--flags", "not-need-init,startup-clear", "--daemon", "--pid", f"file={folder}/pid",
+    )  # fmt: skip
+    try:
+        yield f"swtpm:path={folder}/tpm.sock"
+    finally:
+        machine.systemctl("stop", name, check=False)
+
+
+def _decrypt(machine: Machine, app: App, tpm: str) -> subprocess.CompletedProcess[bytes]:
+    """`systemd-creds decrypt` of APP's sealed copy, reaching the TPM named by `tpm` ("": none)."""
+    return machine.run(
+        "env", f"SYSTEMD_TPM2_DEVICE={tpm}", "systemd-creds", "decrypt", f"--name=secrets-agent-{app.name}",
+        f"/var/lib/secrets-agent/{app.name}.cred", "-", check=False,
+    )  # fmt: skip
+
+
+def test_seal_with_tpm2_seals_to_the_tpm_and_serves_a_start_after_a_stop(
+    machine: Machine, new_app: NewApp, ssm: Any, ssm_proxy: FaultProxy
+) -> None:
+    """With seal_with = "tpm2" and swtpm standing in for the TPM (the README's drop-in naming it),
+    the copy is sealed with the TPM alone, a start during an outage after a stop serves it, and
+    neither no TPM nor another TPM opens it; without the drop-in the agent unit seals nothing."""
+    # A grace of 1 s: the start during the outage falls back to the sealed copy after one second.
+    settings = SETTINGS + 'on_outage = "sealed"\nseal_with = "tpm2"\noutage_grace_seconds = 1\n'
+    app = _app(machine, new_app, ssm, ssm_proxy, name="outage-tpm2", settings=settings)
+    sealed = machine.path(f"/var/lib/secrets-agent/{app.name}.cred")
+    with _swtpm(machine, "swtpm-outage") as tpm, _swtpm(machine, "swtpm-other") as other_tpm:
+        try:
+            # The control: the sandboxed agent unit reaches no TPM by itself, and "tpm2" refuses to
+            # seal (the app still starts, with its fresh set), naming the drop-in.
+            cursor = machine.journal_cursor()
+            machine.systemctl("start", app.unit)
+            journal = machine.journal(after=cursor, unit=app.agent_unit)
+            assert "fallback_not_kept" in journal, journal
+            assert "DeviceAllow=/dev/tpmrm0" in journal, journal
+            assert not sealed.exists()
+            app.stop()
+
+            dropin = machine.path(f"/etc/systemd/system/{app.agent_unit}.d/tpm.conf")
+            dropin.write_text(f"[Service]\nEnvironment=SYSTEMD_TPM2_DEVICE={tpm}\n")
+            machine.daemon_reload()
+            machine.systemctl("start", app.unit)
+            before = app.environ()[b"TOKEN"]
+            assert base64.b64decode(sealed.read_bytes())[:16] == TPM2_SEALED
+            # This TPM opens it (the control); no TPM, or a TPM with other seeds, does not.
+            assert MARK.encode() in _decrypt(machine, app, tpm).stdout
+            assert _decrypt(machine, app, "").returncode != 0
+            foreign = _decrypt(machine, app, other_tpm)
+            assert foreign.returncode != 0
+            assert MARK.encode() not in foreign.stdout
+
+            app.stop()
+            ssm_proxy.plan = _503()
+            machine.systemctl("start", app.unit)
+            assert app.environ()[b"TOKEN"] == before
+            status = _status(machine, app)
+            assert status.returncode == 7, status.stdout.decode() + status.stderr.decode()
+            assert b"sealed" in status.stdout
+        finally:
+            machine.systemctl("stop", app.unit, check=False)
+            sealed.unlink(missing_ok=True)
