@@ -1,11 +1,11 @@
-"""`make test`: the suite's two halves side by side, in two pytest processes.
+"""`make test`: the suite's layers side by side, in three pytest processes.
 
 The unit and integration tests keep the CPUs busy; the system and packaging tests mostly wait, on
 booting containers, apt and dpkg inside them, cloud-init and the network. Run one after the other
-they add up; run together the machine layers' waiting overlaps the fast layers' work. Each half is
-a whole pytest session of its own (its own moto server, fixtures and duration report); the fast
-half prints as it runs, the machine half writes to a log that is printed once the fast half is done
-and then followed to its end. `--junitxml=FILE` gets both halves' results in one file.
+they add up; run together the machine layers' waiting overlaps the other layers' work. Each group
+is a whole pytest session of its own (its own moto server, fixtures, dist build and duration
+report); the first prints as it runs, the others write to logs that are printed, in turn, once it
+is done, each followed to its end. `--junitxml=FILE` gets every group's results in one file.
 
 Given test paths (`make test PYTEST_ARGS=tests/unit/test_cli.py`), it runs one pytest on them, as is.
 
@@ -24,8 +24,12 @@ from pathlib import Path
 from typing import IO, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-FAST_LAYERS = ("tests/unit", "tests/integration")
-MACHINE_LAYERS = ("tests/system", "tests/packaging")
+# The groups, each one pytest process: the first prints as it runs.
+GROUPS = (
+    ("unit and integration", ("tests/unit", "tests/integration")),
+    ("system", ("tests/system",)),
+    ("packaging", ("tests/packaging",)),
+)
 JUNIT_OPTION = "--junitxml="
 # pytest's exit code when a run collected no test (a -k that matches none in one half).
 NO_TESTS_COLLECTED = 5
@@ -82,35 +86,41 @@ def main(argv: Sequence[str]) -> int:
     if names_tests(argv):
         return subprocess.call([*pytest, *argv], cwd=REPO)
     args, junit = split_junit(argv)
+    (first_name, first_paths), *others = GROUPS
     with tempfile.TemporaryDirectory(prefix="secrets-agent-layers-") as folder:
         work = Path(folder)
-        machine_log = work / "machine-layers.log"
-        machine_junit, fast_junit = work / "machine.xml", work / "fast.xml"
-        with machine_log.open("wb") as log:
-            # The machine half keeps no pytest cache: the fast half's is the one a rerun reads.
-            machines = subprocess.Popen(
-                [*pytest, *MACHINE_LAYERS, "-p", "no:cacheprovider", f"{JUNIT_OPTION}{machine_junit}", *args],
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+        junits = [work / f"group-{index}.xml" for index in range(len(GROUPS))]
+        logs = [work / f"{name.replace(' ', '-')}.log" for name, _paths in others]
+        running: list[subprocess.Popen[bytes]] = []
+        codes: list[int] = []
+        try:
+            for (_name, paths), log, group_junit in zip(others, logs, junits[1:]):
+                with log.open("wb") as out:
+                    # Only the first group keeps a pytest cache: the one a rerun reads.
+                    argv_group = [*pytest, *paths, "-p", "no:cacheprovider", f"{JUNIT_OPTION}{group_junit}"]
+                    running.append(
+                        subprocess.Popen(
+                            [*argv_group, *args], cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+                        )
+                    )
+            beside = ", ".join(f"{name} ({log})" for (name, _p), log in zip(others, logs))
+            print(f"== {first_name} tests; beside them: {beside}", flush=True)
+            codes.append(
+                subprocess.call([*pytest, *first_paths, f"{JUNIT_OPTION}{junits[0]}", *args], cwd=REPO)
             )
-            try:
-                print(f"== unit and integration tests (the system and packaging tests: {machine_log})")
-                sys.stdout.flush()
-                fast_argv = [*pytest, *FAST_LAYERS, f"{JUNIT_OPTION}{fast_junit}", *args]
-                fast = subprocess.call(fast_argv, cwd=REPO)
-                print("== system and packaging tests (run beside the tests above)", flush=True)
-                _follow(machine_log, machines, sys.stdout.buffer)
-            finally:
-                if machines.poll() is None:
-                    machines.terminate()
-                machines.wait()
+            for (name, _paths), log, process in zip(others, logs, running):
+                print(f"== {name} tests (run beside the tests above)", flush=True)
+                _follow(log, process, sys.stdout.buffer)
+                codes.append(process.wait())
+        finally:
+            for process in running:
+                if process.poll() is None:
+                    process.terminate()
+                process.wait()
         if junit is not None:
-            merge_junit([fast_junit, machine_junit], junit)
-        code = _outcome(fast, machines.returncode)
-        print(f"== unit and integration: exit {fast}; system and packaging: exit {machines.returncode}")
-        return code
+            merge_junit(junits, junit)
+        print("== exit codes: " + "; ".join(f"{name} {code}" for (name, _p), code in zip(GROUPS, codes)))
+        return _outcome(*codes)
 
 
 if __name__ == "__main__":
