@@ -37,6 +37,7 @@ from bench.storm import (
     ThrottlingResponder,
     TokenBucket,
     agent_commands,
+    clear_agent_folders,
     clear_storm_files,
     default_log_dir,
     prepare_storm,
@@ -212,7 +213,7 @@ def run_secrets_storm(
     settings = emulator.config_dir / "agent.toml"
     settings.write_text(f'secretsmanager_fetch = "{strategy}"\n', encoding="utf-8")
     for index in range(agents):
-        _env_file(emulator, index).unlink(missing_ok=True)
+        clear_agent_folders(_env_file(emulator, index).parents[1])
     throttle.reset({action: quota / scale for action, quota in AWS_QUOTAS.items()} if scale else None)
     label = f"secrets {strategy} x{agents} " + (f"at 1:{scale:g}" if scale else "unthrottled")
     exit_codes, seconds, total, failures = run_fleet(
@@ -465,10 +466,11 @@ def render_section(results: SecretsStormResults, title: str = SECTION_TITLE) -> 
         ]
     if results.violations:
         lines += ["", "Violations: " + "; ".join(results.violations)]
-    for storm in [s for s in results.storms if s.failure_samples][:3]:
-        sample = storm.failure_samples[0].strip().splitlines()
+    for failed_storm in [s for s in results.storms if s.failure_samples][:3]:
+        sample = failed_storm.failure_samples[0].strip().splitlines()
         last = sample[-1] if sample else ""
-        lines.append(f"- {storm.strategy} x{storm.agents}: a failed agent's last line: `{last}`")
+        label = f"{failed_storm.strategy} x{failed_storm.agents}"
+        lines.append(f"- {label}: a failed agent's last line: `{last}`")
     return "\n".join(lines) + "\n"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -167,11 +168,19 @@ def storm_env_file(emulator: Emulator, index: int) -> Path:
     return emulator.runtime_dir / f"agent-{index:03d}" / STORM_SERVICE / "env"
 
 
+def clear_agent_folders(runtime: Path) -> None:
+    """Remove a storm agent's runtime folder and its records folder beside it (the render record
+    and the set on_outage keeps), as a fresh instance has neither: an agent of a later storm that
+    found an earlier one's kept set would serve it when throttled, and count as a success."""
+    for folder in (runtime, runtime.with_name(runtime.name + "-state")):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def clear_storm_files(emulator: Emulator, agents: int) -> None:
-    """Remove what agents 0..agents-1 of an earlier storm wrote, so that a storm's check sees only
-    its own files."""
+    """Remove what agents 0..agents-1 of an earlier storm wrote, so that each storm starts as a
+    fleet of fresh instances and its check sees only its own files."""
     for index in range(agents):
-        storm_env_file(emulator, index).unlink(missing_ok=True)
+        clear_agent_folders(storm_env_file(emulator, index).parents[1])
 
 
 def agent_commands(
