@@ -151,15 +151,99 @@ def test_no_module_asks_which_format_outside_the_table() -> None:
     assert asking == []
 
 
+# The same rule on the syntax tree, which an alias (`import os as o`, `from os import system as s`)
+# or a dynamic import cannot get past: the modules that start processes, os's functions that do.
+_PROCESS_MODULES = (
+    "subprocess",
+    "pty",
+    "multiprocessing",
+    "asyncio.subprocess",
+    "concurrent.futures.process",
+    "concurrent.futures.ProcessPoolExecutor",
+)
+_OS_STARTERS = re.compile(r"(system|popen|exec[lv]p?e?|spawn[lv]p?e?|posix_spawnp?|fork|forkpty)")
+
+
+def _starts_process(source: str) -> list[str]:
+    """Each way `source` could start a process, by line, read from its syntax tree."""
+    found: list[str] = []
+    os_names = set()
+    for node in ast.walk(ast.parse(source)):
+        where = f"line {getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name == "os":
+                    os_names.add(alias.asname or "os")
+                if alias.name.startswith(_PROCESS_MODULES):
+                    found.append(f"{where}: import {alias.name}")
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [alias.name for alias in node.names]
+            if node.module.startswith(_PROCESS_MODULES) or any(
+                f"{node.module}.{name}".startswith(_PROCESS_MODULES) for name in names
+            ):
+                found.append(f"{where}: from {node.module} import {', '.join(names)}")
+            elif node.module == "os" and any(_OS_STARTERS.fullmatch(name) for name in names):
+                found.append(f"{where}: from os import {', '.join(names)}")
+            elif any(name.startswith("create_subprocess_") for name in names):
+                found.append(f"{where}: from {node.module} import {', '.join(names)}")
+        elif isinstance(node, ast.Attribute):
+            owner = node.value.id if isinstance(node.value, ast.Name) else None
+            if (
+                (owner in os_names and _OS_STARTERS.fullmatch(node.attr))
+                or node.attr.startswith("create_subprocess_")
+                or node.attr == "ProcessPoolExecutor"
+            ):
+                found.append(f"{where}: {owner}.{node.attr}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, (ast.Name, ast.Attribute)):
+            called = node.func.id if isinstance(node.func, ast.Name) else node.func.attr
+            if called in ("__import__", "import_module"):
+                found.append(f"{where}: {called}(...), an import the rule cannot read")
+    return found
+
+
 def test_only_the_systemd_module_starts_a_process() -> None:
     """systemctl (the only program the agent runs) is run by agent/host/systemd.py alone, whatever the
-    way of starting it (subprocess, os.system, os.exec*, os.spawn*, posix_spawn, fork, pty)."""
+    way of starting it (subprocess, os.system, os.exec*, os.spawn*, posix_spawn, fork, pty), read
+    both as text and from the syntax tree (aliases and dynamic imports included)."""
     running = [
         name
         for name, text in _sources().items()
         if PROCESS_STARTERS.search(text) and name != "agent.host.systemd"
     ]
     assert running == []
+    by_tree = {
+        name: found
+        for name, text in _sources().items()
+        if name != "agent.host.systemd" and (found := _starts_process(text))
+    }
+    assert by_tree == {}
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import os as o\no.system('x')",
+        "import os\nos.execv('x', [])",
+        "from os import system as run_it",
+        "from os import posix_spawnp",
+        "import subprocess as sp",
+        "from subprocess import run",
+        "import multiprocessing.pool",
+        "from concurrent.futures import ProcessPoolExecutor as P",
+        "from asyncio import create_subprocess_exec",
+        "import pty as terminal",
+        "module = __import__('subprocess')",
+        "import importlib\nimportlib.import_module('subprocess')",
+    ],
+)
+def test_the_tree_check_sees_aliases_and_dynamic_imports(source: str) -> None:
+    """Each aliased or dynamic way of starting a process is caught by the tree rule (a control)."""
+    assert _starts_process(source)
+
+
+def test_the_tree_check_passes_what_starts_no_process() -> None:
+    """A control the other way: os's file functions and other imports are not flagged."""
+    assert _starts_process("import os as o\no.open('x', 0)\nfrom os import fsync, replace\nimport json") == []
 
 
 @pytest.mark.parametrize(
