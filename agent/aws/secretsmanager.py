@@ -21,7 +21,6 @@ from typing import Any, Callable, Optional
 import structlog
 from botocore.exceptions import ClientError
 
-from agent.aws import endpoints as aws_endpoints
 from agent.aws.clients import create_agent_client
 from agent.aws.endpoints import NO_FLAGS, EndpointFlags
 from agent.aws.retry import Backoff, Deadline, NotServiceAnswer
@@ -414,10 +413,9 @@ class SecretsManagerClient:
             backoff_factory=backoff_factory,
             role=role,
             on_status=on_status,
-            is_explicit_endpoint=endpoint_url is not None,
+            endpoint_url=endpoint_url,
         )
-        self.endpoint = endpoint_url or aws_endpoints.resolved_endpoint(client)
-        self._caller.endpoint = self.endpoint
+        self.endpoint = self._caller.endpoint
         # Calls by action, for the render's figures and the tests' controls.
         self.calls: dict[str, int] = {}
 

@@ -13,7 +13,6 @@ from typing import Any, Callable, Optional, TypeVar
 
 import structlog
 
-from agent.aws import endpoints as aws_endpoints
 from agent.aws.answers import (
     Parameter,
     check_describe_page,
@@ -78,12 +77,10 @@ class SsmClient:
             backoff_factory=backoff_factory,
             role=role,
             on_status=on_status,
-            is_explicit_endpoint=endpoint_url is not None,
+            endpoint_url=endpoint_url,
         )
         self._call = self._caller.call
-        # Where the requests go: botocore's endpoint rules (dual-stack, FIPS), or the explicit one.
-        self.endpoint = endpoint_url or aws_endpoints.resolved_endpoint(client)
-        self._caller.endpoint = self.endpoint  # its messages name the same URL
+        self.endpoint = self._caller.endpoint
         _log.debug(
             "ssm_client_created",
             region=region,

@@ -25,7 +25,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from agent.aws.answers import describe_http
 from agent.aws.clients import credential_failure
-from agent.aws.endpoints import ENDPOINT_SETTING
+from agent.aws.endpoints import ENDPOINT_SETTING, resolved_endpoint
 from agent.aws.retry import Backoff, Deadline, Failure, Kind, NotServiceAnswer, RetryLoop, ThrottleMemory
 from agent.aws.ssm_errors import (
     THROTTLING_ERROR_CODES,
@@ -91,12 +91,13 @@ class SsmCaller:
         backoff_factory: Callable[[], Backoff] = Backoff,
         role: Optional[str] = None,
         on_status: Callable[[str], None] = lambda _text: None,
-        is_explicit_endpoint: bool = False,
+        endpoint_url: Optional[str] = None,
     ) -> None:
         self._client = client
-        self.endpoint: str = str(client.meta.endpoint_url)
-        # An endpoint the operator named (its host can be a typo) rather than AWS's own for the region.
-        self._is_explicit_endpoint = is_explicit_endpoint
+        # Where the requests go: the endpoint the operator named (`endpoint_url`, whose host can be a
+        # typo), else the one botocore's endpoint rules give (dual-stack, FIPS); messages name it.
+        self.endpoint: str = endpoint_url or resolved_endpoint(client)
+        self._is_explicit_endpoint = endpoint_url is not None
         self._deadline = deadline
         self._backoff_factory = backoff_factory
         self._role = role

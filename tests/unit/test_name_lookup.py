@@ -53,7 +53,7 @@ def _caller(*, explicit: bool) -> SsmCaller:
     client = create_client(
         "ssm", region="eu-west-1", endpoint_url=URL, credentials=("testing", "testing", ""), config=Config()
     )
-    return SsmCaller(client, Deadline(1.0), is_explicit_endpoint=explicit)
+    return SsmCaller(client, Deadline(1.0), endpoint_url=URL if explicit else None)
 
 
 def _classify(caller: SsmCaller, error: Exception) -> Any:
