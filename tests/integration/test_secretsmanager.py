@@ -247,31 +247,21 @@ def test_secret_by_arn(sm_stack: SecretsStack) -> None:
     assert _env(sm_stack) == {"A": "by-arn"}
 
 
-def test_batch_throttled_twice_moves_to_single_calls(sm_stack: SecretsStack) -> None:
-    """A BatchGetSecretValue throttled twice moves the fetch to GetSecretValue calls, which succeed."""
+@pytest.mark.parametrize(
+    ("throttled_answers", "batch_calls", "single_calls"),
+    [(1, 2, 0), (None, 2, 5)],
+    ids=["throttled-once-stays-batch", "throttled-twice-moves-to-single"],
+)
+def test_a_throttled_batch_call_is_retried_once_then_moves_to_single_calls(
+    sm_stack: SecretsStack, throttled_answers: Optional[int], batch_calls: int, single_calls: int
+) -> None:
+    """One throttled BatchGetSecretValue answer is waited out and the retried batch call answers (no
+    GetSecretValue call); a second moves the fetch to GetSecretValue calls, which succeed."""
     assert sm_stack.proxy is not None
     sm_stack.proxy.responder = lambda _index, action: (
-        aws_json_error("ThrottlingException", "Rate exceeded") if action == "BatchGetSecretValue" else None
-    )
-    for index in range(5):
-        sm_stack.sm.create_secret(Name=f"fleet/t{index}", SecretString=f"v{index}")
-    sm_stack.template("".join(f'T{i}={{{{ secret("fleet/t{i}") }}}}\n' for i in range(5)))
-
-    code, _out, err = sm_stack.run("render", "app")
-
-    assert code == 0, err
-    assert _env(sm_stack) == {f"T{i}": f"v{i}" for i in range(5)}
-    assert sm_stack.calls("BatchGetSecretValue") == 2
-    assert sm_stack.calls("GetSecretValue") == 5
-
-
-def test_batch_throttled_once_stays_on_the_batch_call(sm_stack: SecretsStack) -> None:
-    """One throttled BatchGetSecretValue answer is waited out: the retried batch call answers, and no
-    GetSecretValue call is made."""
-    assert sm_stack.proxy is not None
-    sm_stack.proxy.responder = lambda index, action: (
         aws_json_error("ThrottlingException", "Rate exceeded")
-        if action == "BatchGetSecretValue" and sm_stack.calls("BatchGetSecretValue") <= 1
+        if action == "BatchGetSecretValue"
+        and (throttled_answers is None or sm_stack.calls("BatchGetSecretValue") <= throttled_answers)
         else None
     )
     for index in range(5):
@@ -282,8 +272,8 @@ def test_batch_throttled_once_stays_on_the_batch_call(sm_stack: SecretsStack) ->
 
     assert code == 0, err
     assert _env(sm_stack) == {f"T{i}": f"v{i}" for i in range(5)}
-    assert sm_stack.calls("BatchGetSecretValue") == 2
-    assert sm_stack.calls("GetSecretValue") == 0
+    assert sm_stack.calls("BatchGetSecretValue") == batch_calls
+    assert sm_stack.calls("GetSecretValue") == single_calls
 
 
 def _batch_answer_listing(stack: SecretsStack, code: str, *secret_ids: str) -> None:
