@@ -75,6 +75,19 @@ def _app(machine: Machine, new_app: NewApp, ssm: Any, proxy: FaultProxy, *, name
     return app
 
 
+def _starts_sealed_after_a_stop(machine: Machine, app: App, proxy: FaultProxy, token: bytes) -> None:
+    """Stop APP (its set in /run goes), then start it while SSM answers 503 to every call: the app
+    comes back with `token` from the sealed copy, and `status` says sealed and exits 7."""
+    app.stop()
+    assert not app.exists(f"/run/secrets-agent-state/{app.name}/set.json")
+    proxy.plan = _503()
+    machine.systemctl("start", app.unit)
+    assert app.environ()[b"TOKEN"] == token
+    status = _status(machine, app)
+    assert status.returncode == 7, status.stdout.decode() + status.stderr.decode()
+    assert b"sealed" in status.stdout
+
+
 def test_a_restart_during_an_ssm_outage_keeps_the_app_with_its_values_until_refresh_heals_it(
     machine: Machine, new_app: NewApp, ssm: Any, ssm_proxy: FaultProxy
 ) -> None:
@@ -161,14 +174,7 @@ def test_sealed_serves_a_start_after_a_stop_and_a_refusal_deletes_the_copy(
     opened = machine.run("systemd-creds", "decrypt", f"--name=secrets-agent-{app.name}", inside, "-")
     assert MARK.encode() in opened.stdout
 
-    app.stop()
-    assert not app.exists(f"/run/secrets-agent-state/{app.name}/set.json")
-    ssm_proxy.plan = _503()
-    machine.systemctl("start", app.unit)
-    assert app.environ()[b"TOKEN"] == before
-    status = _status(machine, app)
-    assert status.returncode == 7, status.stdout.decode() + status.stderr.decode()
-    assert b"sealed" in status.stdout
+    _starts_sealed_after_a_stop(machine, app, ssm_proxy, before)
     # The app runs on the sealed set: no value on the persistent disk (the tmpfs mounts are not in it).
     assert disk_files_with_mark(machine) == ""
 
@@ -266,13 +272,7 @@ def test_seal_with_tpm2_seals_to_the_tpm_and_serves_a_start_after_a_stop(
             assert foreign.returncode != 0
             assert MARK.encode() not in foreign.stdout
 
-            app.stop()
-            ssm_proxy.plan = _503()
-            machine.systemctl("start", app.unit)
-            assert app.environ()[b"TOKEN"] == before
-            status = _status(machine, app)
-            assert status.returncode == 7, status.stdout.decode() + status.stderr.decode()
-            assert b"sealed" in status.stdout
+            _starts_sealed_after_a_stop(machine, app, ssm_proxy, before)
         finally:
             machine.systemctl("stop", app.unit, check=False)
             sealed.unlink(missing_ok=True)
