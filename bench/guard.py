@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from bench.measure import Spawner
+from bench.report import finish_section
 from bench.rotation import Cost as Runs
 from bench.stack import Emulator, named_template, parameter_names
 
@@ -166,13 +167,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     results = measure(args.rounds)
     lines: list[str] = []
     report(results, lines.append)
-    text = "\n".join(lines)
-    print(text)
-    if args.output:
-        args.output.write_text(text + "\n", encoding="utf-8")
-    for violation in results.violations:
-        print(f"FAILED: {violation}", file=sys.stderr)
-    return 1 if results.violations else 0
+    return finish_section(lines, results.violations, args.output)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from bench.report import finish_section
 from bench.stack import Emulator
 from bench.storm import (
     ThrottlingResponder,
@@ -117,13 +117,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     results = measure(args.rounds)
     lines: list[str] = []
     report(results, lines.append)
-    text = "\n".join(lines)
-    print(text)
-    if args.output:
-        args.output.write_text(text + "\n", encoding="utf-8")
-    for violation in results.violations:
-        print(f"FAILED: {violation}", file=sys.stderr)
-    return 1 if results.violations else 0
+    return finish_section(lines, results.violations, args.output)
 
 
 if __name__ == "__main__":

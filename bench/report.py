@@ -6,8 +6,10 @@ import math
 import os
 import platform
 import sys
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 from bench import checks, fleet, secrets_storm
@@ -21,6 +23,18 @@ if TYPE_CHECKING:
 SEED_SPEEDUP_AT_10 = 10.0
 BY_PATH_RATIO_AT_10 = 0.8
 STORM_RATIO = 1.3
+
+
+def finish_section(lines: Sequence[str], violations: Sequence[str], output: Optional[Path] = None) -> int:
+    """A section run on its own (`python -m bench.NAME`): print it, and write it to `output` when
+    given; each missed target on stderr. The exit code: 1 when a target was missed."""
+    text = "\n".join(lines)
+    print(text)
+    if output is not None:
+        output.write_text(text + "\n", encoding="utf-8")
+    for violation in violations:
+        print(f"FAILED: {violation}", file=sys.stderr)
+    return 1 if violations else 0
 
 
 def _s(seconds: float) -> str:

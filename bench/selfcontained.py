@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from bench.measure import Series, Spawner, median
+from bench.report import finish_section
 from bench.stack import Emulator, named_template, parameter_names
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,10 +214,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     args = parser.parse_args(argv)
     results = measure(args.tarball, args.rounds)
-    report(results, print)
-    for violation in results.violations:
-        print(f"FAILED: {violation}", file=sys.stderr)
-    return 1 if results.violations else 0
+    lines: list[str] = []
+    report(results, lines.append)
+    return finish_section(lines, results.violations)
 
 
 if __name__ == "__main__":
